@@ -1,0 +1,138 @@
+"""FastAPI dependencies shared by every router: database, settings, caller, roles."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.problems import Problem
+from geo.auth import ROLES, Principal, hash_token, principal_for
+from geo.db import Database
+from geo.settings import Settings
+
+__all__ = [
+    "AdminUser",
+    "CurrentUser",
+    "DbDep",
+    "EnumeratorUser",
+    "MapperUser",
+    "PlannerUser",
+    "PublicReader",
+    "SettingsDep",
+    "ViewerUser",
+    "require",
+]
+
+TOKEN_CACHE_SECONDS = 30.0
+_bearer = HTTPBearer(auto_error=False, description="API token from `makazi token create`")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="makazi"'}
+
+
+def get_db(request: Request) -> Database:
+    """The app's database (engines live in app state, owned by the lifespan)."""
+    db: Database = request.app.state.db
+    return db
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def optional_user(
+    request: Request,
+    db: DbDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | None:
+    """The caller named by a bearer token, or None when anonymous.
+
+    A token that is present but wrong is a 401 even where anonymous access
+    would be allowed: a client with a typo should hear about it.
+    """
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise Problem(
+            401,
+            "the Authorization header must be 'Bearer <token>'",
+            slug="unauthorised",
+            headers=_CHALLENGE,
+        )
+    token = credentials.credentials
+    cache: dict[str, tuple[float, Principal]] = request.app.state.token_cache
+    key = hash_token(token)
+    cached = cache.get(key)
+    now = time.monotonic()
+    if cached and cached[0] > now:
+        return cached[1]
+    with db.begin() as conn:
+        principal = principal_for(conn, token)
+    if principal is None:
+        raise Problem(
+            401,
+            "the bearer token is not valid (unknown or revoked)",
+            slug="unauthorised",
+            headers=_CHALLENGE,
+        )
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[key] = (now + TOKEN_CACHE_SECONDS, principal)
+    return principal
+
+
+CurrentUser = Annotated[Principal | None, Depends(optional_user)]
+
+
+def require(role: str) -> Callable[[Principal | None], Principal]:
+    """A dependency that admits callers whose role includes ``role``."""
+    if role not in ROLES:
+        raise ValueError(role)
+
+    def dependency(user: CurrentUser) -> Principal:
+        if user is None:
+            raise Problem(
+                401,
+                f"this needs a bearer token with role {role} or higher",
+                slug="unauthorised",
+                headers=_CHALLENGE,
+            )
+        if not user.at_least(role):
+            raise Problem(
+                403,
+                f"this needs role {role} or higher; your token has {user.role}",
+                slug="forbidden",
+            )
+        return user
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+def public_reader(user: CurrentUser, settings: SettingsDep) -> Principal | None:
+    """Anyone when public read is on; otherwise a signed-in viewer or higher."""
+    if user is None and not settings.public_read:
+        raise Problem(
+            401,
+            "anonymous reads are switched off (MAKAZI_PUBLIC_READ=false)",
+            slug="unauthorised",
+            headers=_CHALLENGE,
+        )
+    return user
+
+
+PublicReader = Annotated[Principal | None, Depends(public_reader)]
+ViewerUser = Annotated[Principal, Depends(require("viewer"))]
+MapperUser = Annotated[Principal, Depends(require("mapper"))]
+EnumeratorUser = Annotated[Principal, Depends(require("enumerator"))]
+PlannerUser = Annotated[Principal, Depends(require("planner"))]
+AdminUser = Annotated[Principal, Depends(require("admin"))]

@@ -1,0 +1,71 @@
+"""The FastAPI app factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app import problems
+from app.routers import meta
+from geo.db import Database
+from geo.settings import Settings, get_settings
+
+__all__ = ["create_app"]
+
+VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
+    """Build the Makazi app.
+
+    Parameters
+    ----------
+    settings
+        Configuration; read from ``MAKAZI_*`` variables when omitted.
+    database
+        A ready :class:`~geo.db.Database` (tests pass one bound to a
+        transaction).  When omitted the lifespan creates the engines from
+        ``settings`` and disposes of them on shutdown.
+    """
+    settings = settings or get_settings()
+    logging.getLogger("makazi").setLevel(settings.log_level.upper())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = database or Database.from_settings(settings)
+        app.state.db = db
+        try:
+            yield
+        finally:
+            if database is None:
+                db.dispose()
+
+    app = FastAPI(
+        title="Makazi",
+        version=VERSION,
+        description="Mapping service for informal settlements.",
+        openapi_url="/api",
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.token_cache = {}
+    app.state.conformance = list(meta.CORE_CONFORMANCE)
+    if database is not None:
+        app.state.db = database
+    problems.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],
+            expose_headers=["ETag", "Location", "Content-Crs", "X-Request-ID"],
+        )
+    app.include_router(meta.router)
+    return app

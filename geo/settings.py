@@ -1,0 +1,93 @@
+"""Runtime settings, read from ``MAKAZI_*`` environment variables.
+
+Every limit the service enforces lives here, with a default that suits a
+community server on a small machine.  README.md lists them all.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+def _split_list(value: object) -> object:
+    """Accept ``a,b,c`` as well as a JSON list for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All configuration of one Makazi process.
+
+    Attributes
+    ----------
+    database_url
+        SQLAlchemy URL of an existing PostGIS database.  Empty means: run the
+        embedded cluster in ``data_dir/pg``.
+    database_replica_urls
+        Read-only replicas; read queries are routed there when set.
+    data_dir
+        Folder for the embedded cluster and other runtime state.
+    public_read
+        Whether anonymous clients may read public layers.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MAKAZI_", extra="ignore")
+
+    database_url: str = ""
+    database_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    data_dir: Path = Path("data")
+    public_read: bool = True
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: str = "info"
+
+    pool_size: int = Field(default=10, ge=1, le=200)
+    statement_timeout_ms: int = Field(default=30_000, ge=100)
+    analysis_timeout_ms: int = Field(default=20_000, ge=100)
+
+    max_upload_mb: int = Field(default=50, ge=1)
+    max_trace_points: int = Field(default=1_000_000, ge=1)
+    max_feature_vertices: int = Field(default=100_000, ge=4)
+    max_json_body_mb: int = Field(default=20, ge=1)
+
+    items_default_limit: int = Field(default=100, ge=1)
+    items_max_limit: int = Field(default=10_000, ge=1)
+
+    demo_structures: int = Field(default=20_000, ge=0)
+    demo_seed: int = 7
+
+    @field_validator("database_replica_urls", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"critical", "error", "warning", "info", "debug"}:
+            raise ValueError("log_level must be one of critical, error, warning, info, debug")
+        return level
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Upload size limit in bytes."""
+        return self.max_upload_mb * 1024 * 1024
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install the Debian packages Makazi needs that pip cannot provide.
+#   scripts/system-deps.sh base   python3-venv when the interpreter lacks venv
+#   scripts/system-deps.sh test   command-line clients and the browser used by the tests
+# PostGIS itself is installed by `makazi db ensure` (it picks the right PostgreSQL major).
+# As root on Debian/Ubuntu this installs with apt; otherwise it prints the command.
+set -euo pipefail
+what=${1:-base}
+PYTHON=${PYTHON:-python3}
+
+missing=()
+case "$what" in
+  base)
+    "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    ;;
+  test)
+    command -v ogrinfo >/dev/null || missing+=(gdal-bin)
+    command -v chromium >/dev/null || missing+=(chromium)
+    ;;
+  *) echo "usage: $0 base|test" >&2; exit 2 ;;
+esac
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+  echo "missing system packages: ${missing[*]}; install them with: sudo apt-get install -y ${missing[*]}" >&2
+  [ "$what" = base ] && exit 1 || exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+stamp=/var/lib/apt/periodic/makazi-update-stamp
+if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +360 2>/dev/null)" ]; then
+  apt-get update -qq && mkdir -p "$(dirname "$stamp")" && touch "$stamp"
+fi
+echo "installing ${missing[*]} ..."
+if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+  echo "could not install ${missing[*]}" >&2
+  [ "$what" = base ] && exit 1
+fi
+exit 0

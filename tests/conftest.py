@@ -1,0 +1,102 @@
+"""Test fixtures: one embedded PostGIS cluster and one migrated database per session.
+
+Each test runs inside a transaction that is rolled back at the end, so tests
+see a clean database without paying for a new one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, Engine
+
+from app.main import create_app
+from geo.auth import create_token
+from geo.cluster import EmbeddedCluster, ensure_postgis
+from geo.db import BoundDatabase, make_engine, migrate
+from geo.settings import Settings
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+if not SAMPLES.exists():  # a clone beside ../shared, wherever the clone lives
+    SAMPLES = Path(os.environ.get("MAKAZI_SAMPLES", "../shared/samples")).resolve()
+
+# Test clusters trade durability for speed: their data is thrown away.
+FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """The embedded cluster for the whole test session."""
+    ensure_postgis(install=os.geteuid() == 0, quiet=True)
+    pg = EmbeddedCluster(tmp_path_factory.mktemp("makazi-data"), server_options=FAST_SERVER)
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(cluster: EmbeddedCluster) -> str:
+    """A freshly migrated database."""
+    url = cluster.create_database("makazi_test", drop=True)
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at the test database."""
+    return Settings(database_url=database_url, data_dir=tmp_path_factory.mktemp("app-data"))
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str, settings: Settings) -> Iterator[Engine]:
+    """Engine on the test database."""
+    eng = make_engine(database_url, settings, pool_size=4)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    """A connection inside a transaction rolled back after the test."""
+    with engine.connect() as conn:
+        outer = conn.begin()
+        try:
+            yield conn
+        finally:
+            outer.rollback()
+
+
+@pytest.fixture
+def db(connection: Connection) -> BoundDatabase:
+    """The app's database view of the test transaction."""
+    return BoundDatabase(connection)
+
+
+@pytest.fixture
+def app_settings(settings: Settings) -> Settings:
+    """Settings for the app under test (override fields with model_copy)."""
+    return settings
+
+
+@pytest.fixture
+def client(app_settings: Settings, db: BoundDatabase) -> Iterator[TestClient]:
+    """An HTTP client on an app bound to the test transaction."""
+    app = create_app(app_settings, database=db)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def token_for(connection: Connection) -> Callable[[str], dict[str, str]]:
+    """Make an ``Authorization`` header for a new token with the given role."""
+
+    def make(role: str, name: str | None = None) -> dict[str, str]:
+        token = create_token(connection, name=name or f"{role}-user", role=role)
+        return {"Authorization": f"Bearer {token}"}
+
+    return make

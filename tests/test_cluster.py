@@ -1,0 +1,155 @@
+"""The embedded cluster: create, start, stop, restart, stale pid file, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from geo.cluster import ClusterError, EmbeddedCluster, find_postgres
+
+
+def _makazi(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "MAKAZI_DATA_DIR": str(data_dir), **env}
+    environment.pop("MAKAZI_DATABASE_URL", None) if "MAKAZI_DATABASE_URL" not in env else None
+    return subprocess.run(
+        [sys.executable, "-m", "geo.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def spare(tmp_path_factory: pytest.TempPathFactory, cluster: EmbeddedCluster) -> EmbeddedCluster:
+    """A second cluster for tests that stop and break it (the session one stays up)."""
+    return EmbeddedCluster(tmp_path_factory.mktemp("spare"), server_options={"fsync": "off"})
+
+
+def test_postgres_with_postgis_is_found() -> None:
+    pg = find_postgres()
+    assert pg is not None and pg.has_postgis
+    assert (pg.bin_dir / "pg_ctl").exists()
+
+
+def test_start_stop_restart(spare: EmbeddedCluster) -> None:
+    assert spare.start() is True
+    assert spare.start() is False  # already running
+    assert spare.running()
+    with psycopg.connect(spare.conninfo()) as conn:
+        listen = conn.execute("SHOW listen_addresses").fetchone()
+        assert listen is not None and listen[0] == "127.0.0.1"
+        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+        assert conn.execute("SELECT postgis_version()").fetchone()
+    assert spare.stop() is True
+    assert not spare.running()
+    assert spare.stop() is False
+    assert spare.start() is True
+    assert spare.status()["running"] is True
+    spare.stop()
+
+
+def test_socket_and_state_live_in_data_dir(spare: EmbeddedCluster) -> None:
+    spare.start()
+    try:
+        assert any(spare.socket_dir.glob(".s.PGSQL.*"))
+        state = json.loads(spare.state_file.read_text())
+        assert state["port"] == spare.port
+        assert oct(spare.state_file.stat().st_mode & 0o777) == "0o600"
+    finally:
+        spare.stop()
+
+
+def test_wrong_password_is_refused(spare: EmbeddedCluster) -> None:
+    spare.start()
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(spare.conninfo().replace(spare.password, "wrong"))
+    finally:
+        spare.stop()
+
+
+def test_recovers_from_stale_pid_file(spare: EmbeddedCluster) -> None:
+    spare.start()
+    spare.stop()
+    # A crash leaves postmaster.pid behind, naming a process that is not postgres.
+    (spare.pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n{spare.pgdata}\n")
+    assert not spare.running()
+    assert spare.start() is True
+    assert spare.running()
+    spare.stop()
+
+
+def test_port_taken_by_someone_else_moves(spare: EmbeddedCluster) -> None:
+    import socket
+
+    spare.start()
+    spare.stop()
+    old = spare.port
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", old))
+        blocker.listen()
+        spare.start()
+        try:
+            assert spare.port != old
+        finally:
+            spare.stop()
+
+
+def test_not_writable_data_dir_is_clear(tmp_path: Path) -> None:
+    target = tmp_path / "file-not-dir"
+    target.write_text("x")
+    with pytest.raises(ClusterError, match="not writable"):
+        EmbeddedCluster(target / "sub").init()
+
+
+def test_cli_db_lifecycle(tmp_path: Path) -> None:
+    data = tmp_path / "cli-data"
+    started = _makazi("db", "start", data_dir=data)
+    assert started.returncode == 0, started.stderr
+    try:
+        url = _makazi("db", "url", data_dir=data)
+        assert url.stdout.startswith("postgresql+psycopg://makazi:")
+        status = _makazi("db", "status", data_dir=data)
+        assert json.loads(status.stdout)["running"] is True
+        migrated = _makazi("migrate", data_dir=data)
+        assert migrated.returncode == 0, migrated.stderr
+        token = _makazi("token", "create", "--name", "amina", "--role", "mapper", data_dir=data)
+        assert token.returncode == 0 and token.stdout.strip().startswith("mkz_")
+        assert len(token.stdout.strip().splitlines()) == 1
+    finally:
+        stopped = _makazi("db", "stop", data_dir=data)
+    assert stopped.stdout.strip() == "stopped"
+    assert _makazi("db", "status", data_dir=data).returncode == 3
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    bad_role = _makazi("token", "create", "--name", "x", "--role", "king", data_dir=tmp_path)
+    assert bad_role.returncode != 0
+    assert bad_role.stderr.strip().count("\n") == 0 and "king" in bad_role.stderr
+    unreachable = _makazi(
+        "migrate", data_dir=tmp_path, MAKAZI_DATABASE_URL="postgresql://u:p@127.0.0.1:9/x"
+    )
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith("makazi: cannot reach the database")
+    assert "Traceback" not in unreachable.stderr
+    no_cluster = _makazi("db", "url", data_dir=tmp_path / "empty")
+    assert no_cluster.returncode == 1 and "makazi db start" in no_cluster.stderr
+
+
+def test_cli_serve_refuses_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        result = _makazi("serve", "--port", str(port), data_dir=tmp_path)
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr and "in use" in result.stderr
