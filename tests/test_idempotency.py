@@ -11,8 +11,14 @@ from geo.idempotency import KeyReused, claim, complete, request_hash
 def test_claim_complete_replay(connection: Connection) -> None:
     fp = request_hash(b"body", "name=x")
     assert claim(connection, principal="u", key="k1", scope="POST /x", fingerprint=fp) is None
-    complete(connection, principal="u", key="k1", status=201, body={"id": 5},
-             headers={"Location": "/x/5"})
+    complete(
+        connection,
+        principal="u",
+        key="k1",
+        status=201,
+        body={"id": 5},
+        headers={"Location": "/x/5"},
+    )
     stored = claim(connection, principal="u", key="k1", scope="POST /x", fingerprint=fp)
     assert stored is not None and stored.status == 201 and stored.body == b'{"id": 5}'
     assert stored.headers == {"Location": "/x/5"}

@@ -1,0 +1,193 @@
+"""Shared benchmark plumbing: the 1M-structure database, timing, servers, results."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from geo.cluster import EmbeddedCluster, ensure_postgis
+from geo.db import migrate
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+RESULTS = HERE / "RESULTS.md"
+DATABASE = "makazi_bench"
+
+
+@dataclass
+class BenchContext:
+    """What every benchmark topic gets: the database and where to put things."""
+
+    cluster: EmbeddedCluster
+    url: str
+    conninfo: str
+    structures: int
+    out: Path
+
+
+def bench_context(structures: int | None = None) -> BenchContext:
+    """Start the bench cluster (``bench/out/data``) and fill it with demo data once.
+
+    ``MAKAZI_BENCH_STRUCTURES`` (default 1,000,000) sets the size.
+    """
+    wanted = structures or int(os.environ.get("MAKAZI_BENCH_STRUCTURES", "1000000"))
+    ensure_postgis(install=os.geteuid() == 0, quiet=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    cluster = EmbeddedCluster(OUT / "data")
+    cluster.start()
+    url = cluster.create_database(DATABASE)
+    migrate(url)
+    conninfo = cluster.conninfo(DATABASE)
+    with psycopg.connect(conninfo) as conn:
+        count = conn.execute("SELECT count(*) FROM structures").fetchone()
+        have = int(count[0]) if count else 0
+    if have != wanted:
+        print(f"loading {wanted:,} demo structures (once; kept in bench/out/data)...", flush=True)
+        url = cluster.create_database(DATABASE, drop=True)
+        migrate(url)
+        from sqlalchemy import create_engine
+
+        from geo.demo import generate, load
+
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            load(conn, generate(wanted, seed=7))
+        engine.dispose()
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+    return BenchContext(cluster=cluster, url=url, conninfo=conninfo, structures=wanted, out=OUT)
+
+
+def median_time(fn: Callable[[], object], *, repeat: int = 7, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in seconds after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    argv: list[str], port: int, env: dict[str, str] | None = None, health: str = "/"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server process until the block ends; wait until ``health`` answers."""
+    import httpx
+
+    proc = subprocess.Popen(
+        argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"server {argv[0]} did not start: {err[-2000:]}")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def makazi_server(ctx: BenchContext, **settings: str) -> Iterator[str]:
+    """This service on a free port against the bench database; yields its base URL."""
+    port = free_port()
+    env = {
+        "MAKAZI_DATABASE_URL": ctx.url,
+        "MAKAZI_LOG_LEVEL": "warning",
+        **{f"MAKAZI_{k.upper()}": v for k, v in settings.items()},
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    with running_server(argv, port, env, health="/healthz"):
+        yield f"http://127.0.0.1:{port}"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a live process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def own_peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    """A GitHub Markdown table."""
+
+    def fmt(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    """One line naming the machine and versions, for RESULTS.md."""
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.platform()}"
+    )
+
+
+def write_section(topic: str, body: str) -> None:
+    """Replace the ``## topic`` section of bench/RESULTS.md with ``body``."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    marker = f"\n## {topic}\n"
+    if marker in text:
+        start = text.index(marker)
+        nxt = text.find("\n## ", start + len(marker))
+        text = text[:start] + (text[nxt:] if nxt != -1 else "")
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = text.rstrip() + f"\n{marker}\n_{stamp}; {machine_line()}_\n\n{body.strip()}\n"
+    RESULTS.write_text(text)
