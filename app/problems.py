@@ -18,6 +18,17 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from geo.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MakaziError,
+    NotFound,
+    PreconditionFailed,
+    PreconditionRequired,
+    TooLarge,
+)
+
 log = logging.getLogger("makazi.http")
 
 PROBLEM_JSON = "application/problem+json"
@@ -104,6 +115,37 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
     )
 
 
+_STATUS_OF: dict[type[MakaziError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    PreconditionFailed: 412,
+    PreconditionRequired: 428,
+    Forbidden: 403,
+    TooLarge: 413,
+}
+
+
+def status_of(exc: MakaziError) -> int:
+    """The HTTP status of a domain error."""
+    if isinstance(exc, InvalidInput):
+        return exc.status
+    for kind, status in _STATUS_OF.items():
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
+async def _on_domain(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MakaziError)
+    headers = {}
+    if isinstance(exc, PreconditionFailed) and exc.current_version is not None:
+        headers["ETag"] = f'"{exc.current_version}"'
+    extra = {key: value for key, value in exc.extra.items() if value is not None}
+    return problem_response(
+        status_of(exc), exc.detail, slug=exc.slug, headers=headers, request=request, **extra
+    )
+
+
 async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
@@ -177,6 +219,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 def install(app: FastAPI) -> None:
     """Register the error handlers and the request-id middleware on ``app``."""
     app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(MakaziError, _on_domain)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(DBAPIError, _on_database)
