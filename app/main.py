@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
-from app.routers import meta
+from app.routers import features, meta
 from geo.db import Database
 from geo.settings import Settings, get_settings
 
@@ -55,10 +56,12 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
     app.state.token_cache = {}
-    app.state.conformance = list(meta.CORE_CONFORMANCE)
+    app.state.conformance = [*meta.CORE_CONFORMANCE, *features.CONFORMANCE]
+    app.state.extent_cache = {}
     if database is not None:
         app.state.db = database
     problems.install(app)
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -68,4 +71,5 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             expose_headers=["ETag", "Location", "Content-Crs", "X-Request-ID"],
         )
     app.include_router(meta.router)
+    app.include_router(features.router)
     return app

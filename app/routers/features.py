@@ -1,0 +1,577 @@
+"""OGC API - Features: collections, items, writes (Part 4) and history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import URL
+
+from app.bodies import read_limited
+from app.deps import DbDep, MapperUser, PublicReader, SettingsDep, ViewerUser
+from app.links import href
+from app.problems import Problem
+from geo.auth import Principal
+from geo.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
+from geo.errors import InvalidInput, NotFound, PreconditionRequired
+from geo.idempotency import KeyReused, claim, complete, request_hash
+from geo.layers import collections_meta
+from geo.layers.items import count_if_cheap, fetch_feature, open_page, parse_items_request
+from geo.layers.registry import COLLECTIONS, Collection, get_collection
+from geo.layers.writes import (
+    create_features,
+    delete_feature,
+    feature_history,
+    parse_feature_body,
+    patch_feature,
+    replace_feature,
+)
+
+router = APIRouter(tags=["features"])
+
+GEOJSON = "application/geo+json"
+CONFORMANCE = (
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+    "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables-query-parameters",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
+    "http://www.opengis.net/spec/cql2/1.0/conf/advanced-comparison-operators",
+    "http://www.opengis.net/spec/cql2/1.0/conf/case-insensitive-comparison",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions-plus",
+    "http://www.opengis.net/spec/cql2/1.0/conf/spatial-functions",
+    "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/create-replace-delete",
+    "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/update",
+    "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/features",
+)
+
+CollectionId = Annotated[str, Path(description="settlements, structures, facilities or traces")]
+FeatureId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+def _collection(name: str, *, for_write: bool = False) -> Collection:
+    collection = get_collection(name)
+    if collection is None:
+        raise NotFound(f"no collection {name!r}; collections: {', '.join(COLLECTIONS)}")
+    if for_write and not collection.writable:
+        raise Problem(
+            405, f"{name} is read-only here; upload GPX with POST /traces", headers={"Allow": "GET"}
+        )
+    return collection
+
+
+def _cache_headers(user: Principal | None) -> dict[str, str]:
+    scope = "private" if user is not None else "public"
+    return {"Cache-Control": f"{scope}, max-age=0, must-revalidate", "Vary": "Authorization"}
+
+
+# ------------------------------------------------------------------ collections
+@router.get("/collections", summary="The published collections")
+def list_collections(request: Request, db: DbDep, user: PublicReader) -> JSONResponse:
+    """Every collection with its extent, CRS list and links."""
+    with db.read() as conn:
+        extents = collections_meta.extents(conn, request.app.state.extent_cache)
+    body = {
+        "collections": [
+            collections_meta.describe(c, extents.get(c.name), base=href(request, ""))
+            for c in COLLECTIONS.values()
+        ],
+        "crs": [crs.uri for crs in SUPPORTED],
+        "links": [
+            {
+                "href": href(request, "/collections"),
+                "rel": "self",
+                "type": "application/json",
+                "title": "Collections",
+            },
+        ],
+    }
+    return JSONResponse(body, headers=_cache_headers(user))
+
+
+@router.get("/collections/{collection_id}", summary="One collection")
+def get_collection_doc(
+    collection_id: CollectionId, request: Request, db: DbDep, user: PublicReader
+) -> JSONResponse:
+    """Extent, CRS list, item type and links of one collection."""
+    collection = _collection(collection_id)
+    with db.read() as conn:
+        extents = collections_meta.extents(conn, request.app.state.extent_cache)
+    body = collections_meta.describe(
+        collection, extents.get(collection.name), base=href(request, "")
+    )
+    return JSONResponse(body, headers=_cache_headers(user))
+
+
+@router.get("/collections/{collection_id}/queryables", summary="Queryable properties")
+def get_queryables(collection_id: CollectionId, request: Request, user: PublicReader) -> Response:
+    """JSON Schema of the properties usable in ``filter``, ``sortby`` and as parameters."""
+    collection = _collection(collection_id)
+    schema = collections_meta.queryables(
+        collection, href(request, f"/collections/{collection.name}/queryables")
+    )
+    return JSONResponse(schema, media_type="application/schema+json", headers=_cache_headers(user))
+
+
+# ------------------------------------------------------------------------ items
+def _link(url: URL, rel: str, title: str, **params: int | None) -> dict[str, str]:
+    """A link to this items URL with the paging parameters replaced."""
+    query = [
+        (k, v)
+        for k, v in parse_qsl(url.query, keep_blank_values=True)
+        if k not in ("after", "before", "offset")
+    ]
+    query += [(k, str(v)) for k, v in params.items() if v is not None]
+    return {
+        "href": str(url.replace(query=urlencode(query))),
+        "rel": rel,
+        "type": GEOJSON,
+        "title": title,
+    }
+
+
+@router.get(
+    "/collections/{collection_id}/items",
+    summary="Features of a collection (GeoJSON, paged)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {GEOJSON: {}}}},
+)
+def get_items(
+    collection_id: CollectionId,
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    user: PublicReader,
+    limit: Annotated[int | None, Query(ge=1, description="Clamped to 10,000")] = None,
+    bbox: Annotated[str | None, Query(description="minx,miny,maxx,maxy in bbox-crs")] = None,
+    bbox_crs: Annotated[str | None, Query(alias="bbox-crs")] = None,
+    crs: Annotated[str | None, Query(description="CRS of the response")] = None,
+    datetime_: Annotated[str | None, Query(alias="datetime")] = None,
+    filter_: Annotated[str | None, Query(alias="filter", description="CQL2 filter")] = None,
+    filter_lang: Annotated[
+        Literal["cql2-text", "cql2-json"] | None, Query(alias="filter-lang")
+    ] = None,
+    filter_crs: Annotated[str | None, Query(alias="filter-crs")] = None,
+    sortby: Annotated[str | None, Query(description="e.g. -storeys,structure_number")] = None,
+    after: Annotated[int | None, Query(description="keyset cursor: ids after this")] = None,
+    before: Annotated[int | None, Query(description="keyset cursor: ids before this")] = None,
+    offset: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    """A page of features; follow the ``next`` link for more."""
+    collection = _collection(collection_id)
+    parsed = parse_items_request(
+        collection,
+        request.query_params.multi_items(),
+        user=user,
+        default_limit=settings.items_default_limit,
+        max_limit=settings.items_max_limit,
+    )
+    reading = db.read()
+    conn = reading.__enter__()
+    try:
+        matched = count_if_cheap(conn, parsed) if parsed.first_page else None
+        page = open_page(conn, parsed)
+    except BaseException:
+        reading.__exit__(None, None, None)
+        raise
+    url = request.url
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield b'{"type":"FeatureCollection","features":['
+            for chunk in page.chunks():
+                yield chunk.encode()
+            links = [
+                _link(
+                    url,
+                    "self",
+                    "This page",
+                    after=parsed.after,
+                    before=parsed.before,
+                    offset=parsed.offset or None,
+                ),
+                {
+                    "href": href(request, f"/collections/{collection.name}"),
+                    "rel": "collection",
+                    "type": "application/json",
+                    "title": collection.title,
+                },
+            ]
+            if parsed.sortby:
+                if page.more:
+                    links.append(
+                        _link(url, "next", "Next page", offset=parsed.offset + parsed.limit)
+                    )
+                if parsed.offset:
+                    links.append(
+                        _link(
+                            url,
+                            "prev",
+                            "Previous page",
+                            offset=max(0, parsed.offset - parsed.limit),
+                        )
+                    )
+            else:
+                has_next = page.more or (parsed.before is not None and page.last_id is not None)
+                if has_next and page.last_id is not None:
+                    links.append(_link(url, "next", "Next page", after=page.last_id))
+                has_prev = (
+                    not parsed.first_page
+                    and page.first_id is not None
+                    and (parsed.before is None or page.returned == parsed.limit)
+                )
+                if has_prev:
+                    links.append(_link(url, "prev", "Previous page", before=page.first_id))
+            tail: dict[str, Any] = {"numberReturned": page.returned}
+            number_matched = matched
+            if number_matched is None and parsed.first_page and not page.more:
+                number_matched = page.returned
+            if number_matched is not None:
+                tail["numberMatched"] = number_matched
+            tail["timeStamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            tail["links"] = links
+            yield b"]," + json.dumps(tail)[1:].encode()
+        finally:
+            reading.__exit__(None, None, None)
+
+    headers = {"Content-Crs": f"<{parsed.crs.uri}>", **_cache_headers(user)}
+    return StreamingResponse(body(), media_type=GEOJSON, headers=headers)
+
+
+def _response_crs(value: str | None) -> Any:
+    try:
+        return parse_crs(value)
+    except UnknownCrs as exc:
+        raise InvalidInput(f"crs: {exc}", status=400) from exc
+
+
+def _feature_response(
+    request: Request,
+    collection: Collection,
+    fid: int,
+    text_value: str,
+    version: int,
+    crs_uri: str,
+    *,
+    status: int = 200,
+    extra_headers: dict[str, str] | None = None,
+) -> Response:
+    self_href = href(request, f"/collections/{collection.name}/items/")
+    links = [
+        {"href": f"{self_href}{fid}", "rel": "self", "type": GEOJSON},
+        {
+            "href": href(request, f"/collections/{collection.name}"),
+            "rel": "collection",
+            "type": "application/json",
+        },
+        {"href": f"{self_href}{fid}/history", "rel": "version-history", "type": "application/json"},
+    ]
+    body = text_value[:-1] + ',"links":' + json.dumps(links) + "}"
+    headers = {"ETag": f'"{version}"', "Content-Crs": f"<{crs_uri}>", **(extra_headers or {})}
+    return Response(body, status_code=status, media_type=GEOJSON, headers=headers)
+
+
+@router.get(
+    "/collections/{collection_id}/items/{feature_id}",
+    summary="One feature",
+    responses={200: {"content": {GEOJSON: {}}}},
+)
+def get_item(
+    collection_id: CollectionId,
+    feature_id: FeatureId,
+    request: Request,
+    db: DbDep,
+    user: PublicReader,
+    crs: Annotated[str | None, Query()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The feature with its version as ``ETag``."""
+    collection = _collection(collection_id)
+    target = _response_crs(crs)
+    with db.read() as conn:
+        found = fetch_feature(conn, collection, feature_id, user=user, crs=target)
+    if found is None:
+        raise NotFound(f"{collection.name} {feature_id} does not exist")
+    text_value, version = found
+    if if_none_match and f'"{version}"' in {
+        t.strip().removeprefix("W/") for t in if_none_match.split(",")
+    }:
+        return Response(status_code=304, headers={"ETag": f'"{version}"'})
+    return _feature_response(
+        request,
+        collection,
+        feature_id,
+        text_value,
+        version,
+        target.uri,
+        extra_headers=_cache_headers(user),
+    )
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    if if_match is None or not if_match.strip():
+        raise PreconditionRequired(
+            "this write needs an If-Match header with the version you read (its ETag); "
+            "read the feature first"
+        )
+    value = if_match.strip()
+    if value == "*":
+        return None
+    value = value.removeprefix("W/").strip('"')
+    if not value.isdigit():
+        return -1  # cannot match any version: a 412 names the current one
+    return int(value)
+
+
+def _content_crs(header: str | None) -> Any:
+    if header is None:
+        return CRS84
+    try:
+        return parse_crs(header.strip().strip("<>"))
+    except UnknownCrs as exc:
+        raise InvalidInput(f"Content-Crs: {exc}", status=400) from exc
+
+
+@router.post(
+    "/collections/{collection_id}/items",
+    status_code=201,
+    summary="Create features (a Feature or a FeatureCollection)",
+)
+async def post_items(
+    collection_id: CollectionId,
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    user: MapperUser,
+    repair: Annotated[bool, Query(description="repair invalid geometry")] = False,
+    idempotency_key: Annotated[str | None, Header()] = None,
+    content_crs: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Create one feature (201 + Location + ETag) or many (all or nothing)."""
+    collection = _collection(collection_id, for_write=True)
+    body = await read_limited(
+        request, settings.max_json_body_mb * 1024 * 1024, setting="MAKAZI_MAX_JSON_BODY_MB"
+    )
+    crs = _content_crs(content_crs)
+
+    def work() -> Response:
+        features = parse_feature_body(body, allow_collection=True)
+        with db.begin(actor=user.name) as conn:
+            if idempotency_key is not None:
+                try:
+                    stored = claim(
+                        conn,
+                        principal=user.name,
+                        key=idempotency_key,
+                        scope=f"POST /collections/{collection.name}/items",
+                        fingerprint=request_hash(body, str(request.query_params), crs.uri),
+                    )
+                except KeyReused as exc:
+                    raise InvalidInput(str(exc), slug="idempotency-key-reused") from exc
+                except ValueError as exc:
+                    raise InvalidInput(str(exc), status=400) from exc
+                if stored is not None:
+                    return Response(
+                        stored.body,
+                        status_code=stored.status,
+                        headers=stored.headers,
+                        media_type=GEOJSON,
+                    )
+            created = create_features(
+                conn,
+                collection,
+                features,
+                crs=crs,
+                repair=repair,
+                max_vertices=settings.max_feature_vertices,
+            )
+            base = href(request, f"/collections/{collection.name}/items/")
+            if len(created) == 1 and len(features) == 1:
+                fid, version = created[0]
+                found = fetch_feature(conn, collection, fid, user=user)
+                assert found is not None
+                response = _feature_response(
+                    request,
+                    collection,
+                    fid,
+                    found[0],
+                    version,
+                    CRS84.uri,
+                    status=201,
+                    extra_headers={"Location": f"{base}{fid}"},
+                )
+            else:
+                summary = {
+                    "numberCreated": len(created),
+                    "created": [
+                        {"id": fid, "version": v, "href": f"{base}{fid}"} for fid, v in created
+                    ],
+                }
+                response = JSONResponse(
+                    summary, status_code=201, headers={"Location": f"{base}{created[0][0]}"}
+                )
+            if idempotency_key is not None:
+                keep = {
+                    k: v
+                    for k, v in response.headers.items()
+                    if k.lower() in ("location", "etag", "content-crs", "content-type")
+                }
+                complete(
+                    conn,
+                    principal=user.name,
+                    key=idempotency_key,
+                    status=response.status_code,
+                    body=bytes(response.body),
+                    headers=keep,
+                )
+            return response
+
+    return await run_in_threadpool(work)
+
+
+async def _write_one(
+    request: Request,
+    db: Any,
+    settings: Any,
+    user: Principal,
+    collection_id: str,
+    feature_id: int,
+    if_match: str | None,
+    content_crs: str | None,
+    repair: bool,
+    *,
+    patch: bool,
+) -> Response:
+    collection = _collection(collection_id, for_write=True)
+    expected = _expected_version(if_match)
+    body = await read_limited(
+        request, settings.max_json_body_mb * 1024 * 1024, setting="MAKAZI_MAX_JSON_BODY_MB"
+    )
+    crs = _content_crs(content_crs)
+
+    def work() -> Response:
+        feature = parse_feature_body(body, allow_collection=False)[0]
+        operation = patch_feature if patch else replace_feature
+        with db.begin(actor=user.name) as conn:
+            version = operation(
+                conn,
+                collection,
+                feature_id,
+                feature,
+                expected_version=expected,
+                crs=crs,
+                repair=repair,
+                max_vertices=settings.max_feature_vertices,
+            )
+            found = fetch_feature(conn, collection, feature_id, user=user)
+        assert found is not None
+        return _feature_response(request, collection, feature_id, found[0], version, CRS84.uri)
+
+    return await run_in_threadpool(work)
+
+
+@router.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature")
+async def put_item(
+    collection_id: CollectionId,
+    feature_id: FeatureId,
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    user: MapperUser,
+    if_match: Annotated[str | None, Header()] = None,
+    content_crs: Annotated[str | None, Header()] = None,
+    repair: bool = False,
+) -> Response:
+    """Replace properties and geometry; needs ``If-Match`` (428 without, 412 when stale)."""
+    return await _write_one(
+        request,
+        db,
+        settings,
+        user,
+        collection_id,
+        feature_id,
+        if_match,
+        content_crs,
+        repair,
+        patch=False,
+    )
+
+
+@router.patch(
+    "/collections/{collection_id}/items/{feature_id}", summary="Update a feature (JSON merge patch)"
+)
+async def patch_item(
+    collection_id: CollectionId,
+    feature_id: FeatureId,
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    user: MapperUser,
+    if_match: Annotated[str | None, Header()] = None,
+    content_crs: Annotated[str | None, Header()] = None,
+    repair: bool = False,
+) -> Response:
+    """Merge-patch properties (null clears) and optionally the geometry; needs ``If-Match``."""
+    return await _write_one(
+        request,
+        db,
+        settings,
+        user,
+        collection_id,
+        feature_id,
+        if_match,
+        content_crs,
+        repair,
+        patch=True,
+    )
+
+
+@router.delete(
+    "/collections/{collection_id}/items/{feature_id}",
+    status_code=204,
+    summary="Delete a feature (soft)",
+)
+def delete_item(
+    collection_id: CollectionId,
+    feature_id: FeatureId,
+    db: DbDep,
+    user: MapperUser,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Soft delete: the row stays with ``deleted_at`` and the deletion shows in history."""
+    collection = _collection(collection_id, for_write=True)
+    expected = _expected_version(if_match)
+    with db.begin(actor=user.name) as conn:
+        delete_feature(conn, collection, feature_id, expected_version=expected)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/collections/{collection_id}/items/{feature_id}/history", summary="Every version of a feature"
+)
+def get_history(
+    collection_id: CollectionId, feature_id: FeatureId, db: DbDep, user: ViewerUser
+) -> JSONResponse:
+    """``{"versions": [{version, changed_at, changed_by, action, changes}]}``."""
+    collection = _collection(collection_id)
+    with db.read() as conn:
+        if (
+            collection.name == "traces"
+            and fetch_feature(conn, collection, feature_id, user=user) is None
+        ):
+            raise NotFound(f"traces {feature_id} does not exist")
+        versions = feature_history(conn, collection, feature_id)
+    return JSONResponse({"versions": versions})

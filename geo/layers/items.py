@@ -1,0 +1,428 @@
+"""Reading features: query parameters to SQL, and GeoJSON bytes built by PostGIS.
+
+Each Feature is written by PostgreSQL as one text value (``ST_AsGeoJSON`` for
+the geometry, ``json_build_object`` for the properties, joined as text so the
+geometry is never parsed again); Python only joins the rows with commas while
+it streams them from a server-side cursor.  Pages are keyset-paged on ``id``
+(``after``/``before`` cursors), so page 5,000 costs what page 1 costs; an
+explicit ``sortby`` pages with an offset.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    Select,
+    Text,
+    bindparam,
+    func,
+    literal_column,
+    select,
+)
+
+from geo.auth import Principal
+from geo.crs import CRS84, Crs, UnknownCrs, parse_crs
+from geo.errors import InvalidInput
+from geo.layers.cql2 import FilterError, compile_filter, parse_filter
+from geo.layers.registry import Collection
+
+__all__ = [
+    "ItemsRequest",
+    "Page",
+    "feature_sql",
+    "parse_items_request",
+    "open_page",
+    "count_if_cheap",
+    "fetch_feature",
+]
+
+EXACT_COUNT_LIMIT = 50_000
+RESERVED = {
+    "limit",
+    "bbox",
+    "bbox-crs",
+    "crs",
+    "datetime",
+    "filter",
+    "filter-lang",
+    "filter-crs",
+    "sortby",
+    "after",
+    "before",
+    "offset",
+    "f",
+    "skipGeometry",
+}
+
+
+def _bad(detail: str) -> InvalidInput:
+    return InvalidInput(detail, status=400)
+
+
+@dataclass
+class ItemsRequest:
+    """A parsed ``/items`` request."""
+
+    collection: Collection
+    user: Principal | None
+    limit: int
+    crs: Crs = CRS84
+    where: list[ColumnElement[bool]] = field(default_factory=list)
+    sortby: list[tuple[str, bool]] = field(default_factory=list)
+    after: int | None = None
+    before: int | None = None
+    offset: int = 0
+    skip_geometry: bool = False
+
+    @property
+    def first_page(self) -> bool:
+        """Whether this is the first page (no cursor, no offset)."""
+        return self.after is None and self.before is None and self.offset == 0
+
+
+def _crs(value: str | None, name: str) -> Crs:
+    try:
+        return parse_crs(value)
+    except UnknownCrs as exc:
+        raise _bad(f"{name}: {exc}") from exc
+
+
+def _numbers(text_value: str, name: str) -> list[float]:
+    try:
+        values = [float(part) for part in text_value.split(",")]
+    except ValueError as exc:
+        raise _bad(f"{name} must be comma-separated numbers, got {text_value!r}") from exc
+    if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+        raise _bad(f"{name} must be finite numbers")
+    return values
+
+
+def _bbox_condition(collection: Collection, raw: str, crs: Crs) -> ColumnElement[bool]:
+    values = _numbers(raw, "bbox")
+    if len(values) == 6:
+        values = [values[0], values[1], values[3], values[4]]
+    if len(values) != 4:
+        raise _bad(f"bbox takes 4 (or 6) numbers, got {len(values)}")
+    x1, y1, x2, y2 = values
+    if crs.swap_axes:
+        x1, y1, x2, y2 = y1, x1, y2, x2
+    if x1 > x2 or y1 > y2:
+        raise _bad(
+            "bbox must be minx,miny,maxx,maxy with min <= max (antimeridian boxes are "
+            "not supported)"
+        )
+    if crs.srid == 4326 and (abs(y1) > 90 or abs(y2) > 90 or abs(x1) > 540 or abs(x2) > 540):
+        raise _bad("bbox latitude must lie within [-90, 90]")
+    envelope = func.ST_MakeEnvelope(
+        bindparam(None, x1),
+        bindparam(None, y1),
+        bindparam(None, x2),
+        bindparam(None, y2),
+        crs.srid,
+    )
+    if crs.srid != 4326:
+        envelope = func.ST_Transform(envelope, 4326)
+    condition: ColumnElement[bool] = func.ST_Intersects(collection.table.c.geom, envelope)
+    return condition
+
+
+_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt ].*)?$")
+
+
+def _instant(value: str) -> datetime | None:
+    if value in ("..", ""):
+        return None
+    if not _INSTANT.match(value):
+        raise _bad(f"datetime: {value!r} is not an RFC 3339 date-time")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise _bad(f"datetime: {value!r} is not an RFC 3339 date-time") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _datetime_condition(collection: Collection, raw: str) -> ColumnElement[bool]:
+    column = collection.table.c[collection.temporal]
+    if "/" in raw:
+        start_text, _, end_text = raw.partition("/")
+        start, end = _instant(start_text), _instant(end_text)
+        if start is None and end is None:
+            raise _bad("datetime: an interval needs at least one end")
+        if start and end and start > end:
+            raise _bad("datetime: the interval's start is after its end")
+        parts = []
+        if start is not None:
+            parts.append(column >= bindparam(None, start))
+        if end is not None:
+            parts.append(column <= bindparam(None, end))
+        return parts[0] if len(parts) == 1 else parts[0] & parts[1]
+    moment = _instant(raw)
+    if moment is None:
+        raise _bad("datetime: give an instant or an interval")
+    if len(raw) == 10:  # a whole day
+        return func.date(column) == bindparam(None, moment.date())
+    return column == bindparam(None, moment)
+
+
+def _property_condition(collection: Collection, name: str, raw: str) -> ColumnElement[bool]:
+    prop = collection.find(name)
+    column = collection.table.c[name] if name != "id" else collection.table.c.id
+    kind = "integer" if name == "id" else (prop.kind if prop else "string")
+    if kind in ("integer", "number"):
+        values = _numbers(raw, name)
+        if kind == "integer" and any(not v.is_integer() for v in values):
+            raise _bad(f"{name} must be a whole number, got {raw!r}")
+        cast = [int(v) if kind == "integer" else v for v in values]
+        return column.in_(cast) if len(cast) > 1 else column == cast[0]
+    if kind == "datetime":
+        moment = _instant(raw)
+        return column == bindparam(None, moment)
+    if kind == "string-array":
+        return column.contains([raw])
+    options = raw.split(",")
+    return column.in_(options) if len(options) > 1 else column == raw
+
+
+def parse_items_request(
+    collection: Collection,
+    params: list[tuple[str, str]],
+    *,
+    user: Principal | None,
+    default_limit: int,
+    max_limit: int,
+) -> ItemsRequest:
+    """Validate ``/items`` query parameters and turn them into SQL conditions.
+
+    Parameters
+    ----------
+    params
+        The query string as (name, value) pairs.
+
+    Raises
+    ------
+    InvalidInput
+        (400) naming the parameter that is wrong, including unknown ones.
+    """
+    seen: dict[str, str] = {}
+    for name, value in params:
+        if name in seen and name in RESERVED:
+            raise _bad(f"parameter {name!r} is given more than once")
+        seen[name] = value
+    limit = default_limit
+    if "limit" in seen:
+        try:
+            limit = int(seen["limit"])
+        except ValueError as exc:
+            raise _bad(f"limit must be a whole number, got {seen['limit']!r}") from exc
+        if limit < 1:
+            raise _bad("limit must be at least 1")
+        limit = min(limit, max_limit)
+    request = ItemsRequest(collection=collection, user=user, limit=limit)
+    request.crs = _crs(seen.get("crs"), "crs")
+    fmt = seen.get("f", "json").lower()
+    if fmt not in ("json", "geojson"):
+        raise _bad(f"f={fmt!r} is not offered for items; use f=json")
+    request.skip_geometry = seen.get("skipGeometry", "false").lower() == "true"
+    if "bbox" in seen:
+        bbox_crs = _crs(seen.get("bbox-crs"), "bbox-crs")
+        request.where.append(_bbox_condition(collection, seen["bbox"], bbox_crs))
+    elif "bbox-crs" in seen:
+        raise _bad("bbox-crs given without bbox")
+    if "datetime" in seen:
+        request.where.append(_datetime_condition(collection, seen["datetime"].strip()))
+    if "filter" in seen:
+        lang = seen.get("filter-lang", "cql2-text")
+        filter_crs = _crs(seen.get("filter-crs"), "filter-crs")
+        tree = parse_filter(seen["filter"], lang)
+        request.where.append(compile_filter(tree, collection, filter_crs))
+    elif "filter-lang" in seen and seen["filter-lang"] not in ("cql2-text", "cql2-json"):
+        raise FilterError(f"filter-lang {seen['filter-lang']!r} is not supported")
+    for name, value in seen.items():
+        if name in RESERVED:
+            continue
+        if name != "id" and collection.find(name) is None:
+            known = ", ".join(sorted(RESERVED | {p.name for p in collection.properties}))
+            raise _bad(f"unknown query parameter {name!r}; known: {known}")
+        request.where.append(_property_condition(collection, name, value))
+    if "sortby" in seen:
+        for part in seen["sortby"].split(","):
+            part = part.strip()
+            descending = part.startswith("-")
+            name = part.lstrip("+-").strip()
+            found = collection.find(name)
+            if name != "id" and (found is None or found.kind == "string-array"):
+                raise _bad(f"sortby: {name!r} is not a sortable property of {collection.name}")
+            request.sortby.append((name, descending))
+        if request.sortby == [("id", False)]:
+            request.sortby = []
+    for name in ("after", "before", "offset"):
+        if name in seen:
+            try:
+                number = int(seen[name])
+            except ValueError as exc:
+                raise _bad(f"{name} must be a whole number") from exc
+            if number < 0:
+                raise _bad(f"{name} must not be negative")
+            setattr(request, name, number)
+    if request.sortby and (request.after is not None or request.before is not None):
+        raise _bad("after/before page by id; with sortby use offset")
+    return request
+
+
+def feature_sql(collection: Collection, crs: Crs, *, skip_geometry: bool = False) -> str:
+    """SQL text of one Feature as JSON text, for table alias ``t``.
+
+    Every identifier comes from the registry; nothing from the request.
+    """
+    if skip_geometry:
+        geometry = "'null'"
+    else:
+        if crs.srid == 4326:
+            expression = "ST_FlipCoordinates(t.geom)" if crs.swap_axes else "t.geom"
+            digits = 7
+        else:
+            expression = f"ST_Transform(t.geom, {int(crs.srid)})"
+            digits = 2
+        geometry = f"coalesce(ST_AsGeoJSON({expression}, {digits}), 'null')"
+    pairs = ", ".join(f"'{p.name}', t.{p.name}" for p in collection.properties)
+    return (
+        '\'{"type":"Feature","id":\' || t.id || \',"geometry":\' || '
+        f"{geometry} || ',\"properties\":' || json_build_object({pairs})::text || '}}'"
+    )
+
+
+def _base(request: ItemsRequest) -> Select[Any]:
+    table = request.collection.table.alias("t")
+    feature = literal_column(
+        feature_sql(request.collection, request.crs, skip_geometry=request.skip_geometry), Text
+    )
+    statement = select(table.c.id, feature).select_from(table)
+    # conditions were built on the unaliased table: adapt them to the alias
+    from sqlalchemy.sql.util import ClauseAdapter
+
+    adapter = ClauseAdapter(table)
+    conditions = [request.collection.visible(request.user), *request.where]
+    for condition in conditions:
+        statement = statement.where(adapter.traverse(condition))
+    return statement
+
+
+def _paged(request: ItemsRequest) -> Select[Any]:
+    statement = _base(request)
+    table = statement.selected_columns
+    id_column = table[0]
+    if request.sortby:
+        from sqlalchemy import asc, desc
+
+        froms = statement.get_final_froms()
+        alias = froms[0]
+        order = [
+            (desc if descending else asc)(alias.c[name]).nulls_last()
+            for name, descending in request.sortby
+        ]
+        return statement.order_by(*order, id_column).limit(request.limit + 1).offset(request.offset)
+    if request.before is not None:
+        inner = (
+            statement.where(id_column < bindparam("before", request.before, type_=Integer))
+            .order_by(id_column.desc())
+            .limit(request.limit)
+            .subquery("page")
+        )
+        return select(inner.c[0], inner.c[1]).order_by(inner.c[0])
+    if request.after is not None:
+        statement = statement.where(id_column > bindparam("after", request.after, type_=Integer))
+    return statement.order_by(id_column).limit(request.limit + 1).offset(request.offset)
+
+
+@dataclass
+class Page:
+    """An open page of features: iterate :meth:`chunks` once, then read the counters."""
+
+    limit: int
+    rows: Any
+    first: list[tuple[int, str]]
+    reverse_paged: bool
+    returned: int = 0
+    first_id: int | None = None
+    last_id: int | None = None
+    more: bool = False
+
+    def chunks(self, size: int = 1000) -> Iterator[str]:
+        """Feature texts joined by commas, a chunk at a time."""
+        batch = self.first
+        separator = ""
+        while batch:
+            if not self.reverse_paged and self.returned + len(batch) > self.limit:
+                batch = batch[: self.limit - self.returned]
+                self.more = True
+            if batch:
+                if self.first_id is None:
+                    self.first_id = batch[0][0]
+                self.last_id = batch[-1][0]
+                self.returned += len(batch)
+                yield separator + ",".join(row[1] for row in batch)
+                separator = ","
+            if self.more:
+                break
+            batch = self.rows.fetchmany(size)
+
+
+def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 200) -> Page:
+    """Run the page's query on a server-side cursor and read its first rows.
+
+    Reading the first rows here makes SQL errors surface before any byte of
+    the response is sent.
+    """
+    statement = _paged(request)
+    result = conn.execution_options(stream_results=True, max_row_buffer=2000).execute(statement)
+    first = [(int(row[0]), str(row[1])) for row in result.fetchmany(prefetch)]
+    return Page(
+        limit=request.limit, rows=result, first=first, reverse_paged=request.before is not None
+    )
+
+
+def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
+    """Exact number of matches when the planner expects few, else None.
+
+    Never a ``COUNT(*)`` over a large layer: the planner's estimate decides.
+    """
+    statement = _base(request).with_only_columns(func.count()).order_by(None)
+    compiled = statement.compile(conn)
+    plan = conn.exec_driver_sql(
+        "EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params
+    ).scalar()
+    estimate = float(plan[0]["Plan"]["Plan Rows"]) if plan else float("inf")
+    if plan and plan[0]["Plan"].get("Plans"):
+        estimate = float(plan[0]["Plan"]["Plans"][0].get("Plan Rows", estimate))
+    if estimate > EXACT_COUNT_LIMIT:
+        return None
+    return int(conn.execute(statement).scalar_one())
+
+
+def fetch_feature(
+    conn: Connection,
+    collection: Collection,
+    feature_id: int,
+    *,
+    user: Principal | None,
+    crs: Crs = CRS84,
+) -> tuple[str, int] | None:
+    """One feature's GeoJSON text and version, or None when absent or not visible."""
+    request = ItemsRequest(collection=collection, user=user, limit=1, crs=crs)
+    statement = _base(request)
+    alias = statement.get_final_froms()[0]
+    statement = statement.add_columns(alias.c.version).where(
+        alias.c.id == bindparam("fid", feature_id, type_=Integer)
+    )
+    row = conn.execute(statement).first()
+    if row is None:
+        return None
+    return str(row[1]), int(row[2])
