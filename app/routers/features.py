@@ -16,10 +16,11 @@ from starlette.datastructures import URL
 from app.bodies import read_limited
 from app.deps import DbDep, MapperUser, PublicReader, SettingsDep, ViewerUser
 from app.links import href
+from app.preconditions import etag, expected_version
 from app.problems import Problem
 from geo.auth import Principal
 from geo.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
-from geo.errors import InvalidInput, NotFound, PreconditionRequired
+from geo.errors import InvalidInput, NotFound
 from geo.idempotency import KeyReused, claim, complete, request_hash
 from geo.layers import collections_meta
 from geo.layers.items import count_if_cheap, fetch_feature, open_page, parse_items_request
@@ -280,7 +281,7 @@ def _feature_response(
         {"href": f"{self_href}{fid}/history", "rel": "version-history", "type": "application/json"},
     ]
     body = text_value[:-1] + ',"links":' + json.dumps(links) + "}"
-    headers = {"ETag": f'"{version}"', "Content-Crs": f"<{crs_uri}>", **(extra_headers or {})}
+    headers = {"ETag": etag(version), "Content-Crs": f"<{crs_uri}>", **(extra_headers or {})}
     return Response(body, status_code=status, media_type=GEOJSON, headers=headers)
 
 
@@ -319,21 +320,6 @@ def get_item(
         target.uri,
         extra_headers=_cache_headers(user),
     )
-
-
-def _expected_version(if_match: str | None) -> int | None:
-    if if_match is None or not if_match.strip():
-        raise PreconditionRequired(
-            "this write needs an If-Match header with the version you read (its ETag); "
-            "read the feature first"
-        )
-    value = if_match.strip()
-    if value == "*":
-        return None
-    value = value.removeprefix("W/").strip('"')
-    if not value.isdigit():
-        return -1  # cannot match any version: a 412 names the current one
-    return int(value)
 
 
 def _content_crs(header: str | None) -> Any:
@@ -456,7 +442,7 @@ async def _write_one(
     patch: bool,
 ) -> Response:
     collection = _collection(collection_id, for_write=True)
-    expected = _expected_version(if_match)
+    expected = expected_version(if_match)
     body = await read_limited(
         request, settings.max_json_body_mb * 1024 * 1024, setting="MAKAZI_MAX_JSON_BODY_MB"
     )
@@ -553,7 +539,7 @@ def delete_item(
 ) -> Response:
     """Soft delete: the row stays with ``deleted_at`` and the deletion shows in history."""
     collection = _collection(collection_id, for_write=True)
-    expected = _expected_version(if_match)
+    expected = expected_version(if_match)
     with db.begin(actor=user.name) as conn:
         delete_feature(conn, collection, feature_id, expected_version=expected)
     return Response(status_code=204)

@@ -396,9 +396,7 @@ def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
     """
     statement = _base(request).with_only_columns(func.count()).order_by(None)
     compiled = statement.compile(conn)
-    plan = conn.exec_driver_sql(
-        "EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params
-    ).scalar()
+    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params).scalar()
     estimate = float(plan[0]["Plan"]["Plan Rows"]) if plan else float("inf")
     if plan and plan[0]["Plan"].get("Plans"):
         estimate = float(plan[0]["Plan"]["Plans"][0].get("Plan Rows", estimate))

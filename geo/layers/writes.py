@@ -28,6 +28,8 @@ __all__ = [
     "FeatureInput",
     "parse_feature_body",
     "check_properties",
+    "check_values",
+    "parse_json",
     "create_features",
     "replace_feature",
     "patch_feature",
@@ -102,11 +104,11 @@ def parse_feature_body(body: bytes, *, allow_collection: bool) -> list[FeatureIn
     return [_feature(document, 0, where="body")]
 
 
-def _check_value(prop: Property, value: Any) -> Any:
-    name = prop.name
+def _check_value(prop: Property, value: Any, prefix: str = "properties.") -> Any:
+    name = prefix + prop.name
     if value is None:
         if prop.required:
-            raise InvalidInput(f"properties.{name} is required and cannot be null", field=name)
+            raise InvalidInput(f"{name} is required and cannot be null", field=prop.name)
         return None
     if prop.kind == "integer":
         if (
@@ -114,7 +116,7 @@ def _check_value(prop: Property, value: Any) -> Any:
             or not isinstance(value, int | float)
             or (isinstance(value, float) and not value.is_integer())
         ):
-            raise InvalidInput(f"properties.{name} must be a whole number", field=name)
+            raise InvalidInput(f"{name} must be a whole number", field=prop.name)
         value = int(value)
     elif prop.kind == "number":
         if (
@@ -122,65 +124,76 @@ def _check_value(prop: Property, value: Any) -> Any:
             or not isinstance(value, int | float)
             or not math.isfinite(value)
         ):
-            raise InvalidInput(f"properties.{name} must be a number", field=name)
+            raise InvalidInput(f"{name} must be a number", field=prop.name)
     elif prop.kind == "string-array":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InvalidInput(f"properties.{name} must be a list of strings", field=name)
+            raise InvalidInput(f"{name} must be a list of strings", field=prop.name)
         if any(len(v) > prop.max_length for v in value):
-            raise InvalidInput(
-                f"properties.{name} has an entry over {prop.max_length} chars", field=name
-            )
+            raise InvalidInput(f"{name} has an entry over {prop.max_length} chars", field=prop.name)
         return value
     else:
         if not isinstance(value, str):
-            raise InvalidInput(f"properties.{name} must be a string", field=name)
+            raise InvalidInput(f"{name} must be a string", field=prop.name)
         if len(value) > prop.max_length:
             raise InvalidInput(
-                f"properties.{name} is longer than {prop.max_length} characters", field=name
+                f"{name} is longer than {prop.max_length} characters", field=prop.name
             )
         if prop.enum is not None and value not in prop.enum:
             raise InvalidInput(
-                f"properties.{name} must be one of {', '.join(prop.enum)}; got {value!r}",
-                field=name,
+                f"{name} must be one of {', '.join(prop.enum)}; got {value!r}",
+                field=prop.name,
             )
         if prop.required and not value.strip():
-            raise InvalidInput(f"properties.{name} must not be empty", field=name)
+            raise InvalidInput(f"{name} must not be empty", field=prop.name)
     if prop.minimum is not None and value < prop.minimum:
-        raise InvalidInput(f"properties.{name} must be at least {prop.minimum:g}", field=name)
+        raise InvalidInput(f"{name} must be at least {prop.minimum:g}", field=prop.name)
     if prop.maximum is not None and value > prop.maximum:
-        raise InvalidInput(f"properties.{name} must be at most {prop.maximum:g}", field=name)
+        raise InvalidInput(f"{name} must be at most {prop.maximum:g}", field=prop.name)
     return value
+
+
+def check_values(
+    properties: tuple[Property, ...],
+    given: dict[str, Any],
+    *,
+    partial: bool,
+    owner: str,
+    prefix: str = "properties.",
+) -> dict[str, Any]:
+    """Validated column values for ``given`` against a property list.
+
+    Read-only properties (``version``, ``households``…) are ignored, so a client
+    may send back what it read; unknown ones are refused by name.
+    """
+    by_name = {p.name: p for p in properties}
+    writable = [p for p in properties if p.writable]
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        prop = by_name.get(name)
+        if prop is None:
+            if name == "id":
+                continue
+            names = ", ".join(p.name for p in writable)
+            raise InvalidInput(
+                f"{prefix}{name} is not a property of {owner}; writable: {names}", field=name
+            )
+        if not prop.writable:
+            continue
+        values[name] = _check_value(prop, value, prefix)
+    if not partial:
+        for prop in writable:
+            if prop.name not in values:
+                if prop.required:
+                    raise InvalidInput(f"{prefix}{prop.name} is required", field=prop.name)
+                values[prop.name] = None
+    return values
 
 
 def check_properties(
     collection: Collection, properties: dict[str, Any], *, partial: bool
 ) -> dict[str, Any]:
-    """Validated column values from GeoJSON properties.
-
-    Read-only properties (``version``, ``households``…) are ignored, so a client
-    may send back what it read; unknown ones are refused by name.
-    """
-    values: dict[str, Any] = {}
-    for name, value in properties.items():
-        prop = collection.find(name)
-        if prop is None:
-            if name == "id":
-                continue
-            writable = ", ".join(p.name for p in collection.writable_properties)
-            raise InvalidInput(
-                f"properties.{name} is not a property of {collection.name}; writable: {writable}",
-                field=name,
-            )
-        if not prop.writable:
-            continue
-        values[name] = _check_value(prop, value)
-    if not partial:
-        for prop in collection.writable_properties:
-            if prop.name not in values:
-                if prop.required:
-                    raise InvalidInput(f"properties.{prop.name} is required", field=prop.name)
-                values[prop.name] = None
-    return values
+    """Validated column values from a feature's GeoJSON properties."""
+    return check_values(collection.properties, properties, partial=partial, owner=collection.name)
 
 
 def _count_positions(coords: Any, depth: int = 0) -> int:
