@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
-from app.routers import features, meta
+from app.routers import features, meta, tiles, web
 from geo.db import Database
 from geo.settings import Settings, get_settings
 
@@ -72,4 +72,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         )
     app.include_router(meta.router)
     app.include_router(features.router)
+    app.include_router(tiles.router)
+    app.include_router(web.router)
     return app

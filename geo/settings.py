@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     items_default_limit: int = Field(default=100, ge=1)
     items_max_limit: int = Field(default=10_000, ge=1)
 
+    tile_cache_mb: int = Field(default=64, ge=0)
+    tiles_max_zoom: int = Field(default=20, ge=0, le=24)
+    tile_max_age_s: int = Field(default=30, ge=0)
+
     demo_structures: int = Field(default=20_000, ge=0)
     demo_seed: int = 7
 

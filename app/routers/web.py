@@ -1,0 +1,66 @@
+"""The web map page (``/map``) and the static files it loads.
+
+Everything the page needs is served from here: our own ``map.js`` and
+``map.css``, and MapLibre GL JS, which ``make`` fetches from the npm registry
+into ``app/static/vendor`` (``make vendor``).  No file is fetched from any
+other host, so the map works on a laptop with no internet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+
+from app.problems import Problem
+
+__all__ = ["STATIC", "router"]
+
+router = APIRouter(tags=["Web map"])
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+# Only these names are served: a request names a file, never a path.
+_FILES: dict[str, dict[str, str]] = {
+    "map": {
+        "map.js": "text/javascript; charset=utf-8",
+        "map.css": "text/css; charset=utf-8",
+    },
+    "vendor": {
+        "maplibre-gl.js": "text/javascript; charset=utf-8",
+        "maplibre-gl.css": "text/css; charset=utf-8",
+        "LICENSE.txt": "text/plain; charset=utf-8",
+    },
+}
+
+
+def _serve(request: Request, path: Path, media_type: str) -> Response:
+    """The file with a validator; 304 when the client's copy is current."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        hint = (
+            " (run `make vendor` to fetch MapLibre GL JS)" if path.parent.name == "vendor" else ""
+        )
+        raise Problem(404, f"{path.name} is not installed{hint}", slug="not-found") from None
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type=media_type, headers=headers)
+
+
+@router.get("/map", include_in_schema=False)
+def map_page(request: Request) -> Response:
+    """The web map."""
+    return _serve(request, STATIC / "map" / "index.html", "text/html; charset=utf-8")
+
+
+@router.get("/static/{folder}/{name}", include_in_schema=False)
+def static_file(request: Request, folder: str, name: str) -> Response:
+    """One of the map's static files (a fixed list)."""
+    media_type = _FILES.get(folder, {}).get(name)
+    if media_type is None:
+        raise Problem(404, f"no static file {folder}/{name}", slug="not-found")
+    return _serve(request, STATIC / folder / name, media_type)
