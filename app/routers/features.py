@@ -246,6 +246,7 @@ def get_items(
             tail["links"] = links
             yield b"]," + json.dumps(tail)[1:].encode()
         finally:
+            page.close()
             reading.__exit__(None, None, None)
 
     headers = {"Content-Crs": f"<{parsed.crs.uri}>", **_cache_headers(user)}

@@ -304,7 +304,7 @@ def _base(request: ItemsRequest) -> Select[Any]:
     feature = literal_column(
         feature_sql(request.collection, request.crs, skip_geometry=request.skip_geometry), Text
     )
-    statement = select(table.c.id, feature).select_from(table)
+    statement = select(table.c.id.label("id"), feature.label("feature")).select_from(table)
     # conditions were built on the unaliased table: adapt them to the alias
     from sqlalchemy.sql.util import ClauseAdapter
 
@@ -336,7 +336,7 @@ def _paged(request: ItemsRequest) -> Select[Any]:
             .limit(request.limit)
             .subquery("page")
         )
-        return select(inner.c[0], inner.c[1]).order_by(inner.c[0])
+        return select(inner.c.id, inner.c.feature).order_by(inner.c.id)
     if request.after is not None:
         statement = statement.where(id_column > bindparam("after", request.after, type_=Integer))
     return statement.order_by(id_column).limit(request.limit + 1).offset(request.offset)
@@ -374,6 +374,10 @@ class Page:
                 break
             batch = self.rows.fetchmany(size)
 
+    def close(self) -> None:
+        """Close the server-side cursor (before its connection goes back)."""
+        self.rows.close()
+
 
 def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 200) -> Page:
     """Run the page's query on a server-side cursor and read its first rows.
@@ -382,7 +386,7 @@ def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 200) -
     the response is sent.
     """
     statement = _paged(request)
-    result = conn.execution_options(stream_results=True, max_row_buffer=2000).execute(statement)
+    result = conn.execute(statement.execution_options(stream_results=True, max_row_buffer=2000))
     first = [(int(row[0]), str(row[1])) for row in result.fetchmany(prefetch)]
     return Page(
         limit=request.limit, rows=result, first=first, reverse_paged=request.before is not None
@@ -395,7 +399,7 @@ def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
     Never a ``COUNT(*)`` over a large layer: the planner's estimate decides.
     """
     statement = _base(request).with_only_columns(func.count()).order_by(None)
-    compiled = statement.compile(conn)
+    compiled = statement.compile(conn, compile_kwargs={"render_postcompile": True})
     plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params).scalar()
     estimate = float(plan[0]["Plan"]["Plan Rows"]) if plan else float("inf")
     if plan and plan[0]["Plan"].get("Plans"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, Table, false, or_, true
+from sqlalchemy import ColumnElement, Table, or_, true
 
 from geo.auth import Principal
 from geo.tables import facilities, settlements, structures, traces
@@ -121,11 +121,7 @@ class Collection:
             return live & (visibility == "public")
         if user.at_least("admin"):
             return live & true()
-        return live & or_(
-            visibility.in_(("public", "community")),
-            self.table.c.owner == user.name,
-            false(),
-        )
+        return live & or_(visibility.in_(("public", "community")), self.table.c.owner == user.name)
 
 
 _BOOKKEEPING = (
