@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint format pytest bench loadtest postgis testdeps clean help
+.PHONY: serve test lint format pytest bench loadtest postgis testdeps vendor clean help
 
 help:
 	@echo "make serve   run Makazi with demo data on http://$(HOST):$(PORT)/"
@@ -28,10 +28,27 @@ $(STAMP): pyproject.toml
 postgis: $(STAMP)
 	@$(BIN)/makazi db ensure
 
+# MapLibre GL JS for the web map, from the npm registry (served by the app: no CDN).
+MAPLIBRE_VERSION := 5.24.1
+VENDOR := app/static/vendor
+VENDOR_STAMP := $(VENDOR)/.maplibre-gl-$(MAPLIBRE_VERSION)
+
+$(VENDOR_STAMP):
+	@scripts/system-deps.sh web
+	@rm -rf build/npm && mkdir -p build/npm $(VENDOR)
+	cd build/npm && npm pack --silent --loglevel=error maplibre-gl@$(MAPLIBRE_VERSION) >/dev/null
+	tar -xzf build/npm/maplibre-gl-$(MAPLIBRE_VERSION).tgz -C build/npm \
+		package/dist/maplibre-gl.js package/dist/maplibre-gl.css package/LICENSE.txt
+	sed '/^\/\/# sourceMappingURL=/d' build/npm/package/dist/maplibre-gl.js > $(VENDOR)/maplibre-gl.js
+	cp build/npm/package/dist/maplibre-gl.css build/npm/package/LICENSE.txt $(VENDOR)/
+	@rm -f $(VENDOR)/.maplibre-gl-* && touch $@
+
+vendor: $(VENDOR_STAMP)
+
 testdeps:
 	@scripts/system-deps.sh test
 
-serve: postgis
+serve: postgis vendor
 	$(BIN)/makazi serve --demo --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
@@ -43,7 +60,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-pytest: postgis testdeps
+pytest: postgis testdeps vendor
 	$(BIN)/pytest
 
 test: lint pytest
