@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
+from app.routers import analysis
 from app.routers import features, meta, tiles, web
 from geo.db import Database
 from geo.settings import Settings, get_settings
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             expose_headers=["ETag", "Location", "Content-Crs", "X-Request-ID"],
         )
     app.include_router(meta.router)
+    app.include_router(analysis.router)
     app.include_router(features.router)
     app.include_router(tiles.router)
     app.include_router(web.router)

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     pool_size: int = Field(default=10, ge=1, le=200)
     statement_timeout_ms: int = Field(default=30_000, ge=100)
     analysis_timeout_ms: int = Field(default=20_000, ge=100)
+    analysis_max_buffer_m: float = Field(default=5_000.0, gt=0)
+    analysis_max_distance_m: float = Field(default=5_000.0, gt=0)
+    analysis_max_area_km2: float = Field(default=100.0, gt=0)
+    analysis_max_vertices: int = Field(default=10_000, ge=4)
+    analysis_min_cell_m: float = Field(default=10.0, gt=0)
+    analysis_max_cell_m: float = Field(default=10_000.0, gt=0)
+    analysis_max_cells: int = Field(default=10_000, ge=1)
 
     max_upload_mb: int = Field(default=50, ge=1)
     max_trace_points: int = Field(default=1_000_000, ge=1)

@@ -1,0 +1,158 @@
+"""Planner analyses over HTTP: parse, authorise, call :mod:`geo.analysis`, answer.
+
+Counts are suppressed for anonymous and viewer callers (see :mod:`geo.privacy`);
+per-structure output (``?f=geojson``) needs the planner role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from app.deps import DbDep, PublicReader, SettingsDep, ViewerUser
+from app.problems import Problem
+from geo import analysis
+from geo.auth import Principal
+from geo.privacy import FEATURE_ROLE, sees_features
+
+router = APIRouter(tags=["analysis"])
+
+GEOJSON = "application/geo+json"
+Format = Annotated[
+    Literal["json", "geojson"],
+    Query(description="`geojson`: the structures themselves (planner or admin)"),
+]
+
+
+def _role(user: Principal | None) -> str | None:
+    return user.role if user is not None else None
+
+
+def _require_features(user: Principal) -> None:
+    if not sees_features(user.role):
+        raise Problem(
+            403,
+            f"per-structure output (f=geojson) needs role {FEATURE_ROLE} or higher; "
+            f"your token has {user.role}",
+            slug="forbidden",
+        )
+
+
+def _stream(chunks: Iterator[bytes]) -> StreamingResponse:
+    """Prime the stream (errors and timeouts become problems), then send it."""
+    first = next(chunks)
+
+    def body() -> Iterator[bytes]:
+        yield first
+        yield from chunks
+
+    return StreamingResponse(body(), media_type=GEOJSON)
+
+
+def _check_body_size(request: Request, limit_mb: int) -> None:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit_mb * 1024 * 1024:
+        raise Problem(
+            413,
+            f"the body is larger than {limit_mb} MB (setting MAKAZI_MAX_JSON_BODY_MB)",
+            slug="too-large",
+        )
+
+
+@router.get("/settlements/{settlement_id}/summary", summary="Settlement profile")
+def settlement_summary(
+    settlement_id: int, user: PublicReader, db: DbDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Area, structures by use, households, people, densities, facilities by type and
+    condition, and the Know Your City estimates, each labelled counted or estimated.
+    Counts below 5 are null for anonymous and viewer callers and named in `suppressed`."""
+    return analysis.summary(db, settlement_id=settlement_id, settings=settings, role=_role(user))
+
+
+@router.post("/analysis/impact", summary="Impact of a corridor or zone", response_model=None)
+def impact(
+    body: analysis.ImpactRequest,
+    request: Request,
+    user: ViewerUser,
+    db: DbDep,
+    settings: SettingsDep,
+    f: Format = "json",
+    crs: Annotated[str | None, Query(description="CRS of the body's coordinates")] = None,
+) -> dict[str, Any] | Response:
+    """Structures, households and people a buffered line or polygon takes, per settlement,
+    and facilities affected by type.  Body: `{"geometry": <GeoJSON>, "buffer_m": 30}`,
+    optional `crs`, `min_overlap` (0..1 of a footprint inside)."""
+    _check_body_size(request, settings.max_json_body_mb)
+    if crs is not None:
+        if body.crs is not None and body.crs != crs:
+            raise Problem(
+                422, "crs: the query and the body name different CRSs", slug="invalid-input"
+            )
+        body = body.model_copy(update={"crs": crs})
+    if f == "geojson":
+        _require_features(user)
+        return _stream(analysis.impact_features(db, request=body, settings=settings))
+    return analysis.impact(db, request=body, settings=settings, role=user.role)
+
+
+@router.get("/analysis/access", summary="Structures beyond reach of a facility type")
+def access(
+    user: ViewerUser,
+    db: DbDep,
+    settings: SettingsDep,
+    facility_type: Annotated[str, Query(description="water_point, toilet_block, school, ...")],
+    max_distance_m: Annotated[float, Query(description="metres, edge to nearest facility")],
+    settlement_id: int | None = None,
+    f: Format = "json",
+) -> Any:
+    """Structures farther than `max_distance_m` from the nearest facility of the type
+    whose condition is not broken; `f=geojson` (planner) lists them with the nearest
+    facility id and distance."""
+    if f == "geojson":
+        _require_features(user)
+        return _stream(
+            analysis.access_features(
+                db,
+                facility_type=facility_type,
+                max_distance_m=max_distance_m,
+                settlement_id=settlement_id,
+                settings=settings,
+            )
+        )
+    return analysis.access(
+        db,
+        facility_type=facility_type,
+        max_distance_m=max_distance_m,
+        settlement_id=settlement_id,
+        settings=settings,
+        role=user.role,
+    )
+
+
+@router.get("/analysis/overlaps", summary="Overlapping settlement boundaries")
+def overlaps(
+    user: ViewerUser, db: DbDep, settings: SettingsDep, settlement_id: int | None = None
+) -> Response:
+    """Pairs of settlements whose boundaries overlap: a FeatureCollection of the overlap
+    polygons with `settlement_a`, `settlement_b`, `overlap_m2`."""
+    body = analysis.overlaps(db, settlement_id=settlement_id, settings=settings)
+    return Response(body, media_type=GEOJSON)
+
+
+@router.get("/analysis/density", summary="Density grid over a settlement")
+def density(
+    user: ViewerUser,
+    db: DbDep,
+    settings: SettingsDep,
+    settlement_id: int,
+    cell_m: Annotated[float, Query(description="cell size in metres (UTM 37S grid)")] = 100,
+) -> Response:
+    """Square cells aligned in UTM 37S with `structures`, `households` and `people`
+    (a cell counts a structure when it holds its point on surface)."""
+    body = analysis.density(
+        db, settlement_id=settlement_id, cell_m=cell_m, settings=settings, role=user.role
+    )
+    return Response(body, media_type=GEOJSON)

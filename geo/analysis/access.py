@@ -1,0 +1,247 @@
+"""Access to services: which structures lie farther than a walk from a working facility.
+
+The distance of a structure is the ellipsoidal (``geography``) distance from
+its footprint's edge to the nearest live facility of the asked type whose
+condition is not ``broken`` (a facility with no recorded condition counts).
+A structure inside a facility's polygon is at distance 0.
+
+Index use: the GiST index on ``facilities.geom`` (EPSG:4326) is probed with the
+structure's bounding box grown by the distance converted to degrees with a 1 %
+margin (``_NEAR``); that box only pre-filters, every distance is measured in
+metres on the ellipsoid.  The nearest facility (planner output) comes from the
+index's KNN order (``<->``) refined by the geography distance of the eight
+nearest candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import TextClause, text
+
+from geo.analysis.common import (
+    WITHIN_SETTLEMENT,
+    check_facility_type,
+    check_range,
+    fetch_json,
+    require_settlement,
+    stream_features,
+)
+from geo.db import Database
+from geo.privacy import Suppressor, sees_raw_counts
+from geo.settings import Settings
+
+__all__ = ["access", "access_features"]
+
+_QUALIFYING = """
+    f.deleted_at IS NULL AND f.type = :facility_type
+    AND f.condition IS DISTINCT FROM 'broken'
+"""
+
+# A qualifying facility within :max_d metres of structure t?  The box is in
+# degrees only to use the index: 110,574 m is the shortest degree of latitude,
+# 111,320 m x cos(latitude) the length of a degree of longitude; 1 % margin.
+_NEAR = (
+    """
+    SELECT 1 FROM facilities f
+    WHERE """
+    + _QUALIFYING
+    + """
+      AND f.geom && ST_Expand(
+              t.geom,
+              :max_d * 1.01 / (111320.0 * cos(radians(least(89.0, greatest(
+                  abs(ST_YMin(t.geom::box3d)), abs(ST_YMax(t.geom::box3d))) + :max_d / 110574.0)))),
+              :max_d * 1.01 / 110574.0)
+      AND ST_DWithin(f.geom::geography, t.geom::geography, :max_d)
+"""
+)
+
+_ALL = "SELECT t.id, t.geom, t.households FROM structures t WHERE t.deleted_at IS NULL"
+_IN_SETTLEMENT = (
+    "SELECT t.id, t.geom, t.households FROM settlements s JOIN structures t ON "
+    + WITHIN_SETTLEMENT
+    + " WHERE s.id = :settlement_id AND s.deleted_at IS NULL"
+)
+
+
+def _counts(source: str) -> TextClause:
+    return text(
+        "WITH src AS (" + source + "),\n"
+        "marked AS (SELECT t.households, NOT EXISTS (" + _NEAR + ") AS beyond FROM src t)\n"
+        """
+SELECT json_build_object(
+    'structures_total', count(*),
+    'households_total', coalesce(sum(households), 0),
+    'structures_beyond', count(*) FILTER (WHERE beyond),
+    'households_beyond', coalesce(sum(households) FILTER (WHERE beyond), 0),
+    'facilities_considered', (SELECT count(*) FROM facilities f WHERE """
+        + _QUALIFYING
+        + """)
+)::text
+FROM marked
+"""
+    )
+
+
+def _features(source: str) -> TextClause:
+    return text(
+        "WITH src AS (" + source + ")\n"
+        """
+SELECT json_build_object(
+    'type', 'Feature',
+    'id', t.id,
+    'geometry', ST_AsGeoJSON(t.geom, 7)::json,
+    'properties', json_build_object(
+        'structure_number', s2.structure_number,
+        'use', s2.use,
+        'settlement_id', s2.settlement_id,
+        'households', t.households,
+        'nearest_facility_id', n.id,
+        'nearest_distance_m', round(n.d::numeric, 2))
+)::text
+FROM src t
+JOIN structures s2 ON s2.id = t.id
+LEFT JOIN LATERAL (
+    SELECT c.id, ST_Distance(c.geom::geography, t.geom::geography) AS d
+    FROM (SELECT f.id, f.geom FROM facilities f
+          WHERE """
+        + _QUALIFYING
+        + """
+          ORDER BY f.geom <-> t.geom
+          LIMIT 8) c
+    ORDER BY 2, 1
+    LIMIT 1
+) n ON true
+WHERE NOT EXISTS ("""
+        + _NEAR
+        + """)
+ORDER BY t.id
+"""
+    )
+
+
+_COUNTS_ALL = _counts(_ALL)
+_COUNTS_SETTLEMENT = _counts(_IN_SETTLEMENT)
+_FEATURES_ALL = _features(_ALL)
+_FEATURES_SETTLEMENT = _features(_IN_SETTLEMENT)
+
+
+def _params(
+    db: Database,
+    *,
+    facility_type: str,
+    max_distance_m: float,
+    settlement_id: int | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "facility_type": check_facility_type(facility_type),
+        "max_d": check_range(
+            max_distance_m,
+            field="max_distance_m",
+            low=0,
+            high=settings.analysis_max_distance_m,
+            status=400,
+            setting="analysis_max_distance_m",
+        ),
+    }
+    if settlement_id is not None:
+        require_settlement(db, settlement_id)
+        params["settlement_id"] = settlement_id
+    return params
+
+
+def _share(top: int, bottom: int) -> float | None:
+    return round(top / bottom, 4) if bottom else None
+
+
+def access(
+    db: Database,
+    *,
+    facility_type: str,
+    max_distance_m: float,
+    settlement_id: int | None = None,
+    settings: Settings,
+    role: str | None,
+) -> dict[str, Any]:
+    """How many structures (and their households) lie beyond ``max_distance_m``.
+
+    Returns
+    -------
+    dict
+        ``facility_type``, ``max_distance_m``, ``settlement_id``,
+        ``structures_total``, ``structures_beyond``, ``share_beyond``,
+        ``households_total``, ``households_beyond``,
+        ``share_households_beyond``, ``facilities_considered``, ``suppressed``.
+    """
+    params = _params(
+        db,
+        facility_type=facility_type,
+        max_distance_m=max_distance_m,
+        settlement_id=settlement_id,
+        settings=settings,
+    )
+    statement = _COUNTS_ALL if settlement_id is None else _COUNTS_SETTLEMENT
+    row = fetch_json(db, statement, params, timeout_ms=settings.analysis_timeout_ms)
+    shares = {
+        "share_beyond": _share(row["structures_beyond"], row["structures_total"]),
+        "share_households_beyond": _share(row["households_beyond"], row["households_total"]),
+    }
+    hide = Suppressor(active=not sees_raw_counts(role))
+    counts = hide.counts(
+        {
+            key: row[key]
+            for key in (
+                "structures_total",
+                "structures_beyond",
+                "households_total",
+                "households_beyond",
+                "facilities_considered",
+            )
+        },
+        prefix="",
+    )
+    for base, share in (
+        ("structures_total", "share_beyond"),
+        ("structures_beyond", "share_beyond"),
+        ("households_total", "share_households_beyond"),
+        ("households_beyond", "share_households_beyond"),
+    ):
+        shares.update(hide.derived({share: shares[share]}, base=base, prefix=""))
+    return {
+        "facility_type": params["facility_type"],
+        "max_distance_m": params["max_d"],
+        "settlement_id": settlement_id,
+        "structures_total": counts["structures_total"],
+        "structures_beyond": counts["structures_beyond"],
+        "share_beyond": shares["share_beyond"],
+        "households_total": counts["households_total"],
+        "households_beyond": counts["households_beyond"],
+        "share_households_beyond": shares["share_households_beyond"],
+        "facilities_considered": counts["facilities_considered"],
+        "suppressed": hide.suppressed,
+    }
+
+
+def access_features(
+    db: Database,
+    *,
+    facility_type: str,
+    max_distance_m: float,
+    settlement_id: int | None = None,
+    settings: Settings,
+) -> Iterator[bytes]:
+    """The structures beyond reach, each with its nearest facility id and distance (planner).
+
+    Streamed GeoJSON; prime the iterator with ``next()`` before responding.
+    """
+    params = _params(
+        db,
+        facility_type=facility_type,
+        max_distance_m=max_distance_m,
+        settlement_id=settlement_id,
+        settings=settings,
+    )
+    statement = _FEATURES_ALL if settlement_id is None else _FEATURES_SETTLEMENT
+    return stream_features(db, statement, params, timeout_ms=settings.analysis_timeout_ms)

@@ -1,0 +1,189 @@
+"""What every analysis shares: vocabularies, parameter checks, timeouts, streaming.
+
+Nothing here formats a value into SQL: statements are constant text with bound
+parameters, and the SQL fragments below are constants too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, TextClause, text
+
+from geo.db import Database
+from geo.errors import InvalidInput, NotFound
+
+__all__ = [
+    "FACILITY_TYPES",
+    "STRUCTURE_USES",
+    "UTM_SRID",
+    "WITHIN_SETTLEMENT",
+    "check_facility_type",
+    "check_range",
+    "fetch_json",
+    "require_settlement",
+    "set_timeout",
+    "stream_features",
+]
+
+UTM_SRID = 32737
+"""WGS 84 / UTM zone 37S: the metric CRS for Nairobi."""
+
+FACILITY_TYPES: tuple[str, ...] = (
+    "water_point",
+    "toilet_block",
+    "school",
+    "clinic",
+    "drainage",
+    "road",
+    "other",
+)
+STRUCTURE_USES: tuple[str, ...] = (
+    "residential",
+    "business",
+    "mixed",
+    "religious",
+    "school",
+    "clinic",
+    "toilet",
+    "water_point",
+    "other",
+)
+
+# A structure ``t`` lies within settlement ``s`` when ``s`` holds the largest
+# share of its footprint among all live settlements.  Nested and contested
+# boundaries that hold the same (largest) share each count it, so every
+# settlement counts what it covers; a structure straddling two neighbours counts
+# once, in the one that holds more of it.  Structures wholly inside ``s`` (the
+# common case) never reach the area comparison.
+WITHIN_SETTLEMENT = """
+    t.deleted_at IS NULL
+    AND t.geom && s.geom
+    AND ST_Intersects(t.geom, s.geom)
+    AND (ST_CoveredBy(t.geom, s.geom)
+         OR NOT EXISTS (
+             SELECT 1 FROM settlements o
+             WHERE o.deleted_at IS NULL AND o.id <> s.id AND o.geom && t.geom
+               AND ST_Area(ST_Transform(ST_Intersection(t.geom, o.geom), 32737))
+                   > ST_Area(ST_Transform(ST_Intersection(t.geom, s.geom), 32737))))
+"""
+
+
+def set_timeout(conn: Connection, timeout_ms: int) -> None:
+    """Limit every statement of the current transaction to ``timeout_ms``.
+
+    A statement that runs longer is cancelled by PostgreSQL
+    (``QueryCanceled``); the HTTP layer answers 503 with a problem.
+    """
+    conn.execute(
+        text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(int(timeout_ms))}
+    )
+
+
+def fetch_json(
+    db: Database, statement: TextClause, params: Mapping[str, Any], *, timeout_ms: int
+) -> Any:
+    """Run a statement that returns one JSON value (or no row: None) under the timeout."""
+    with db.read() as conn:
+        set_timeout(conn, timeout_ms)
+        value = conn.execute(statement, dict(params)).scalar_one_or_none()
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def stream_features(
+    db: Database,
+    statement: TextClause,
+    params: Mapping[str, Any],
+    *,
+    timeout_ms: int,
+    batch: int = 2_000,
+) -> Iterator[bytes]:
+    """A GeoJSON FeatureCollection whose features PostGIS builds, streamed in batches.
+
+    ``statement`` returns one column of Feature JSON text per row.  The first
+    batch is fetched before anything is yielded, so a timeout or a database
+    error while the query plans and starts surfaces as an exception from the
+    first ``next()``: callers prime the iterator before sending headers.
+    Memory stays bounded by ``batch`` rows whatever the result size.
+    """
+    with db.read() as conn:
+        set_timeout(conn, timeout_ms)
+        result = conn.execute(
+            statement,
+            dict(params),
+            execution_options={"stream_results": True, "yield_per": batch},
+        )
+        try:
+            rows = result.fetchmany(batch)
+            yield b'{"type":"FeatureCollection","features":['
+            count = 0
+            while rows:
+                chunk = ",".join(row[0] for row in rows)
+                yield ((b"," if count else b"") + chunk.encode())
+                count += len(rows)
+                rows = result.fetchmany(batch)
+            yield f'],"numberReturned":{count}}}'.encode()
+        finally:
+            result.close()
+
+
+_SETTLEMENT = text("SELECT name FROM settlements WHERE id = :id AND deleted_at IS NULL")
+
+
+def require_settlement(db: Database, settlement_id: int, *, field: str = "settlement_id") -> str:
+    """The name of a live settlement; :class:`NotFound` naming ``field`` when absent."""
+    if not -(2**63) <= settlement_id < 2**63:
+        raise NotFound(f"{field}: no settlement {settlement_id}", field=field)
+    with db.read() as conn:
+        name = conn.execute(_SETTLEMENT, {"id": settlement_id}).scalar_one_or_none()
+    if name is None:
+        raise NotFound(f"{field}: no settlement {settlement_id}", field=field)
+    return str(name)
+
+
+def check_facility_type(value: str, *, field: str = "facility_type", status: int = 400) -> str:
+    """``value`` when it is a known facility type, else :class:`InvalidInput` naming ``field``.
+
+    >>> check_facility_type("water_point")
+    'water_point'
+    """
+    if value not in FACILITY_TYPES:
+        raise InvalidInput(
+            f"{field}: unknown facility type {value!r}; one of {', '.join(FACILITY_TYPES)}",
+            status=status,
+            field=field,
+        )
+    return value
+
+
+def check_range(
+    value: float,
+    *,
+    field: str,
+    low: float,
+    high: float,
+    status: int,
+    unit: str = "m",
+    setting: str | None = None,
+) -> float:
+    """``value`` when ``low < value <= high`` (and finite), else :class:`InvalidInput`.
+
+    >>> check_range(30, field="buffer_m", low=0, high=5000, status=422)
+    30.0
+    """
+    number = float(value)
+    if not math.isfinite(number) or number <= low:
+        raise InvalidInput(
+            f"{field}: must be a number greater than {low:g} {unit}", status=status, field=field
+        )
+    if number > high:
+        where = f" (setting MAKAZI_{setting.upper()})" if setting else ""
+        raise InvalidInput(
+            f"{field}: {number:g} {unit} is above the limit of {high:g} {unit}{where}",
+            status=status,
+            field=field,
+        )
+    return number

@@ -1,0 +1,159 @@
+"""Density grid: square cells aligned in UTM 37S with structure, household and people counts.
+
+Cells are ``cell_m`` metres square with corners at multiples of ``cell_m`` in
+EPSG:32737 coordinates, so grids of the same size line up across settlements
+and requests.  A cell counts a structure when it holds the structure's
+``ST_PointOnSurface``, so every structure counts once.  The structures are
+those within the settlement (:data:`~geo.analysis.common.WITHIN_SETTLEMENT`);
+only cells holding at least one structure are returned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from sqlalchemy import text
+
+from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json
+from geo.db import Database
+from geo.errors import InvalidInput, NotFound
+from geo.privacy import Suppressor, sees_raw_counts
+from geo.settings import Settings
+
+__all__ = ["density"]
+
+_EXTENT = text(
+    """
+SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b)
+FROM (SELECT ST_Transform(geom, 32737)::box2d AS b
+      FROM settlements WHERE id = :id AND deleted_at IS NULL) e
+"""
+)
+
+_GRID = text(
+    """
+WITH s AS MATERIALIZED (
+    SELECT id, geom FROM settlements WHERE id = :id AND deleted_at IS NULL
+),
+st AS MATERIALIZED (
+    SELECT t.id, ST_Transform(ST_PointOnSurface(t.geom), 32737) AS p
+    FROM s JOIN structures t ON """
+    + WITHIN_SETTLEMENT
+    + """
+),
+hh AS (
+    SELECT h.structure_id, count(*) AS households, coalesce(sum(h.members), 0) AS people
+    FROM households h JOIN st ON h.structure_id = st.id
+    WHERE h.deleted_at IS NULL
+    GROUP BY h.structure_id
+),
+cells AS (
+    SELECT floor(ST_X(st.p) / :cell_m)::bigint AS i, floor(ST_Y(st.p) / :cell_m)::bigint AS j,
+           count(*) AS structures,
+           coalesce(sum(hh.households), 0)::bigint AS households,
+           coalesce(sum(hh.people), 0)::bigint AS people
+    FROM st LEFT JOIN hh ON hh.structure_id = st.id
+    GROUP BY 1, 2
+)
+SELECT coalesce(json_agg(json_build_object(
+    'type', 'Feature',
+    'id', i || ':' || j,
+    'geometry', ST_AsGeoJSON(ST_Transform(ST_Segmentize(
+        ST_MakeEnvelope(i * :cell_m, j * :cell_m, (i + 1) * :cell_m, (j + 1) * :cell_m, 32737),
+        :cell_m / 4.0), 4326), 7)::json,
+    'properties', json_build_object(
+        'i', i, 'j', j, 'cell_m', :cell_m,
+        'structures', structures, 'households', households, 'people', people))
+    ORDER BY j DESC, i), '[]')::text
+FROM cells
+"""
+)
+
+
+def _check_cell(db: Database, settlement_id: int, cell_m: float, settings: Settings) -> None:
+    if not math.isfinite(cell_m) or not (
+        settings.analysis_min_cell_m <= cell_m <= settings.analysis_max_cell_m
+    ):
+        raise InvalidInput(
+            f"cell_m: must be between {settings.analysis_min_cell_m:g} and "
+            f"{settings.analysis_max_cell_m:g} metres",
+            status=400,
+            field="cell_m",
+        )
+    if not -(2**63) <= settlement_id < 2**63:
+        raise NotFound(f"settlement_id: no settlement {settlement_id}", field="settlement_id")
+    with db.read() as conn:
+        extent = conn.execute(_EXTENT, {"id": settlement_id}).first()
+    if extent is None:
+        raise NotFound(f"settlement_id: no settlement {settlement_id}", field="settlement_id")
+    xmin, ymin, xmax, ymax = (float(v) for v in extent)
+    cells = (math.floor(xmax / cell_m) - math.floor(xmin / cell_m) + 1) * (
+        math.floor(ymax / cell_m) - math.floor(ymin / cell_m) + 1
+    )
+    if cells > settings.analysis_max_cells:
+        raise InvalidInput(
+            f"cell_m: {cell_m:g} m cells would make a grid of {cells} cells over this "
+            f"settlement, above the limit of {settings.analysis_max_cells} "
+            "(setting MAKAZI_ANALYSIS_MAX_CELLS); use larger cells",
+            status=400,
+            field="cell_m",
+        )
+
+
+def density(
+    db: Database,
+    *,
+    settlement_id: int,
+    cell_m: float,
+    settings: Settings,
+    role: str | None,
+) -> bytes:
+    """The density grid of one settlement as GeoJSON bytes, suppressed for ``role``.
+
+    Each cell's properties: ``i``, ``j`` (column and row: the cell spans
+    ``i*cell_m .. (i+1)*cell_m`` east and ``j*cell_m .. (j+1)*cell_m`` north in
+    EPSG:32737), ``cell_m``, ``structures``, ``households``, ``people``,
+    ``structures_per_ha``, ``people_per_ha`` and the cell's ``suppressed``
+    names; the collection's ``suppressed`` lists every name hidden in any cell.
+    """
+    _check_cell(db, settlement_id, cell_m, settings)
+    features: list[dict[str, Any]] = fetch_json(
+        db,
+        _GRID,
+        {"id": settlement_id, "cell_m": float(cell_m)},
+        timeout_ms=settings.analysis_timeout_ms,
+    )
+    active = not sees_raw_counts(role)
+    hidden: list[str] = []
+    cell_ha = cell_m * cell_m / 10_000
+    for feature in features:
+        props = feature["properties"]
+        props["structures_per_ha"] = round(props["structures"] / cell_ha, 2)
+        props["people_per_ha"] = round(props["people"] / cell_ha, 2)
+        hide = Suppressor(active=active)
+        counts = hide.counts(
+            {key: props[key] for key in ("structures", "households", "people")}, prefix=""
+        )
+        counts.update(hide.derived({"people": counts["people"]}, base="households", prefix=""))
+        counts.update(
+            hide.derived(
+                {"structures_per_ha": props["structures_per_ha"]}, base="structures", prefix=""
+            )
+        )
+        counts.update(
+            hide.derived({"people_per_ha": props["people_per_ha"]}, base="people", prefix="")
+        )
+        props.update(counts)
+        props["suppressed"] = hide.suppressed
+        hidden.extend(name for name in hide.suppressed if name not in hidden)
+    collection = {
+        "type": "FeatureCollection",
+        "features": features,
+        "numberReturned": len(features),
+        "settlement_id": settlement_id,
+        "cell_m": cell_m,
+        "suppressed": hidden,
+    }
+    return json.dumps(collection, separators=(",", ":")).encode()
