@@ -12,7 +12,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
 from app.routers import analysis
-from app.routers import features, meta, tiles, web
+from app.routers import features, households, meta, tiles, web
 from geo.db import Database
 from geo.settings import Settings, get_settings
 
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(meta.router)
     app.include_router(analysis.router)
     app.include_router(features.router)
+    app.include_router(households.router)
     app.include_router(tiles.router)
     app.include_router(web.router)
     return app

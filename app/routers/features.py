@@ -367,7 +367,7 @@ async def post_items(
                         fingerprint=request_hash(body, str(request.query_params), crs.uri),
                     )
                 except KeyReused as exc:
-                    raise InvalidInput(str(exc), slug="idempotency-key-reused") from exc
+                    raise InvalidInput(str(exc)) from exc
                 except ValueError as exc:
                     raise InvalidInput(str(exc), status=400) from exc
                 if stored is not None:

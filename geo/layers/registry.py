@@ -9,6 +9,7 @@ read, filtered on, sorted by or written through the layers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import ColumnElement, Table, or_, true
 
@@ -58,6 +59,8 @@ class Property:
         Longest accepted string.
     minimum, maximum
         Bounds of a number.
+    default
+        Value written when a create or replace leaves the property out or null.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Property:
     minimum: float | None = None
     maximum: float | None = None
     description: str = ""
+    default: Any = None
 
 
 @dataclass(frozen=True)
@@ -137,10 +141,10 @@ SETTLEMENTS = Collection(
     table=settlements,
     properties=(
         Property("name", required=True, max_length=300),
-        Property("alt_names", "string-array", description="Other names in use"),
+        Property("alt_names", "string-array", description="Other names in use", default=()),
         Property("county"),
         Property("ward"),
-        Property("status", enum=ENUMS["status"]),
+        Property("status", enum=ENUMS["status"], default="surveyed"),
         Property("source"),
         Property("notes", max_length=5000),
         *_BOOKKEEPING,

@@ -179,13 +179,14 @@ def check_values(
             )
         if not prop.writable:
             continue
-        values[name] = _check_value(prop, value, prefix)
+        checked = _check_value(prop, value, prefix)
+        values[name] = prop.default if checked is None else checked
     if not partial:
         for prop in writable:
             if prop.name not in values:
                 if prop.required:
                     raise InvalidInput(f"{prefix}{prop.name} is required", field=prop.name)
-                values[prop.name] = None
+                values[prop.name] = prop.default
     return values
 
 
@@ -283,6 +284,7 @@ def _prepare_geometry(
                 {
                     "g": json.dumps(geometry),
                     "srid": crs.srid,
+                    "flip": crs.swap_axes,
                     "repair": repair,
                     "polygonal": polygonal,
                     "multi": collection.multi,
@@ -388,11 +390,12 @@ def create_features(
                 )
                 table = collection.table
                 try:
-                    row = conn.execute(
-                        insert(table)
-                        .values(_row_values(values))
-                        .returning(table.c.id, table.c.version)
-                    ).one()
+                    with conn.begin_nested():
+                        row = conn.execute(
+                            insert(table)
+                            .values(_row_values(values))
+                            .returning(table.c.id, table.c.version)
+                        ).one()
                 except IntegrityError as exc:
                     raise _integrity(conn, exc) from exc
                 created.append((int(row.id), int(row.version)))
