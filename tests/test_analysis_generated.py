@@ -91,9 +91,7 @@ def build_grid(conn: Connection) -> Grid:
             {"w": _utm(bounds)},
         ).scalar_one()
     rows = [
-        {"s": structure_ids[(i, j)], "m": members(i, j)}
-        for i in range(10)
-        for j in range(ROWS)
+        {"s": structure_ids[(i, j)], "m": members(i, j)} for i in range(10) for j in range(ROWS)
     ]
     conn.execute(
         text("INSERT INTO households (structure_id, members, head_name) VALUES (:s, :m, 'X')"),
@@ -126,7 +124,7 @@ def corridor(y: float, buffer_m: float) -> dict[str, object]:
 
 def home_of(i: int, j: int) -> str:
     """The settlement an affected structure counts in (largest share, ties: smallest area)."""
-    x0, y0, x1, y1 = cell_box(i, j)
+    x0, y0, x1, _ = cell_box(i, j)
     in_c = x0 >= 300 and x1 <= 500 and y0 >= 200
     if in_c:
         return "C"
@@ -161,7 +159,9 @@ def test_impact_counts_exact_set_in_buffer(
     assert result["suppressed"] == []
 
 
-def test_impact_min_overlap_and_facilities(db: BoundDatabase, grid: Grid, settings: Settings) -> None:
+def test_impact_min_overlap_and_facilities(
+    db: BoundDatabase, grid: Grid, settings: Settings
+) -> None:
     # y 171..229: rows 9, 10 fully inside, rows 8 and 11 a quarter inside.
     body = analysis.ImpactRequest(**corridor(200, 29))
     result = analysis.impact(db, request=body, settings=settings, role="admin")
@@ -225,8 +225,10 @@ def test_summary_counts_nested_and_contested(
             (i, j)
             for i in range(COLS)
             for j in range(ROWS)
-            if x0 <= cell_box(i, j)[0] and cell_box(i, j)[2] <= x1
-            and y0 <= cell_box(i, j)[1] and cell_box(i, j)[3] <= y1
+            if x0 <= cell_box(i, j)[0]
+            and cell_box(i, j)[2] <= x1
+            and y0 <= cell_box(i, j)[1]
+            and cell_box(i, j)[3] <= y1
         ]
         return cells
 
@@ -273,8 +275,9 @@ def test_summary_estimates(db: BoundDatabase, grid: Grid, settings: Settings) ->
 def test_access_counts_against_shapely(
     client: TestClient, grid: Grid, token_for: Callable[..., dict[str, str]]
 ) -> None:
-    usable = [Point(x, y) for kind, cond, x, y in FACILITIES if kind == "water_point"
-              and cond != "broken"]
+    usable = [
+        Point(x, y) for kind, cond, x, y in FACILITIES if kind == "water_point" and cond != "broken"
+    ]
     boxes = grid.boxes()
     beyond = {key for key, b in boxes.items() if min(box(*b).distance(p) for p in usable) > 50}
     response = client.get(
@@ -335,8 +338,9 @@ def test_overlaps_feature_collection(
     collection = response.json()
     assert collection["type"] == "FeatureCollection"
     pairs = {
-        (f["properties"]["settlement_a"], f["properties"]["settlement_b"]):
-            f["properties"]["overlap_m2"]
+        (f["properties"]["settlement_a"], f["properties"]["settlement_b"]): f["properties"][
+            "overlap_m2"
+        ]
         for f in collection["features"]
     }
     a, b, c = grid.ids["A"], grid.ids["B"], grid.ids["C"]

@@ -45,20 +45,49 @@ def viewer(token_for: Callable[..., dict[str, str]]) -> dict[str, str]:
         ({"geometry": LINE, "buffer_m": 30, "crs": "EPSG:9999"}, "crs"),
         ({"geometry": {"type": "Circle", "coordinates": [0, 0]}, "buffer_m": 30}, "geometry.type"),
         ({"geometry": {"type": "LineString"}, "buffer_m": 30}, "geometry.coordinates"),
-        ({"geometry": {"type": "LineString", "coordinates": [[1, 2]]}, "buffer_m": 30},
-         "geometry.coordinates"),
-        ({"geometry": {"type": "LineString", "coordinates": "abc"}, "buffer_m": 30},
-         "geometry.coordinates"),
+        (
+            {"geometry": {"type": "LineString", "coordinates": [[1, 2]]}, "buffer_m": 30},
+            "geometry.coordinates",
+        ),
+        (
+            {"geometry": {"type": "LineString", "coordinates": "abc"}, "buffer_m": 30},
+            "geometry.coordinates",
+        ),
         ({"geometry": {"type": "Polygon", "coordinates": []}, "buffer_m": 30}, "geometry"),
-        ({"geometry": {"type": "LineString", "coordinates": [[200, 0], [201, 0]]},
-          "buffer_m": 30}, "geometry.coordinates"),
-        ({"geometry": {"type": "Polygon", "coordinates": [[[36.80, -1.31], [36.81, -1.30],
-                                                            [36.81, -1.31], [36.80, -1.30],
-                                                            [36.80, -1.31]]]},
-          "buffer_m": 30}, "geometry"),  # a bow-tie
-        ({"geometry": {"type": "Polygon", "coordinates": [[[36.0, -1.0], [37.0, -1.0],
-                                                            [37.0, -2.0], [36.0, -1.0]]]}},
-         "geometry"),  # ~6,000 km², above 100 km²
+        (
+            {
+                "geometry": {"type": "LineString", "coordinates": [[200, 0], [201, 0]]},
+                "buffer_m": 30,
+            },
+            "geometry.coordinates",
+        ),
+        (
+            {
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [
+                        [
+                            [36.80, -1.31],
+                            [36.81, -1.30],
+                            [36.81, -1.31],
+                            [36.80, -1.30],
+                            [36.80, -1.31],
+                        ]
+                    ],
+                },
+                "buffer_m": 30,
+            },
+            "geometry",
+        ),  # a bow-tie
+        (
+            {
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[36.0, -1.0], [37.0, -1.0], [37.0, -2.0], [36.0, -1.0]]],
+                }
+            },
+            "geometry",
+        ),  # ~6,000 km², above 100 km²
         ({"geometry": LINE, "buffer_m": 30, "colour": "red"}, "colour"),
         ({"geometry": "LINESTRING(0 0, 1 1)", "buffer_m": 30}, "geometry"),
     ],
@@ -104,14 +133,20 @@ def test_impact_area_limit_is_a_setting(
     tight = settings.model_copy(update={"analysis_max_area_km2": 0.01, "analysis_max_buffer_m": 20})
     with TestClient(create_app(tight, database=db), raise_server_exceptions=False) as client:
         body = problem(
-            client.post("/analysis/impact", json={"geometry": LINE, "buffer_m": 10},
-                        headers=token_for("viewer")),
+            client.post(
+                "/analysis/impact",
+                json={"geometry": LINE, "buffer_m": 10},
+                headers=token_for("viewer"),
+            ),
             422,
         )
         assert "buffer_m" in body["detail"] and "MAKAZI_ANALYSIS_MAX_AREA_KM2" in body["detail"]
         body = problem(
-            client.post("/analysis/impact", json={"geometry": LINE, "buffer_m": 25},
-                        headers=token_for("viewer")),
+            client.post(
+                "/analysis/impact",
+                json={"geometry": LINE, "buffer_m": 25},
+                headers=token_for("viewer"),
+            ),
             422,
         )
         assert "buffer_m" in body["detail"] and "20" in body["detail"]
@@ -129,8 +164,11 @@ def test_impact_accepts_other_crs_and_features(
 
     to_3857 = Transformer.from_crs(32737, 3857, always_xy=True)
     coords = [list(to_3857.transform(x, y)) for x, y in utm["geometry"]["coordinates"]]  # type: ignore[index]
-    feature = {"type": "Feature", "properties": {},
-               "geometry": {"type": "LineString", "coordinates": coords}}
+    feature = {
+        "type": "Feature",
+        "properties": {},
+        "geometry": {"type": "LineString", "coordinates": coords},
+    }
     response = client.post(
         "/analysis/impact?crs=EPSG:3857",
         json={"geometry": feature, "buffer_m": 25},
@@ -143,8 +181,11 @@ def test_impact_accepts_other_crs_and_features(
     latlon = [list(to_4326.transform(x, y))[::-1] for x, y in utm["geometry"]["coordinates"]]  # type: ignore[index]
     response = client.post(
         "/analysis/impact",
-        json={"geometry": {"type": "LineString", "coordinates": latlon}, "buffer_m": 25,
-              "crs": "EPSG:4326"},
+        json={
+            "geometry": {"type": "LineString", "coordinates": latlon},
+            "buffer_m": 25,
+            "crs": "EPSG:4326",
+        },
         headers=viewer,
     )
     assert response.json()["structures"] == expected
@@ -160,8 +201,11 @@ def test_impact_accepts_other_crs_and_features(
         ({"facility_type": "water_point", "max_distance_m": "nan"}, 400, "max_distance_m"),
         ({"facility_type": "water_point", "max_distance_m": "far"}, 400, "max_distance_m"),
         ({"max_distance_m": 100}, 400, "facility_type"),
-        ({"facility_type": "water_point", "max_distance_m": 100, "settlement_id": 987654},
-         404, "settlement_id"),
+        (
+            {"facility_type": "water_point", "max_distance_m": 100, "settlement_id": 987654},
+            404,
+            "settlement_id",
+        ),
     ],
 )
 def test_access_bad_input(

@@ -98,15 +98,19 @@ def kibera(connection: Connection) -> Loaded:
     ]
     structure_ids = [
         connection.execute(
-            text("INSERT INTO structures (use, geom) VALUES (:u, ST_GeomFromWKB(:g, 4326)) "
-                 "RETURNING id"),
+            text(
+                "INSERT INTO structures (use, geom) VALUES (:u, ST_GeomFromWKB(:g, 4326)) "
+                "RETURNING id"
+            ),
             {"u": use, "g": shapely.to_wkb(point)},
         ).scalar_one()
         for point, use in data.structures
     ]
     connection.execute(
-        text("INSERT INTO facilities (type, condition, geom) "
-             "VALUES ('water_point', :c, ST_GeomFromWKB(:g, 4326))"),
+        text(
+            "INSERT INTO facilities (type, condition, geom) "
+            "VALUES ('water_point', :c, ST_GeomFromWKB(:g, 4326))"
+        ),
         [{"c": condition, "g": shapely.to_wkb(point)} for point, condition in data.water],
     )
     return Loaded(data, ids, structure_ids)
@@ -190,8 +194,9 @@ def test_overlapping_claims(
     assert expected  # wards and villages overlap in the real data
     collection = client.get("/analysis/overlaps", headers=token_for("viewer")).json()
     got = {
-        (f["properties"]["settlement_a"], f["properties"]["settlement_b"]):
-            f["properties"]["overlap_m2"]
+        (f["properties"]["settlement_a"], f["properties"]["settlement_b"]): f["properties"][
+            "overlap_m2"
+        ]
         for f in collection["features"]
         if f["properties"]["overlap_m2"] > 1
     }

@@ -52,8 +52,14 @@ def test_summary_suppressed_for_anonymous_and_viewer(
 ) -> None:
     headers = token_for(role) if role else {}
     body = client.get(f"/settlements/{small}/summary", headers=headers).json()
-    for name in ("structures", "households", "people", "mean_household_size",
-                 "density_structures_per_ha", "population_estimate"):
+    for name in (
+        "structures",
+        "households",
+        "people",
+        "mean_household_size",
+        "density_structures_per_ha",
+        "population_estimate",
+    ):
         assert body[name] is None, name
         assert name in body["suppressed"]
     assert body["structures_by_use"] == {"residential": None, "business": None}
@@ -86,20 +92,25 @@ def test_summary_needs_token_when_public_read_is_off(
         response = client.get(f"/settlements/{small}/summary")
         assert response.status_code == 401
         assert response.headers["content-type"].startswith("application/problem+json")
-        assert client.get(
-            f"/settlements/{small}/summary", headers=token_for("viewer")
-        ).status_code == 200
+        assert (
+            client.get(f"/settlements/{small}/summary", headers=token_for("viewer")).status_code
+            == 200
+        )
 
 
 def test_analyses_need_a_token(client: TestClient, small: int) -> None:
     assert client.post("/analysis/impact", json=corridor(200, 25)).status_code == 401
     assert client.get("/analysis/overlaps").status_code == 401
-    assert client.get(
-        "/analysis/access", params={"facility_type": "water_point", "max_distance_m": 50}
-    ).status_code == 401
-    assert client.get(
-        "/analysis/density", params={"settlement_id": small, "cell_m": 50}
-    ).status_code == 401
+    assert (
+        client.get(
+            "/analysis/access", params={"facility_type": "water_point", "max_distance_m": 50}
+        ).status_code
+        == 401
+    )
+    assert (
+        client.get("/analysis/density", params={"settlement_id": small, "cell_m": 50}).status_code
+        == 401
+    )
 
 
 def test_impact_suppression_per_role(
@@ -165,8 +176,11 @@ def test_density_and_access_suppressed_for_viewer(
     assert "households" in collection["suppressed"]
     access = client.get(
         "/analysis/access",
-        params={"facility_type": "toilet_block", "max_distance_m": 10,
-                "settlement_id": grid_small.ids["C"]},
+        params={
+            "facility_type": "toilet_block",
+            "max_distance_m": 10,
+            "settlement_id": grid_small.ids["C"],
+        },
         headers=viewer,
     ).json()
     assert access["households_total"] is None and "households_total" in access["suppressed"]

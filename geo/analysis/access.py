@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import TextClause
 
 from geo.analysis.common import (
     WITHIN_SETTLEMENT,
@@ -26,6 +26,7 @@ from geo.analysis.common import (
     check_range,
     fetch_json,
     require_settlement,
+    sql,
     stream_features,
 )
 from geo.db import Database
@@ -42,12 +43,10 @@ _QUALIFYING = """
 # A qualifying facility within :max_d metres of structure t?  The box is in
 # degrees only to use the index: 110,574 m is the shortest degree of latitude,
 # 111,320 m x cos(latitude) the length of a degree of longitude; 1 % margin.
-_NEAR = (
-    """
+_NEAR = """
     SELECT 1 FROM facilities f
-    WHERE """
-    + _QUALIFYING
-    + """
+    WHERE f.deleted_at IS NULL AND f.type = :facility_type
+      AND f.condition IS DISTINCT FROM 'broken'
       AND f.geom && ST_Expand(
               t.geom,
               :max_d * 1.01 / (111320.0 * cos(radians(least(89.0, greatest(
@@ -55,38 +54,44 @@ _NEAR = (
               :max_d * 1.01 / 110574.0)
       AND ST_DWithin(f.geom::geography, t.geom::geography, :max_d)
 """
-)
 
 _ALL = "SELECT t.id, t.geom, t.households FROM structures t WHERE t.deleted_at IS NULL"
-_IN_SETTLEMENT = (
-    "SELECT t.id, t.geom, t.households FROM settlements s JOIN structures t ON "
-    + WITHIN_SETTLEMENT
-    + " WHERE s.id = :settlement_id AND s.deleted_at IS NULL"
+_IN_SETTLEMENT = "".join(
+    (
+        "SELECT t.id, t.geom, t.households FROM settlements s JOIN structures t ON ",
+        WITHIN_SETTLEMENT,
+        " WHERE s.id = :settlement_id AND s.deleted_at IS NULL",
+    )
 )
 
 
 def _counts(source: str) -> TextClause:
-    return text(
-        "WITH src AS (" + source + "),\n"
-        "marked AS (SELECT t.households, NOT EXISTS (" + _NEAR + ") AS beyond FROM src t)\n"
+    return sql(
+        "WITH src AS (",
+        source,
+        "),\nmarked AS (SELECT t.households, NOT EXISTS (",
+        _NEAR,
+        ") AS beyond FROM src t)\n",
         """
 SELECT json_build_object(
     'structures_total', count(*),
     'households_total', coalesce(sum(households), 0),
     'structures_beyond', count(*) FILTER (WHERE beyond),
     'households_beyond', coalesce(sum(households) FILTER (WHERE beyond), 0),
-    'facilities_considered', (SELECT count(*) FROM facilities f WHERE """
-        + _QUALIFYING
-        + """)
+    'facilities_considered', (SELECT count(*) FROM facilities f WHERE """,
+        _QUALIFYING,
+        """)
 )::text
 FROM marked
-"""
+""",
     )
 
 
 def _features(source: str) -> TextClause:
-    return text(
-        "WITH src AS (" + source + ")\n"
+    return sql(
+        "WITH src AS (",
+        source,
+        ")\n",
         """
 SELECT json_build_object(
     'type', 'Feature',
@@ -105,19 +110,19 @@ JOIN structures s2 ON s2.id = t.id
 LEFT JOIN LATERAL (
     SELECT c.id, ST_Distance(c.geom::geography, t.geom::geography) AS d
     FROM (SELECT f.id, f.geom FROM facilities f
-          WHERE """
-        + _QUALIFYING
-        + """
+          WHERE """,
+        _QUALIFYING,
+        """
           ORDER BY f.geom <-> t.geom
           LIMIT 8) c
     ORDER BY 2, 1
     LIMIT 1
 ) n ON true
-WHERE NOT EXISTS ("""
-        + _NEAR
-        + """)
+WHERE NOT EXISTS (""",
+        _NEAR,
+        """)
 ORDER BY t.id
-"""
+""",
     )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "fetch_json",
     "require_settlement",
     "set_timeout",
+    "sql",
     "stream_features",
 ]
 
@@ -70,6 +71,15 @@ WITHIN_SETTLEMENT = """
                AND ST_Area(ST_Transform(ST_Intersection(t.geom, o.geom), 32737))
                    > ST_Area(ST_Transform(ST_Intersection(t.geom, s.geom), 32737))))
 """
+
+
+def sql(*fragments: str) -> TextClause:
+    """A statement joined from constant SQL fragments of this package (never from input).
+
+    >>> str(sql("SELECT 1", " AS one"))
+    'SELECT 1 AS one'
+    """
+    return text("".join(fragments))
 
 
 def set_timeout(conn: Connection, timeout_ms: int) -> None:

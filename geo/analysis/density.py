@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json
+from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json, sql
 from geo.db import Database
 from geo.errors import InvalidInput, NotFound
 from geo.privacy import Suppressor, sees_raw_counts
@@ -32,16 +32,16 @@ FROM (SELECT ST_Transform(geom, 32737)::box2d AS b
 """
 )
 
-_GRID = text(
+_GRID = sql(
     """
 WITH s AS MATERIALIZED (
     SELECT id, geom FROM settlements WHERE id = :id AND deleted_at IS NULL
 ),
 st AS MATERIALIZED (
     SELECT t.id, ST_Transform(ST_PointOnSurface(t.geom), 32737) AS p
-    FROM s JOIN structures t ON """
-    + WITHIN_SETTLEMENT
-    + """
+    FROM s JOIN structures t ON """,
+    WITHIN_SETTLEMENT,
+    """
 ),
 hh AS (
     SELECT h.structure_id, count(*) AS households, coalesce(sum(h.members), 0) AS people
@@ -68,7 +68,7 @@ SELECT coalesce(json_agg(json_build_object(
         'structures', structures, 'households', households, 'people', people))
     ORDER BY j DESC, i), '[]')::text
 FROM cells
-"""
+""",
 )
 
 

@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
 
-from geo.analysis.common import check_range, fetch_json, stream_features
+from geo.analysis.common import check_range, fetch_json, sql, stream_features
 from geo.analysis.geometry_input import AnalysisGeometry, parse_geometry
 from geo.db import Database
 from geo.privacy import Suppressor, sees_raw_counts
@@ -97,9 +96,9 @@ hh AS (
 )
 """
 
-_SUMMARY = text(
-    _AFFECTED
-    + """,
+_SUMMARY = sql(
+    _AFFECTED,
+    """,
 per AS (
     SELECT p.home_id, min(p.home_name) AS name, count(*) AS structures,
            coalesce(sum(hh.households), 0)::bigint AS households,
@@ -128,12 +127,12 @@ SELECT json_build_object(
               WHERE f.deleted_at IS NULL AND f.geom && z.geom AND ST_Intersects(f.geom, z.geom)
               GROUP BY f.type) x)
 )::text
-"""
+""",
 )
 
-_FEATURES = text(
-    _AFFECTED
-    + """
+_FEATURES = sql(
+    _AFFECTED,
+    """
 SELECT json_build_object(
     'type', 'Feature',
     'id', p.id,
@@ -150,8 +149,9 @@ SELECT json_build_object(
         'people', coalesce(hh.people, 0),
         'share_inside', CASE WHEN GeometryType(p.geom) = 'POINT' OR ST_CoveredBy(p.geom, z.geom)
                              THEN 1.0
-                             ELSE round((ST_Area(ST_Intersection(ST_Transform(p.geom, 32737), z.utm))
-                                  / nullif(ST_Area(ST_Transform(p.geom, 32737)), 0))::numeric, 4)
+                             ELSE round((
+                                 ST_Area(ST_Intersection(ST_Transform(p.geom, 32737), z.utm))
+                                 / nullif(ST_Area(ST_Transform(p.geom, 32737)), 0))::numeric, 4)
                         END)
 )::text
 FROM placed p
@@ -159,7 +159,7 @@ JOIN structures t ON t.id = p.id
 CROSS JOIN zone z
 LEFT JOIN hh ON hh.structure_id = p.id
 ORDER BY p.id
-"""
+""",
 )
 
 
@@ -234,9 +234,7 @@ def impact(
     }
 
 
-def impact_features(
-    db: Database, *, request: ImpactRequest, settings: Settings
-) -> Iterator[bytes]:
+def impact_features(db: Database, *, request: ImpactRequest, settings: Settings) -> Iterator[bytes]:
     """The affected structures as a GeoJSON FeatureCollection (planner output), streamed.
 
     Input errors raise before the iterator is returned; prime the iterator

@@ -13,8 +13,8 @@ figure labelled in ``basis`` as ``counted`` (from the enumeration) or
 * ``mean_household_size``: mean ``members`` of enumerated households;
 * ``share_enumerated``: structures with at least one household / all structures;
 * ``people_estimated_unenumerated``: residential structures (``use =
-  'residential'``) with no household yet × enumerated households per
-  enumerated structure × mean household size;
+  'residential'``) with no household yet, times enumerated households per
+  enumerated structure, times mean household size;
 * ``population_estimate``: ``people`` counted + that estimate.
 """
 
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
-
-from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json
+from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json, sql
 from geo.db import Database
 from geo.errors import NotFound
 from geo.privacy import Suppressor, sees_raw_counts
@@ -51,7 +49,7 @@ BASIS: dict[str, str] = {
     "facilities_by_condition": "counted",
 }
 
-_SUMMARY = text(
+_SUMMARY = sql(
     """
 WITH s AS MATERIALIZED (
     SELECT id, name, status, geom, ST_Area(geom::geography) AS area_m2
@@ -60,9 +58,9 @@ WITH s AS MATERIALIZED (
 ),
 st AS MATERIALIZED (
     SELECT t.id, t.use, t.households
-    FROM s JOIN structures t ON """
-    + WITHIN_SETTLEMENT
-    + """
+    FROM s JOIN structures t ON """,
+    WITHIN_SETTLEMENT,
+    """
 ),
 hh AS (
     SELECT count(*) AS households,
@@ -103,7 +101,7 @@ SELECT json_build_object(
               FROM fac GROUP BY type) x)
 )::text
 FROM s, counts, hh
-"""
+""",
 )
 
 
@@ -148,9 +146,7 @@ def summary(
     """
     if not -(2**63) <= settlement_id < 2**63:
         raise NotFound(f"id: no settlement {settlement_id}", field="id")
-    row = fetch_json(
-        db, _SUMMARY, {"id": settlement_id}, timeout_ms=settings.analysis_timeout_ms
-    )
+    row = fetch_json(db, _SUMMARY, {"id": settlement_id}, timeout_ms=settings.analysis_timeout_ms)
     if row is None:
         raise NotFound(f"id: no settlement {settlement_id}", field="id")
     derived = _compute(row)
