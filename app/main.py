@@ -11,7 +11,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
+from app.openapi import install_openapi30
 from app.routers import analysis
+from app.routers import traces as traces_router
 from app.routers import features, households, meta, tiles, web
 from geo.db import Database
 from geo.settings import Settings, get_settings
@@ -77,4 +79,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(households.router)
     app.include_router(tiles.router)
     app.include_router(web.router)
+    app.include_router(traces_router.router)
+    install_openapi30(app)
     return app

@@ -17,6 +17,10 @@ case "$what" in
   test)
     command -v ogrinfo >/dev/null || missing+=(gdal-bin)
     command -v chromium >/dev/null || missing+=(chromium)
+    # QGIS's own Python bindings, for the client tests (its OAPIF provider); optional
+    /usr/bin/python3 -c 'import qgis.core' 2>/dev/null || {
+      apt-cache show python3-qgis >/dev/null 2>&1 && missing+=(python3-qgis)
+    }
     ;;
   web)
     command -v npm >/dev/null || missing+=(npm)

@@ -114,7 +114,12 @@ def get_collection_doc(
     body = collections_meta.describe(
         collection, extents.get(collection.name), base=href(request, "")
     )
-    return JSONResponse(body, headers=_cache_headers(user))
+    queryables_href = href(request, f"/collections/{collection.name}/queryables")
+    link = (
+        f'<{queryables_href}>; rel="http://www.opengis.net/def/rel/ogc/1.0/queryables"; '
+        'type="application/schema+json"'
+    )
+    return JSONResponse(body, headers={**_cache_headers(user), "Link": link})
 
 
 @router.get("/collections/{collection_id}/queryables", summary="Queryable properties")
@@ -249,7 +254,17 @@ def get_items(
             page.close()
             reading.__exit__(None, None, None)
 
-    headers = {"Content-Crs": f"<{parsed.crs.uri}>", **_cache_headers(user)}
+    self_link = str(url).replace(",", "%2C")
+    headers = {
+        "Content-Crs": f"<{parsed.crs.uri}>",
+        "Link": (
+            f'<{self_link}>; rel="self"; type="{GEOJSON}", '
+            f'<{href(request, f"/collections/{collection.name}/queryables")}>; '
+            'rel="http://www.opengis.net/def/rel/ogc/1.0/queryables"; '
+            'type="application/schema+json"'
+        ),
+        **_cache_headers(user),
+    }
     return StreamingResponse(body(), media_type=GEOJSON, headers=headers)
 
 
