@@ -12,9 +12,8 @@ from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
 from app.openapi import install_openapi30
-from app.routers import analysis
+from app.routers import analysis, features, households, meta, tiles, web
 from app.routers import traces as traces_router
-from app.routers import features, households, meta, tiles, web
 from geo.db import Database
 from geo.settings import Settings, get_settings
 
