@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     max_trace_points: int = Field(default=1_000_000, ge=1)
     max_feature_vertices: int = Field(default=100_000, ge=4)
     max_json_body_mb: int = Field(default=20, ge=1)
+    # GPS traces (geo/traces.py, geo/gpx.py, geo/uploads.py)
+    max_decompressed_mb: int = Field(default=250, ge=1)
+    max_archive_members: int = Field(default=100, ge=1)
+    trace_max_xml_depth: int = Field(default=64, ge=8, le=256)
+    trace_max_speed_mps: float = Field(default=60.0, gt=0)
+    trace_max_hdop: float = Field(default=20.0, gt=0)
+    trace_boundary_simplify_m: float = Field(default=1.0, ge=0)
 
     items_default_limit: int = Field(default=100, ge=1)
     items_max_limit: int = Field(default=10_000, ge=1)
@@ -91,6 +98,11 @@ class Settings(BaseSettings):
         if level not in {"critical", "error", "warning", "info", "debug"}:
             raise ValueError("log_level must be one of critical, error, warning, info, debug")
         return level
+
+    @property
+    def max_decompressed_bytes(self) -> int:
+        """Limit on the decompressed content of a gzip/bzip2/zip upload, in bytes."""
+        return self.max_decompressed_mb * 1024 * 1024
 
     @property
     def max_upload_bytes(self) -> int:
