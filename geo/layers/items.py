@@ -42,6 +42,7 @@ __all__ = [
     "open_page",
     "count_if_cheap",
     "fetch_feature",
+    "base_statement",
 ]
 
 EXACT_COUNT_LIMIT = 50_000
@@ -299,7 +300,8 @@ def feature_sql(collection: Collection, crs: Crs, *, skip_geometry: bool = False
     )
 
 
-def _base(request: ItemsRequest) -> Select[Any]:
+def base_statement(request: ItemsRequest) -> Select[Any]:
+    """``SELECT id, feature`` over the rows the request may see, unordered and unpaged."""
     table = request.collection.table.alias("t")
     feature = literal_column(
         feature_sql(request.collection, request.crs, skip_geometry=request.skip_geometry), Text
@@ -316,7 +318,7 @@ def _base(request: ItemsRequest) -> Select[Any]:
 
 
 def _paged(request: ItemsRequest) -> Select[Any]:
-    statement = _base(request)
+    statement = base_statement(request)
     table = statement.selected_columns
     id_column = table[0]
     if request.sortby:
@@ -398,7 +400,7 @@ def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
 
     Never a ``COUNT(*)`` over a large layer: the planner's estimate decides.
     """
-    statement = _base(request).with_only_columns(func.count()).order_by(None)
+    statement = base_statement(request).with_only_columns(func.count()).order_by(None)
     compiled = statement.compile(conn, compile_kwargs={"render_postcompile": True})
     plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params).scalar()
     estimate = float(plan[0]["Plan"]["Plan Rows"]) if plan else float("inf")
@@ -419,7 +421,7 @@ def fetch_feature(
 ) -> tuple[str, int] | None:
     """One feature's GeoJSON text and version, or None when absent or not visible."""
     request = ItemsRequest(collection=collection, user=user, limit=1, crs=crs)
-    statement = _base(request)
+    statement = base_statement(request)
     alias = statement.get_final_froms()[0]
     statement = statement.add_columns(alias.c.version).where(
         alias.c.id == bindparam("fid", feature_id, type_=Integer)
