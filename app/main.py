@@ -12,7 +12,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
 from app.openapi import install_openapi30
-from app.routers import analysis, features, households, meta, tiles, web
+from app.routers import analysis, exports, features, households, meta, tiles, web
 from app.routers import traces as traces_router
 from geo.db import Database
 from geo.settings import Settings, get_settings
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(analysis.router)
     app.include_router(features.router)
     app.include_router(households.router)
+    app.include_router(exports.router)
     app.include_router(tiles.router)
     app.include_router(web.router)
     app.include_router(traces_router.router)
