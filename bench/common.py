@@ -121,8 +121,10 @@ def running_server(
 
 
 @contextlib.contextmanager
-def makazi_server(ctx: BenchContext, **settings: str) -> Iterator[str]:
-    """This service on a free port against the bench database; yields its base URL."""
+def makazi_process(
+    ctx: BenchContext, **settings: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """This service on a free port against the bench database: (base URL, process)."""
     port = free_port()
     env = {
         "MAKAZI_DATABASE_URL": ctx.url,
@@ -142,8 +144,59 @@ def makazi_server(ctx: BenchContext, **settings: str) -> Iterator[str]:
         "--log-level",
         "warning",
     ]
-    with running_server(argv, port, env, health="/healthz"):
-        yield f"http://127.0.0.1:{port}"
+    with running_server(argv, port, env, health="/healthz") as proc:
+        yield f"http://127.0.0.1:{port}", proc
+
+
+@contextlib.contextmanager
+def makazi_server(ctx: BenchContext, **settings: str) -> Iterator[str]:
+    """This service on a free port against the bench database; yields its base URL."""
+    with makazi_process(ctx, **settings) as (url, _proc):
+        yield url
+
+
+TIPG_VENV = OUT / "tipg-venv"
+
+
+def ensure_tipg() -> Path | None:
+    """TiPg in its own virtualenv (bench/out/tipg-venv); None when it cannot be installed."""
+    uvicorn = TIPG_VENV / "bin" / "uvicorn"
+    if uvicorn.exists():
+        return uvicorn
+    subprocess.run([sys.executable, "-m", "venv", str(TIPG_VENV)], check=True)
+    result = subprocess.run(
+        [str(TIPG_VENV / "bin" / "pip"), "install", "-q", "tipg", "uvicorn"],
+        capture_output=True,
+        text=True,
+    )
+    return uvicorn if result.returncode == 0 and uvicorn.exists() else None
+
+
+@contextlib.contextmanager
+def tipg_process(ctx: BenchContext) -> Iterator[tuple[str, subprocess.Popen[bytes]] | None]:
+    """TiPg serving the bench database: (base URL, process), or None if unavailable."""
+    uvicorn = ensure_tipg()
+    if uvicorn is None:
+        yield None
+        return
+    port = free_port()
+    env = {
+        "DATABASE_URL": ctx.url.replace("postgresql+psycopg://", "postgresql://"),
+        "TIPG_DB_SCHEMAS": '["public"]',
+        "TIPG_MAX_FEATURES_PER_QUERY": "10000",
+    }
+    argv = [
+        str(uvicorn),
+        "tipg.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    with running_server(argv, port, env, health="/collections") as proc:
+        yield f"http://127.0.0.1:{port}", proc
 
 
 def peak_rss_mb(pid: int) -> float:
