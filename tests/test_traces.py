@@ -517,3 +517,54 @@ def test_settlement_id_must_exist(client: TestClient, token_for: Auth) -> None:
 
 def test_samples_dir_exists() -> None:
     assert Path(GPX_DIR / "MANIFEST.tsv").exists() and len(MANIFEST) == 60
+
+
+# ------------------------------------------------------------------------- CLI
+def test_cli_upload_direct_and_via_server(
+    live_app: str,
+    engine: Engine,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from geo.cli import main
+
+    files = []
+    for i in range(3):
+        path = tmp_path / f"walk{i}.gpx"
+        path.write_bytes(walk(5 + i))
+        files.append(str(path))
+    broken = tmp_path / "broken.gpx"
+    broken.write_bytes(b"<gpx><trk>")
+    owner = "cli-mapper"
+    monkeypatch.setenv("MAKAZI_DATABASE_URL", database_url)
+    monkeypatch.delenv("MAKAZI_TOKEN", raising=False)
+    try:
+        assert main(["trace", "upload", *files, "--owner", owner, "--visibility", "public"]) == 0
+        assert "3 stored, 0 already there, 0 failed; 18 points" in capsys.readouterr().out
+        # again, through the server with a token: the same bytes are already there
+        with engine.begin() as conn:
+            token = create_token(conn, name=owner, role="mapper")
+        code = main(["trace", "upload", *files, str(broken), "--url", live_app, "--token", token])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert "0 stored, 3 already there, 1 failed" in captured.out
+        assert "broken.gpx" in captured.err and "Premature end" in captured.err
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL makazi.audit = 'off'"))
+            ids = [
+                r.id
+                for r in conn.execute(text("SELECT id FROM traces WHERE owner = :o"), {"o": owner})
+            ]
+            conn.execute(text("DELETE FROM traces WHERE owner = :o"), {"o": owner})
+            conn.execute(
+                text(
+                    "DELETE FROM feature_history WHERE collection = 'traces' "
+                    "AND feature_id = ANY(:i)"
+                ),
+                {"i": ids},
+            )
+            conn.execute(text("DELETE FROM idempotency_keys WHERE principal = :o"), {"o": owner})
+            conn.execute(text("DELETE FROM api_tokens WHERE name = :o"), {"o": owner})
