@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     if database is not None:
         app.state.db = database
     problems.install(app)
-    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    # level 4: most of level 9's saving on GeoJSON at a fraction of its CPU
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=4)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

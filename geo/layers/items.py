@@ -45,7 +45,7 @@ __all__ = [
     "base_statement",
 ]
 
-EXACT_COUNT_LIMIT = 50_000
+EXACT_COUNT_MAX_COST = 5_000.0  # planner cost units: a few milliseconds of work
 RESERVED = {
     "limit",
     "bbox",
@@ -396,17 +396,16 @@ def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 200) -
 
 
 def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
-    """Exact number of matches when the planner expects few, else None.
+    """Exact number of matches when the planner says counting is cheap, else None.
 
-    Never a ``COUNT(*)`` over a large layer: the planner's estimate decides.
+    Never a ``COUNT(*)`` over a large layer or a costly filter: the planner's
+    cost estimate for the count decides (``EXACT_COUNT_MAX_COST``).
     """
     statement = base_statement(request).with_only_columns(func.count()).order_by(None)
     compiled = statement.compile(conn, compile_kwargs={"render_postcompile": True})
     plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params).scalar()
-    estimate = float(plan[0]["Plan"]["Plan Rows"]) if plan else float("inf")
-    if plan and plan[0]["Plan"].get("Plans"):
-        estimate = float(plan[0]["Plan"]["Plans"][0].get("Plan Rows", estimate))
-    if estimate > EXACT_COUNT_LIMIT:
+    cost = float(plan[0]["Plan"]["Total Cost"]) if plan else float("inf")
+    if cost > EXACT_COUNT_MAX_COST:
         return None
     return int(conn.execute(statement).scalar_one())
 
