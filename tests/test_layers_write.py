@@ -413,3 +413,22 @@ def test_concurrent_patches_one_wins(committed: tuple[TestClient, dict[str, str]
     assert sorted(statuses) == [200, 412]
     final = client.get(url)
     assert final.headers["etag"] == '"2"'
+
+
+def test_page_etag_changes_after_a_committed_edit(
+    committed: tuple[TestClient, dict[str, str], int],
+) -> None:
+    client, headers, fid = committed
+    url = "/collections/structures/items?limit=5"
+    first = client.get(url)
+    tag = first.headers["etag"]
+    assert tag.startswith('W/"')
+    assert client.get(url, headers={"If-None-Match": tag}).status_code == 304
+    edited = client.patch(
+        f"/collections/structures/items/{fid}",
+        json={"properties": {"storeys": 4}},
+        headers={**headers, "If-Match": '"1"'},
+    )
+    assert edited.status_code == 200
+    after = client.get(url, headers={"If-None-Match": tag})
+    assert after.status_code == 200 and after.headers["etag"] != tag

@@ -23,7 +23,13 @@ from geo.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
 from geo.errors import InvalidInput, NotFound
 from geo.idempotency import KeyReused, claim, complete, request_hash
 from geo.layers import collections_meta
-from geo.layers.items import count_if_cheap, fetch_feature, open_page, parse_items_request
+from geo.layers.items import (
+    count_if_cheap,
+    fetch_feature,
+    open_page,
+    page_etag,
+    parse_items_request,
+)
 from geo.layers.registry import COLLECTIONS, Collection, get_collection
 from geo.layers.writes import (
     create_features,
@@ -175,6 +181,7 @@ def get_items(
     after: Annotated[int | None, Query(description="keyset cursor: ids after this")] = None,
     before: Annotated[int | None, Query(description="keyset cursor: ids before this")] = None,
     offset: Annotated[int | None, Query(ge=0)] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """A page of features; follow the ``next`` link for more."""
     collection = _collection(collection_id)
@@ -188,6 +195,10 @@ def get_items(
     reading = db.read()
     conn = reading.__enter__()
     try:
+        tag = page_etag(conn, collection, str(request.url.query), user)
+        if if_none_match and tag in {t.strip() for t in if_none_match.split(",")}:
+            reading.__exit__(None, None, None)
+            return Response(status_code=304, headers={"ETag": tag, **_cache_headers(user)})
         matched = count_if_cheap(conn, parsed) if parsed.first_page else None
         page = open_page(conn, parsed)
     except BaseException:
@@ -257,9 +268,10 @@ def get_items(
     self_link = str(url).replace(",", "%2C")
     headers = {
         "Content-Crs": f"<{parsed.crs.uri}>",
+        "ETag": tag,
         "Link": (
             f'<{self_link}>; rel="self"; type="{GEOJSON}", '
-            f'<{href(request, f"/collections/{collection.name}/queryables")}>; '
+            f"<{href(request, f'/collections/{collection.name}/queryables')}>; "
             'rel="http://www.opengis.net/def/rel/ogc/1.0/queryables"; '
             'type="application/schema+json"'
         ),

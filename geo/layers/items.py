@@ -10,6 +10,7 @@ explicit ``sortby`` pages with an offset.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    text,
 )
 
 from geo.auth import Principal
@@ -43,6 +45,7 @@ __all__ = [
     "count_if_cheap",
     "fetch_feature",
     "base_statement",
+    "page_etag",
 ]
 
 EXACT_COUNT_MAX_COST = 5_000.0  # planner cost units: a few milliseconds of work
@@ -408,6 +411,21 @@ def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
     if cost > EXACT_COUNT_MAX_COST:
         return None
     return int(conn.execute(statement).scalar_one())
+
+
+def page_etag(conn: Connection, collection: Collection, query: str, user: Principal | None) -> str:
+    """A weak ETag for a page: the collection's change counter and the query.
+
+    The counter (table ``tile_changes``) is bumped by the database at every
+    commit that edits the collection, so the tag changes whenever any page
+    could; traces also depend on who asks.
+    """
+    counter = conn.execute(
+        text("SELECT counter FROM tile_changes WHERE collection = :c"), {"c": collection.name}
+    ).scalar()
+    viewer = f"{user.name}:{user.role}" if user is not None and collection.name == "traces" else ""
+    digest = hashlib.sha256(f"{query}|{viewer}".encode()).hexdigest()[:20]
+    return f'W/"{counter or 0}-{digest}"'
 
 
 def fetch_feature(
