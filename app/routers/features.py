@@ -20,6 +20,7 @@ from app.preconditions import etag, expected_version
 from app.problems import Problem
 from geo.auth import Principal
 from geo.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
+from geo.db import Database
 from geo.errors import InvalidInput, NotFound
 from geo.idempotency import KeyReused, claim, complete, request_hash
 from geo.layers import collections_meta
@@ -39,6 +40,7 @@ from geo.layers.writes import (
     patch_feature,
     replace_feature,
 )
+from geo.settings import Settings
 
 router = APIRouter(tags=["features"])
 
@@ -458,8 +460,8 @@ async def post_items(
 
 async def _write_one(
     request: Request,
-    db: Any,
-    settings: Any,
+    db: Database,
+    settings: Settings,
     user: Principal,
     collection_id: str,
     feature_id: int,
