@@ -153,3 +153,96 @@ def test_cli_serve_refuses_busy_port(tmp_path: Path) -> None:
         result = _makazi("serve", "--port", str(port), data_dir=tmp_path)
     assert result.returncode == 1
     assert f"port {port}" in result.stderr and "in use" in result.stderr
+
+
+def test_serve_rides_out_a_database_restart(tmp_path: Path) -> None:
+    """`makazi db stop` / `start` while `makazi serve` runs: 503 meanwhile, then served again."""
+    import socket
+    import time
+
+    import httpx
+
+    data = tmp_path / "ride"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MAKAZI_DATA_DIR": str(data)}
+    env.pop("MAKAZI_DATABASE_URL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "geo.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def wait_for(status: int, path: str = "/healthz") -> httpx.Response:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                response = httpx.get(base + path, timeout=5)
+                if response.status_code == status:
+                    return response
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, f"{path} never answered {status}"
+            time.sleep(0.3)
+
+    try:
+        wait_for(200)
+        assert _makazi("db", "stop", data_dir=data).returncode == 0
+        down = wait_for(503)
+        assert down.headers["content-type"].startswith("application/problem+json")
+        items = httpx.get(base + "/collections/structures/items", timeout=10)
+        assert items.status_code == 503
+        assert _makazi("db", "start", data_dir=data).returncode == 0
+        wait_for(200)
+        assert wait_for(200, "/collections/structures/items").json()["numberReturned"] == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    # serve stopped the cluster it had started? It did not start the second one, so stop it
+    _makazi("db", "stop", data_dir=data)
+    assert not EmbeddedCluster(data).running()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_serve_stops_its_database_on_exit(tmp_path: Path, signal_name: str) -> None:
+    """Ctrl-C (or a service manager's SIGTERM) leaves no postgres process behind."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    data = tmp_path / "stop"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MAKAZI_DATA_DIR": str(data)}
+    env.pop("MAKAZI_DATABASE_URL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "geo.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline
+        time.sleep(0.3)
+    cluster = EmbeddedCluster(data)
+    pid = cluster.status()["pid"]
+    assert cluster.running() and isinstance(pid, int)
+    server.send_signal(getattr(signal, signal_name))
+    assert server.wait(timeout=60) in (0, 130, 143, -2, -15)
+    assert not cluster.running()
+    stat_file = Path(f"/proc/{pid}/stat")
+    # gone, or a zombie waiting for a container's init to reap it: either way not running
+    assert not stat_file.exists() or stat_file.read_text().split(")")[-1].split()[0] == "Z"
