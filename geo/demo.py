@@ -27,6 +27,8 @@ from pyproj import Transformer
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon
 from sqlalchemy import Connection, text
 
+from geo.layers.registry import ENUMS
+
 __all__ = ["DemoData", "DemoSettlement", "generate", "is_empty", "load"]
 
 UTM_37S = 32737
@@ -53,17 +55,7 @@ _PLACES: tuple[tuple[str, str, tuple[str, ...], str, tuple[float, float], float,
     ("Mukuru kwa Reuben (demo)", "MR", (), "Kwa Reuben", (36.8890, -1.3110), 0.1, "contested"),
     ("Kangemi (demo)", "KG", (), "Kangemi", (36.7450, -1.2650), 0.16, "proposed"),
 )
-_USES = (
-    "residential",
-    "business",
-    "mixed",
-    "religious",
-    "school",
-    "clinic",
-    "toilet",
-    "water_point",
-    "other",
-)
+_USES = ENUMS["use"]
 _USE_P = (0.72, 0.1, 0.1, 0.015, 0.01, 0.005, 0.03, 0.01, 0.01)
 _WALLS = ("iron_sheet", "mud", "timber", "stone", "brick", "concrete")
 _WALL_P = (0.45, 0.3, 0.08, 0.07, 0.05, 0.05)

@@ -15,14 +15,14 @@ from starlette.datastructures import URL
 
 from app.bodies import read_limited
 from app.deps import DbDep, MapperUser, PublicReader, SettingsDep, ViewerUser
+from app.idempotent import remember, replay_or_claim
 from app.links import href
 from app.preconditions import etag, expected_version
 from app.problems import Problem
 from geo.auth import Principal
 from geo.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
-from geo.db import Database
 from geo.errors import InvalidInput, NotFound
-from geo.idempotency import KeyReused, claim, complete, request_hash
+from geo.idempotency import request_hash
 from geo.layers import collections_meta
 from geo.layers.items import (
     count_if_cheap,
@@ -40,7 +40,6 @@ from geo.layers.writes import (
     patch_feature,
     replace_feature,
 )
-from geo.settings import Settings
 
 router = APIRouter(tags=["features"])
 
@@ -387,25 +386,15 @@ async def post_items(
         features = parse_feature_body(body, allow_collection=True)
         with db.begin(actor=user.name) as conn:
             if idempotency_key is not None:
-                try:
-                    stored = claim(
-                        conn,
-                        principal=user.name,
-                        key=idempotency_key,
-                        scope=f"POST /collections/{collection.name}/items",
-                        fingerprint=request_hash(body, str(request.query_params), crs.uri),
-                    )
-                except KeyReused as exc:
-                    raise InvalidInput(str(exc)) from exc
-                except ValueError as exc:
-                    raise InvalidInput(str(exc), status=400) from exc
-                if stored is not None:
-                    return Response(
-                        stored.body,
-                        status_code=stored.status,
-                        headers=stored.headers,
-                        media_type=GEOJSON,
-                    )
+                replay = replay_or_claim(
+                    conn,
+                    principal=user.name,
+                    key=idempotency_key,
+                    scope=f"POST /collections/{collection.name}/items",
+                    fingerprint=request_hash(body, str(request.query_params), crs.uri),
+                )
+                if replay is not None:
+                    return replay
             created = create_features(
                 conn,
                 collection,
@@ -440,47 +429,42 @@ async def post_items(
                     summary, status_code=201, headers={"Location": f"{base}{created[0][0]}"}
                 )
             if idempotency_key is not None:
-                keep = {
-                    k: v
-                    for k, v in response.headers.items()
-                    if k.lower() in ("location", "etag", "content-crs", "content-type")
-                }
-                complete(
-                    conn,
-                    principal=user.name,
-                    key=idempotency_key,
-                    status=response.status_code,
-                    body=bytes(response.body),
-                    headers=keep,
-                )
+                remember(conn, principal=user.name, key=idempotency_key, response=response)
             return response
 
     return await run_in_threadpool(work)
 
 
-async def _write_one(
+@router.api_route(
+    "/collections/{collection_id}/items/{feature_id}",
+    methods=["PUT", "PATCH"],
+    summary="Replace (PUT) or merge-patch (PATCH) a feature",
+)
+async def write_item(
+    collection_id: CollectionId,
+    feature_id: FeatureId,
     request: Request,
-    db: Database,
-    settings: Settings,
-    user: Principal,
-    collection_id: str,
-    feature_id: int,
-    if_match: str | None,
-    content_crs: str | None,
-    repair: bool,
-    *,
-    patch: bool,
+    db: DbDep,
+    settings: SettingsDep,
+    user: MapperUser,
+    if_match: Annotated[str | None, Header()] = None,
+    content_crs: Annotated[str | None, Header()] = None,
+    repair: Annotated[bool, Query(description="repair invalid geometry")] = False,
 ) -> Response:
+    """PUT replaces properties and geometry; PATCH is a JSON merge patch (null clears).
+
+    Both need ``If-Match`` with the version read (428 without, 412 when stale).
+    """
     collection = _collection(collection_id, for_write=True)
     expected = expected_version(if_match)
     body = await read_limited(
         request, settings.max_json_body_mb * 1024 * 1024, setting="MAKAZI_MAX_JSON_BODY_MB"
     )
     crs = _content_crs(content_crs)
+    operation = patch_feature if request.method == "PATCH" else replace_feature
 
     def work() -> Response:
         feature = parse_feature_body(body, allow_collection=False)[0]
-        operation = patch_feature if patch else replace_feature
         with db.begin(actor=user.name) as conn:
             version = operation(
                 conn,
@@ -497,62 +481,6 @@ async def _write_one(
         return _feature_response(request, collection, feature_id, found[0], version, CRS84.uri)
 
     return await run_in_threadpool(work)
-
-
-@router.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature")
-async def put_item(
-    collection_id: CollectionId,
-    feature_id: FeatureId,
-    request: Request,
-    db: DbDep,
-    settings: SettingsDep,
-    user: MapperUser,
-    if_match: Annotated[str | None, Header()] = None,
-    content_crs: Annotated[str | None, Header()] = None,
-    repair: bool = False,
-) -> Response:
-    """Replace properties and geometry; needs ``If-Match`` (428 without, 412 when stale)."""
-    return await _write_one(
-        request,
-        db,
-        settings,
-        user,
-        collection_id,
-        feature_id,
-        if_match,
-        content_crs,
-        repair,
-        patch=False,
-    )
-
-
-@router.patch(
-    "/collections/{collection_id}/items/{feature_id}", summary="Update a feature (JSON merge patch)"
-)
-async def patch_item(
-    collection_id: CollectionId,
-    feature_id: FeatureId,
-    request: Request,
-    db: DbDep,
-    settings: SettingsDep,
-    user: MapperUser,
-    if_match: Annotated[str | None, Header()] = None,
-    content_crs: Annotated[str | None, Header()] = None,
-    repair: bool = False,
-) -> Response:
-    """Merge-patch properties (null clears) and optionally the geometry; needs ``If-Match``."""
-    return await _write_one(
-        request,
-        db,
-        settings,
-        user,
-        collection_id,
-        feature_id,
-        if_match,
-        content_crs,
-        repair,
-        patch=True,
-    )
 
 
 @router.delete(

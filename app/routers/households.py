@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.bodies import read_limited
 from app.deps import DbDep, EnumeratorUser, SettingsDep
+from app.idempotent import remember, replay_or_claim
 from app.links import href
 from app.preconditions import etag, expected_version
 from geo.errors import InvalidInput
@@ -20,7 +21,7 @@ from geo.households import (
     list_households,
     patch_household,
 )
-from geo.idempotency import KeyReused, claim, complete, request_hash
+from geo.idempotency import request_hash
 from geo.layers.writes import parse_json
 
 router = APIRouter(tags=["households"])
@@ -63,39 +64,19 @@ async def post_household(
             raise InvalidInput("the body must be a JSON object of household fields")
         with db.begin(actor=user.name) as conn:
             if idempotency_key is not None:
-                try:
-                    stored = claim(
-                        conn,
-                        principal=user.name,
-                        key=idempotency_key,
-                        scope=f"POST /structures/{structure_id}/households",
-                        fingerprint=request_hash(body),
-                    )
-                except KeyReused as exc:
-                    raise InvalidInput(str(exc)) from exc
-                except ValueError as exc:
-                    raise InvalidInput(str(exc), status=400) from exc
-                if stored is not None:
-                    return Response(
-                        stored.body,
-                        status_code=stored.status,
-                        headers=stored.headers,
-                        media_type="application/json",
-                    )
-            record = create_household(conn, structure_id=structure_id, fields=fields)
-            response = _one(record, 201, Location=href(request, f"/households/{record['id']}"))
-            if idempotency_key is not None:
-                complete(
+                replay = replay_or_claim(
                     conn,
                     principal=user.name,
                     key=idempotency_key,
-                    status=201,
-                    body=bytes(response.body),
-                    headers={
-                        "Location": response.headers["location"],
-                        "ETag": response.headers["etag"],
-                    },
+                    scope=f"POST /structures/{structure_id}/households",
+                    fingerprint=request_hash(body),
                 )
+                if replay is not None:
+                    return replay
+            record = create_household(conn, structure_id=structure_id, fields=fields)
+            response = _one(record, 201, Location=href(request, f"/households/{record['id']}"))
+            if idempotency_key is not None:
+                remember(conn, principal=user.name, key=idempotency_key, response=response)
             return response
 
     return await run_in_threadpool(work)

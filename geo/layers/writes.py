@@ -488,14 +488,7 @@ def delete_feature(
     conn: Connection, collection: Collection, fid: int, *, expected_version: int | None
 ) -> int:
     """Soft-delete a feature (the row stays, with ``deleted_at``); returns its last version."""
-    table = collection.table
-    statement = update(table).where(table.c.id == fid, table.c.deleted_at.is_(None))
-    if expected_version is not None:
-        statement = statement.where(table.c.version == expected_version)
-    row = conn.execute(statement.values(deleted_at=func.now()).returning(table.c.version)).first()
-    if row is None:
-        raise _missing_or_stale(conn, collection, fid)
-    return int(row.version)
+    return _update(conn, collection, fid, {"deleted_at": func.now()}, expected_version)
 
 
 def current_version(conn: Connection, collection: Collection, fid: int) -> int | None:
