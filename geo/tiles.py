@@ -33,21 +33,23 @@ from geo.errors import InvalidInput
 
 __all__ = [
     "LAYERS",
-    "MAX_ZOOM_LIMIT",
+    "PRIVATE_FIELDS",
+    "TILE_PLANNER_SQL",
     "Tile",
     "TileCache",
     "TileLayer",
+    "cache_key",
     "change_counters",
     "check_tile",
+    "data_bounds",
+    "extent_at",
     "get_tile",
     "layers_at",
+    "make_tile",
     "render_tile",
     "tile_sql",
     "tilejson",
 ]
-
-#: The deepest zoom a setting may allow (ST_TileEnvelope is exact far beyond it).
-MAX_ZOOM_LIMIT = 24
 
 
 @dataclass(frozen=True)

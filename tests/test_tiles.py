@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import math
+import shutil
+import subprocess
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import mapbox_vector_tile
@@ -448,3 +451,25 @@ def test_tile_cache_is_bounded_and_least_recently_used() -> None:
     assert small.get(("big",)) is None
     assert TileCache(0).get(("x",)) is None
     assert gzip.decompress(tiles[3].gzipped) == tiles[3].raw()
+
+
+@pytest.mark.skipif(shutil.which("ogrinfo") is None, reason="ogrinfo (Debian gdal-bin) missing")
+def test_gdal_reads_the_tile(
+    client: TestClient, connection: Connection, demo: DemoData, tmp_path: Path
+) -> None:
+    """An independent MVT reader (GDAL) finds the same layers and feature counts."""
+    z, x, y = densest_tile(connection, 17)
+    content = fetch(client, z, x, y, **{"Accept-Encoding": "identity"}).content
+    layers = decode(content)
+    path = tmp_path / str(z) / str(x) / f"{y}.pbf"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    out = subprocess.run(
+        ["ogrinfo", "-ro", "-so", "-al", f"MVT:{path}"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in layers:
+        assert f"Layer name: {name}" in out
+    counts = [
+        int(line.split(":")[1]) for line in out.splitlines() if line.startswith("Feature Count")
+    ]
+    assert sorted(counts) == sorted(len(layer["features"]) for layer in layers.values())
