@@ -22,7 +22,7 @@ import gzip
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -310,6 +310,14 @@ def make_tile(mvt: bytes, *, level: int = 1) -> Tile:
     return Tile(gzipped=packed, etag=digest, size=len(mvt))
 
 
+class _Flight:
+    """A tile being built: waiters block on ``done`` and then read ``tile``."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.tile: Tile | None = None
+
+
 class TileCache:
     """A thread-safe LRU of tiles bounded by the total bytes it holds.
 
@@ -338,6 +346,7 @@ class TileCache:
         self.hits = 0
         self.misses = 0
         self.bounds: tuple[tuple[int, ...], list[float] | None] | None = None
+        self._flights: dict[tuple[Any, ...], _Flight] = {}
 
     @staticmethod
     def _cost(tile: Tile) -> int:
@@ -377,6 +386,37 @@ class TileCache:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= self._cost(evicted)
 
+    def get_or_build(
+        self, key: tuple[Any, ...], build: Callable[[], Tile], *, wait_s: float = 30.0
+    ) -> Tile:
+        """The cached tile for ``key``, or build it once however many ask at the same time.
+
+        The first caller builds; callers that ask for the same key meanwhile
+        wait (up to ``wait_s``) for its tile instead of running the same
+        query again, so an edit followed by many map views costs one render
+        per tile.  If the builder fails, each waiter builds for itself.
+        """
+        tile = self.get(key)
+        if tile is not None:
+            return tile
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait(wait_s)
+            return flight.tile if flight.tile is not None else build()
+        try:
+            tile = build()
+            flight.tile = tile
+            self.put(key, tile)
+            return tile
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)
+            flight.done.set()
+
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:
@@ -403,6 +443,7 @@ def get_tile(
     cache: TileCache,
     max_zoom: int,
     gzip_level: int = 1,
+    wait_s: float = 30.0,
 ) -> Tile:
     """The tile at z/x/y, from the cache when no layer drawn there has changed.
 
@@ -416,11 +457,11 @@ def get_tile(
     """
     check_tile(z, x, y, max_zoom=max_zoom)
     key = cache_key(z, x, y, change_counters(conn))
-    tile = cache.get(key)
-    if tile is None:
-        tile = make_tile(render_tile(conn, z=z, x=x, y=y), level=gzip_level)
-        cache.put(key, tile)
-    return tile
+
+    def build() -> Tile:
+        return make_tile(render_tile(conn, z=z, x=x, y=y), level=gzip_level)
+
+    return cache.get_or_build(key, build, wait_s=wait_s)
 
 
 _EXTENT_SQL = """

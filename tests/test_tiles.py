@@ -6,6 +6,7 @@ import gzip
 import math
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy import Connection, text
 
 from geo.demo import DemoData, generate, load
 from geo.settings import Settings
-from geo.tiles import PRIVATE_FIELDS, TileCache, make_tile
+from geo.tiles import PRIVATE_FIELDS, Tile, TileCache, make_tile
 
 TILED = ("settlements", "structures", "facilities", "traces")
 PERSONAL = {"head_name", "phone", "members", "tenure", "rent_kes", "years_in_settlement"}
@@ -473,3 +474,39 @@ def test_gdal_reads_the_tile(
         int(line.split(":")[1]) for line in out.splitlines() if line.startswith("Feature Count")
     ]
     assert sorted(counts) == sorted(len(layer["features"]) for layer in layers.values())
+
+
+def test_concurrent_misses_build_a_tile_once() -> None:
+    cache = TileCache(max_bytes=1_000_000)
+    started = threading.Event()
+    release = threading.Event()
+    calls: list[int] = []
+
+    def build() -> Tile:
+        calls.append(1)
+        started.set()
+        release.wait(10)
+        return make_tile(b"tile bytes")
+
+    results: list[Tile] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get_or_build(("k",), build)))
+        for _ in range(6)
+    ]
+    threads[0].start()
+    assert started.wait(10)
+    for thread in threads[1:]:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(calls) == 1
+    assert len(results) == 6 and all(r.raw() == b"tile bytes" for r in results)
+
+    # a failing build lets the next caller try again
+    def broken() -> Tile:
+        raise RuntimeError("database went away")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_build(("other",), broken)
+    assert cache.get_or_build(("other",), lambda: make_tile(b"ok")).raw() == b"ok"

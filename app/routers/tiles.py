@@ -93,7 +93,15 @@ def get_tile(
     """
     zi, xi, yi = _integer("z", z), _integer("x", x), _integer("y", y)
     with db.read() as conn:
-        tile = tiles.get_tile(conn, z=zi, x=xi, y=yi, cache=cache, max_zoom=settings.tiles_max_zoom)
+        tile = tiles.get_tile(
+            conn,
+            z=zi,
+            x=xi,
+            y=yi,
+            cache=cache,
+            max_zoom=settings.tiles_max_zoom,
+            wait_s=settings.statement_timeout_ms / 1000,
+        )
     gzip_ok = _accepts_gzip(request)
     etag = f'"{tile.etag}-gz"' if gzip_ok else f'"{tile.etag}"'
     scope = "public" if settings.public_read and user is None else "private"
