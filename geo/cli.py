@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -154,6 +155,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from geo.exports import export_format, stream_export
+    from geo.layers.registry import COLLECTIONS
+
+    collection = COLLECTIONS.get(args.collection)
+    if collection is None:
+        raise CommandError(
+            f"unknown collection {args.collection!r}; one of {', '.join(COLLECTIONS)}"
+        )
+    fmt = export_format(args.format)
+    settings = _settings()
+    from geo.auth import Principal
+
+    everyone = Principal(name="makazi-cli", role="admin", token_id=0)
+    written = 0
+    with _database(settings) as url:
+        engine = _engine(settings, url)
+        with engine.connect() as conn, open(args.output, "wb") as out:
+            for chunk in stream_export(
+                conn, collection, fmt, user=everyone, settlement_id=args.settlement
+            ):
+                out.write(chunk)
+                written += len(chunk)
+        engine.dispose()
+    print(f"wrote {written:,} bytes to {args.output}")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -185,6 +214,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -214,6 +247,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     print(", ".join(f"{v} {k}" for k, v in counts.items()))
             engine.dispose()
         print(f"Makazi on http://{args.host}:{args.port}/  (map: /map, API: /api)", flush=True)
+        # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM
+        # unwind like Ctrl-C so the embedded database is stopped on the way out.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.run(
             "app.main:create_app",
             factory=True,
@@ -258,6 +294,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--structures", type=int, default=20_000)
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=cmd_demo)
+
+    export = sub.add_parser("export", help="export a collection to a file (streamed)")
+    export.add_argument("collection")
+    export.add_argument(
+        "--format", default="geojson", help="geojson, gpkg, fgb, shp (zip), kml or csv"
+    )
+    export.add_argument("-o", "--output", required=True)
+    export.add_argument("--settlement", type=int, default=None)
+    export.set_defaults(func=cmd_export)
+
     trace = sub.add_parser("trace", help="GPS traces")
     trace_sub = trace.add_subparsers(dest="trace_action", required=True)
     trace_up = trace_sub.add_parser(
@@ -276,6 +322,10 @@ def _parser() -> argparse.ArgumentParser:
     trace_up.add_argument("--url", default=None, help="server URL (or MAKAZI_URL)")
     trace_up.add_argument("--owner", default=None, help="owner for direct database uploads")
     trace_up.set_defaults(func=cmd_trace)
+
+    from geo.analysis.cli import add_analyse_parser
+
+    add_analyse_parser(sub)
     return parser
 
 

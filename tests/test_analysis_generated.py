@@ -26,7 +26,9 @@ from fastapi.testclient import TestClient
 from shapely.geometry import LineString, Point, box
 from sqlalchemy import Connection, text
 
-from geo import analysis
+from geo.analysis.access import access
+from geo.analysis.impact import ImpactRequest, impact
+from geo.analysis.summary import summary
 from geo.db import BoundDatabase
 from geo.settings import Settings
 
@@ -163,18 +165,16 @@ def test_impact_min_overlap_and_facilities(
     db: BoundDatabase, grid: Grid, settings: Settings
 ) -> None:
     # y 171..229: rows 9, 10 fully inside, rows 8 and 11 a quarter inside.
-    body = analysis.ImpactRequest(**corridor(200, 29))
-    result = analysis.impact(db, request=body, settings=settings, role="admin")
+    body = ImpactRequest(**corridor(200, 29))
+    result = impact(db, request=body, settings=settings, role="admin")
     assert result["structures"] == 4 * COLS
     body = body.model_copy(update={"min_overlap": 0.5})
-    result = analysis.impact(db, request=body, settings=settings, role="admin")
+    result = impact(db, request=body, settings=settings, role="admin")
     assert result["structures"] == 2 * COLS
     body = body.model_copy(update={"min_overlap": 0.2})
-    assert analysis.impact(db, request=body, settings=settings, role="admin")["structures"] == 160
+    assert impact(db, request=body, settings=settings, role="admin")["structures"] == 160
     # a corridor along y = 100 takes the straddler, which counts once, in B
-    result = analysis.impact(
-        db, request=analysis.ImpactRequest(**corridor(100, 1)), settings=settings, role="admin"
-    )
+    result = impact(db, request=ImpactRequest(**corridor(100, 1)), settings=settings, role="admin")
     assert result["structures"] == 1
     assert [e["name"] for e in result["by_settlement"]] == ["Grid B"]
     # facilities: y = 100 +- 1 passes the working and needs-repair water points
@@ -183,10 +183,10 @@ def test_impact_min_overlap_and_facilities(
 
 def test_impact_polygon_without_buffer(db: BoundDatabase, grid: Grid, settings: Settings) -> None:
     ring = [[E0 + 0, N0 + 0], [E0 + 100, N0 + 0], [E0 + 100, N0 + 100], [E0, N0 + 100]]
-    body = analysis.ImpactRequest(
+    body = ImpactRequest(
         geometry={"type": "Polygon", "coordinates": [[*ring, ring[0]]]}, crs="EPSG:32737"
     )
-    result = analysis.impact(db, request=body, settings=settings, role="admin")
+    result = impact(db, request=body, settings=settings, role="admin")
     assert result["structures"] == 25  # 5 x 5 grid cells
     assert result["buffer_area_m2"] == pytest.approx(10_000, rel=0.005)
     assert result["facilities_by_type"] == {"water_point": 1}  # (100, 100) on the edge
@@ -254,7 +254,7 @@ def test_summary_counts_nested_and_contested(
 
 
 def test_summary_estimates(db: BoundDatabase, grid: Grid, settings: Settings) -> None:
-    result = analysis.summary(db, settlement_id=grid.ids["A"], settings=settings, role="admin")
+    result = summary(db, settlement_id=grid.ids["A"], settings=settings, role="admin")
     cells = [(i, j) for i in range(20) for j in range(ROWS)]
     enumerated = [(i, j) for i, j in cells if i < 10]
     people = sum(members(i, j) for i, j in enumerated)
@@ -314,7 +314,7 @@ def test_access_counts_against_shapely(
 
 
 def test_access_within_settlement(db: BoundDatabase, grid: Grid, settings: Settings) -> None:
-    result = analysis.access(
+    result = access(
         db,
         facility_type="toilet_block",
         max_distance_m=30,

@@ -14,7 +14,13 @@ from fastapi.responses import Response, StreamingResponse
 
 from app.deps import DbDep, PublicReader, SettingsDep, ViewerUser
 from app.problems import Problem
-from geo import analysis
+from geo.analysis.access import access as access_counts
+from geo.analysis.access import access_features
+from geo.analysis.density import density as density_grid
+from geo.analysis.impact import ImpactRequest, impact_features
+from geo.analysis.impact import impact as impact_counts
+from geo.analysis.overlaps import overlaps as overlap_pairs
+from geo.analysis.summary import summary
 from geo.auth import Principal
 from geo.privacy import FEATURE_ROLE, sees_features
 
@@ -69,12 +75,12 @@ def settlement_summary(
     """Area, structures by use, households, people, densities, facilities by type and
     condition, and the Know Your City estimates, each labelled counted or estimated.
     Counts below 5 are null for anonymous and viewer callers and named in `suppressed`."""
-    return analysis.summary(db, settlement_id=settlement_id, settings=settings, role=_role(user))
+    return summary(db, settlement_id=settlement_id, settings=settings, role=_role(user))
 
 
 @router.post("/analysis/impact", summary="Impact of a corridor or zone", response_model=None)
 def impact(
-    body: analysis.ImpactRequest,
+    body: ImpactRequest,
     request: Request,
     user: ViewerUser,
     db: DbDep,
@@ -94,8 +100,8 @@ def impact(
         body = body.model_copy(update={"crs": crs})
     if f == "geojson":
         _require_features(user)
-        return _stream(analysis.impact_features(db, request=body, settings=settings))
-    return analysis.impact(db, request=body, settings=settings, role=user.role)
+        return _stream(impact_features(db, request=body, settings=settings))
+    return impact_counts(db, request=body, settings=settings, role=user.role)
 
 
 @router.get("/analysis/access", summary="Structures beyond reach of a facility type")
@@ -114,7 +120,7 @@ def access(
     if f == "geojson":
         _require_features(user)
         return _stream(
-            analysis.access_features(
+            access_features(
                 db,
                 facility_type=facility_type,
                 max_distance_m=max_distance_m,
@@ -122,7 +128,7 @@ def access(
                 settings=settings,
             )
         )
-    return analysis.access(
+    return access_counts(
         db,
         facility_type=facility_type,
         max_distance_m=max_distance_m,
@@ -138,7 +144,7 @@ def overlaps(
 ) -> Response:
     """Pairs of settlements whose boundaries overlap: a FeatureCollection of the overlap
     polygons with `settlement_a`, `settlement_b`, `overlap_m2`."""
-    body = analysis.overlaps(db, settlement_id=settlement_id, settings=settings)
+    body = overlap_pairs(db, settlement_id=settlement_id, settings=settings)
     return Response(body, media_type=GEOJSON)
 
 
@@ -152,7 +158,7 @@ def density(
 ) -> Response:
     """Square cells aligned in UTM 37S with `structures`, `households` and `people`
     (a cell counts a structure when it holds its point on surface)."""
-    body = analysis.density(
+    body = density_grid(
         db, settlement_id=settlement_id, cell_m=cell_m, settings=settings, role=user.role
     )
     return Response(body, media_type=GEOJSON)

@@ -43,18 +43,18 @@ st AS MATERIALIZED (
     WITHIN_SETTLEMENT,
     """
 ),
-hh AS (
-    SELECT h.structure_id, count(*) AS households, coalesce(sum(h.members), 0) AS people
-    FROM households h JOIN st ON h.structure_id = st.id
-    WHERE h.deleted_at IS NULL
-    GROUP BY h.structure_id
-),
 cells AS (
     SELECT floor(ST_X(st.p) / :cell_m)::bigint AS i, floor(ST_Y(st.p) / :cell_m)::bigint AS j,
            count(*) AS structures,
-           coalesce(sum(hh.households), 0)::bigint AS households,
-           coalesce(sum(hh.people), 0)::bigint AS people
-    FROM st LEFT JOIN hh ON hh.structure_id = st.id
+           sum(hh.households)::bigint AS households,
+           sum(hh.people)::bigint AS people
+    FROM st
+    -- per structure, by index: robust whatever the planner guesses for st's size
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS households, coalesce(sum(h.members), 0) AS people
+        FROM households h
+        WHERE h.structure_id = st.id AND h.deleted_at IS NULL
+    ) hh
     GROUP BY 1, 2
 )
 SELECT coalesce(json_agg(json_build_object(

@@ -74,8 +74,14 @@ hit AS MATERIALIZED (
                     >= :min_overlap * ST_Area(ST_Transform(t.geom, 32737)) END
 ),
 placed AS (
-    SELECT hit.*, home.id AS home_id, home.name AS home_name
+    SELECT hit.*, home.id AS home_id, home.name AS home_name, hh.households, hh.people
     FROM hit
+    -- per structure, by index: robust whatever the planner guesses for hit's size
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS households, coalesce(sum(h.members), 0) AS people
+        FROM households h
+        WHERE h.structure_id = hit.id AND h.deleted_at IS NULL
+    ) hh
     LEFT JOIN LATERAL (
         SELECT o.id, o.name
         FROM settlements o
@@ -87,12 +93,6 @@ placed AS (
                  o.id
         LIMIT 1
     ) home ON true
-),
-hh AS (
-    SELECT h.structure_id, count(*) AS households, coalesce(sum(h.members), 0) AS people
-    FROM households h JOIN hit ON h.structure_id = hit.id
-    WHERE h.deleted_at IS NULL
-    GROUP BY h.structure_id
 )
 """
 
@@ -101,9 +101,9 @@ _SUMMARY = sql(
     """,
 per AS (
     SELECT p.home_id, min(p.home_name) AS name, count(*) AS structures,
-           coalesce(sum(hh.households), 0)::bigint AS households,
-           coalesce(sum(hh.people), 0)::bigint AS people
-    FROM placed p LEFT JOIN hh ON hh.structure_id = p.id
+           coalesce(sum(p.households), 0)::bigint AS households,
+           coalesce(sum(p.people), 0)::bigint AS people
+    FROM placed p
     GROUP BY p.home_id
 )
 SELECT json_build_object(
@@ -145,8 +145,8 @@ SELECT json_build_object(
         'storeys', t.storeys,
         'settlement_id', p.home_id,
         'settlement', p.home_name,
-        'households', coalesce(hh.households, 0),
-        'people', coalesce(hh.people, 0),
+        'households', p.households,
+        'people', p.people,
         'share_inside', CASE WHEN GeometryType(p.geom) = 'POINT' OR ST_CoveredBy(p.geom, z.geom)
                              THEN 1.0
                              ELSE round((
@@ -157,7 +157,6 @@ SELECT json_build_object(
 FROM placed p
 JOIN structures t ON t.id = p.id
 CROSS JOIN zone z
-LEFT JOIN hh ON hh.structure_id = p.id
 ORDER BY p.id
 """,
 )
