@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     trace_max_speed_mps: float = Field(default=60.0, gt=0)
     trace_max_hdop: float = Field(default=20.0, gt=0)
     trace_boundary_simplify_m: float = Field(default=1.0, ge=0)
+    trace_ingest_timeout_ms: int = Field(default=600_000, ge=1_000)
 
     items_default_limit: int = Field(default=100, ge=1)
     items_max_limit: int = Field(default=10_000, ge=1)

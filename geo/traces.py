@@ -80,6 +80,7 @@ class TraceLimits:
     max_xml_depth: int = 64
     max_speed_mps: float = 60.0
     max_hdop: float = 20.0
+    ingest_timeout_ms: int = 600_000
 
     @classmethod
     def from_settings(cls, settings: Any) -> TraceLimits:
@@ -91,6 +92,7 @@ class TraceLimits:
             max_xml_depth=settings.trace_max_xml_depth,
             max_speed_mps=settings.trace_max_speed_mps,
             max_hdop=settings.trace_max_hdop,
+            ingest_timeout_ms=settings.trace_ingest_timeout_ms,
         )
 
 
@@ -502,6 +504,12 @@ def _store_new(
             raise InvalidInput(
                 f"settlement_id {settlement_id} does not exist", field="settlement_id"
             )
+    # The staging COPY lasts as long as the parse: a 1M-point upload outlives the
+    # ordinary statement timeout, so the ingest has its own (still bounded) one.
+    conn.execute(
+        text("SELECT set_config('statement_timeout', :ms, true)"),
+        {"ms": str(limits.ingest_timeout_ms)},
+    )
     for statement in _STAGE.split(";"):
         conn.execute(text(statement))
     dropped = Dropped()
