@@ -22,7 +22,7 @@ MVT = "application/vnd.mapbox-vector-tile"
 _cache_lock = threading.Lock()
 
 
-def get_tile_cache(request: Request, settings: SettingsDep) -> TileCache:
+async def get_tile_cache(request: Request, settings: SettingsDep) -> TileCache:
     """The app's tile cache, made on first use with the configured size."""
     cache: TileCache | None = getattr(request.app.state, "tile_cache", None)
     if cache is None:
