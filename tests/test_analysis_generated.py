@@ -313,6 +313,30 @@ def test_access_counts_against_shapely(
         )
 
 
+@pytest.mark.parametrize("distance", [48.5, 48.9, 55.4, 55.8])
+def test_access_close_to_the_limit(
+    db: BoundDatabase, grid: Grid, settings: Settings, distance: float
+) -> None:
+    """Distances within 1 % of the limit take the exact path; the answer must not change."""
+    usable = [
+        Point(x, y) for kind, cond, x, y in FACILITIES if kind == "water_point" and cond != "broken"
+    ]
+    boxes = grid.boxes()
+    beyond = {k for k, b in boxes.items() if min(box(*b).distance(p) for p in usable) > distance}
+    near_limit = [
+        k for k, b in boxes.items() if abs(min(box(*b).distance(p) for p in usable) - distance) < 1
+    ]
+    assert near_limit  # the grid has structures 48.66 m and 55.6 m from a water point
+    result = access(
+        db,
+        facility_type="water_point",
+        max_distance_m=distance,
+        settings=settings,
+        role="admin",
+    )
+    assert result["structures_beyond"] == len(beyond)
+
+
 def test_access_within_settlement(db: BoundDatabase, grid: Grid, settings: Settings) -> None:
     result = access(
         db,
