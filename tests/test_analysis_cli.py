@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, text
 
 from geo.cli import main
 
@@ -54,3 +56,32 @@ def test_bad_input_is_one_line_on_stderr(env: Path, capsys: pytest.CaptureFixtur
     code = main(["analyse", "summary", "--settlement", "987654"])
     assert code == 1
     assert "no settlement 987654" in capsys.readouterr().err
+
+
+def test_timeout_is_one_clear_line(
+    env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    engine: Engine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another session holds settlements locked: the analysis gives up at the timeout."""
+    monkeypatch.setenv("MAKAZI_ANALYSIS_TIMEOUT_MS", "200")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with engine.connect() as other:
+            other.execute(text("LOCK TABLE settlements IN ACCESS EXCLUSIVE MODE"))
+            locked.set()
+            release.wait(30)
+            other.rollback()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        code = main(["analyse", "overlaps"])
+    finally:
+        release.set()
+        holder.join()
+    assert code == 1
+    assert "MAKAZI_ANALYSIS_TIMEOUT_MS" in capsys.readouterr().err

@@ -301,3 +301,22 @@ def test_fetch_json_cancels_slow_statement(db: BoundDatabase) -> None:
     with pytest.raises(DBAPIError) as caught:
         fetch_json(db, text("SELECT pg_sleep(2)::text"), {}, timeout_ms=100)
     assert "statement timeout" in str(caught.value)
+
+
+def test_impact_body_size_limit(
+    settings: Settings, db: BoundDatabase, token_for: Callable[..., dict[str, str]]
+) -> None:
+    from app.main import create_app
+
+    small = settings.model_copy(update={"max_json_body_mb": 1})
+    padding = " " * (1024 * 1024 + 10)
+    with TestClient(create_app(small, database=db), raise_server_exceptions=False) as client:
+        body = problem(
+            client.post(
+                "/analysis/impact",
+                content=('{"geometry": null,' + padding + '"buffer_m": 1}').encode(),
+                headers={**token_for("viewer"), "Content-Type": "application/json"},
+            ),
+            413,
+        )
+    assert "MAKAZI_MAX_JSON_BODY_MB" in body["detail"]

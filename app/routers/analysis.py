@@ -7,11 +7,15 @@ per-structure output (``?f=geojson``) needs the planner role.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from app.bodies import read_limited
 from app.deps import DbDep, PublicReader, SettingsDep, ViewerUser
 from app.problems import Problem
 from geo.analysis.access import access as access_counts
@@ -58,14 +62,20 @@ def _stream(chunks: Iterator[bytes]) -> StreamingResponse:
     return StreamingResponse(body(), media_type=GEOJSON)
 
 
-def _check_body_size(request: Request, limit_mb: int) -> None:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit_mb * 1024 * 1024:
-        raise Problem(
-            413,
-            f"the body is larger than {limit_mb} MB (setting MAKAZI_MAX_JSON_BODY_MB)",
-            slug="too-large",
-        )
+def _impact_body(raw: bytes) -> ImpactRequest:
+    """The impact request from JSON bytes; a 422 naming each bad field."""
+    try:
+        return ImpactRequest.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join(str(part) for part in error["loc"]) or "body",
+                "reason": error["msg"],
+            }
+            for error in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
+        raise Problem(422, detail, slug="invalid-request", errors=errors) from exc
 
 
 @router.get("/settlements/{settlement_id}/summary", summary="Settlement profile")
@@ -78,20 +88,32 @@ def settlement_summary(
     return summary(db, settlement_id=settlement_id, settings=settings, role=_role(user))
 
 
-@router.post("/analysis/impact", summary="Impact of a corridor or zone", response_model=None)
-def impact(
-    body: ImpactRequest,
+@router.post(
+    "/analysis/impact",
+    summary="Impact of a corridor or zone",
+    response_model=None,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ImpactRequest.model_json_schema()}},
+        }
+    },
+)
+async def impact(
     request: Request,
     user: ViewerUser,
     db: DbDep,
     settings: SettingsDep,
     f: Format = "json",
     crs: Annotated[str | None, Query(description="CRS of the body's coordinates")] = None,
-) -> dict[str, Any] | Response:
+) -> Any:
     """Structures, households and people a buffered line or polygon takes, per settlement,
     and facilities affected by type.  Body: `{"geometry": <GeoJSON>, "buffer_m": 30}`,
     optional `crs`, `min_overlap` (0..1 of a footprint inside)."""
-    _check_body_size(request, settings.max_json_body_mb)
+    raw = await read_limited(
+        request, settings.max_json_body_mb * 1024 * 1024, setting="MAKAZI_MAX_JSON_BODY_MB"
+    )
+    body = _impact_body(raw)
     if crs is not None:
         if body.crs is not None and body.crs != crs:
             raise Problem(
@@ -100,8 +122,11 @@ def impact(
         body = body.model_copy(update={"crs": crs})
     if f == "geojson":
         _require_features(user)
-        return _stream(impact_features(db, request=body, settings=settings))
-    return impact_counts(db, request=body, settings=settings, role=user.role)
+        chunks = impact_features(db, request=body, settings=settings)
+        return await run_in_threadpool(_stream, chunks)
+    return await run_in_threadpool(
+        partial(impact_counts, db, request=body, settings=settings, role=user.role)
+    )
 
 
 @router.get("/analysis/access", summary="Structures beyond reach of a facility type")

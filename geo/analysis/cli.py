@@ -73,7 +73,10 @@ def read_geometry(path: Path) -> Any:
 
 @contextmanager
 def _db() -> Iterator[tuple[Database, Any]]:
-    from geo.cli import _database, _engine, _migrate, _settings
+    import psycopg.errors
+    from sqlalchemy.exc import DBAPIError
+
+    from geo.cli import CommandError, _database, _engine, _migrate, _settings
 
     settings = _settings()
     with _database(settings) as url:
@@ -81,6 +84,13 @@ def _db() -> Iterator[tuple[Database, Any]]:
         engine = _engine(settings, url)
         try:
             yield Database(engine), settings
+        except DBAPIError as exc:
+            if isinstance(exc.orig, psycopg.errors.QueryCanceled):
+                raise CommandError(
+                    f"the analysis took longer than {settings.analysis_timeout_ms} ms "
+                    "(MAKAZI_ANALYSIS_TIMEOUT_MS); narrow it or raise the setting"
+                ) from exc
+            raise
         finally:
             engine.dispose()
 
