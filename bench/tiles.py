@@ -49,13 +49,6 @@ STRUCTURE_FIELDS = [
 ]
 
 
-def _psycopg_sql(sql: str) -> str:
-    """SQLAlchemy-style ``:name`` parameters as psycopg ``%(name)s``."""
-    for name in ("z", "x", "y"):
-        sql = sql.replace(f":{name},", f"%({name})s,").replace(f":{name})", f"%({name})s)")
-    return sql
-
-
 def densest_tile(conn: psycopg.Connection[Any], z: int) -> tuple[int, int, int]:
     """The tile at zoom ``z`` holding the most structure centroids."""
     row = conn.execute(
@@ -81,7 +74,7 @@ def _structures_only_sql() -> str:
 
 
 class _Sql:
-    """A psycopg connection that runs one tile statement, prepared, with the service's settings."""
+    """A psycopg connection running a tile statement as the service does: prepared, binary."""
 
     def __init__(self, conninfo: str) -> None:
         self.conn = psycopg.connect(conninfo, autocommit=True)
@@ -89,7 +82,9 @@ class _Sql:
 
     def __call__(self, sql: str, tile: tuple[int, int, int]) -> int:
         z, x, y = tile
-        row = self.conn.execute(sql, {"z": z, "x": x, "y": y}, prepare=True).fetchone()
+        with self.conn.cursor(binary=True) as cursor:
+            cursor.execute(sql, {"z": z, "x": x, "y": y}, prepare=True)
+            row = cursor.fetchone()
         return len(row[0] or b"") if row else 0
 
     def close(self) -> None:
@@ -193,7 +188,7 @@ def run(ctx: BenchContext) -> str:
         for label, tile, rounds in tiles:
             z, x, y = tile
             path = f"/tiles/{z}/{x}/{y}.mvt"
-            full_sql = _psycopg_sql(tile_sql(z))
+            full_sql = tile_sql(z)
             contenders: dict[str, Callable[[], int]] = {
                 "raw": partial(sql, full_sql, tile),
                 "raw-structures": partial(sql, _structures_only_sql(), tile),
@@ -214,6 +209,11 @@ def run(ctx: BenchContext) -> str:
                     seconds, size = _timed(fn)
                     results.setdefault((label, name), []).append(seconds)
                     sizes[(label, name)] = size
+            # A map view asks for a dozen tiles at once: cache hits back to back.
+            for _ in range(20):
+                seconds, size = _timed(contenders["warm"])
+                results.setdefault((label, "warm-burst"), []).append(seconds)
+                sizes[(label, "warm-burst")] = size
 
     def ms(label: str, name: str) -> float:
         return statistics.median(results[(label, name)]) * 1000
@@ -223,6 +223,7 @@ def run(ctx: BenchContext) -> str:
         "raw-structures": "raw SQL: structures layer only, extent 4096",
         "cold": "Makazi, cold cache (renders every time)",
         "warm": "Makazi, warm cache",
+        "warm-burst": "Makazi, warm cache, 20 requests back to back",
         "tipg": f"{tipg_name}: structures only",
     }
     rows: list[list[object]] = []
@@ -256,7 +257,8 @@ def run(ctx: BenchContext) -> str:
         cold, warm, raw = ms(label, "cold"), ms(label, "warm"), ms(label, "raw")
         line = (
             f"- {label}: Makazi cold / raw SQL = {cold / raw:.2f} (target <= 1.3); "
-            f"cold / warm = {cold / warm:.0f}x (target >= 20x)"
+            f"cold / warm = {cold / warm:.0f}x (target >= 20x; "
+            f"{cold / ms(label, 'warm-burst'):.0f}x for back-to-back hits)"
         )
         if (label, "tipg") in results:
             tipg = ms(label, "tipg")

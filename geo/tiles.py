@@ -213,7 +213,7 @@ def check_tile(z: int, x: int, y: int, *, max_zoom: int) -> None:
 
 @lru_cache(maxsize=64)
 def tile_sql(z: int) -> str:
-    """The statement that builds a tile at zoom ``z`` (parameters ``:z :x :y``).
+    """The statement that builds a tile at zoom ``z`` (psycopg parameters ``%(z)s`` etc.).
 
     The text depends on the zoom only through which layers and columns are
     drawn and the grid extent, so it is built once per zoom.  Identifiers come
@@ -224,8 +224,8 @@ def tile_sql(z: int) -> str:
     # The envelope is written out in each layer rather than shared through a
     # CTE: with the tile's numbers known the planner folds it to a constant,
     # estimates the index hit count and picks a bitmap scan for dense tiles.
-    tile = "ST_TileEnvelope(:z, :x, :y)"
-    bbox = f"ST_Transform(ST_TileEnvelope(:z, :x, :y, margin => {buffer / extent}), 4326)"
+    tile = "ST_TileEnvelope(%(z)s, %(x)s, %(y)s)"
+    bbox = f"ST_Transform(ST_TileEnvelope(%(z)s, %(x)s, %(y)s, margin => {buffer / extent}), 4326)"
     parts = []
     for layer in layers_at(z):
         cols = ", ".join(f"{expr} AS {prop}" for prop, expr, _ in layer.columns_at(z))
@@ -264,10 +264,16 @@ def render_tile(conn: Connection, *, z: int, x: int, y: int) -> bytes:
     ETag is stable), and a custom plan per tile even when the driver has
     prepared the statement (a generic plan cannot know how many features the
     tile holds, and picks an index scan where a bitmap scan is 2-3x faster).
+
+    The tile is fetched in binary on the connection's psycopg cursor: a
+    bytea in text form is twice the size and has to be hex-decoded.
     """
     conn.execute(text(TILE_PLANNER_SQL))
-    data = conn.execute(text(tile_sql(z)), {"z": z, "x": x, "y": y}).scalar_one()
-    return bytes(data or b"")
+    driver: Any = conn.connection.driver_connection
+    with driver.cursor(binary=True) as cursor:
+        cursor.execute(tile_sql(z), {"z": z, "x": x, "y": y})
+        row = cursor.fetchone()
+    return bytes(row[0]) if row and row[0] else b""
 
 
 @dataclass(frozen=True)
