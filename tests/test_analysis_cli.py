@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from geo.cli import main
+from tests.test_analysis_inputs import settlements_locked
 
 
 @pytest.fixture
@@ -66,22 +66,7 @@ def test_timeout_is_one_clear_line(
 ) -> None:
     """Another session holds settlements locked: the analysis gives up at the timeout."""
     monkeypatch.setenv("MAKAZI_ANALYSIS_TIMEOUT_MS", "200")
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_lock() -> None:
-        with engine.connect() as other:
-            other.execute(text("LOCK TABLE settlements IN ACCESS EXCLUSIVE MODE"))
-            locked.set()
-            release.wait(30)
-            other.rollback()
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with settlements_locked(engine):
         code = main(["analyse", "overlaps"])
-    finally:
-        release.set()
-        holder.join()
     assert code == 1
     assert "MAKAZI_ANALYSIS_TIMEOUT_MS" in capsys.readouterr().err

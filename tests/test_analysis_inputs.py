@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -263,18 +264,10 @@ def test_unknown_settlement_is_404(client: TestClient, viewer: dict[str, str]) -
     assert "settlement_id" in body["detail"]
 
 
-def test_statement_timeout_answers_503(
-    settings: Settings,
-    db: BoundDatabase,
-    engine: Engine,
-    token_for: Callable[..., dict[str, str]],
-) -> None:
-    """A settlements table locked by another session makes the summary wait past the timeout."""
-    from app.main import create_app
-
-    quick = settings.model_copy(update={"analysis_timeout_ms": 200})
-    locked = threading.Event()
-    release = threading.Event()
+@contextmanager
+def settlements_locked(engine: Engine) -> Iterator[None]:
+    """Hold the settlements table locked from another session for the block's duration."""
+    locked, release = threading.Event(), threading.Event()
 
     def hold_lock() -> None:
         with engine.connect() as other:
@@ -287,12 +280,26 @@ def test_statement_timeout_answers_503(
     holder.start()
     try:
         assert locked.wait(10)
-        with TestClient(create_app(quick, database=db), raise_server_exceptions=False) as client:
-            body = problem(client.get("/settlements/1/summary"), 503)
-        assert "timeout" in body["detail"]
+        yield
     finally:
         release.set()
         holder.join()
+
+
+def test_statement_timeout_answers_503(
+    settings: Settings, db: BoundDatabase, engine: Engine
+) -> None:
+    """A settlements table locked by another session makes the summary wait past the timeout."""
+    from app.main import create_app
+
+    quick = settings.model_copy(update={"analysis_timeout_ms": 200})
+    app = create_app(quick, database=db)
+    with (
+        settlements_locked(engine),
+        TestClient(app, raise_server_exceptions=False) as client,
+    ):
+        body = problem(client.get("/settlements/1/summary"), 503)
+    assert "timeout" in body["detail"]
 
 
 def test_fetch_json_cancels_slow_statement(db: BoundDatabase) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, TextClause, text
 
 from geo.db import Database
 from geo.errors import InvalidInput, NotFound
+from geo.layers.registry import ENUMS
 
 __all__ = [
     "FACILITY_TYPES",
@@ -33,26 +34,10 @@ __all__ = [
 UTM_SRID = 32737
 """WGS 84 / UTM zone 37S: the metric CRS for Nairobi."""
 
-FACILITY_TYPES: tuple[str, ...] = (
-    "water_point",
-    "toilet_block",
-    "school",
-    "clinic",
-    "drainage",
-    "road",
-    "other",
-)
-STRUCTURE_USES: tuple[str, ...] = (
-    "residential",
-    "business",
-    "mixed",
-    "religious",
-    "school",
-    "clinic",
-    "toilet",
-    "water_point",
-    "other",
-)
+FACILITY_TYPES: tuple[str, ...] = ENUMS["type"]
+"""Facility types (the layers' vocabulary)."""
+STRUCTURE_USES: tuple[str, ...] = ENUMS["use"]
+"""Structure uses (the layers' vocabulary)."""
 
 # A structure ``t`` lies within settlement ``s`` when ``s`` holds the largest
 # share of its footprint among all live settlements.  Nested and contested
