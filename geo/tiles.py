@@ -29,6 +29,11 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+try:  # ISA-L's gzip is ~4x faster than zlib's at the same ratio (same gzip format)
+    from isal.igzip import compress as _gzip_compress
+except ImportError:  # pragma: no cover - isal is a dependency; the stdlib is the fallback
+    from gzip import compress as _gzip_compress  # type: ignore[assignment]
+
 from geo.errors import InvalidInput
 
 __all__ = [
@@ -313,7 +318,7 @@ def make_tile(mvt: bytes, *, level: int = 1) -> Tile:
     b'abc'
     """
     digest = hashlib.blake2b(mvt, digest_size=16).hexdigest()
-    packed = gzip.compress(mvt, compresslevel=level, mtime=0) if mvt else b""
+    packed = _gzip_compress(mvt, level, mtime=0) if mvt else b""
     return Tile(gzipped=packed, etag=digest, size=len(mvt))
 
 
