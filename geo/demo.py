@@ -18,12 +18,13 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import shapely
 from numpy.typing import NDArray
-from pyproj import Transformer
+from pyproj import Geod, Transformer
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon
 from sqlalchemy import Connection, text
 
@@ -143,6 +144,8 @@ class DemoData:
     household_phones: list[str]
     # facilities: (settlement index, type, condition, name, geometry)
     facilities: list[tuple[int, str, str | None, str, shapely.Geometry]]
+    # public GPS walks: (settlement index, name, GPX bytes)
+    walks: list[tuple[int, str, bytes]] = field(default_factory=list)
 
     @property
     def structure_count(self) -> int:
@@ -305,7 +308,10 @@ def generate(structures: int, seed: int = 7) -> DemoData:
             _facilities(rng, index, name, outline, angle, wanted, to_utm, to_wgs, centre)
         )
     households = _households(rng, settlements)
-    return DemoData(seed=seed, settlements=settlements, facilities=facilities, **households)
+    walks = _walks(rng, settlements, facilities)
+    return DemoData(
+        seed=seed, settlements=settlements, facilities=facilities, walks=walks, **households
+    )
 
 
 def _numbers(code: str, zone: NDArray[np.int64]) -> list[str]:
@@ -402,6 +408,74 @@ def _households(rng: np.random.Generator, settlements: list[DemoSettlement]) -> 
         "household_names": [f"{_FIRST[a]} {_LAST[b]}" for a, b in zip(first, last, strict=True)],
         "household_phones": [f"07{p:08d}" for p in phones.tolist()],
     }
+
+
+WALK_SPEED_MPS = 1.3
+WALK_START = datetime(2026, 1, 15, 7, 0, tzinfo=UTC)
+
+
+def _gpx(name: str, line: LineString, rng: np.random.Generator) -> bytes:
+    """A phone-like GPX 1.1 track along ``line``: a fix every ~5 m, walking pace, 2 m jitter."""
+    geod = Geod(ellps="WGS84")
+    dense = shapely.segmentize(line, 0.00005)
+    coords = np.asarray(dense.coords)
+    jitter = rng.normal(0.0, 0.000015, coords.shape)
+    coords = coords + jitter
+    steps = geod.inv(coords[:-1, 0], coords[:-1, 1], coords[1:, 0], coords[1:, 1])[2]
+    seconds = np.concatenate([[0.0], np.cumsum(np.asarray(steps) / WALK_SPEED_MPS)])
+    points = "".join(
+        f'<trkpt lat="{lat:.7f}" lon="{lon:.7f}"><ele>{1700 + 5 * math.sin(i / 40):.1f}</ele>'
+        f"<time>{(WALK_START + timedelta(seconds=float(t))).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        "</time></trkpt>"
+        for i, ((lon, lat), t) in enumerate(zip(coords.tolist(), seconds.tolist(), strict=True))
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<gpx version="1.1" creator="makazi demo" xmlns="http://www.topografix.com/GPX/1/1">'
+        f"<trk><name>{name}</name><trkseg>{points}</trkseg></trk></gpx>\n"
+    ).encode()
+
+
+def _walks(
+    rng: np.random.Generator,
+    settlements: list[DemoSettlement],
+    facilities: list[tuple[int, str, str | None, str, shapely.Geometry]],
+) -> list[tuple[int, str, bytes]]:
+    """A walk down each settlement's main road, and one walk round the first boundary."""
+    walks = []
+    for index, kind, _condition, name, geom in facilities:
+        if kind == "road" and isinstance(geom, LineString):
+            walks.append((index, f"{name} walk", _gpx(f"{name} walk", geom, rng)))
+    if settlements:
+        ring = LineString(settlements[0].boundary.geoms[0].exterior.coords)
+        title = f"{settlements[0].name.replace(' (demo)', '')} perimeter walk"
+        walks.append((0, title, _gpx(title, ring, rng)))
+    return walks
+
+
+def _load_walks(conn: Connection, data: DemoData, settlement_ids: list[int]) -> int:
+    """Upload the walks through the real trace pipeline (parse, clean, store)."""
+    from geo.traces import TraceLimits, ingest_trace
+    from geo.uploads import BodySpool
+
+    for index, name, gpx in data.walks:
+        spool = BodySpool(limit=len(gpx) + 1)
+        spool.write(gpx)
+        body = spool.finish()
+        try:
+            ingest_trace(
+                conn,
+                owner="makazi-demo",
+                body=body,
+                name=name,
+                visibility="public",
+                settlement_id=settlement_ids[index],
+                idempotency_key=None,
+                limits=TraceLimits(),
+            )
+        finally:
+            body.close()
+    return len(data.walks)
 
 
 def is_empty(conn: Connection) -> bool:
@@ -527,10 +601,12 @@ def load(conn: Connection, data: DemoData, *, progress: bool = False) -> dict[st
         "COPY facilities (type, condition, name, settlement_id, geom) FROM STDIN",
         facility_lines(),
     )
-    conn.execute(text("ANALYZE settlements, structures, households, facilities"))
+    walks = _load_walks(conn, data, settlement_ids)
+    conn.execute(text("ANALYZE settlements, structures, households, facilities, traces"))
     return {
         "settlements": len(settlement_ids),
         "structures": total,
         "households": len(data.household_structure),
         "facilities": len(data.facilities),
+        "traces": walks,
     }

@@ -89,6 +89,12 @@ def test_load_writes_consistent_rows(connection: Connection) -> None:
         )
     ).scalar()
     assert outside == 0
+    traces = connection.execute(
+        text(
+            "SELECT count(*) FILTER (WHERE visibility = 'public'), min(points), count(*) FROM traces"
+        )
+    ).one()
+    assert traces[0] == traces[2] == counts["traces"] == len(data.walks) and traces[1] > 10
     kinds = set(connection.execute(text("SELECT DISTINCT type FROM facilities")).scalars())
     assert {"water_point", "toilet_block", "school", "road", "drainage"} <= kinds
     # new rows after the demo get ids past the demo's block
