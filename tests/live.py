@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from geo.auth import ROLES, create_token
 from geo.cluster import EmbeddedCluster
@@ -57,15 +57,6 @@ def start_live_server(
         load(conn, generate(structures, seed=21))
         for role in ROLES:
             tokens[role] = create_token(conn, name=f"live-{role}", role=role)
-        conn.execute(
-            text(
-                "INSERT INTO traces (name, owner, visibility, content_sha256, points, geom) "
-                "SELECT 'Lane walk', 'live-mapper', 'public', 'live-demo', 3, "
-                "ST_Multi(ST_MakeLine(ARRAY[ST_PointOnSurface(geom), ST_Centroid(geom), "
-                "ST_StartPoint(ST_ExteriorRing(ST_GeometryN(geom, 1)))])) "
-                "FROM settlements ORDER BY id LIMIT 1"
-            )
-        )
     engine.dispose()
     port = _free_port()
     env = {**os.environ, "MAKAZI_DATABASE_URL": url, "MAKAZI_LOG_LEVEL": "warning"}
