@@ -402,3 +402,24 @@ def test_density_grid_counts_each_structure_once(
     expected = sum(members(i, j) for i in range(5) for j in range(5))
     assert first["people"] == expected
     assert first["structures_per_ha"] == 25.0
+
+
+def test_impact_assigns_by_largest_share_not_stored_settlement(
+    db: BoundDatabase, grid: Grid, settings: Settings, connection: Connection
+) -> None:
+    # stored as A, but three quarters of it lie in B: it counts once, in B
+    connection.execute(
+        text(
+            "INSERT INTO structures (settlement_id, use, geom) VALUES (:a, 'business', "
+            "ST_Transform(ST_MakeEnvelope(:x0, :y0, :x1, :y1, 32737), 4326))"
+        ),
+        {"a": grid.ids["A"], "x0": E0 + 398, "y0": N0 + 58, "x1": E0 + 406, "y1": N0 + 62},
+    )
+    body = ImpactRequest(**corridor(60, 1))  # y 59..61: only the new structure
+    result = impact(db, request=body, settings=settings, role="admin")
+    assert result["structures"] == 1
+    assert [e["settlement_id"] for e in result["by_settlement"]] == [grid.ids["B"]]
+    summary_b = summary(db, settlement_id=grid.ids["B"], settings=settings, role="admin")
+    summary_a = summary(db, settlement_id=grid.ids["A"], settings=settings, role="admin")
+    assert summary_b["structures_by_use"].get("business") == 1
+    assert "business" not in summary_a["structures_by_use"]

@@ -49,7 +49,7 @@ WITHIN_SETTLEMENT = """
     t.deleted_at IS NULL
     AND t.geom && s.geom
     AND ST_Intersects(t.geom, s.geom)
-    AND (ST_CoveredBy(t.geom, s.geom)
+    AND (ST_Within(t.geom, s.geom)
          OR NOT EXISTS (
              SELECT 1 FROM settlements o
              WHERE o.deleted_at IS NULL AND o.id <> s.id AND o.geom && t.geom
@@ -71,10 +71,16 @@ def set_timeout(conn: Connection, timeout_ms: int) -> None:
     """Limit every statement of the current transaction to ``timeout_ms``.
 
     A statement that runs longer is cancelled by PostgreSQL
-    (``QueryCanceled``); the HTTP layer answers 503 with a problem.
+    (``QueryCanceled``); the HTTP layer answers 503 with a problem.  The
+    transaction also asks for custom plans: an analysis's plan depends on its
+    input geometry, which the planner folds to a constant only in a custom plan.
     """
     conn.execute(
-        text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(int(timeout_ms))}
+        text(
+            "SELECT set_config('statement_timeout', :ms, true), "
+            "set_config('plan_cache_mode', 'force_custom_plan', true)"
+        ),
+        {"ms": str(int(timeout_ms))},
     )
 
 

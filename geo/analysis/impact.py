@@ -50,42 +50,54 @@ class ImpactRequest(BaseModel):
     min_overlap: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
-# The zone in UTM (for measures) and in EPSG:4326 (for the index), then the
-# affected structures with the settlement each one counts in.
-_AFFECTED = """
-WITH zone AS MATERIALIZED (
-    SELECT b.utm,
-           CASE WHEN :buffer_m > 0 THEN ST_Transform(ST_Segmentize(b.utm, 10), 4326)
-                ELSE ST_GeomFromWKB(:wkb, 4326) END AS geom
-    FROM (SELECT CASE WHEN :buffer_m > 0
-                      THEN ST_Buffer(ST_Transform(ST_GeomFromWKB(:wkb, 4326), 32737),
-                                     :buffer_m, 'quad_segs=16')
-                      ELSE ST_Transform(ST_GeomFromWKB(:wkb, 4326), 32737) END AS utm) b
-),
-hit AS MATERIALIZED (
+# The zone in UTM 37S (for measures) and in EPSG:4326 (for the index).  They
+# are written out where used rather than kept in a CTE: with the input bound,
+# PostgreSQL folds them to constants when planning, which lets it use the
+# index and parallel workers as it would for a literal polygon.
+_ZONE_UTM = """(CASE WHEN :buffer_m > 0
+        THEN ST_Buffer(ST_Transform(ST_GeomFromWKB(:wkb, 4326), 32737), :buffer_m, 'quad_segs=16')
+        ELSE ST_Transform(ST_GeomFromWKB(:wkb, 4326), 32737) END)"""
+_ZONE = "".join(
+    (
+        "(CASE WHEN :buffer_m > 0 THEN ST_Transform(ST_Segmentize(",
+        _ZONE_UTM,
+        ", 500), 4326) ELSE ST_GeomFromWKB(:wkb, 4326) END)",
+    )
+)
+
+# The affected structures, each with the settlement it counts in: its own
+# settlement_id when that boundary contains it (no other can hold a larger
+# share, and ties go to it), else the one holding the largest share of its
+# footprint (ties: its own settlement_id, then the lowest id).
+_AFFECTED = (
+    """
+WITH hit AS MATERIALIZED (
     SELECT t.id, t.use, t.settlement_id, t.geom
-    FROM structures t, zone z
+    FROM structures t
     WHERE t.deleted_at IS NULL
-      AND t.geom && z.geom
-      AND ST_Intersects(t.geom, z.geom)
-      AND CASE WHEN :min_overlap <= 0 OR GeometryType(t.geom) = 'POINT'
-                    OR ST_CoveredBy(t.geom, z.geom) THEN true
-               ELSE ST_Area(ST_Intersection(ST_Transform(t.geom, 32737), z.utm))
+      AND t.geom && """,
+    _ZONE,
+    """
+      AND ST_Intersects(t.geom, """,
+    _ZONE,
+    """)
+      AND CASE WHEN :min_overlap <= 0 OR GeometryType(t.geom) = 'POINT' THEN true
+               ELSE ST_Area(ST_Intersection(ST_Transform(t.geom, 32737), """,
+    _ZONE_UTM,
+    """))
                     >= :min_overlap * ST_Area(ST_Transform(t.geom, 32737)) END
 ),
 placed AS (
-    SELECT hit.*, home.id AS home_id, home.name AS home_name, hh.households, hh.people
+    SELECT hit.*, coalesce(own.id, home.id) AS home_id, coalesce(own.name, home.name) AS home_name,
+           hh.households, hh.people
     FROM hit
-    -- per structure, by index: robust whatever the planner guesses for hit's size
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS households, coalesce(sum(h.members), 0) AS people
-        FROM households h
-        WHERE h.structure_id = hit.id AND h.deleted_at IS NULL
-    ) hh
+    LEFT JOIN settlements own
+      ON own.id = hit.settlement_id AND own.deleted_at IS NULL AND ST_Within(hit.geom, own.geom)
     LEFT JOIN LATERAL (
         SELECT o.id, o.name
         FROM settlements o
-        WHERE o.deleted_at IS NULL AND o.geom && hit.geom AND ST_Intersects(o.geom, hit.geom)
+        WHERE own.id IS NULL
+          AND o.deleted_at IS NULL AND o.geom && hit.geom AND ST_Intersects(o.geom, hit.geom)
         ORDER BY CASE WHEN ST_CoveredBy(hit.geom, o.geom) THEN 1.0
                       ELSE ST_Area(ST_Transform(ST_Intersection(hit.geom, o.geom), 32737))
                            / nullif(ST_Area(ST_Transform(hit.geom, 32737)), 0) END DESC NULLS LAST,
@@ -93,11 +105,18 @@ placed AS (
                  o.id
         LIMIT 1
     ) home ON true
+    -- per structure, by index: robust whatever the planner guesses for hit's size
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS households, coalesce(sum(h.members), 0) AS people
+        FROM households h
+        WHERE h.structure_id = hit.id AND h.deleted_at IS NULL
+    ) hh
 )
-"""
+""",
+)
 
 _SUMMARY = sql(
-    _AFFECTED,
+    *_AFFECTED,
     """,
 per AS (
     SELECT p.home_id, min(p.home_name) AS name, count(*) AS structures,
@@ -107,7 +126,9 @@ per AS (
     GROUP BY p.home_id
 )
 SELECT json_build_object(
-    'buffer_area_m2', (SELECT ST_Area(geography(ST_Transform(utm, 4326))) FROM zone),
+    'buffer_area_m2', ST_Area(geography(ST_Transform(""",
+    _ZONE_UTM,
+    """, 4326))),
     'structures', (SELECT coalesce(sum(structures), 0) FROM per),
     'households', (SELECT coalesce(sum(households), 0) FROM per),
     'people', (SELECT coalesce(sum(people), 0) FROM per),
@@ -123,15 +144,19 @@ SELECT json_build_object(
     'facilities_by_type', (
         SELECT coalesce(json_object_agg(x.type, x.n ORDER BY x.n DESC, x.type), '{}')
         FROM (SELECT f.type, count(*) AS n
-              FROM facilities f, zone z
-              WHERE f.deleted_at IS NULL AND f.geom && z.geom AND ST_Intersects(f.geom, z.geom)
+              FROM facilities f
+              WHERE f.deleted_at IS NULL AND f.geom && """,
+    _ZONE,
+    """ AND ST_Intersects(f.geom, """,
+    _ZONE,
+    """)
               GROUP BY f.type) x)
 )::text
 """,
 )
 
 _FEATURES = sql(
-    _AFFECTED,
+    *_AFFECTED,
     """
 SELECT json_build_object(
     'type', 'Feature',
@@ -147,16 +172,19 @@ SELECT json_build_object(
         'settlement', p.home_name,
         'households', p.households,
         'people', p.people,
-        'share_inside', CASE WHEN GeometryType(p.geom) = 'POINT' OR ST_CoveredBy(p.geom, z.geom)
+        'share_inside', CASE WHEN GeometryType(p.geom) = 'POINT' OR ST_CoveredBy(p.geom, """,
+    _ZONE,
+    """)
                              THEN 1.0
                              ELSE round((
-                                 ST_Area(ST_Intersection(ST_Transform(p.geom, 32737), z.utm))
+                                 ST_Area(ST_Intersection(ST_Transform(p.geom, 32737), """,
+    _ZONE_UTM,
+    """))
                                  / nullif(ST_Area(ST_Transform(p.geom, 32737)), 0))::numeric, 4)
                         END)
 )::text
 FROM placed p
 JOIN structures t ON t.id = p.id
-CROSS JOIN zone z
 ORDER BY p.id
 """,
 )
