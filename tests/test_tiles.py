@@ -225,12 +225,12 @@ def test_only_public_live_traces(
     ).one()
     z, x, y = tile_of(lon + 0.00025, lat + 0.0001, 16)
     layers = decode(fetch(client, z, x, y).content)
-    traces = layers["traces"]["features"]
-    assert [f["id"] for f in traces] == [public]
-    assert traces[0]["properties"]["name"] == "public walk"
-    assert traces[0]["properties"]["length_m"] == pytest.approx(120.5)
-    assert "owner" not in traces[0]["properties"]
-    assert {private, community, deleted}.isdisjoint(f["id"] for f in traces)
+    traces = {f["id"]: f["properties"] for f in layers["traces"]["features"]}
+    assert set(traces) == sql_ids(connection, "traces", z, x, y, "AND visibility = 'public'")
+    assert traces[public]["name"] == "public walk"
+    assert traces[public]["length_m"] == pytest.approx(120.5)
+    assert not any("owner" in props for props in traces.values())
+    assert {private, community, deleted}.isdisjoint(traces)
 
 
 def test_etag_cache_control_and_304(
@@ -513,3 +513,34 @@ def test_concurrent_misses_build_a_tile_once() -> None:
     with pytest.raises(RuntimeError):
         cache.get_or_build(("other",), broken)
     assert cache.get_or_build(("other",), lambda: make_tile(b"ok")).raw() == b"ok"
+
+
+def test_only_public_trace_changes_move_the_traces_counter(
+    connection: Connection, demo: DemoData
+) -> None:
+    def counter() -> int:
+        return int(
+            connection.execute(
+                text("SELECT counter FROM tile_changes WHERE collection = 'traces'")
+            ).scalar_one()
+        )
+
+    connection.execute(text("SET CONSTRAINTS tile_changes_bump IMMEDIATE"))
+    start = counter()
+    private = _insert_trace(connection, "private")
+    _insert_trace(connection, "community", owner="mapper-9")
+    assert counter() == start  # not drawn: tiles stay cached
+    connection.execute(
+        text("UPDATE traces SET visibility = 'public' WHERE id = :i"), {"i": private}
+    )
+    assert counter() == start + 1
+    connection.execute(
+        text("UPDATE traces SET visibility = 'private' WHERE id = :i"), {"i": private}
+    )
+    assert counter() == start + 2  # leaving the map is a change too
+    connection.execute(text("DELETE FROM traces WHERE id = :i"), {"i": private})
+    assert counter() == start + 2
+    public = _insert_trace(connection, "public", owner="mapper-8")
+    assert counter() == start + 3
+    connection.execute(text("DELETE FROM traces WHERE id = :i"), {"i": public})
+    assert counter() == start + 4

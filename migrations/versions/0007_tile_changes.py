@@ -8,7 +8,8 @@ write (API, import, plain SQL):
 
 * ``makazi_tiles_note`` (statement trigger, after insert/update/delete/
   truncate on each tiled table) notes, once per transaction and table, a row
-  in ``tile_changes_pending``;
+  in ``tile_changes_pending``; on ``traces`` only when a public trace is
+  written, made private or deleted, since only public traces are drawn;
 * ``makazi_tiles_bump`` (a deferred constraint trigger on that row) bumps the
   layer's counter at commit and removes the note.
 
@@ -44,15 +45,41 @@ CREATE TABLE tile_changes_pending (
     collection text NOT NULL
 );
 
-CREATE FUNCTION makazi_tiles_note() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Note, once per transaction and layer, that the layer's counter must move.
+CREATE FUNCTION makazi_tiles_mark(layer text) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    flag text := 'makazi.tiles_pending_' || TG_TABLE_NAME;
+    flag text := 'makazi.tiles_pending_' || layer;
 BEGIN
     IF coalesce(current_setting(flag, true), '') = 'on' THEN
-        RETURN NULL;
+        RETURN;
     END IF;
     PERFORM set_config(flag, 'on', true);
-    INSERT INTO tile_changes_pending (collection) VALUES (TG_TABLE_NAME);
+    INSERT INTO tile_changes_pending (collection) VALUES (layer);
+END
+$$;
+
+CREATE FUNCTION makazi_tiles_note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM makazi_tiles_mark(TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+
+-- Only public traces are drawn: private and community uploads leave the tiles alone.
+CREATE FUNCTION makazi_tiles_note_traces() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    drawn boolean := TG_OP = 'TRUNCATE';
+BEGIN
+    -- each transition table exists only for the events that have it
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        drawn := EXISTS (SELECT 1 FROM new_rows WHERE visibility = 'public');
+    END IF;
+    IF NOT drawn AND TG_OP IN ('UPDATE', 'DELETE') THEN
+        drawn := EXISTS (SELECT 1 FROM old_rows WHERE visibility = 'public');
+    END IF;
+    IF drawn THEN
+        PERFORM makazi_tiles_mark('traces');
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -74,6 +101,20 @@ CREATE CONSTRAINT TRIGGER tile_changes_bump AFTER INSERT ON tile_changes_pending
 
 
 def _note_triggers(table: str) -> str:
+    if table == "traces":
+        return """
+CREATE TRIGGER traces_tiles_insert AFTER INSERT ON traces
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION makazi_tiles_note_traces();
+CREATE TRIGGER traces_tiles_update AFTER UPDATE ON traces
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION makazi_tiles_note_traces();
+CREATE TRIGGER traces_tiles_delete AFTER DELETE ON traces
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION makazi_tiles_note_traces();
+CREATE TRIGGER traces_tiles_truncate AFTER TRUNCATE ON traces
+    FOR EACH STATEMENT EXECUTE FUNCTION makazi_tiles_note_traces();
+"""
     return f"""
 CREATE TRIGGER {table}_tiles_note AFTER INSERT OR UPDATE OR DELETE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION makazi_tiles_note();
@@ -89,11 +130,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in TILED_TABLES:
-        op.execute(f"DROP TRIGGER IF EXISTS {table}_tiles_note ON {table}")
-        op.execute(f"DROP TRIGGER IF EXISTS {table}_tiles_truncate ON {table}")
+        for suffix in ("note", "insert", "update", "delete", "truncate"):
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_tiles_{suffix} ON {table}")
     op.execute(
         """
         DROP TABLE IF EXISTS tile_changes_pending, tile_changes;
-        DROP FUNCTION IF EXISTS makazi_tiles_bump(), makazi_tiles_note();
+        DROP FUNCTION IF EXISTS makazi_tiles_bump(), makazi_tiles_note(),
+            makazi_tiles_note_traces(), makazi_tiles_mark(text);
         """
     )
