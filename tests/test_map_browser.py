@@ -240,13 +240,15 @@ def test_layers_render_and_toggle(session: Session, live: Live) -> None:
 
 def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> None:
     page = session.page
-    # a structure well away from facilities, whose point on surface is inside it
+    # a structure well away from facilities and traces (drawn above structures)
     (row,) = sql(
         live,
         "SELECT s.id, s.structure_number, s.use, ST_X(p) AS lon, ST_Y(p) AS lat FROM "
         "(SELECT *, ST_PointOnSurface(geom) p FROM structures) s "
         "WHERE NOT EXISTS (SELECT 1 FROM facilities f "
         "WHERE ST_DWithin(f.geom::geography, s.p::geography, 20)) "
+        "AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.geom IS NOT NULL "
+        "AND ST_DWithin(t.geom::geography, s.p::geography, 20)) "
         "ORDER BY s.id LIMIT 1",
     )
     wait_idle(page, json.dumps({"center": [row.lon, row.lat], "zoom": 19.5}))
