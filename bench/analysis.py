@@ -150,7 +150,9 @@ def _geopandas_impact(structures: Any, households: Any, line: dict[str, Any]) ->
 
 
 def _geopandas_access(structures: Any, facilities: Any) -> int:
-    usable = facilities[(facilities.type == "water_point") & (facilities.condition != "broken")]
+    # facilities["type"], not facilities.type: the latter is GeoPandas' geometry type
+    wanted = (facilities["type"] == "water_point") & (facilities["condition"] != "broken")
+    usable = facilities[wanted]
     utm = structures.geometry.to_crs(32737)
     points = usable.geometry.to_crs(32737)
     pairs = utm.sindex.query(points, predicate="dwithin", distance=ACCESS_M)
