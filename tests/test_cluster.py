@@ -177,16 +177,22 @@ def test_serve_rides_out_a_database_restart(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
 
     def wait_for(status: int, path: str = "/healthz") -> httpx.Response:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
+        last = "no answer"
         while True:
             try:
                 response = httpx.get(base + path, timeout=5)
                 if response.status_code == status:
                     return response
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, f"{path} never answered {status}"
+                last = f"{response.status_code} {response.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                err = server.stderr.read().decode(errors="replace") if server.stderr else ""
+                raise AssertionError(
+                    f"{path} never answered {status}; last: {last}; server said: {err[-3000:]}"
+                )
             time.sleep(0.3)
 
     try:
