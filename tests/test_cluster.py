@@ -168,11 +168,12 @@ def test_serve_rides_out_a_database_restart(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     env = {**os.environ, "MAKAZI_DATA_DIR": str(data)}
     env.pop("MAKAZI_DATABASE_URL", None)
+    log = (tmp_path / "serve.log").open("w+b")  # a file, not a pipe: a full pipe blocks
     server = subprocess.Popen(
         [sys.executable, "-m", "geo.cli", "serve", "--port", str(port)],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
 
@@ -189,7 +190,8 @@ def test_serve_rides_out_a_database_restart(tmp_path: Path) -> None:
                 last = repr(exc)
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                err = server.stderr.read().decode(errors="replace") if server.stderr else ""
+                log.seek(0)
+                err = log.read().decode(errors="replace")
                 raise AssertionError(
                     f"{path} never answered {status}; last: {last}; server said: {err[-3000:]}"
                 )
@@ -228,11 +230,12 @@ def test_serve_stops_its_database_on_exit(tmp_path: Path, signal_name: str) -> N
         port = sock.getsockname()[1]
     env = {**os.environ, "MAKAZI_DATA_DIR": str(data)}
     env.pop("MAKAZI_DATABASE_URL", None)
+    log = (tmp_path / "serve.log").open("w+b")  # a file, not a pipe: a full pipe blocks
     server = subprocess.Popen(
         [sys.executable, "-m", "geo.cli", "serve", "--port", str(port)],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 90
     while True:
