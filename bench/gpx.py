@@ -69,6 +69,14 @@ def make_files(out: Path) -> tuple[Path, list[Path]]:
 
 
 def _peak_mb() -> float:
+    """This process's peak RSS (VmHWM).
+
+    Not ``ru_maxrss``: on Linux it survives ``exec``, so a spawned worker would
+    report its parent's peak whenever that is larger.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -161,6 +169,10 @@ def _cleanup(conninfo: str) -> None:
             "DELETE FROM feature_history WHERE collection = 'traces' AND feature_id = ANY(%s)",
             (ids,),
         )
+    # Every run stores the same files again: without a vacuum the previous run's
+    # dead rows (same owner and hash) slow its duplicate look-ups and unique checks.
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) traces, trace_files, trace_segments, trace_points")
 
 
 def run(ctx: BenchContext) -> str:

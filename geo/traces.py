@@ -21,15 +21,17 @@ Visibility: ``private`` traces are seen by their owner and admins,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
 import shapely
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, text
 
 from geo import idempotency
@@ -62,6 +64,11 @@ SCOPE = "POST /traces"
 UTM_37S = 32737
 EARTH_RADIUS_M = 6_371_008.8
 FILE_CHUNK = 4 * 1024 * 1024
+#: An upload up to these sizes is stored from memory (rows bound as arrays, the
+#: bytes as one parameter: no staging table, one statement); a larger one goes
+#: through a temporary staging table with COPY, so memory stays flat.
+DIRECT_MAX_ROWS = 20_000
+DIRECT_MAX_BYTES = 4 * 1024 * 1024
 CONTENT_TYPES = {
     "plain": "application/gpx+xml",
     "gzip": "application/gzip",
@@ -81,6 +88,8 @@ class TraceLimits:
     max_speed_mps: float = 60.0
     max_hdop: float = 20.0
     ingest_timeout_ms: int = 600_000
+    direct_max_rows: int = DIRECT_MAX_ROWS
+    direct_max_bytes: int = DIRECT_MAX_BYTES
 
     @classmethod
     def from_settings(cls, settings: Any) -> TraceLimits:
@@ -267,6 +276,23 @@ class _Stats:
         return self.points + self.route_points + self.waypoints
 
 
+# Parsed rows are (kind, seq, track, segment, lon, lat, ele, time, name,
+# extensions): track/route/waypoint points, plus one row per track segment
+# ("trkseg") and route ("rte") so that empty ones are stored too.
+_STAGE_TYPES = (
+    ("kind", "text"),
+    ("seq", "integer"),
+    ("track", "integer"),
+    ("segment", "integer"),
+    ("lon", "float8"),
+    ("lat", "float8"),
+    ("ele", "float8"),
+    ("time", "timestamptz"),
+    ("name", "text"),
+    ("extensions", "jsonb"),
+)
+_STAGE_COLUMNS = ", ".join(column for column, _ in _STAGE_TYPES)
+
 _STAGE = """
 DROP TABLE IF EXISTS pg_temp.trace_stage;
 CREATE TEMP TABLE trace_stage (
@@ -275,19 +301,25 @@ CREATE TEMP TABLE trace_stage (
     time timestamptz, name text, extensions jsonb
 ) ON COMMIT DROP
 """
+_STAGE_COPY = f"COPY trace_stage ({_STAGE_COLUMNS}) FROM STDIN"
 
-_STAGE_COPY = (
-    "COPY trace_stage (kind, seq, track, segment, lon, lat, ele, time, name, extensions) FROM STDIN"
+# Where the store statement reads the rows: the staging table (inlined, as if
+# the statement named it) or one array parameter per column (unnested once).
+_FROM_TABLE = f"NOT MATERIALIZED (SELECT {_STAGE_COLUMNS} FROM trace_stage)"  # noqa: S608
+_ARRAY_PARAMETERS = ", ".join(
+    f"CAST(%(stage_{column})b AS {kind}[])" for column, kind in _STAGE_TYPES
 )
+_FROM_ARRAYS = f"MATERIALIZED (SELECT * FROM unnest({_ARRAY_PARAMETERS}) AS s({_STAGE_COLUMNS}))"  # noqa: S608
 
-# One statement: lines per segment, the trace row, its segments and points.
+# One statement: lines per segment, the trace row, its segments and points (and,
+# for a small upload, the original bytes); it answers the new trace's summary row.
 _STORE = """
-WITH lines AS (
+WITH stage AS {source}, lines AS (
     SELECT kind, track, segment, count(*) AS n,
            CASE WHEN count(*) > 1
                 THEN ST_MakeLine(ST_SetSRID(ST_MakePoint(lon, lat), 4326) ORDER BY seq) END
                AS line
-    FROM trace_stage WHERE kind IN ('trkpt', 'rtept')
+    FROM stage WHERE kind IN ('trkpt', 'rtept')
     GROUP BY kind, track, segment
 ), track_lines AS (
     SELECT ST_Multi(ST_Collect(line ORDER BY track, segment)) AS geom,
@@ -297,18 +329,20 @@ WITH lines AS (
     INSERT INTO traces (name, owner, visibility, settlement_id, content_sha256, points, tracks,
                         segments, routes, waypoints, length_m, duration_s, started_at,
                         ended_at, stats, dropped, warnings, geom)
-    SELECT :name, :owner, :visibility, :settlement_id, :sha, :points, :tracks, :segments,
-           :routes, :waypoints, round(l.length_m::numeric, 2), :duration_s, :started_at,
-           :ended_at,
-           CAST(:stats AS jsonb) || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
-           CAST(:dropped AS jsonb), CAST(:warnings AS jsonb), l.geom
+    SELECT %(name)s, %(owner)s, %(visibility)s, %(settlement_id)s, %(sha)s, %(points)s,
+           %(tracks)s, %(segments)s, %(routes)s, %(waypoints)s, round(l.length_m::numeric, 2),
+           %(duration_s)s, %(started_at)s, %(ended_at)s,
+           CAST(%(stats)s AS jsonb)
+               || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
+           CAST(%(dropped)s AS jsonb), CAST(%(warnings)s AS jsonb), l.geom
     FROM track_lines l
-    RETURNING id
+    RETURNING id, name, owner, visibility, settlement_id, version, stats, dropped, warnings,
+              created_at, updated_at
 ), segments AS (
     INSERT INTO trace_segments (trace_id, kind, track, segment, points, geom)
     SELECT t.id, CASE c.kind WHEN 'trkseg' THEN 'track' ELSE 'route' END, c.track,
            c.segment, coalesce(l.n, 0), l.line
-    FROM trace_stage c
+    FROM stage c
     CROSS JOIN trace t
     LEFT JOIN lines l
            ON l.kind = CASE c.kind WHEN 'trkseg' THEN 'trkpt' ELSE 'rtept' END
@@ -319,11 +353,17 @@ WITH lines AS (
                               extensions)
     SELECT t.id, s.kind, s.seq, s.track, s.segment,
            ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), s.ele, s.time, s.name, s.extensions
-    FROM trace_stage s CROSS JOIN trace t
+    FROM stage s CROSS JOIN trace t
     WHERE s.kind IN ('trkpt', 'rtept', 'wpt')
-)
-SELECT id FROM trace
+){file}
+SELECT * FROM trace
 """
+_FILE_FROM_PARAMETER = """, file AS (
+    INSERT INTO trace_files (trace_id, content_type, size_bytes, content)
+    SELECT t.id, %(content_type)s, %(size_bytes)s, %(content)s FROM trace t
+)"""
+_STORE_STAGED = _STORE.format(source=_FROM_TABLE, file="")
+_STORE_DIRECT = _STORE.format(source=_FROM_ARRAYS, file=_FILE_FROM_PARAMETER)
 
 
 def _driver(conn: Connection) -> psycopg.Connection[Any]:
@@ -339,73 +379,133 @@ def _describe(dropped: Dropped) -> str:
     return "; ".join(parts)
 
 
-def _parse_into_stage(
-    conn: Connection, body: SpooledBody, limits: TraceLimits, dropped: Dropped
+class _Rows(contextlib.ExitStack):
+    """Where parsed rows go: a list up to ``max_rows``, then the staging table.
+
+    Use as a context manager; past ``max_rows`` the rows so far and every
+    later one stream into ``trace_stage`` (created then) through one COPY,
+    which :meth:`finish` (or leaving the context) ends.  A staged ingest runs
+    under ``timeout_ms`` as its statement timeout; a direct one keeps the
+    ordinary timeout (its one statement handles at most ``max_rows`` rows).
+    """
+
+    def __init__(self, conn: Connection, *, max_rows: int, timeout_ms: int) -> None:
+        super().__init__()
+        self.conn = conn
+        self.max_rows = max_rows
+        self.timeout_ms = timeout_ms
+        self.rows: list[tuple[Any, ...]] = []
+        self.staged = False
+        self._copy: psycopg.Copy | None = None
+
+    def write(self, row: tuple[Any, ...]) -> None:
+        """Take one row."""
+        if self._copy is not None:
+            self._copy.write_row(row)
+            return
+        self.rows.append(row)
+        if len(self.rows) > self.max_rows:
+            self.spill()
+
+    def spill(self) -> None:
+        """Move to the staging table: create it, open the COPY, send the rows so far."""
+        if self.staged:
+            return
+        # The COPY lasts as long as the parse: a 1M-point upload outlives the
+        # ordinary statement timeout, so a staged ingest has its own (still bounded) one.
+        self.conn.execute(
+            text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(self.timeout_ms)}
+        )
+        for statement in _STAGE.split(";"):
+            self.conn.execute(text(statement))
+        cursor = self.enter_context(_driver(self.conn).cursor())
+        copy = self.enter_context(cursor.copy(_STAGE_COPY))
+        for row in self.rows:
+            copy.write_row(row)
+        self.rows = []
+        self.staged = True
+        self._copy = copy
+
+    def finish(self) -> None:
+        """End the COPY, if there is one (the rows are then in the table)."""
+        self.close()
+
+    def arrays(self) -> dict[str, list[Any]]:
+        """The listed rows as one array parameter per column (``stage_<column>``)."""
+        columns = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(_STAGE_TYPES)
+        return {
+            f"stage_{column}": list(values)
+            for (column, _), values in zip(_STAGE_TYPES, columns, strict=True)
+        }
+
+
+def _parse(
+    body: SpooledBody,
+    limits: TraceLimits,
+    dropped: Dropped,
+    write: Callable[[tuple[Any, ...]], None],
 ) -> tuple[GpxReader, _Stats]:
-    """Parse and clean every member of the upload into ``trace_stage``."""
+    """Parse and clean every member of the upload, handing each row to ``write``."""
     reader = GpxReader(max_points=limits.max_points, max_depth=limits.max_xml_depth)
     stats = _Stats()
     cleaner = Cleaner(max_speed_mps=limits.max_speed_mps, max_hdop=limits.max_hdop, dropped=dropped)
-    raw = _driver(conn)
-    body.file.seek(0)
-    with raw.cursor() as cursor, cursor.copy(_STAGE_COPY) as copy:
-        write = copy.write_row
 
-        def stage(point: Point) -> None:
-            stats.add(point)
-            ext = point.extensions
-            write(
-                (
-                    point.kind,
-                    point.index,
-                    point.track,
-                    point.segment,
-                    point.lon,
-                    point.lat,
-                    point.ele,
-                    point.time,
-                    point.name,
-                    json.dumps(ext, separators=(",", ":")) if ext else None,
-                )
+    def stage(point: Point) -> None:
+        stats.add(point)
+        ext = point.extensions
+        write(
+            (
+                point.kind,
+                point.index,
+                point.track,
+                point.segment,
+                point.lon,
+                point.lat,
+                point.ele,
+                point.time,
+                point.name,
+                json.dumps(ext, separators=(",", ":")) if ext else None,
             )
-
-        contents = members(
-            body.file,
-            limit=limits.max_decompressed_bytes,
-            max_members=limits.max_archive_members,
         )
-        for member in contents:
-            try:
-                for item in reader.read(member.stream, member=member.name):
-                    if type(item) is Point:
-                        if item.kind == "trkpt":
-                            for kept in cleaner.push(item):
-                                stage(kept)
-                        else:
-                            stage(item)
-                    elif type(item) is BadPoint:
-                        dropped.add(
-                            item.kind,
-                            item.reason,
-                            index=item.index,
-                            track=item.track,
-                            segment=item.segment,
-                            value=item.value,
-                        )
-                    elif type(item) is Container:
-                        cleaner.end_segment()
-                        if item.kind == "trkseg":
-                            write(("trkseg", None, item.track, item.segment) + (None,) * 6)
-                        elif item.kind == "rte":
-                            write(("rte", None, item.track, 0) + (None,) * 6)
-            except InvalidInput:
-                # A parse error may hide bytes past the size limit (a bomb of junk):
-                # then the size limit is the answer, not the XML error.
-                member.stream.drain()
-                for rest in contents:
-                    rest.stream.drain()
-                raise
-            cleaner.end_segment()
+
+    body.file.seek(0)
+    contents = members(
+        body.file,
+        limit=limits.max_decompressed_bytes,
+        max_members=limits.max_archive_members,
+    )
+    for member in contents:
+        try:
+            for item in reader.read(member.stream, member=member.name):
+                if type(item) is Point:
+                    if item.kind == "trkpt":
+                        for kept in cleaner.push(item):
+                            stage(kept)
+                    else:
+                        stage(item)
+                elif type(item) is BadPoint:
+                    dropped.add(
+                        item.kind,
+                        item.reason,
+                        index=item.index,
+                        track=item.track,
+                        segment=item.segment,
+                        value=item.value,
+                    )
+                elif type(item) is Container:
+                    cleaner.end_segment()
+                    if item.kind == "trkseg":
+                        write(("trkseg", None, item.track, item.segment) + (None,) * 6)
+                    elif item.kind == "rte":
+                        write(("rte", None, item.track, 0) + (None,) * 6)
+        except InvalidInput:
+            # A parse error may hide bytes past the size limit (a bomb of junk):
+            # then the size limit is the answer, not the XML error.
+            member.stream.drain()
+            for rest in contents:
+                rest.stream.drain()
+            raise
+        cleaner.end_segment()
     return reader, stats
 
 
@@ -504,16 +604,12 @@ def _store_new(
             raise InvalidInput(
                 f"settlement_id {settlement_id} does not exist", field="settlement_id"
             )
-    # The staging COPY lasts as long as the parse: a 1M-point upload outlives the
-    # ordinary statement timeout, so the ingest has its own (still bounded) one.
-    conn.execute(
-        text("SELECT set_config('statement_timeout', :ms, true)"),
-        {"ms": str(limits.ingest_timeout_ms)},
-    )
-    for statement in _STAGE.split(";"):
-        conn.execute(text(statement))
     dropped = Dropped()
-    reader, stats = _parse_into_stage(conn, body, limits, dropped)
+    with _Rows(conn, max_rows=limits.direct_max_rows, timeout_ms=limits.ingest_timeout_ms) as rows:
+        if body.size > limits.direct_max_bytes:
+            rows.spill()
+        reader, stats = _parse(body, limits, dropped, rows.write)
+        rows.finish()
     if stats.kept == 0:
         if reader.points_seen == 0:
             raise NoPoints("the file has no track point, route point or waypoint")
@@ -522,7 +618,53 @@ def _store_new(
             dropped=dropped.as_list(),
         )
     body.file.seek(0)
-    container = sniff(body.file)
+    content_type = CONTENT_TYPES[sniff(body.file)]
+    params = _trace_params(
+        owner=owner,
+        body=body,
+        name=name,
+        visibility=visibility,
+        settlement_id=settlement_id,
+        reader=reader,
+        stats=stats,
+        dropped=dropped,
+        content_type=content_type,
+    )
+    if rows.staged:
+        row = _run_store(conn, _STORE_STAGED, params)
+        conn.execute(text("DROP TABLE pg_temp.trace_stage"))
+        _store_file(conn, int(row.id), body, content_type)
+    else:
+        body.file.seek(0)
+        file = {"content_type": content_type, "size_bytes": body.size, "content": body.file.read()}
+        row = _run_store(conn, _STORE_DIRECT, {**params, **rows.arrays(), **file})
+    return IngestResult(201, int(row.id), json.dumps(_summary(row)).encode())
+
+
+def _run_store(conn: Connection, statement: str, params: dict[str, Any]) -> Any:
+    """Run a store statement on the driver connection; its one row (the new trace).
+
+    psycopg directly rather than SQLAlchemy: the array parameters go in binary
+    (``%(…)b``), several times cheaper to send than their text form.
+    """
+    with _driver(conn).cursor(row_factory=namedtuple_row) as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchone()
+
+
+def _trace_params(
+    *,
+    owner: str,
+    body: SpooledBody,
+    name: str | None,
+    visibility: str,
+    settlement_id: int | None,
+    reader: GpxReader,
+    stats: _Stats,
+    dropped: Dropped,
+    content_type: str,
+) -> dict[str, Any]:
+    """The store statement's parameters for the trace row (stats as JSON too)."""
     duration = (stats.end - stats.start).total_seconds() if stats.start and stats.end else None
     bbox = [stats.min_lon, stats.min_lat, stats.max_lon, stats.max_lat] if stats.kept else None
     stats_json = {
@@ -538,32 +680,26 @@ def _store_new(
         "bbox": bbox,
         "gpx_version": reader.versions[0] if reader.versions else None,
         "size_bytes": body.size,
-        "content_type": CONTENT_TYPES[container],
+        "content_type": content_type,
     }
-    trace_id = conn.execute(
-        text(_STORE),
-        {
-            "name": (name or f"GPS trace {body.sha256[:8]}")[:300],
-            "owner": owner,
-            "visibility": visibility,
-            "settlement_id": settlement_id,
-            "sha": body.sha256,
-            "points": stats.points,
-            "tracks": reader.tracks,
-            "segments": reader.segments,
-            "routes": reader.routes,
-            "waypoints": stats.waypoints,
-            "duration_s": duration,
-            "started_at": stats.start,
-            "ended_at": stats.end,
-            "stats": json.dumps(stats_json),
-            "dropped": json.dumps(dropped.as_list()),
-            "warnings": json.dumps(reader.warnings),
-        },
-    ).scalar_one()
-    conn.execute(text("DROP TABLE pg_temp.trace_stage"))
-    _store_file(conn, int(trace_id), body, CONTENT_TYPES[container])
-    return IngestResult(201, int(trace_id), _summary_json(conn, int(trace_id)))
+    return {
+        "name": (name or f"GPS trace {body.sha256[:8]}")[:300],
+        "owner": owner,
+        "visibility": visibility,
+        "settlement_id": settlement_id,
+        "sha": body.sha256,
+        "points": stats.points,
+        "tracks": reader.tracks,
+        "segments": reader.segments,
+        "routes": reader.routes,
+        "waypoints": stats.waypoints,
+        "duration_s": duration,
+        "started_at": stats.start,
+        "ended_at": stats.end,
+        "stats": json.dumps(stats_json),
+        "dropped": json.dumps(dropped.as_list()),
+        "warnings": json.dumps(reader.warnings),
+    }
 
 
 def _store_file(conn: Connection, trace_id: int, body: SpooledBody, content_type: str) -> None:
@@ -702,7 +838,7 @@ def trace_file_chunks(conn: Connection, *, trace_id: int, size: int) -> Iterator
 
 
 _GEOJSON = """
-SELECT json_build_object(
+(SELECT json_build_object(
     'type', 'Feature',
     'geometry', ST_AsGeoJSON(coalesce(s.geom, p.geom), 7)::json,
     'properties', json_build_object('kind', s.kind, 'track', s.track, 'segment', s.segment,
@@ -715,13 +851,15 @@ LEFT JOIN LATERAL (
       AND track = s.track AND segment = s.segment
     LIMIT 1) p ON TRUE
 WHERE s.trace_id = :id AND (s.geom IS NOT NULL OR p.geom IS NOT NULL)
+ORDER BY s.kind = 'route', s.track, s.segment)
 UNION ALL
-SELECT json_build_object(
+(SELECT json_build_object(
     'type', 'Feature',
     'geometry', ST_AsGeoJSON(geom, 7)::json,
     'properties', json_build_object('kind', 'waypoint', 'name', name, 'ele', ele,
                                     'time', time, 'extensions', extensions))::text
 FROM trace_points WHERE trace_id = :id AND kind = 'wpt'
+ORDER BY seq)
 """
 
 
@@ -730,7 +868,8 @@ def trace_geojson_chunks(
 ) -> Iterator[bytes]:
     """The cleaned geometry as a GeoJSON FeatureCollection, built by PostGIS and streamed.
 
-    Track and route segments are LineStrings (a one-point segment a Point);
+    Track segments come first, then route segments, then waypoints, each in
+    file order.  Track and route segments are LineStrings (a one-point segment a Point);
     waypoints are Points with their name, elevation, time and extensions.
     """
     row = _load(conn, trace_id, user)
