@@ -510,16 +510,20 @@ class EmbeddedCluster:
 
     def create_database(self, name: str, *, drop: bool = False) -> str:
         """Create a database (dropping an old one first when asked) and return its URL."""
+        if drop:
+            self.drop_database(name)
+        self._create_database(name)
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop a database, closing its connections first."""
         import psycopg
         from psycopg import sql
 
-        if drop:
-            with psycopg.connect(self.conninfo("postgres"), autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
-        self._create_database(name)
-        return self.url(name)
+        with psycopg.connect(self.conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     def stop(self, timeout: float = 60.0) -> bool:
         """Stop the cluster with a fast shutdown.

@@ -19,7 +19,7 @@ from geo.auth import create_token
 from geo.cluster import EmbeddedCluster, ensure_postgis
 from geo.db import BoundDatabase, make_engine, migrate
 from geo.settings import Settings
-from tests.live import LiveServer, start_live_server, stop_live_server
+from tests.live import LiveServer, live_server_running
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 if not SAMPLES.exists():  # a clone beside ../shared, wherever the clone lives
@@ -106,6 +106,5 @@ def token_for(connection: Connection) -> Callable[[str], dict[str, str]]:
 @pytest.fixture(scope="session")
 def live_server(cluster: EmbeddedCluster) -> Iterator[LiveServer]:
     """A uvicorn server on a free port with 400 demo structures and a token per role."""
-    server = start_live_server(cluster)
-    yield server
-    stop_live_server(server)
+    with live_server_running(cluster) as server:
+        yield server

@@ -14,22 +14,16 @@ import base64
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
-from bench.common import free_port, running_server
-from geo.auth import create_token
-from geo.cluster import EmbeddedCluster
-from geo.db import migrate
-from geo.demo import generate, load
+from tests.live import LiveServer
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +39,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-DATABASE = "makazi_browser"
 VIEWPORT = {"width": 1200, "height": 800}
 
 if CHROMIUM is None:
@@ -68,41 +61,11 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(cluster: EmbeddedCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """uvicorn on a free port over its own migrated database with demo data."""
-    url = cluster.create_database(DATABASE, drop=True)
-    migrate(url)
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        load(conn, generate(600, seed=21))
-    with engine.begin() as conn:
-        token = create_token(conn, name="browser-mapper", role="mapper")
-    engine.dispose()
-    port = free_port()
-    env = {
-        "MAKAZI_DATABASE_URL": url,
-        "MAKAZI_DATA_DIR": str(tmp_path_factory.mktemp("browser-data")),
-        "MAKAZI_LOG_LEVEL": "warning",
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    try:
-        with running_server(argv, port, env, health="/healthz"):
-            yield Live(base=f"http://127.0.0.1:{port}", url=url, token=token)
-    finally:
-        with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+def live(live_server: LiveServer) -> Live:
+    """The session's live server (demo data, a token per role)."""
+    return Live(
+        base=live_server.base_url, url=live_server.database_url, token=live_server.tokens["mapper"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +353,7 @@ def test_gpx_drop_uploads_with_the_token_and_draws_the_trace(session: Session, l
     paths = {urlparse(u).path for u in session.requests}
     assert f"/traces/{trace['id']}/geojson" in paths
     stored = sql(live, "SELECT visibility, owner FROM traces WHERE id = :i", i=trace["id"])
-    assert stored[0].visibility == "public" and stored[0].owner == "browser-mapper"
+    assert stored[0].visibility == "public" and stored[0].owner == "live-mapper"
     assert session.errors == []
 
 
