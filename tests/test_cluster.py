@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -155,102 +157,83 @@ def test_cli_serve_refuses_busy_port(tmp_path: Path) -> None:
     assert f"port {port}" in result.stderr and "in use" in result.stderr
 
 
-def test_serve_rides_out_a_database_restart(tmp_path: Path) -> None:
-    """`makazi db stop` / `start` while `makazi serve` runs: 503 meanwhile, then served again."""
-    import socket
-    import time
+class Served:
+    """``makazi serve`` on a fresh data dir, its output kept in a file (a pipe can fill)."""
 
-    import httpx
+    def __init__(self, tmp_path: Path, name: str) -> None:
+        import socket
 
-    data = tmp_path / "ride"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "MAKAZI_DATA_DIR": str(data)}
-    env.pop("MAKAZI_DATABASE_URL", None)
-    log = (tmp_path / "serve.log").open("w+b")  # a file, not a pipe: a full pipe blocks
-    server = subprocess.Popen(
-        [sys.executable, "-m", "geo.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
+        self.data = tmp_path / name
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "MAKAZI_DATA_DIR": str(self.data)}
+        env.pop("MAKAZI_DATABASE_URL", None)
+        self.log = (tmp_path / f"{name}.log").open("w+b")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "geo.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
-    def wait_for(status: int, path: str = "/healthz") -> httpx.Response:
+    def wait_for(self, status: int, path: str = "/healthz") -> httpx.Response:
+        """Poll ``path`` until it answers ``status`` (3 minutes at most)."""
         deadline = time.monotonic() + 180
         last = "no answer"
         while True:
             try:
-                response = httpx.get(base + path, timeout=5)
+                response = httpx.get(self.base + path, timeout=5)
                 if response.status_code == status:
                     return response
                 last = f"{response.status_code} {response.text[:300]}"
             except httpx.HTTPError as exc:
                 last = repr(exc)
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                log.seek(0)
-                err = log.read().decode(errors="replace")
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                self.log.seek(0)
+                said = self.log.read().decode(errors="replace")[-3000:]
                 raise AssertionError(
-                    f"{path} never answered {status}; last: {last}; server said: {err[-3000:]}"
+                    f"{path} never answered {status}; last: {last}; server said: {said}"
                 )
             time.sleep(0.3)
 
+
+def test_serve_rides_out_a_database_restart(tmp_path: Path) -> None:
+    """`makazi db stop` / `start` while `makazi serve` runs: 503 meanwhile, then served again."""
+    served = Served(tmp_path, "ride")
     try:
-        wait_for(200)
-        assert _makazi("db", "stop", data_dir=data).returncode == 0
-        down = wait_for(503)
+        served.wait_for(200)
+        assert _makazi("db", "stop", data_dir=served.data).returncode == 0
+        down = served.wait_for(503)
         assert down.headers["content-type"].startswith("application/problem+json")
-        items = httpx.get(base + "/collections/structures/items", timeout=10)
+        items = httpx.get(served.base + "/collections/structures/items", timeout=10)
         assert items.status_code == 503
-        assert _makazi("db", "start", data_dir=data).returncode == 0
-        wait_for(200)
-        assert wait_for(200, "/collections/structures/items").json()["numberReturned"] == 0
+        assert _makazi("db", "start", data_dir=served.data).returncode == 0
+        served.wait_for(200)
+        page = served.wait_for(200, "/collections/structures/items")
+        assert page.json()["numberReturned"] == 0
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-    # serve stopped the cluster it had started? It did not start the second one, so stop it
-    _makazi("db", "stop", data_dir=data)
-    assert not EmbeddedCluster(data).running()
+        served.process.terminate()
+        served.process.wait(timeout=60)
+    # serve did not start this second cluster, so it left it running: stop it here
+    _makazi("db", "stop", data_dir=served.data)
+    assert not EmbeddedCluster(served.data).running()
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
 def test_serve_stops_its_database_on_exit(tmp_path: Path, signal_name: str) -> None:
     """Ctrl-C (or a service manager's SIGTERM) leaves no postgres process behind."""
     import signal
-    import socket
-    import time
 
-    import httpx
-
-    data = tmp_path / "stop"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "MAKAZI_DATA_DIR": str(data)}
-    env.pop("MAKAZI_DATABASE_URL", None)
-    log = (tmp_path / "serve.log").open("w+b")  # a file, not a pipe: a full pipe blocks
-    server = subprocess.Popen(
-        [sys.executable, "-m", "geo.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None and time.monotonic() < deadline
-        time.sleep(0.3)
-    cluster = EmbeddedCluster(data)
+    served = Served(tmp_path, "stop")
+    served.wait_for(200)
+    cluster = EmbeddedCluster(served.data)
     pid = cluster.status()["pid"]
     assert cluster.running() and isinstance(pid, int)
-    server.send_signal(getattr(signal, signal_name))
-    assert server.wait(timeout=60) in (0, 130, 143, -2, -15)
+    served.process.send_signal(getattr(signal, signal_name))
+    assert served.process.wait(timeout=60) in (0, 130, 143, -2, -15)
     assert not cluster.running()
     stat_file = Path(f"/proc/{pid}/stat")
     # gone, or a zombie waiting for a container's init to reap it: either way not running
