@@ -48,3 +48,11 @@ def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_urls_use_psycopg3() -> None:
     assert normalise_url("postgres://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
     assert normalise_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in Settings.model_fields:
+        variable = f"MAKAZI_{name.upper()}"
+        short = variable.replace("MAKAZI_ANALYSIS_", "")
+        assert variable in readme or f"`{short}`" in readme or short in readme, variable
