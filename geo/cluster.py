@@ -364,7 +364,8 @@ class EmbeddedCluster:
                 f"{self.pgdata} exists but holds no usable cluster (no PG_VERSION or "
                 f"cluster.json); move it away and try again"
             )
-        self.pgdata.mkdir(parents=True, exist_ok=True)
+        for folder in (self.pgdata, self.socket_dir, self.log_file.parent):
+            folder.mkdir(parents=True, exist_ok=True)
         self.pgdata.chmod(0o700)
         password = secrets.token_urlsafe(24)
         self._prepare_root()

@@ -238,3 +238,52 @@ def test_serve_stops_its_database_on_exit(tmp_path: Path, signal_name: str) -> N
     stat_file = Path(f"/proc/{pid}/stat")
     # gone, or a zombie waiting for a container's init to reap it: either way not running
     assert not stat_file.exists() or stat_file.read_text().split(")")[-1].split()[0] == "Z"
+
+
+def test_cli_unwritable_data_dir_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = _makazi("db", "start", data_dir=blocker / "data")
+    assert result.returncode == 1
+    assert result.stderr.startswith("makazi: data dir") and "not writable" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="already running as an ordinary user")
+def test_cluster_as_an_ordinary_user(request: pytest.FixtureRequest) -> None:
+    """The same code run by an unprivileged account starts and stops its own cluster."""
+    import pwd
+
+    user = "makazi-pg"
+    entry = pwd.getpwnam(user)  # created by the session cluster under root
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="makazi-ordinary-"))  # pytest's tmp is root-only
+    request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    script = (
+        "import sys; from pathlib import Path; from geo.cluster import EmbeddedCluster; "
+        "c = EmbeddedCluster(Path(sys.argv[1])); print(c.start(), c.running()); "
+        "print(c.stop(), c.running())"
+    )
+    # The venv's interpreter may live under /root, which other accounts cannot enter: use
+    # the system Python of the same version with this checkout and the venv's packages.
+    import site
+    import sysconfig
+
+    system_python = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if not system_python.exists():
+        pytest.skip(f"{system_python} (the system Python of this version) is not installed")
+    root = Path(__file__).resolve().parents[1]
+    paths = [str(root), sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    result = subprocess.run(
+        ["runuser", "-u", user, "--", str(system_python), "-c", script, str(home / "data")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=home,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(paths)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "True", "True", "False"]
