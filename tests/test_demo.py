@@ -91,7 +91,8 @@ def test_load_writes_consistent_rows(connection: Connection) -> None:
     assert outside == 0
     traces = connection.execute(
         text(
-            "SELECT count(*) FILTER (WHERE visibility = 'public'), min(points), count(*) FROM traces"
+            "SELECT count(*) FILTER (WHERE visibility = 'public'), min(points), count(*) "
+            "FROM traces"
         )
     ).one()
     assert traces[0] == traces[2] == counts["traces"] == len(data.walks) and traces[1] > 10
