@@ -146,6 +146,10 @@ class Dropped:
         return sorted(self.groups.values(), key=lambda g: (-g["count"], g["kind"], g["reason"]))
 
 
+#: Safety factor on the speed pre-check's bound, against rounding.
+_BOUND_MARGIN = 0.999
+
+
 def _distance_m(a: Point, b: Point) -> float:
     """Great-circle distance (haversine): only used to judge speeds."""
     lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
@@ -185,6 +189,11 @@ class Cleaner:
             return False
         seconds = b.epoch - a.epoch
         if seconds <= 0:
+            return False
+        # Cheap first: the great circle is never longer than R * hypot(dlat, dlon)
+        # (radians), so well under that bound no haversine is needed.
+        reach = self.max_speed * seconds * _BOUND_MARGIN
+        if EARTH_RADIUS_M * math.radians(abs(b.lat - a.lat) + abs(b.lon - a.lon)) <= reach:
             return False
         return _distance_m(a, b) / seconds > self.max_speed
 
@@ -266,10 +275,15 @@ class _Stats:
             self.route_points += 1
         else:
             self.waypoints += 1
-        self.min_lon = min(self.min_lon, point.lon)
-        self.max_lon = max(self.max_lon, point.lon)
-        self.min_lat = min(self.min_lat, point.lat)
-        self.max_lat = max(self.max_lat, point.lat)
+        lon, lat = point.lon, point.lat
+        if lon < self.min_lon:
+            self.min_lon = lon
+        if lon > self.max_lon:
+            self.max_lon = lon
+        if lat < self.min_lat:
+            self.min_lat = lat
+        if lat > self.max_lat:
+            self.max_lat = lat
 
     @property
     def kept(self) -> int:
@@ -551,16 +565,7 @@ def ingest_trace(
         if stored is not None:
             found = json.loads(stored.body)
             return IngestResult(stored.status, int(found["id"]), stored.body, replayed=True)
-    conn.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 6))"),
-        {"k": f"trace/{owner}/{body.sha256}"},
-    )
-    existing = conn.execute(
-        text(
-            "SELECT id FROM traces WHERE owner = :o AND content_sha256 = :h AND deleted_at IS NULL"
-        ),
-        {"o": owner, "h": body.sha256},
-    ).scalar()
+    existing = _lock_and_find(conn, owner=owner, sha256=body.sha256)
     if existing is not None:
         result = IngestResult(200, int(existing), _summary_json(conn, int(existing)))
     else:
@@ -583,6 +588,25 @@ def ingest_trace(
             headers={"Location": f"/traces/{result.trace_id}"},
         )
     return result
+
+
+def _lock_and_find(conn: Connection, *, owner: str, sha256: str) -> int | None:
+    """Lock (owner, bytes) for the transaction; the live trace with those bytes, if any.
+
+    Two statements, so that the look-up's snapshot is taken once the lock is
+    held (it sees what an earlier holder committed), sent in one round trip.
+    """
+    raw = _driver(conn)
+    with raw.pipeline(), raw.cursor() as lock, raw.cursor() as find:
+        lock.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 6))", (f"trace/{owner}/{sha256}",)
+        )
+        find.execute(
+            "SELECT id FROM traces WHERE owner = %s AND content_sha256 = %s AND deleted_at IS NULL",
+            (owner, sha256),
+        )
+        row = find.fetchone()
+    return None if row is None else int(row[0])
 
 
 def _store_new(
