@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import threading
 import time
 import zipfile
@@ -15,11 +16,14 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from app.main import create_app
-from geo.auth import create_token
+from geo.auth import Principal, create_token
+from geo.db import BoundDatabase
 from geo.settings import Settings
+from geo.traces import IngestResult, TraceLimits, ingest_trace, trace_geojson_chunks
+from geo.uploads import BodySpool
 from tests.conftest import SAMPLES
 
 GPX_DIR = SAMPLES / "gpx"
@@ -568,3 +572,95 @@ def test_cli_upload_direct_and_via_server(
             )
             conn.execute(text("DELETE FROM idempotency_keys WHERE principal = :o"), {"o": owner})
             conn.execute(text("DELETE FROM api_tokens WHERE name = :o"), {"o": owner})
+
+
+# ------------------------------------------------------- direct and staged ingest
+MIXED_GPX = b"""<?xml version="1.0"?>
+<gpx version="1.1" creator="test" xmlns="http://www.topografix.com/GPX/1/1">
+<wpt lat="-1.3125" lon="36.7885"><name>Water point</name><sym>Drinking Water</sym></wpt>
+<wpt lat="undefined" lon="36.7886"><name>Broken</name></wpt>
+<rte><rtept lat="-1.3120" lon="36.7880"/><rtept lat="-1.3121" lon="36.7881"/>
+<rtept lat="-1.3122" lon="36.7882"/></rte>
+<trk><trkseg>
+<trkpt lat="-1.3130" lon="36.7880"><ele>1700</ele><time>2024-05-01T08:00:00Z</time>
+<hdop>3</hdop></trkpt>
+<trkpt lat="-1.3131" lon="36.7880"><time>2024-05-01T08:00:01.5+03:00</time></trkpt>
+<trkpt lat="-1.3131" lon="36.7880"><time>2024-05-01T08:00:01.5+03:00</time></trkpt>
+<trkpt lat="-1.3132" lon="36.7880"><time>2024-05-01T08:00:02Z</time><hdop>99</hdop></trkpt>
+<trkpt lat="-1.3133" lon="36.7881"><time>2024-05-01T08:00:03Z</time></trkpt>
+</trkseg><trkseg/><trkseg><trkpt lat="-1.3140" lon="36.7890"/></trkseg></trk>
+<trk><trkseg><trkpt lat="-1.3150" lon="36.7900"/><trkpt lat="-1.3151" lon="36.7901"/>
+</trkseg></trk>
+</gpx>"""
+
+
+def _stored(conn: Connection, result: IngestResult, user: Principal) -> dict[str, object]:
+    """Everything an ingest answered and stored, without ids, owners and times."""
+    summary = json.loads(result.body)
+    for key in ("id", "owner", "created_at", "updated_at"):
+        summary.pop(key)
+    geojson = json.loads(b"".join(trace_geojson_chunks(conn, trace_id=result.trace_id, user=user)))
+    points = conn.execute(
+        text(
+            "SELECT kind, seq, track, segment, ST_AsEWKT(geom), ele, time, name, extensions "
+            "FROM trace_points WHERE trace_id = :i ORDER BY kind, seq"
+        ),
+        {"i": result.trace_id},
+    ).all()
+    segments = conn.execute(
+        text(
+            "SELECT kind, track, segment, points, ST_AsEWKT(geom) FROM trace_segments "
+            "WHERE trace_id = :i ORDER BY kind, track, segment"
+        ),
+        {"i": result.trace_id},
+    ).all()
+    file = conn.execute(
+        text("SELECT content_type, size_bytes, content FROM trace_files WHERE trace_id = :i"),
+        {"i": result.trace_id},
+    ).one()
+    geojson["trace"].pop("id")
+    return {
+        "summary": summary,
+        "geojson": geojson,
+        "points": [tuple(p) for p in points],
+        "segments": [tuple(s) for s in segments],
+        "file": (file.content_type, file.size_bytes, bytes(file.content)),
+    }
+
+
+@pytest.mark.parametrize("max_rows", [0, 3], ids=["staged-from-start", "spilled-midway"])
+def test_direct_and_staged_ingest_store_the_same(db: BoundDatabase, max_rows: int) -> None:
+    """A small upload is stored from memory; past the row limit through the staging
+    table (from the start, or spilling the rows read so far): the same answer and rows."""
+    raw = gzip.compress(MIXED_GPX)
+    results = {}
+    for owner, limits in (
+        ("direct-mapper", TraceLimits()),
+        ("staged-mapper", TraceLimits(direct_max_rows=max_rows)),
+    ):
+        spool = BodySpool(limit=1 << 20)
+        spool.write(raw)
+        with db.begin(owner) as conn:
+            result = ingest_trace(
+                conn,
+                owner=owner,
+                body=spool.finish(),
+                name="mixed",
+                visibility="private",
+                settlement_id=None,
+                idempotency_key=None,
+                limits=limits,
+            )
+            assert result.status == 201
+            results[owner] = _stored(conn, result, Principal(owner, "mapper", None))
+    direct, staged = results["direct-mapper"], results["staged-mapper"]
+    assert direct == staged
+    stats = direct["summary"]["stats"]  # type: ignore[index]
+    assert (stats["points"], stats["segments"], stats["route_points"], stats["waypoints"]) == (
+        6,
+        4,
+        3,
+        1,
+    )
+    assert len(direct["segments"]) == 5  # type: ignore[arg-type]
+    assert direct["file"] == ("application/gzip", len(raw), raw)
