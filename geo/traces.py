@@ -444,11 +444,15 @@ class _Rows(contextlib.ExitStack):
         """End the COPY, if there is one (the rows are then in the table)."""
         self.close()
 
-    def arrays(self) -> dict[str, list[Any]]:
-        """The listed rows as one array parameter per column (``stage_<column>``)."""
+    def arrays(self) -> dict[str, list[Any] | None]:
+        """The listed rows as one array parameter per column (``stage_<column>``).
+
+        A column without any value (no names, no extensions...) is sent as
+        NULL, which ``unnest`` pads with NULLs like a short array: less to send.
+        """
         columns = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(_STAGE_TYPES)
         return {
-            f"stage_{column}": list(values)
+            f"stage_{column}": list(values) if any(v is not None for v in values) else None
             for (column, _), values in zip(_STAGE_TYPES, columns, strict=True)
         }
 
