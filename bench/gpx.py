@@ -7,10 +7,17 @@ Two workloads, each run in a fresh process so peak RSS belongs to it alone:
 * 1,000 small files of 200 points each (a day of phone uploads).
 
 "makazi ingest" is :func:`geo.traces.ingest_trace` into the bench database
-(parse, clean, COPY, lines and geodesic length in PostGIS, commit), "gpxpy
-parse" is ``gpxpy.parse`` of the same bytes with nothing stored.  The
-"raw SQL" row is the floor for storing: ``COPY`` of pre-made rows into
-``trace_points`` with no parsing at all.
+(parse, clean, store rows, lines and geodesic length in PostGIS, commit;
+one transaction per file), "gpxpy parse" is ``gpxpy.parse`` of the same
+bytes with nothing stored.  The "raw SQL" row is the floor for storing:
+``COPY`` of pre-made rows into ``trace_points`` with no parsing at all.
+
+Both sides are timed in steady state: each worker first handles the same
+50 small files untimed (gpxpy imported and warm; makazi's connection open,
+statements prepared, and the trace tables analyzed, as autovacuum keeps them
+on a live server).  Between runs the bench's traces are deleted and the
+tables vacuumed.  Peak RSS is the worker's own ``VmHWM`` (``ru_maxrss``
+would carry over the parent's peak across ``exec``).
 """
 
 from __future__ import annotations

@@ -9,11 +9,15 @@ Ingest runs in one transaction, so a failure stores nothing:
    trace is created;
 3. the upload's members (gzip/bzip2/zip or plain, see :mod:`geo.uploads`) are
    parsed by :class:`geo.gpx.GpxReader` and cleaned point by point
-   (:class:`Cleaner`), and kept points stream with ``COPY`` into a temporary
-   staging table - no per-point ``INSERT``, memory flat whatever the size;
+   (:class:`Cleaner`).  A small upload's kept points stay in a list (up to
+   ``DIRECT_MAX_ROWS`` rows and ``DIRECT_MAX_BYTES`` bytes); past that they
+   stream with ``COPY`` into a temporary staging table - no per-point
+   ``INSERT``, memory flat whatever the size;
 4. one statement builds the trace row (lines, geodesic length via
-   ``geography``), its segments and points from the staging table; the
-   original bytes stream into ``trace_files`` with ``COPY`` too.
+   ``geography``), its segments and points from those rows (bound as binary
+   arrays, or read from the staging table) and answers the new trace's
+   summary; a small upload's original bytes go in the same statement, a
+   large one's stream into ``trace_files`` with ``COPY``.
 
 Visibility: ``private`` traces are seen by their owner and admins,
 ``community`` by any signed-in user, ``public`` by anyone.
