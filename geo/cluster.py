@@ -188,7 +188,13 @@ def _user_exists(name: str) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Whether nothing listens on ``port``; like PostgreSQL, ignore TIME_WAIT leftovers.
+
+    Without SO_REUSEADDR a port looks taken for a minute after a restart, and the
+    cluster would move to another port under a running server's feet.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

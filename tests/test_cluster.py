@@ -40,6 +40,21 @@ def test_postgres_with_postgis_is_found() -> None:
     assert (pg.bin_dir / "pg_ctl").exists()
 
 
+def test_restart_keeps_the_port(spare: EmbeddedCluster) -> None:
+    """Connections left in TIME_WAIT must not push the cluster to another port."""
+    spare.start()
+    port = spare.port
+    for _ in range(3):
+        with psycopg.connect(spare.conninfo()) as conn:
+            conn.execute("SELECT 1")
+    spare.stop()
+    spare.start()
+    try:
+        assert spare.port == port
+    finally:
+        spare.stop()
+
+
 def test_start_stop_restart(spare: EmbeddedCluster) -> None:
     assert spare.start() is True
     assert spare.start() is False  # already running
@@ -95,6 +110,7 @@ def test_port_taken_by_someone_else_moves(spare: EmbeddedCluster) -> None:
     spare.stop()
     old = spare.port
     with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
         blocker.bind(("127.0.0.1", old))
         blocker.listen()
         spare.start()
