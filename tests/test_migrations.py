@@ -184,3 +184,24 @@ def test_triggers_version_audit_locate_and_count(connection: Connection) -> None
     assert history[1].changes == {"use": {"from": "residential", "to": "business"}}
     assert history[2].changed_by == "wanjiru"
     assert history[0].changes["geom"]["to"]["type"] == "Point"  # geometry kept as GeoJSON
+
+
+def test_trace_history_leaves_the_line_out(connection: Connection) -> None:
+    trace = connection.execute(
+        text(
+            "INSERT INTO traces (name, owner, content_sha256, geom) VALUES ('walk', 'amina', 'x', "
+            "ST_GeomFromText('MULTILINESTRING((36.78 -1.31, 36.79 -1.31))', 4326)) RETURNING id"
+        )
+    ).scalar_one()
+    connection.execute(text("UPDATE traces SET visibility = 'public' WHERE id = :i"), {"i": trace})
+    rows = connection.execute(
+        text(
+            "SELECT action, changes, snapshot FROM feature_history WHERE collection = 'traces' "
+            "AND feature_id = :i ORDER BY version"
+        ),
+        {"i": trace},
+    ).all()
+    assert [r.action for r in rows] == ["create", "update"]
+    assert rows[1].changes == {"visibility": {"from": "private", "to": "public"}}
+    assert all("geom" not in r.snapshot for r in rows)
+    assert rows[0].snapshot["owner"] == "amina"
