@@ -55,10 +55,16 @@ def resolve_url(settings: Settings) -> str:
 
 
 def make_engine(url: str, settings: Settings, *, pool_size: int | None = None) -> Engine:
-    """An engine with pre-ping, a bounded pool and a statement timeout."""
+    """An engine with a bounded pool and a statement timeout.
+
+    No pre-ping (a round trip on every checkout): when the server restarts, the
+    first statement on a dead connection fails as a disconnect, SQLAlchemy then
+    discards every pooled connection, that one request gets a 503 and the next
+    ones reconnect.
+    """
     return create_engine(
         normalise_url(url),
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         pool_size=pool_size or settings.pool_size,
         max_overflow=settings.pool_size,
         pool_timeout=10,
