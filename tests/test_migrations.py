@@ -205,3 +205,32 @@ def test_trace_history_leaves_the_line_out(connection: Connection) -> None:
     assert rows[1].changes == {"visibility": {"from": "private", "to": "public"}}
     assert all("geom" not in r.snapshot for r in rows)
     assert rows[0].snapshot["owner"] == "amina"
+
+
+def test_deleting_a_trace_row_deletes_its_points_and_segments(connection: Connection) -> None:
+    trace = connection.execute(
+        text("INSERT INTO traces (name, owner, content_sha256) VALUES ('t', 'o', 'h') RETURNING id")
+    ).scalar_one()
+    connection.execute(
+        text(
+            "INSERT INTO trace_points (trace_id, kind, seq, geom) VALUES "
+            "(:t, 'trkpt', 0, ST_SetSRID(ST_MakePoint(36.78, -1.31), 4326))"
+        ),
+        {"t": trace},
+    )
+    connection.execute(
+        text(
+            "INSERT INTO trace_segments (trace_id, kind, track, segment, points) "
+            "VALUES (:t, 'track', 0, 0, 1)"
+        ),
+        {"t": trace},
+    )
+    connection.execute(text("DELETE FROM traces WHERE id = :t"), {"t": trace})
+    left = connection.execute(
+        text(
+            "SELECT (SELECT count(*) FROM trace_points WHERE trace_id = :t) + "
+            "(SELECT count(*) FROM trace_segments WHERE trace_id = :t)"
+        ),
+        {"t": trace},
+    ).scalar()
+    assert left == 0
