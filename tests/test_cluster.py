@@ -303,3 +303,17 @@ def test_cluster_as_an_ordinary_user(request: pytest.FixtureRequest) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["True", "True", "True", "False"]
+
+
+def test_missing_postgis_names_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without PostGIS and without the right to install it, the error is the command to run."""
+    import geo.cluster as cluster_module
+
+    without = [cluster_module.PgInstall(15, Path("/usr/lib/postgresql/15/bin"), False)]
+    monkeypatch.setattr(cluster_module, "_installs", lambda: without)
+    with pytest.raises(
+        ClusterError,
+        match=r"apt-get install -y postgresql-15 "
+        r"postgresql-15-postgis-3",
+    ):
+        cluster_module.ensure_postgis(install=False)
