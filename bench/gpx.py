@@ -244,7 +244,7 @@ def run(ctx: BenchContext) -> str:
         "",
     ]
     for label, ratio in ratios:
-        lines.append(f"- {label}: makazi ingest is **{ratio:.1f}x** gpxpy's parse-only speed")
+        lines.append(f"- {label}: makazi ingest is **{ratio:.2f}x** gpxpy's parse-only speed")
     return "\n".join(lines)
 
 
