@@ -26,7 +26,7 @@ from geo.traces import IngestResult, TraceLimits, ingest_trace, trace_geojson_ch
 from geo.uploads import BodySpool
 from tests.conftest import SAMPLES
 
-GPX_DIR = SAMPLES / "gpx"
+GPX_DIR = SAMPLES / "gpx"  # ../shared/samples/gpx: every MANIFEST.tsv row is tested below
 MANIFEST = list(csv.DictReader((GPX_DIR / "MANIFEST.tsv").open(), delimiter="\t"))
 GPX = {"Content-Type": "application/gpx+xml"}
 Auth = Callable[..., dict[str, str]]
