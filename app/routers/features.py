@@ -37,8 +37,7 @@ from geo.layers.writes import (
     delete_feature,
     feature_history,
     parse_feature_body,
-    patch_feature,
-    replace_feature,
+    update_feature,
 )
 
 router = APIRouter(tags=["features"])
@@ -461,16 +460,16 @@ async def write_item(
         request, settings.max_json_body_mb * 1024 * 1024, setting="MAKAZI_MAX_JSON_BODY_MB"
     )
     crs = _content_crs(content_crs)
-    operation = patch_feature if request.method == "PATCH" else replace_feature
 
     def work() -> Response:
         feature = parse_feature_body(body, allow_collection=False)[0]
         with db.begin(actor=user.name) as conn:
-            version = operation(
+            version = update_feature(
                 conn,
                 collection,
                 feature_id,
                 feature,
+                merge=request.method == "PATCH",
                 expected_version=expected,
                 crs=crs,
                 repair=repair,

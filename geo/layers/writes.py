@@ -31,8 +31,7 @@ __all__ = [
     "check_values",
     "parse_json",
     "create_features",
-    "replace_feature",
-    "patch_feature",
+    "update_feature",
     "delete_feature",
     "feature_history",
     "current_version",
@@ -445,39 +444,25 @@ def _update(
     return int(row.version)
 
 
-def replace_feature(
+def update_feature(
     conn: Connection,
     collection: Collection,
     fid: int,
     feature: FeatureInput,
     *,
+    merge: bool,
     expected_version: int | None,
     crs: Crs,
     repair: bool,
     max_vertices: int,
 ) -> int:
-    """Replace a feature's properties and geometry (PUT); returns the new version."""
-    values = check_properties(collection, feature.properties, partial=False)
-    values["geom"] = _prepare_geometry(
-        conn, collection, feature.geometry, crs=crs, repair=repair, max_vertices=max_vertices
-    )
-    return _update(conn, collection, fid, values, expected_version)
+    """Replace a feature (PUT) or merge-patch it (PATCH, RFC 7396); returns the new version.
 
-
-def patch_feature(
-    conn: Connection,
-    collection: Collection,
-    fid: int,
-    feature: FeatureInput,
-    *,
-    expected_version: int | None,
-    crs: Crs,
-    repair: bool,
-    max_vertices: int,
-) -> int:
-    """Apply a JSON merge patch (RFC 7396) to a feature; returns the new version."""
-    values = check_properties(collection, feature.properties, partial=True)
-    if feature.has_geometry:
+    A replacement needs the geometry and resets properties it leaves out; a merge
+    patch changes only what it names (``null`` clears) and the geometry if given.
+    """
+    values = check_properties(collection, feature.properties, partial=merge)
+    if feature.has_geometry or not merge:
         values["geom"] = _prepare_geometry(
             conn, collection, feature.geometry, crs=crs, repair=repair, max_vertices=max_vertices
         )
