@@ -385,13 +385,15 @@ class Page:
 
 
 def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 200) -> Page:
-    """Run the page's query on a server-side cursor and read its first rows.
+    """Run the page's query and take its first rows.
 
     Reading the first rows here makes SQL errors surface before any byte of
     the response is sent.
     """
     statement = _paged(request)
-    result = conn.execute(statement.execution_options(stream_results=True, max_row_buffer=2000))
+    # A page is at most MAKAZI_ITEMS_MAX_LIMIT rows, so a client-side cursor is bounded; it
+    # also lets PostgreSQL use parallel workers, which a server-side cursor never does.
+    result = conn.execute(statement)
     first = [(int(row[0]), str(row[1])) for row in result.fetchmany(prefetch)]
     return Page(
         limit=request.limit, rows=result, first=first, reverse_paged=request.before is not None
