@@ -391,8 +391,11 @@ def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 200) -
     the response is sent.
     """
     statement = _paged(request)
-    # A page is at most MAKAZI_ITEMS_MAX_LIMIT rows, so a client-side cursor is bounded; it
-    # also lets PostgreSQL use parallel workers, which a server-side cursor never does.
+    # A page is at most MAKAZI_ITEMS_MAX_LIMIT rows, so a client-side cursor is bounded, and
+    # it is planned for all its rows (a server-side cursor plans for the first 10% and then
+    # walks the id index past every non-match of a rare filter).  Parallel workers cost more
+    # to start than a page takes to read (a dense bbox: 10 ms with them, 1 ms without).
+    conn.execute(text("SELECT set_config('max_parallel_workers_per_gather', '0', true)"))
     result = conn.execute(statement)
     first = [(int(row[0]), str(row[1])) for row in result.fetchmany(prefetch)]
     return Page(
