@@ -17,8 +17,13 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
+from geo.cluster import EmbeddedCluster
 from geo.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["main"]
 
@@ -40,9 +45,7 @@ def _settings() -> Settings:
         raise CommandError(f"bad setting {name}: {first['msg']}") from exc
 
 
-def _cluster(settings: Settings):  # type: ignore[no-untyped-def]
-    from geo.cluster import EmbeddedCluster
-
+def _cluster(settings: Settings) -> EmbeddedCluster:
     return EmbeddedCluster(settings.data_dir)
 
 
@@ -65,7 +68,7 @@ def _database(settings: Settings, *, keep_running: bool = False) -> Iterator[str
             cluster.stop()
 
 
-def _engine(settings: Settings, url: str):  # type: ignore[no-untyped-def]
+def _engine(settings: Settings, url: str) -> Engine:
     from geo.db import make_engine
 
     return make_engine(url, settings, pool_size=2)
