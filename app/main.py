@@ -14,8 +14,9 @@ from app import problems
 from app.openapi import install_openapi30
 from app.routers import analysis, exports, features, households, meta, tiles, web
 from app.routers import traces as traces_router
-from geo.db import Database
+from geo.db import BoundDatabase, Database
 from geo.settings import Settings, get_settings
+from geo.tiles import ChangeFeed
 
 __all__ = ["create_app"]
 
@@ -41,9 +42,16 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = database or Database.from_settings(settings)
         app.state.db = db
+        feed = None
+        if settings.tile_change_feed and not isinstance(db, BoundDatabase):
+            url = db.engine.url.set(drivername="postgresql")
+            feed = ChangeFeed(url.render_as_string(hide_password=False)).start()
+        app.state.tile_feed = feed
         try:
             yield
         finally:
+            if feed is not None:
+                feed.stop()
             if database is None:
                 db.dispose()
 
@@ -58,6 +66,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
     app.state.token_cache = {}
+    app.state.tile_feed = None
     app.state.conformance = [*meta.CORE_CONFORMANCE, *features.CONFORMANCE]
     app.state.extent_cache = {}
     if database is not None:

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     tile_cache_mb: int = Field(default=64, ge=0)
     tiles_max_zoom: int = Field(default=20, ge=0, le=24)
     tile_max_age_s: int = Field(default=30, ge=0)
+    tile_change_feed: bool = True
 
     demo_structures: int = Field(default=20_000, ge=0)
     demo_seed: int = 7

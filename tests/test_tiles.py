@@ -544,3 +544,63 @@ def test_only_public_trace_changes_move_the_traces_counter(
     assert counter() == start + 3
     connection.execute(text("DELETE FROM traces WHERE id = :i"), {"i": public})
     assert counter() == start + 4
+
+
+def test_change_feed_invalidates_after_a_committed_edit(engine: Any, settings: Settings) -> None:
+    """With a real database the app learns counter moves by LISTEN, not by asking per tile."""
+    import time
+
+    from app.main import create_app
+    from geo.db import Database
+
+    with engine.begin() as conn:
+        sid = conn.execute(
+            text(
+                "INSERT INTO settlements (name, geom) VALUES ('Feed test', ST_GeomFromText("
+                "'MULTIPOLYGON(((36.60 -1.20,36.61 -1.20,36.61 -1.19,36.60 -1.19,36.60 -1.20)))',"
+                " 4326)) RETURNING id"
+            )
+        ).scalar_one()
+    z, x, y = tile_of(36.605, -1.195, 14)
+
+    def wait(predicate: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 15
+        while not predicate():
+            assert time.monotonic() < deadline, "the change feed did not catch up"
+            time.sleep(0.05)
+
+    try:
+        app = create_app(settings, database=Database(engine))
+        with TestClient(app) as client:
+            feed = app.state.tile_feed
+            wait(lambda: feed.counters() is not None)
+            before = feed.counters()["settlements"]
+            first = fetch(client, z, x, y)
+            names = [
+                f["properties"]["name"] for f in decode(first.content)["settlements"]["features"]
+            ]
+            assert "Feed test" in names
+            with engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE settlements SET name = 'Feed test renamed' WHERE id = :i"),
+                    {"i": sid},
+                )
+            wait(lambda: feed.counters()["settlements"] > before)
+            second = fetch(client, z, x, y)
+            assert second.headers["etag"] != first.headers["etag"]
+            renamed = [
+                f["properties"]["name"] for f in decode(second.content)["settlements"]["features"]
+            ]
+            assert "Feed test renamed" in renamed
+            feed.stop()  # without the feed, tiles still come, reading counters per tile
+            assert fetch(client, z, x, y).status_code == 200
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM settlements WHERE id = :i"), {"i": sid})
+            conn.execute(
+                text(
+                    "DELETE FROM feature_history WHERE collection = 'settlements' "
+                    "AND feature_id = :i"
+                ),
+                {"i": sid},
+            )

@@ -92,6 +92,7 @@ def get_tile(
     304.  An area with nothing to draw gets 204.
     """
     zi, xi, yi = _integer("z", z), _integer("x", x), _integer("y", y)
+    feed: tiles.ChangeFeed | None = request.app.state.tile_feed
     with db.read() as conn:
         tile = tiles.get_tile(
             conn,
@@ -101,6 +102,7 @@ def get_tile(
             cache=cache,
             max_zoom=settings.tiles_max_zoom,
             wait_s=settings.statement_timeout_ms / 1000,
+            counters=feed.counters() if feed is not None else None,
         )
     gzip_ok = _accepts_gzip(request)
     etag = f'"{tile.etag}-gz"' if gzip_ok else f'"{tile.etag}"'
