@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.problems import Problem
@@ -32,13 +33,18 @@ _bearer = HTTPBearer(auto_error=False, description="API token from `makazi token
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="makazi"'}
 
 
-def get_db(request: Request) -> Database:
+# Dependencies are ``async def`` so FastAPI runs them on the event loop: a plain ``def``
+# costs a thread-pool hop per dependency per request.  Blocking work (a token lookup
+# that misses the cache) goes to the thread pool explicitly.
+
+
+async def get_db(request: Request) -> Database:
     """The app's database (engines live in app state, owned by the lifespan)."""
     db: Database = request.app.state.db
     return db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
@@ -48,7 +54,7 @@ DbDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def optional_user(
+async def optional_user(
     request: Request,
     db: DbDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -75,8 +81,7 @@ def optional_user(
     now = time.monotonic()
     if cached and cached[0] > now:
         return cached[1]
-    with db.begin() as conn:
-        principal = principal_for(conn, token)
+    principal = await run_in_threadpool(_lookup, db, token)
     if principal is None:
         raise Problem(
             401,
@@ -90,15 +95,20 @@ def optional_user(
     return principal
 
 
+def _lookup(db: Database, token: str) -> Principal | None:
+    with db.begin() as conn:
+        return principal_for(conn, token)
+
+
 CurrentUser = Annotated[Principal | None, Depends(optional_user)]
 
 
-def require(role: str) -> Callable[[Principal | None], Principal]:
+def require(role: str) -> Callable[[Principal | None], Awaitable[Principal]]:
     """A dependency that admits callers whose role includes ``role``."""
     if role not in ROLES:
         raise ValueError(role)
 
-    def dependency(user: CurrentUser) -> Principal:
+    async def dependency(user: CurrentUser) -> Principal:
         if user is None:
             raise Problem(
                 401,
@@ -118,7 +128,7 @@ def require(role: str) -> Callable[[Principal | None], Principal]:
     return dependency
 
 
-def public_reader(user: CurrentUser, settings: SettingsDep) -> Principal | None:
+async def public_reader(user: CurrentUser, settings: SettingsDep) -> Principal | None:
     """Anyone when public read is on; otherwise a signed-in viewer or higher."""
     if user is None and not settings.public_read:
         raise Problem(
