@@ -28,8 +28,8 @@ from geo.layers.items import (
     count_if_cheap,
     fetch_feature,
     open_page,
-    page_etag,
     parse_items_request,
+    start_page,
 )
 from geo.layers.registry import COLLECTIONS, Collection, get_collection
 from geo.layers.writes import (
@@ -195,7 +195,7 @@ def get_items(
     reading = db.read()
     conn = reading.__enter__()
     try:
-        tag = page_etag(conn, collection, str(request.url.query), user)
+        tag = start_page(conn, collection, str(request.url.query), user)
         if if_none_match and tag in {t.strip() for t in if_none_match.split(",")}:
             reading.__exit__(None, None, None)
             return Response(status_code=304, headers={"ETag": tag, **_cache_headers(user)})

@@ -45,7 +45,7 @@ __all__ = [
     "count_if_cheap",
     "fetch_feature",
     "base_statement",
-    "page_etag",
+    "start_page",
 ]
 
 EXACT_COUNT_MAX_COST = 5_000.0  # planner cost units: a few milliseconds of work
@@ -360,7 +360,7 @@ class Page:
     last_id: int | None = None
     more: bool = False
 
-    def chunks(self, size: int = 1000) -> Iterator[str]:
+    def chunks(self, size: int = 5000) -> Iterator[str]:
         """Feature texts joined by commas, a chunk at a time."""
         batch = self.first
         separator = ""
@@ -384,7 +384,7 @@ class Page:
         self.rows.close()
 
 
-def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 200) -> Page:
+def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 1000) -> Page:
     """Run the page's query and take its first rows.
 
     Reading the first rows here makes SQL errors surface before any byte of
@@ -393,9 +393,7 @@ def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 200) -
     statement = _paged(request)
     # A page is at most MAKAZI_ITEMS_MAX_LIMIT rows, so a client-side cursor is bounded, and
     # it is planned for all its rows (a server-side cursor plans for the first 10% and then
-    # walks the id index past every non-match of a rare filter).  Parallel workers cost more
-    # to start than a page takes to read (a dense bbox: 10 ms with them, 1 ms without).
-    conn.execute(text("SELECT set_config('max_parallel_workers_per_gather', '0', true)"))
+    # walks the id index past every non-match of a rare filter).  Call start_page first.
     result = conn.execute(statement)
     first = [(int(row[0]), str(row[1])) for row in result.fetchmany(prefetch)]
     return Page(
@@ -418,15 +416,21 @@ def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
     return int(conn.execute(statement).scalar_one())
 
 
-def page_etag(conn: Connection, collection: Collection, query: str, user: Principal | None) -> str:
-    """A weak ETag for a page: the collection's change counter and the query.
+def start_page(conn: Connection, collection: Collection, query: str, user: Principal | None) -> str:
+    """Set up the read transaction for a page and return the page's weak ETag.
 
-    The counter (table ``tile_changes``) is bumped by the database at every
-    commit that edits the collection, so the tag changes whenever any page
-    could; traces also depend on who asks.
+    The tag is the collection's change counter (table ``tile_changes``, bumped
+    by the database at every commit that edits the collection) and a digest of
+    the query; traces also depend on who asks.  In the same round trip the
+    transaction is told not to plan parallel workers: starting them costs more
+    than reading a page takes (a dense bbox page: 10 ms with them, 1 ms without).
     """
     counter = conn.execute(
-        text("SELECT counter FROM tile_changes WHERE collection = :c"), {"c": collection.name}
+        text(
+            "SELECT counter, set_config('max_parallel_workers_per_gather', '0', true) "
+            "FROM tile_changes WHERE collection = :c"
+        ),
+        {"c": collection.name},
     ).scalar()
     viewer = f"{user.name}:{user.role}" if user is not None and collection.name == "traces" else ""
     digest = hashlib.sha256(f"{query}|{viewer}".encode()).hexdigest()[:20]
