@@ -84,18 +84,3 @@ def principal_for(conn: Connection, token: str) -> Principal | None:
         .values(last_used_at=func.now())
     )
     return Principal(name=row.name, role=row.role, token_id=row.id)
-
-
-def list_tokens(conn: Connection) -> list[dict[str, object]]:
-    """All tokens, without their hashes."""
-    rows = conn.execute(
-        select(
-            api_tokens.c.id,
-            api_tokens.c.name,
-            api_tokens.c.role,
-            api_tokens.c.created_at,
-            api_tokens.c.last_used_at,
-            api_tokens.c.revoked_at,
-        ).order_by(api_tokens.c.id)
-    )
-    return [dict(row._mapping) for row in rows]

@@ -19,7 +19,6 @@ from geo.tables import households, structures
 
 __all__ = [
     "HOUSEHOLD_PROPERTIES",
-    "PERSONAL_FIELDS",
     "list_households",
     "get_household",
     "create_household",
@@ -27,7 +26,6 @@ __all__ = [
     "delete_household",
 ]
 
-PERSONAL_FIELDS = ("head_name", "phone")
 HOUSEHOLD_PROPERTIES: tuple[Property, ...] = (
     Property("head_name", max_length=200, description="Personal: enumerator and admin only"),
     Property("phone", max_length=40, description="Personal: enumerator and admin only"),

@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - isal is a dependency; the stdlib is th
     from gzip import compress as _gzip_compress  # type: ignore[assignment]
 
 from geo.errors import InvalidInput
+from geo.privacy import PERSONAL_HOUSEHOLD_FIELDS
 
 log = logging.getLogger("makazi.tiles")
 
@@ -172,7 +173,7 @@ LAYERS: tuple[TileLayer, ...] = (
 )
 
 #: Personal or owner fields that must never be in a tile (checked by the tests).
-PRIVATE_FIELDS = frozenset({"head_name", "phone", "owner", "created_by", "updated_by"})
+PRIVATE_FIELDS = PERSONAL_HOUSEHOLD_FIELDS | {"owner", "created_by", "updated_by"}
 
 
 def extent_at(z: int) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, or_, true
 
 from geo.auth import Principal
+from geo.privacy import PERSONAL_HOUSEHOLD_FIELDS
 from geo.tables import facilities, settlements, structures, traces
 
 __all__ = ["Property", "Collection", "COLLECTIONS", "get_collection", "ENUMS"]
@@ -100,7 +101,6 @@ class Collection:
     temporal: str = "updated_at"
     writable: bool = True
     multi: bool = False
-    min_zoom: int = 0
     _by_name: dict[str, Property] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,11 +109,6 @@ class Collection:
     def find(self, name: str) -> Property | None:
         """The published property called ``name``, or None."""
         return self._by_name.get(name)
-
-    @property
-    def writable_properties(self) -> tuple[Property, ...]:
-        """Properties clients may set."""
-        return tuple(p for p in self.properties if p.writable)
 
     def visible(self, user: Principal | None) -> ColumnElement[bool]:
         """SQL condition for the rows ``user`` may see (live rows only)."""
@@ -174,7 +169,6 @@ STRUCTURES = Collection(
         *_BOOKKEEPING,
     ),
     geometry_types=("POLYGON", "MULTIPOLYGON", "POINT"),
-    min_zoom=14,
 )
 
 FACILITIES = Collection(
@@ -228,3 +222,7 @@ COLLECTIONS: dict[str, Collection] = {
 def get_collection(name: str) -> Collection | None:
     """The collection called ``name``, or None."""
     return COLLECTIONS.get(name)
+
+
+# Household personal fields are never a property of a published collection.
+assert not PERSONAL_HOUSEHOLD_FIELDS & {p.name for c in COLLECTIONS.values() for p in c.properties}
