@@ -120,23 +120,13 @@ def running_server(
             proc.kill()
 
 
-@contextlib.contextmanager
-def makazi_process(
-    ctx: BenchContext, **settings: str
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """This service on a free port against the bench database: (base URL, process)."""
-    port = free_port()
-    env = {
-        "MAKAZI_DATABASE_URL": ctx.url,
-        "MAKAZI_LOG_LEVEL": "warning",
-        **{f"MAKAZI_{k.upper()}": v for k, v in settings.items()},
-    }
+def uvicorn_argv(python: str, app: str, port: int, *, factory: bool = False) -> list[str]:
+    """The command that serves ``app`` with uvicorn on 127.0.0.1:``port``."""
     argv = [
-        sys.executable,
+        python,
         "-m",
         "uvicorn",
-        "app.main:create_app",
-        "--factory",
+        app,
         "--host",
         "127.0.0.1",
         "--port",
@@ -144,39 +134,81 @@ def makazi_process(
         "--log-level",
         "warning",
     ]
+    return [*argv, "--factory"] if factory else argv
+
+
+@contextlib.contextmanager
+def makazi_on(database_url: str, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """This service on a free port against ``database_url``: (base URL, process)."""
+    port = free_port()
+    env = {
+        "MAKAZI_DATABASE_URL": database_url,
+        "MAKAZI_LOG_LEVEL": "warning",
+        **{f"MAKAZI_{k.upper()}": v for k, v in settings.items()},
+    }
+    argv = uvicorn_argv(sys.executable, "app.main:create_app", port, factory=True)
     with running_server(argv, port, env, health="/healthz") as proc:
         yield f"http://127.0.0.1:{port}", proc
 
 
 @contextlib.contextmanager
+def makazi_process(
+    ctx: BenchContext, **settings: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """This service against the bench database: (base URL, process)."""
+    with makazi_on(ctx.url, **settings) as served:
+        yield served
+
+
+@contextlib.contextmanager
 def makazi_server(ctx: BenchContext, **settings: str) -> Iterator[str]:
-    """This service on a free port against the bench database; yields its base URL."""
-    with makazi_process(ctx, **settings) as (url, _proc):
+    """This service against the bench database; yields its base URL."""
+    with makazi_on(ctx.url, **settings) as (url, _proc):
         yield url
 
 
 TIPG_VENV = OUT / "tipg-venv"
 
 
-def ensure_tipg() -> Path | None:
-    """TiPg in its own virtualenv (bench/out/tipg-venv); None when it cannot be installed."""
-    uvicorn = TIPG_VENV / "bin" / "uvicorn"
-    if uvicorn.exists():
-        return uvicorn
-    subprocess.run([sys.executable, "-m", "venv", str(TIPG_VENV)], check=True)
-    result = subprocess.run(
-        [str(TIPG_VENV / "bin" / "pip"), "install", "-q", "tipg", "uvicorn"],
-        capture_output=True,
-        text=True,
+def ensure_tipg() -> str | None:
+    """The TiPg venv's python, installing TiPg there once; None when it cannot be installed."""
+    python = TIPG_VENV / "bin" / "python"
+    if python.exists():
+        check = subprocess.run([str(python), "-c", "import tipg, uvicorn"], capture_output=True)
+        if check.returncode == 0:
+            return str(python)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(TIPG_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "tipg", "uvicorn"],
+            check=True,
+            capture_output=True,
+        )
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"TiPg could not be installed: {exc}", file=sys.stderr)
+        return None
+    return str(python)
+
+
+def tipg_version(python: str) -> str:
+    """The installed TiPg's version string."""
+    out = subprocess.run(
+        [python, "-c", "import tipg; print(tipg.__version__)"], capture_output=True, text=True
     )
-    return uvicorn if result.returncode == 0 and uvicorn.exists() else None
+    return out.stdout.strip() or "?"
 
 
 @contextlib.contextmanager
-def tipg_process(ctx: BenchContext) -> Iterator[tuple[str, subprocess.Popen[bytes]] | None]:
-    """TiPg serving the bench database: (base URL, process), or None if unavailable."""
-    uvicorn = ensure_tipg()
-    if uvicorn is None:
+def tipg_process(
+    ctx: BenchContext, **tipg_settings: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]] | None]:
+    """TiPg serving the bench database: (base URL, process), or None if not installable.
+
+    ``tipg_settings`` are extra ``TIPG_*`` variables; raises RuntimeError if it
+    does not start.
+    """
+    python = ensure_tipg()
+    if python is None:
         yield None
         return
     port = free_port()
@@ -184,17 +216,9 @@ def tipg_process(ctx: BenchContext) -> Iterator[tuple[str, subprocess.Popen[byte
         "DATABASE_URL": ctx.url.replace("postgresql+psycopg://", "postgresql://"),
         "TIPG_DB_SCHEMAS": '["public"]',
         "TIPG_MAX_FEATURES_PER_QUERY": "10000",
+        **tipg_settings,
     }
-    argv = [
-        str(uvicorn),
-        "tipg.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+    argv = uvicorn_argv(python, "tipg.main:app", port)
     with running_server(argv, port, env, health="/collections") as proc:
         yield f"http://127.0.0.1:{port}", proc
 

@@ -110,18 +110,15 @@ def _makazi_worker(url: str, paths: list[str], warmup: list[str]) -> dict[str, f
     from geo.db import Database, make_engine
     from geo.settings import Settings
     from geo.traces import TraceLimits, ingest_trace
-    from geo.uploads import BodySpool
+    from geo.uploads import spool_stream
 
     settings = Settings(database_url=url, max_upload_mb=200)
     db = Database(make_engine(url, settings, pool_size=1))
     limits = TraceLimits.from_settings(settings)
 
     def ingest(path: str, owner: str) -> int:
-        spool = BodySpool(limit=settings.max_upload_bytes)
         with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                spool.write(chunk)
-        body = spool.finish()
+            body = spool_stream(handle, limit=settings.max_upload_bytes)
         with db.begin(owner) as conn:
             result = ingest_trace(
                 conn,

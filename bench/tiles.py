@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -34,16 +32,15 @@ import httpx
 import psycopg
 
 from bench.common import (
-    OUT,
     BenchContext,
-    free_port,
+    ensure_tipg,
     makazi_server,
     markdown_table,
-    running_server,
+    tipg_process,
+    tipg_version,
 )
 from geo.tiles import LAYERS, TILE_PLANNER_SQL, extent_at, tile_sql
 
-TIPG_VENV = OUT / "tipg-venv"
 STRUCTURE_FIELDS = [
     prop for prop, _, _ in next(x for x in LAYERS if x.name == "structures").columns
 ]
@@ -106,33 +103,6 @@ def _timed(fn: Callable[[], int]) -> tuple[float, int]:
     return time.perf_counter() - start, size
 
 
-def ensure_tipg() -> str | None:
-    """The TiPg venv's python, installing TiPg there once; None when it cannot be installed."""
-    python = TIPG_VENV / "bin" / "python"
-    if python.exists():
-        check = subprocess.run([str(python), "-c", "import tipg, uvicorn"], capture_output=True)
-        if check.returncode == 0:
-            return str(python)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(TIPG_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "tipg", "uvicorn"],
-            check=True,
-            capture_output=True,
-        )
-    except (subprocess.CalledProcessError, OSError) as exc:
-        print(f"TiPg could not be installed: {exc}", file=sys.stderr)
-        return None
-    return str(python)
-
-
-def _tipg_version(python: str) -> str:
-    out = subprocess.run(
-        [python, "-c", "import tipg; print(tipg.__version__)"], capture_output=True, text=True
-    )
-    return out.stdout.strip() or "?"
-
-
 def run(ctx: BenchContext) -> str:
     """Measure and return the Markdown section.
 
@@ -156,29 +126,16 @@ def run(ctx: BenchContext) -> str:
         if python is None:
             notes.append("TiPg could not be installed into bench/out/tipg-venv: no TiPg figures.")
         else:
-            tipg_name = f"TiPg {_tipg_version(python)}"
-            port = free_port()
-            env = {
-                "DATABASE_URL": ctx.url.replace("postgresql+psycopg://", "postgresql://"),
-                "TIPG_MAX_FEATURES_PER_TILE": "1000000",
-                "TIPG_DB_SCHEMAS": '["public"]',
-                "TIPG_DB_TABLES": '["public.structures"]',
-            }
-            argv = [
-                python,
-                "-m",
-                "uvicorn",
-                "tipg.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ]
+            tipg_name = f"TiPg {tipg_version(python)}"
             try:
-                stack.enter_context(running_server(argv, port, env, health="/collections"))
-                tipg_base = f"http://127.0.0.1:{port}"
+                served = stack.enter_context(
+                    tipg_process(
+                        ctx,
+                        TIPG_MAX_FEATURES_PER_TILE="1000000",
+                        TIPG_DB_TABLES='["public.structures"]',
+                    )
+                )
+                tipg_base = served[0] if served is not None else None
             except RuntimeError as exc:
                 notes.append(f"TiPg did not start: {str(exc)[:300]}")
 

@@ -456,12 +456,10 @@ def _walks(
 def _load_walks(conn: Connection, data: DemoData, settlement_ids: list[int]) -> int:
     """Upload the walks through the real trace pipeline (parse, clean, store)."""
     from geo.traces import TraceLimits, ingest_trace
-    from geo.uploads import BodySpool
+    from geo.uploads import spool_stream
 
     for index, name, gpx in data.walks:
-        spool = BodySpool(limit=len(gpx) + 1)
-        spool.write(gpx)
-        body = spool.finish()
+        body = spool_stream(io.BytesIO(gpx), limit=len(gpx))
         try:
             ingest_trace(
                 conn,

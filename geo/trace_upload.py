@@ -87,7 +87,7 @@ def _via_database(
     from geo.db import Database, make_engine
     from geo.errors import MakaziError
     from geo.traces import TraceLimits, ingest_trace
-    from geo.uploads import BodySpool
+    from geo.uploads import spool_stream
 
     db = Database(make_engine(database_url, settings, pool_size=1))
     limits = TraceLimits.from_settings(settings)
@@ -95,24 +95,23 @@ def _via_database(
     def send(
         path: Path, name: str | None, visibility: str, settlement_id: int | None
     ) -> tuple[int, dict[str, Any]]:
-        spool = BodySpool(limit=settings.max_upload_bytes)
         try:
             with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    spool.write(chunk)
-            body = spool.finish()
-            with db.begin(owner) as conn:
-                result = ingest_trace(
-                    conn,
-                    owner=owner,
-                    body=body,
-                    name=name,
-                    visibility=visibility,
-                    settlement_id=settlement_id,
-                    idempotency_key=None,
-                    limits=limits,
-                )
-            body.close()
+                body = spool_stream(handle, limit=settings.max_upload_bytes)
+            try:
+                with db.begin(owner) as conn:
+                    result = ingest_trace(
+                        conn,
+                        owner=owner,
+                        body=body,
+                        name=name,
+                        visibility=visibility,
+                        settlement_id=settlement_id,
+                        idempotency_key=None,
+                        limits=limits,
+                    )
+            finally:
+                body.close()
         except MakaziError as exc:
             return 400, {"detail": exc.detail}
         payload: dict[str, Any] = json.loads(result.body)

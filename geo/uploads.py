@@ -55,6 +55,7 @@ __all__ = [
     "UploadError",
     "members",
     "read_all",
+    "spool_stream",
     "sniff",
 ]
 
@@ -162,6 +163,18 @@ class BodySpool:
     def abort(self) -> None:
         """Drop what was collected."""
         self._file.close()
+
+
+def spool_stream(stream: IO[bytes], *, limit: int) -> SpooledBody:
+    """Read a local file or buffer into a :class:`SpooledBody` (CLI, demo, benchmarks)."""
+    spool = BodySpool(limit=limit)
+    try:
+        while chunk := stream.read(CHUNK):
+            spool.write(chunk)
+    except BaseException:
+        spool.abort()
+        raise
+    return spool.finish()
 
 
 class MultipartFile:

@@ -7,14 +7,13 @@ against its own committed database in the session's cluster.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine
 
-from bench.common import free_port, running_server
+from bench.common import makazi_on
 from geo.auth import ROLES, create_token
 from geo.cluster import EmbeddedCluster
 from geo.db import migrate
@@ -49,28 +48,8 @@ def live_server_running(
         for role in ROLES:
             tokens[role] = create_token(conn, name=f"live-{role}", role=role)
     engine.dispose()
-    port = free_port()
-    env = {"MAKAZI_DATABASE_URL": url, "MAKAZI_LOG_LEVEL": "warning"}
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
     try:
-        with running_server(argv, port, env, health="/healthz") as process:
-            yield LiveServer(
-                base_url=f"http://127.0.0.1:{port}",
-                database_url=url,
-                process=process,
-                tokens=tokens,
-            )
+        with makazi_on(url) as (base_url, process):
+            yield LiveServer(base_url=base_url, database_url=url, process=process, tokens=tokens)
     finally:
         cluster.drop_database(database)

@@ -22,18 +22,11 @@ from shapely.geometry.base import BaseGeometry
 from geo.analysis.common import UTM_SRID
 from geo.crs import CRS84, UnknownCrs, parse_crs
 from geo.errors import InvalidInput
+from geo.geojson import GEOJSON_TO_POSTGIS
 
 __all__ = ["AnalysisGeometry", "parse_geometry"]
 
-_TYPES = (
-    "Point",
-    "MultiPoint",
-    "LineString",
-    "MultiLineString",
-    "Polygon",
-    "MultiPolygon",
-    "GeometryCollection",
-)
+_TYPES = tuple(GEOJSON_TO_POSTGIS)
 _AREAL = ("Polygon", "MultiPolygon")
 
 

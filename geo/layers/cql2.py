@@ -35,6 +35,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from geo.crs import Crs
 from geo.errors import InvalidInput
+from geo.geojson import GEOJSON_TO_POSTGIS
 from geo.layers.registry import Collection, Property
 
 __all__ = ["FilterError", "parse_filter", "compile_filter", "MAX_FILTER_LENGTH"]
@@ -52,15 +53,7 @@ _SPATIAL = {
     "s_crosses": "ST_Crosses",
     "s_contains": "ST_Contains",
 }
-_GEOJSON_TYPES = {
-    "Point",
-    "MultiPoint",
-    "LineString",
-    "MultiLineString",
-    "Polygon",
-    "MultiPolygon",
-    "GeometryCollection",
-}
+_GEOJSON_TYPES = set(GEOJSON_TO_POSTGIS)
 
 
 class FilterError(InvalidInput):

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from geo.crs import Crs
 from geo.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from geo.geojson import GEOJSON_TO_POSTGIS
 from geo.layers.registry import Collection, Property
 
 __all__ = [
@@ -37,15 +38,7 @@ __all__ = [
     "current_version",
 ]
 
-_GEOMETRY_TYPES = {
-    "Point": "POINT",
-    "MultiPoint": "MULTIPOINT",
-    "LineString": "LINESTRING",
-    "MultiLineString": "MULTILINESTRING",
-    "Polygon": "POLYGON",
-    "MultiPolygon": "MULTIPOLYGON",
-    "GeometryCollection": "GEOMETRYCOLLECTION",
-}
+_GEOMETRY_TYPES = GEOJSON_TO_POSTGIS
 _DUPLICATE_KEY = re.compile(r"\(settlement_id, structure_number\)=\((\d+), (.*)\)")
 
 
