@@ -188,6 +188,15 @@ async def _on_database(request: Request, exc: Exception) -> Response:
             request=request,
             headers={"Retry-After": "5"},
         )
+    if isinstance(orig, pg.DataError):
+        # SQLSTATE class 22: a value from the request does not fit its column or type
+        message = str(orig).strip().splitlines()[0] if str(orig).strip() else "invalid value"
+        return problem_response(
+            400,
+            f"a value in the request is not valid here: {message}",
+            slug="invalid-value",
+            request=request,
+        )
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         log.warning("database unavailable: %s", str(orig).splitlines()[0] if orig else exc)
         return problem_response(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Integer, bindparam, func, select
+from sqlalchemy import BigInteger, ColumnElement, Connection, bindparam, func, select
 
 from geo.auth import Principal
 from geo.errors import InvalidInput
@@ -75,7 +75,7 @@ def export_format(name: str) -> ExportFormat:
 def _settlement_condition(collection: Collection, settlement_id: int) -> ColumnElement[bool]:
     table = collection.table
     column = table.c.settlement_id if "settlement_id" in table.c else table.c.id
-    return column == bindparam(None, settlement_id, type_=Integer)
+    return column == bindparam(None, settlement_id, type_=BigInteger)
 
 
 def _rows(

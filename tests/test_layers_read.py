@@ -327,6 +327,12 @@ def test_cql2_bbox_and_filter_crs(
         ({"datetime": "yesterday"}, "datetime"),
         ({"colour": "red"}, "colour"),
         ({"crs": "EPSG:4269"}, "crs"),
+        ({"after": str(10**23)}, "after"),
+        ({"offset": str(10**23)}, "offset"),
+        ({"settlement_id": "1e30"}, "settlement_id"),
+        ({"storeys": str(10**14)}, "not valid here"),
+        ({"filter": f"storeys = {10**20}"}, "out of range"),
+        ({"filter": "id = 1e300"}, "out of range"),
     ],
 )
 def test_bad_parameters_are_400_naming_the_problem(
@@ -448,3 +454,16 @@ def test_url_encoding_of_links(client: TestClient, demo: dict[str, int]) -> None
     nxt = next(link["href"] for link in body["links"] if link["rel"] == "next")
     assert quote("'KB-%'", safe="") in nxt or "%27KB-%25%27" in nxt
     assert client.get(nxt).status_code == 200
+
+
+def test_array_property_filter(
+    client: TestClient, connection: Connection, demo: dict[str, int]
+) -> None:
+    expected = {
+        row[0]
+        for row in connection.execute(
+            text("SELECT id FROM settlements WHERE 'Kibra' = ANY(alt_names)")
+        )
+    }
+    got = {f["id"] for f in items(client, "settlements", alt_names="Kibra")["features"]}
+    assert got == expected and expected

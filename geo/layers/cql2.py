@@ -20,9 +20,9 @@ from typing import Any
 
 import cql2
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Float,
-    Integer,
     Text,
     and_,
     bindparam,
@@ -41,6 +41,7 @@ from geo.layers.registry import Collection, Property
 __all__ = ["FilterError", "parse_filter", "compile_filter", "MAX_FILTER_LENGTH"]
 
 MAX_FILTER_LENGTH = 100_000
+MAX_INTEGER = 2**62
 GEOMETRY = "geometry"
 _COMPARISONS = {"=", "<>", "<", ">", "<=", ">="}
 _SPATIAL = {
@@ -244,9 +245,13 @@ class _Compiler:
         if kind == "integer":
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise FilterError(f"expected a number, got {json.dumps(value)}")
+            if not math.isfinite(value) or abs(value) > MAX_INTEGER:
+                raise FilterError(
+                    f"{json.dumps(value)} is out of range for a whole-number property"
+                )
             if isinstance(value, float) and not value.is_integer():
                 return bindparam(None, value, type_=Float)
-            return bindparam(None, int(value), type_=Integer)
+            return bindparam(None, int(value), type_=BigInteger)
         if kind == "number":
             if (
                 isinstance(value, bool)

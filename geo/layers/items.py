@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
-    Integer,
     Select,
     Text,
     bindparam,
@@ -48,6 +48,7 @@ __all__ = [
     "start_page",
 ]
 
+MAX_INTEGER = 2**62  # ids and counts fit in a bigint with room to spare
 EXACT_COUNT_MAX_COST = 5_000.0  # planner cost units: a few milliseconds of work
 RESERVED = {
     "limit",
@@ -184,6 +185,8 @@ def _property_condition(collection: Collection, name: str, raw: str) -> ColumnEl
         values = _numbers(raw, name)
         if kind == "integer" and any(not v.is_integer() for v in values):
             raise _bad(f"{name} must be a whole number, got {raw!r}")
+        if kind == "integer" and any(abs(v) > MAX_INTEGER for v in values):
+            raise _bad(f"{name} is out of range, got {raw!r}")
         cast = [int(v) if kind == "integer" else v for v in values]
         return column.in_(cast) if len(cast) > 1 else column == cast[0]
     if kind == "datetime":
@@ -273,8 +276,8 @@ def parse_items_request(
                 number = int(seen[name])
             except ValueError as exc:
                 raise _bad(f"{name} must be a whole number") from exc
-            if number < 0:
-                raise _bad(f"{name} must not be negative")
+            if not 0 <= number <= MAX_INTEGER:
+                raise _bad(f"{name} must be between 0 and {MAX_INTEGER}")
             setattr(request, name, number)
     if request.sortby and (request.after is not None or request.before is not None):
         raise _bad("after/before page by id; with sortby use offset")
@@ -336,14 +339,14 @@ def _paged(request: ItemsRequest) -> Select[Any]:
         return statement.order_by(*order, id_column).limit(request.limit + 1).offset(request.offset)
     if request.before is not None:
         inner = (
-            statement.where(id_column < bindparam("before", request.before, type_=Integer))
+            statement.where(id_column < bindparam("before", request.before, type_=BigInteger))
             .order_by(id_column.desc())
             .limit(request.limit)
             .subquery("page")
         )
         return select(inner.c.id, inner.c.feature).order_by(inner.c.id)
     if request.after is not None:
-        statement = statement.where(id_column > bindparam("after", request.after, type_=Integer))
+        statement = statement.where(id_column > bindparam("after", request.after, type_=BigInteger))
     return statement.order_by(id_column).limit(request.limit + 1).offset(request.offset)
 
 
@@ -450,7 +453,7 @@ def fetch_feature(
     statement = base_statement(request)
     alias = statement.get_final_froms()[0]
     statement = statement.add_columns(alias.c.version).where(
-        alias.c.id == bindparam("fid", feature_id, type_=Integer)
+        alias.c.id == bindparam("fid", feature_id, type_=BigInteger)
     )
     row = conn.execute(statement).first()
     if row is None:
