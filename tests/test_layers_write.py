@@ -154,6 +154,24 @@ def test_writes_need_a_mapper(client: TestClient, token_for: Headers) -> None:
             "geometry",
         ),
         ([1, 2, 3], 422, "Feature"),
+        (
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [36.7, -91]},
+                "properties": {},
+            },
+            422,
+            "latitude",
+        ),
+        (
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [1e300, -1.3]},
+                "properties": {},
+            },
+            422,
+            "longitude",
+        ),
     ],
 )
 def test_bad_features_are_refused(

@@ -258,6 +258,8 @@ def _prepare_geometry(
         )
         SELECT valid, reason, ST_IsEmpty(geom) AS empty, ST_IsValid(geom) AS ok_now,
                GeometryType(geom) AS kind,
+               coalesce(ST_XMin(geom) >= -180 AND ST_XMax(geom) <= 180
+                        AND ST_YMin(geom) >= -90 AND ST_YMax(geom) <= 90, true) AS on_earth,
                ST_AsEWKB(CASE WHEN :multi THEN ST_Multi(geom) ELSE geom END) AS wkb
         FROM fixed
         """
@@ -293,6 +295,12 @@ def _prepare_geometry(
         )
     if row.empty or not row.ok_now:
         raise InvalidInput("geometry is empty or could not be repaired", field="geometry")
+    if not row.on_earth:
+        raise InvalidInput(
+            f"geometry has coordinates outside longitude [-180, 180] / latitude [-90, 90] once in "
+            f"EPSG:4326 (is the axis order or Content-Crs right? it was read as {crs.label})",
+            field="geometry",
+        )
     if row.kind not in collection.geometry_types:
         raise InvalidInput(
             f"geometry became {row.kind} after repair, which {collection.name} do not take",
