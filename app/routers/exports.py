@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
 from app.deps import DbDep, PlannerUser
+from app.streaming import HeldRead
 from geo.errors import NotFound
 from geo.exports import FORMATS, export_format, stream_export
 from geo.layers.registry import COLLECTIONS, get_collection
@@ -33,26 +34,14 @@ def get_export(
     if collection is None:
         raise NotFound(f"no collection {collection_id!r}; collections: {', '.join(COLLECTIONS)}")
     fmt = export_format(format)
-    reading = db.read()
-    conn = reading.__enter__()
-    try:
-        chunks = stream_export(conn, collection, fmt, user=user, settlement_id=settlement_id)
-        first = next(chunks, b"")
-    except BaseException:
-        reading.__exit__(None, None, None)
-        raise
-
-    def body() -> Iterator[bytes]:
-        try:
-            yield first
-            yield from chunks
-        finally:
-            reading.__exit__(None, None, None)
+    with HeldRead(db) as held:
+        chunks = stream_export(held.conn, collection, fmt, user=user, settlement_id=settlement_id)
+        first = next(chunks, b"")  # errors surface here, before the response starts
 
     suffix = f"-settlement-{settlement_id}" if settlement_id else ""
     filename = f"{collection.name}{suffix}.{fmt.extension}"
     return StreamingResponse(
-        body(),
+        held.stream(itertools.chain([first], chunks)),
         media_type=fmt.media_type,
         headers={
             "Content-Disposition": f'attachment; filename="{filename}"',

@@ -19,6 +19,7 @@ from app.idempotent import remember, replay_or_claim
 from app.links import href
 from app.preconditions import etag, expected_version
 from app.problems import Problem
+from app.streaming import HeldRead
 from geo.auth import Principal
 from geo.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
 from geo.errors import InvalidInput, NotFound
@@ -192,18 +193,13 @@ def get_items(
         default_limit=settings.items_default_limit,
         max_limit=settings.items_max_limit,
     )
-    reading = db.read()
-    conn = reading.__enter__()
-    try:
-        tag = start_page(conn, collection, str(request.url.query), user)
+    with HeldRead(db) as held:
+        tag = start_page(held.conn, collection, str(request.url.query), user)
         if if_none_match and tag in {t.strip() for t in if_none_match.split(",")}:
-            reading.__exit__(None, None, None)
+            held.close()
             return Response(status_code=304, headers={"ETag": tag, **_cache_headers(user)})
-        matched = count_if_cheap(conn, parsed) if parsed.first_page else None
-        page = open_page(conn, parsed)
-    except BaseException:
-        reading.__exit__(None, None, None)
-        raise
+        matched = count_if_cheap(held.conn, parsed) if parsed.first_page else None
+        page = open_page(held.conn, parsed)
     url = request.url
 
     def body() -> Iterator[bytes]:
@@ -263,7 +259,6 @@ def get_items(
             yield b"]," + json.dumps(tail)[1:].encode()
         finally:
             page.close()
-            reading.__exit__(None, None, None)
 
     self_link = str(url).replace(",", "%2C")
     headers = {
@@ -277,7 +272,7 @@ def get_items(
         ),
         **_cache_headers(user),
     }
-    return StreamingResponse(body(), media_type=GEOJSON, headers=headers)
+    return StreamingResponse(held.stream(body()), media_type=GEOJSON, headers=headers)
 
 
 def _response_crs(value: str | None) -> Any:
