@@ -256,14 +256,14 @@ def test_hostile_and_broken_files_are_400(
     assert "/etc/passwd" not in problem["detail"] or "DOCTYPE" in problem["detail"]
 
 
+@pytest.mark.timeout(120)  # a hang guard, not a timing assertion
 def test_body_over_limit_is_413(client: TestClient, token_for: Auth) -> None:
     body = b'<gpx version="1.1">' + b" " * (60 * 1024 * 1024) + b"</gpx>"
-    started = time.monotonic()
     problem = assert_problem(upload(client, token_for("mapper"), body), 413)
     assert "50 MB" in problem["detail"]
-    assert time.monotonic() - started < 30
 
 
+@pytest.mark.timeout(120)  # a hang guard, not a timing assertion
 def test_gzip_bomb_is_413(client: TestClient, token_for: Auth) -> None:
     # 1 GB of zeros compresses to about 1 MB; the 250 MB decompressed limit stops it.
     compressor = gzip.GzipFile
@@ -273,12 +273,10 @@ def test_gzip_bomb_is_413(client: TestClient, token_for: Auth) -> None:
         for _ in range(64):
             out.write(block)
     headers = {**token_for("mapper"), "Content-Type": "application/gzip"}
-    started = time.monotonic()
     problem = assert_problem(
         client.post("/traces", content=buffer.getvalue(), headers=headers), 413
     )
     assert "decompressed" in problem["detail"]
-    assert time.monotonic() - started < 30
 
 
 def test_zip_bomb_is_413(client: TestClient, token_for: Auth) -> None:
