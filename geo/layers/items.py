@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -284,6 +285,7 @@ def parse_items_request(
     return request
 
 
+@lru_cache(maxsize=64)
 def feature_sql(collection: Collection, crs: Crs, *, skip_geometry: bool = False) -> str:
     """SQL text of one Feature as JSON text, for table alias ``t``.
 
