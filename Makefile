@@ -28,12 +28,13 @@ $(STAMP): pyproject.toml
 postgis: $(STAMP)
 	@$(BIN)/makazi db ensure
 
-# MapLibre GL JS for the web map, from the npm registry (served by the app: no CDN).
+# MapLibre GL JS (BSD-3) for the web map is vendored in app/static/vendor (with its
+# LICENSE.txt) and ships in the package, so serve and test need no npm. `make vendor`
+# refreshes that copy from the npm registry at MAPLIBRE_VERSION; commit the result.
 MAPLIBRE_VERSION := 5.24.1
 VENDOR := app/static/vendor
-VENDOR_STAMP := $(VENDOR)/.maplibre-gl-$(MAPLIBRE_VERSION)
 
-$(VENDOR_STAMP):
+vendor:
 	@scripts/system-deps.sh web
 	@rm -rf build/npm && mkdir -p build/npm $(VENDOR)
 	cd build/npm && npm pack --silent --loglevel=error maplibre-gl@$(MAPLIBRE_VERSION) >/dev/null
@@ -41,14 +42,13 @@ $(VENDOR_STAMP):
 		package/dist/maplibre-gl.js package/dist/maplibre-gl.css package/LICENSE.txt
 	sed '/^\/\/# sourceMappingURL=/d' build/npm/package/dist/maplibre-gl.js > $(VENDOR)/maplibre-gl.js
 	cp build/npm/package/dist/maplibre-gl.css build/npm/package/LICENSE.txt $(VENDOR)/
-	@rm -f $(VENDOR)/.maplibre-gl-* && touch $@
-
-vendor: $(VENDOR_STAMP)
+	echo $(MAPLIBRE_VERSION) > $(VENDOR)/VERSION
+	@rm -rf build/npm $(VENDOR)/.maplibre-gl-*
 
 testdeps:
 	@scripts/system-deps.sh test
 
-serve: postgis vendor
+serve: postgis
 	$(BIN)/makazi serve --demo --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
@@ -60,7 +60,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-pytest: postgis testdeps vendor
+pytest: postgis testdeps
 	$(BIN)/pytest
 
 test: lint pytest

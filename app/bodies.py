@@ -1,12 +1,20 @@
-"""Reading request bodies with a size limit enforced while the bytes arrive."""
+"""Request bodies read with a size limit enforced while the bytes arrive.
+
+Every route that reads a JSON body takes :data:`JsonBody`: the limit is the
+``MAKAZI_MAX_JSON_BODY_MB`` setting, and a body past it is a 413 as soon as
+the bytes show it, never read whole into memory first.
+"""
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
 
-from geo.errors import TooLarge
+from fastapi import Depends, Request
 
-__all__ = ["read_limited"]
+from app.deps import SettingsDep
+from geo.core.errors import TooLarge
+
+__all__ = ["JsonBody", "read_limited"]
 
 
 async def read_limited(request: Request, limit: int, *, setting: str) -> bytes:
@@ -30,3 +38,13 @@ async def read_limited(request: Request, limit: int, *, setting: str) -> bytes:
             raise TooLarge(f"the body is larger than the limit of {limit} bytes ({setting})")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def json_body(request: Request, settings: SettingsDep) -> bytes:
+    """The raw JSON body, at most ``MAKAZI_MAX_JSON_BODY_MB``."""
+    limit = settings.max_json_body_mb * 1024 * 1024
+    return await read_limited(request, limit, setting="MAKAZI_MAX_JSON_BODY_MB")
+
+
+JsonBody = Annotated[bytes, Depends(json_body)]
+"""A JSON request body's bytes, read within the configured limit."""

@@ -10,10 +10,10 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.problems import Problem
-from geo.auth import ROLES, Principal, hash_token, principal_for
-from geo.db import Database
-from geo.settings import Settings
+from geo.core.auth import ROLES, Principal, hash_token, principal_for
+from geo.core.db import Database
+from geo.core.errors import Forbidden, Unauthorised
+from geo.core.settings import Settings
 
 __all__ = [
     "AdminUser",
@@ -30,7 +30,6 @@ __all__ = [
 
 TOKEN_CACHE_SECONDS = 30.0
 _bearer = HTTPBearer(auto_error=False, description="API token from `makazi token create`")
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="makazi"'}
 
 
 # Dependencies are ``async def`` so FastAPI runs them on the event loop: a plain ``def``
@@ -68,12 +67,7 @@ async def optional_user(
     if header is None:
         return None
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise Problem(
-            401,
-            "the Authorization header must be 'Bearer <token>'",
-            slug="unauthorised",
-            headers=_CHALLENGE,
-        )
+        raise Unauthorised("the Authorization header must be 'Bearer <token>'")
     token = credentials.credentials
     cache: dict[str, tuple[float, Principal]] = request.app.state.token_cache
     key = hash_token(token)
@@ -83,12 +77,7 @@ async def optional_user(
         return cached[1]
     principal = await run_in_threadpool(_lookup, db, token)
     if principal is None:
-        raise Problem(
-            401,
-            "the bearer token is not valid (unknown or revoked)",
-            slug="unauthorised",
-            headers=_CHALLENGE,
-        )
+        raise Unauthorised("the bearer token is not valid (unknown or revoked)")
     if len(cache) > 10_000:
         cache.clear()
     cache[key] = (now + TOKEN_CACHE_SECONDS, principal)
@@ -110,18 +99,9 @@ def require(role: str) -> Callable[[Principal | None], Awaitable[Principal]]:
 
     async def dependency(user: CurrentUser) -> Principal:
         if user is None:
-            raise Problem(
-                401,
-                f"this needs a bearer token with role {role} or higher",
-                slug="unauthorised",
-                headers=_CHALLENGE,
-            )
+            raise Unauthorised(f"this needs a bearer token with role {role} or higher")
         if not user.at_least(role):
-            raise Problem(
-                403,
-                f"this needs role {role} or higher; your token has {user.role}",
-                slug="forbidden",
-            )
+            raise Forbidden(f"this needs role {role} or higher; your token has {user.role}")
         return user
 
     dependency.__name__ = f"require_{role}"
@@ -131,12 +111,7 @@ def require(role: str) -> Callable[[Principal | None], Awaitable[Principal]]:
 async def public_reader(user: CurrentUser, settings: SettingsDep) -> Principal | None:
     """Anyone when public read is on; otherwise a signed-in viewer or higher."""
     if user is None and not settings.public_read:
-        raise Problem(
-            401,
-            "anonymous reads are switched off (MAKAZI_PUBLIC_READ=false)",
-            slug="unauthorised",
-            headers=_CHALLENGE,
-        )
+        raise Unauthorised("anonymous reads are switched off (MAKAZI_PUBLIC_READ=false)")
     return user
 
 

@@ -14,9 +14,9 @@ from app import problems
 from app.openapi import install_openapi30
 from app.routers import analysis, exports, features, households, meta, tiles, web
 from app.routers import traces as traces_router
-from geo.db import BoundDatabase, Database
-from geo.settings import Settings, get_settings
-from geo.tiles import ChangeFeed
+from geo.core.db import Database
+from geo.core.settings import Settings, get_settings
+from geo.tiles.feed import ChangeFeed
 
 __all__ = ["create_app"]
 
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     settings
         Configuration; read from ``MAKAZI_*`` variables when omitted.
     database
-        A ready :class:`~geo.db.Database` (tests pass one bound to a
+        A ready :class:`~geo.core.db.Database` (tests pass one bound to a
         transaction).  When omitted the lifespan creates the engines from
         ``settings`` and disposes of them on shutdown.
     """
@@ -43,9 +43,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         db = database or Database.from_settings(settings)
         app.state.db = db
         feed = None
-        if settings.tile_change_feed and not isinstance(db, BoundDatabase):
-            url = db.engine.url.set(drivername="postgresql")
-            feed = ChangeFeed(url.render_as_string(hide_password=False)).start()
+        listen_url = db.notifications_url()
+        if settings.tile_change_feed and listen_url is not None:
+            feed = ChangeFeed(listen_url).start()
         app.state.tile_feed = feed
         try:
             yield

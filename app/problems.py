@@ -1,13 +1,16 @@
-"""Errors as ``application/problem+json`` (RFC 9457).
+"""Errors as ``application/problem+json`` (RFC 9457): the one place that answers them.
 
-One table maps exceptions to statuses; handlers never leak internals.  Bad
-input is always a 4xx that names what is wrong.
+Domain errors carry their own status (:mod:`geo.core.errors`); this module turns
+them, FastAPI's validation errors, Starlette's HTTP errors and database errors
+into problem documents, and never leaks internals.  Bad input is always a 4xx
+that names what is wrong.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -18,56 +21,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from geo.errors import (
-    Conflict,
-    Forbidden,
-    InvalidInput,
-    MakaziError,
-    NotFound,
-    PreconditionFailed,
-    PreconditionRequired,
-    TooLarge,
-)
+from geo.core.errors import BadRequest, InvalidInput, MakaziError, Unavailable
 
 log = logging.getLogger("makazi.http")
 
 PROBLEM_JSON = "application/problem+json"
-
-
-class Problem(Exception):
-    """An error that becomes a problem+json response.
-
-    Parameters
-    ----------
-    status
-        HTTP status code.
-    detail
-        What went wrong, for a person: name the field, line or feature.
-    slug
-        Short machine-readable kind, used to build ``type`` (``/problems/<slug>``).
-    headers
-        Extra response headers (e.g. ``ETag`` on a 412).
-    extra
-        Extension members, e.g. ``errors`` for per-item failures.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        slug: str | None = None,
-        title: str | None = None,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.slug = slug
-        self.title = title or HTTPStatus(status).phrase
-        self.headers = headers or {}
-        self.extra = extra
+DATABASE_DOWN = Unavailable(
+    "the database is unavailable; retry shortly", slug="database-unavailable"
+)
 
 
 def problem_response(
@@ -102,47 +63,26 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) if parts else "request"
 
 
-async def _on_problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Problem)
-    return problem_response(
-        exc.status,
-        exc.detail,
-        slug=exc.slug,
-        title=exc.title,
-        headers=exc.headers,
-        request=request,
-        **exc.extra,
-    )
-
-
-_STATUS_OF: dict[type[MakaziError], int] = {
-    NotFound: 404,
-    Conflict: 409,
-    PreconditionFailed: 412,
-    PreconditionRequired: 428,
-    Forbidden: 403,
-    TooLarge: 413,
-}
-
-
-def status_of(exc: MakaziError) -> int:
-    """The HTTP status of a domain error."""
-    if isinstance(exc, InvalidInput):
-        return exc.status
-    for kind, status in _STATUS_OF.items():
-        if isinstance(exc, kind):
-            return status
-    return 400
+def validation_errors(raw: Sequence[Any]) -> tuple[str, list[dict[str, str]]]:
+    """Pydantic/FastAPI validation errors as ``(summary, [{field, reason}])``."""
+    errors = [
+        {"field": _location(error.get("loc", ())), "reason": str(error.get("msg", "invalid"))}
+        for error in raw
+    ]
+    summary = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
+    return summary or "invalid request", errors
 
 
 async def _on_domain(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, MakaziError)
-    headers = {}
-    if isinstance(exc, PreconditionFailed) and exc.current_version is not None:
-        headers["ETag"] = f'"{exc.current_version}"'
+    return problem_for(exc, request)
+
+
+def problem_for(exc: MakaziError, request: Request | None = None) -> JSONResponse:
+    """The problem+json answer to a domain error: its class's status, slug and headers."""
     extra = {key: value for key, value in exc.extra.items() if value is not None}
     return problem_response(
-        status_of(exc), exc.detail, slug=exc.slug, headers=headers, request=request, **extra
+        exc.status, exc.detail, slug=exc.slug, headers=exc.headers, request=request, **extra
     )
 
 
@@ -160,19 +100,10 @@ async def _on_http(request: Request, exc: Exception) -> Response:
 
 async def _on_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = []
-    for error in exc.errors():
-        where = _location(error.get("loc", ()))
-        errors.append({"field": where, "reason": str(error.get("msg", "invalid"))})
-    summary = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
-    status = 400 if all(str(e.get("loc", [""])[0]) == "query" for e in exc.errors()) else 422
-    return problem_response(
-        status,
-        summary or "invalid request",
-        slug="invalid-request",
-        request=request,
-        errors=errors,
-    )
+    summary, errors = validation_errors(exc.errors())
+    in_query = all(str(e.get("loc", [""])[0]) == "query" for e in exc.errors())
+    kind = BadRequest if in_query else InvalidInput
+    return problem_for(kind(summary, slug="invalid-request", errors=errors), request)
 
 
 async def _on_database(request: Request, exc: Exception) -> Response:
@@ -181,31 +112,18 @@ async def _on_database(request: Request, exc: Exception) -> Response:
 
     orig = exc.orig
     if isinstance(orig, pg.QueryCanceled):
-        return problem_response(
-            503,
-            "the query took longer than the statement timeout; narrow it and retry",
-            slug="timeout",
-            request=request,
-            headers={"Retry-After": "5"},
+        timeout = Unavailable(
+            "the query took longer than the statement timeout; narrow it and retry", slug="timeout"
         )
+        return problem_for(timeout, request)
     if isinstance(orig, pg.DataError):
         # SQLSTATE class 22: a value from the request does not fit its column or type
         message = str(orig).strip().splitlines()[0] if str(orig).strip() else "invalid value"
-        return problem_response(
-            400,
-            f"a value in the request is not valid here: {message}",
-            slug="invalid-value",
-            request=request,
-        )
+        invalid = BadRequest(f"a value in the request is not valid here: {message}")
+        return problem_for(invalid, request)
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         log.warning("database unavailable: %s", str(orig).splitlines()[0] if orig else exc)
-        return problem_response(
-            503,
-            "the database is unavailable; retry shortly",
-            slug="database-unavailable",
-            request=request,
-            headers={"Retry-After": "5"},
-        )
+        return problem_for(DATABASE_DOWN, request)
     return await _on_unexpected(request, exc)
 
 
@@ -227,7 +145,6 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 def install(app: FastAPI) -> None:
     """Register the error handlers and the request-id middleware on ``app``."""
-    app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(MakaziError, _on_domain)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)

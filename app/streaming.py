@@ -13,7 +13,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection
 
-from geo.db import Database
+from geo.core.db import Database
 
 __all__ = ["HeldRead"]
 

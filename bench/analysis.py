@@ -34,9 +34,9 @@ from geo.analysis import access as access_module
 from geo.analysis import impact as impact_module
 from geo.analysis.access import access
 from geo.analysis.impact import ImpactRequest, impact
-from geo.auth import create_token
-from geo.db import Database
-from geo.settings import Settings
+from geo.core.auth import create_token
+from geo.core.db import Database
+from geo.core.settings import Settings
 
 CENTRE = (36.7870, -1.3130)  # Kibera (demo)
 LENGTH_M = 5_000.0

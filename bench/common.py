@@ -6,7 +6,6 @@ import contextlib
 import os
 import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import psycopg
 
-from geo.cluster import EmbeddedCluster, ensure_postgis
-from geo.db import migrate
+from geo.core.cluster import EmbeddedCluster, ensure_postgis
+from geo.core.db import migrate
+from tests.support.server import free_port, makazi_on, running_server, uvicorn_argv
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -59,7 +59,8 @@ def bench_context(structures: int | None = None) -> BenchContext:
         migrate(url)
         from sqlalchemy import create_engine
 
-        from geo.demo import generate, load
+        from geo.demo.generator import generate
+        from geo.demo.loader import load
 
         engine = create_engine(url)
         with engine.begin() as conn:
@@ -80,75 +81,6 @@ def median_time(fn: Callable[[], object], *, repeat: int = 7, warmup: int = 1) -
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running_server(
-    argv: list[str], port: int, env: dict[str, str] | None = None, health: str = "/"
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server process until the block ends; wait until ``health`` answers."""
-    import httpx
-
-    proc = subprocess.Popen(
-        argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise RuntimeError(f"server {argv[0]} did not start: {err[-2000:]}")
-            time.sleep(0.3)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def uvicorn_argv(python: str, app: str, port: int, *, factory: bool = False) -> list[str]:
-    """The command that serves ``app`` with uvicorn on 127.0.0.1:``port``."""
-    argv = [
-        python,
-        "-m",
-        "uvicorn",
-        app,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    return [*argv, "--factory"] if factory else argv
-
-
-@contextlib.contextmanager
-def makazi_on(database_url: str, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """This service on a free port against ``database_url``: (base URL, process)."""
-    port = free_port()
-    env = {
-        "MAKAZI_DATABASE_URL": database_url,
-        "MAKAZI_LOG_LEVEL": "warning",
-        **{f"MAKAZI_{k.upper()}": v for k, v in settings.items()},
-    }
-    argv = uvicorn_argv(sys.executable, "app.main:create_app", port, factory=True)
-    with running_server(argv, port, env, health="/healthz") as proc:
-        yield f"http://127.0.0.1:{port}", proc
 
 
 @contextlib.contextmanager

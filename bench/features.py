@@ -24,8 +24,8 @@ from bench.common import (
     peak_rss_mb,
     tipg_process,
 )
-from geo.auth import create_token
-from geo.crs import CRS84
+from geo.core.auth import create_token
+from geo.core.crs import CRS84
 from geo.layers.items import feature_sql
 from geo.layers.registry import COLLECTIONS
 

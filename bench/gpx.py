@@ -6,7 +6,7 @@ Two workloads, each run in a fresh process so peak RSS belongs to it alone:
   about 100 MB of XML);
 * 1,000 small files of 200 points each (a day of phone uploads).
 
-"makazi ingest" is :func:`geo.traces.ingest_trace` into the bench database
+"makazi ingest" is :func:`geo.traces.ingest.ingest_trace` into the bench database
 (parse, clean, store rows, lines and geodesic length in PostGIS, commit;
 one transaction per file), "gpxpy parse" is ``gpxpy.parse`` of the same
 bytes with nothing stored.  The "raw SQL" row is the floor for storing:
@@ -107,10 +107,10 @@ def _makazi_worker(url: str, paths: list[str], warmup: list[str]) -> dict[str, f
 
     from sqlalchemy import text
 
-    from geo.db import Database, make_engine
-    from geo.settings import Settings
-    from geo.traces import TraceLimits, ingest_trace
-    from geo.uploads import spool_stream
+    from geo.core.db import Database, make_engine
+    from geo.core.settings import Settings
+    from geo.core.uploads import spool_stream
+    from geo.traces.ingest import TraceLimits, ingest_trace
 
     settings = Settings(database_url=url, max_upload_mb=200)
     db = Database(make_engine(url, settings, pool_size=1))
@@ -127,7 +127,6 @@ def _makazi_worker(url: str, paths: list[str], warmup: list[str]) -> dict[str, f
                 name=Path(path).name,
                 visibility="private",
                 settlement_id=None,
-                idempotency_key=None,
                 limits=limits,
             )
         body.close()

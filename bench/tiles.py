@@ -3,7 +3,7 @@
 Two tiles over the 1M-structure bench database: the densest zoom-16 tile
 (every structure with its attributes) and the densest zoom-14 overview.
 
-* **raw SQL**: the exact statement Makazi runs (``geo.tiles.tile_sql``), sent
+* **raw SQL**: the exact statement Makazi runs (``geo.tiles.render.tile_sql``), sent
   with psycopg as a prepared statement; the floor any server over PostGIS can
   reach, with no HTTP, gzip or hashing.
 * **Makazi cold**: a server with ``MAKAZI_TILE_CACHE_MB=0``, so every request
@@ -39,7 +39,7 @@ from bench.common import (
     tipg_process,
     tipg_version,
 )
-from geo.tiles import LAYERS, TILE_PLANNER_SQL, extent_at, tile_sql
+from geo.tiles.render import LAYERS, TILE_PLANNER_SQL, extent_at, tile_sql
 
 STRUCTURE_FIELDS = [
     prop for prop, _, _ in next(x for x in LAYERS if x.name == "structures").columns
@@ -61,7 +61,7 @@ def densest_tile(conn: psycopg.Connection[Any], z: int) -> tuple[int, int, int]:
 
 def _structures_only_sql() -> str:
     """Raw SQL for the structures layer alone, as TiPg draws it (4096 extent)."""
-    cols = ", ".join(STRUCTURE_FIELDS)  # fixed names from geo.tiles.LAYERS
+    cols = ", ".join(STRUCTURE_FIELDS)  # fixed names from geo.tiles.render.LAYERS
     return (
         "SELECT ST_AsMVT(q, 'structures', 4096, 'geom') FROM (SELECT " + cols + ", "
         "ST_AsMVTGeom(ST_Transform(geom, 3857), ST_TileEnvelope(%(z)s, %(x)s, %(y)s), 4096, 64, "

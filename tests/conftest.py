@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine
 
 from app.main import create_app
-from geo.auth import create_token
-from geo.cluster import EmbeddedCluster, ensure_postgis
-from geo.db import BoundDatabase, make_engine, migrate
-from geo.settings import Settings
-from tests.live import LiveServer, live_server_running
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-if not SAMPLES.exists():  # a clone beside ../shared, wherever the clone lives
-    SAMPLES = Path(os.environ.get("MAKAZI_SAMPLES", "../shared/samples")).resolve()
+from geo.core.auth import create_token
+from geo.core.cluster import EmbeddedCluster, ensure_postgis
+from geo.core.db import make_engine, migrate
+from geo.core.settings import Settings
+from tests.support.db import BoundDatabase
+from tests.support.live import LiveServer, live_server_running
 
 # Test clusters trade durability for speed: their data is thrown away.
 FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}

@@ -1,6 +1,6 @@
 """Planner analyses over HTTP: parse, authorise, call :mod:`geo.analysis`, answer.
 
-Counts are suppressed for anonymous and viewer callers (see :mod:`geo.privacy`);
+Counts are suppressed for anonymous and viewer callers (see :mod:`geo.core.privacy`);
 per-structure output (``?f=geojson``) needs the planner role.
 """
 
@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.bodies import read_limited
+from app.bodies import JsonBody
 from app.deps import DbDep, PublicReader, SettingsDep, ViewerUser
-from app.problems import Problem
+from app.problems import validation_errors
 from geo.analysis.access import access as access_counts
 from geo.analysis.access import access_features
 from geo.analysis.density import density as density_grid
@@ -25,8 +25,9 @@ from geo.analysis.impact import ImpactRequest, impact_features
 from geo.analysis.impact import impact as impact_counts
 from geo.analysis.overlaps import overlaps as overlap_pairs
 from geo.analysis.summary import summary
-from geo.auth import Principal
-from geo.privacy import FEATURE_ROLE, sees_features
+from geo.core.auth import Principal
+from geo.core.errors import Forbidden, InvalidInput
+from geo.core.privacy import FEATURE_ROLE, sees_features
 
 router = APIRouter(tags=["analysis"])
 
@@ -43,11 +44,9 @@ def _role(user: Principal | None) -> str | None:
 
 def _require_features(user: Principal) -> None:
     if not sees_features(user.role):
-        raise Problem(
-            403,
+        raise Forbidden(
             f"per-structure output (f=geojson) needs role {FEATURE_ROLE} or higher; "
-            f"your token has {user.role}",
-            slug="forbidden",
+            f"your token has {user.role}"
         )
 
 
@@ -67,15 +66,8 @@ def _impact_body(raw: bytes) -> ImpactRequest:
     try:
         return ImpactRequest.model_validate_json(raw or b"null")
     except ValidationError as exc:
-        errors = [
-            {
-                "field": ".".join(str(part) for part in error["loc"]) or "body",
-                "reason": error["msg"],
-            }
-            for error in exc.errors()
-        ]
-        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
-        raise Problem(422, detail, slug="invalid-request", errors=errors) from exc
+        detail, errors = validation_errors(exc.errors())
+        raise InvalidInput(detail, slug="invalid-request", errors=errors) from exc
 
 
 @router.get("/settlements/{settlement_id}/summary", summary="Settlement profile")
@@ -100,8 +92,8 @@ def settlement_summary(
     },
 )
 async def impact(
-    request: Request,
     user: ViewerUser,
+    raw: JsonBody,
     db: DbDep,
     settings: SettingsDep,
     f: Format = "json",
@@ -110,15 +102,10 @@ async def impact(
     """Structures, households and people a buffered line or polygon takes, per settlement,
     and facilities affected by type.  Body: `{"geometry": <GeoJSON>, "buffer_m": 30}`,
     optional `crs`, `min_overlap` (0..1 of a footprint inside)."""
-    raw = await read_limited(
-        request, settings.max_json_body_mb * 1024 * 1024, setting="MAKAZI_MAX_JSON_BODY_MB"
-    )
     body = _impact_body(raw)
     if crs is not None:
         if body.crs is not None and body.crs != crs:
-            raise Problem(
-                422, "crs: the query and the body name different CRSs", slug="invalid-input"
-            )
+            raise InvalidInput("crs: the query and the body name different CRSs", field="crs")
         body = body.model_copy(update={"crs": crs})
     if f == "geojson":
         _require_features(user)

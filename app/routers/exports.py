@@ -10,8 +10,8 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import DbDep, PlannerUser
 from app.streaming import HeldRead
-from geo.errors import NotFound
-from geo.exports import FORMATS, export_format, stream_export
+from geo.core.errors import NotFound
+from geo.exports.stream import FORMATS, export_format, stream_export
 from geo.layers.registry import COLLECTIONS, get_collection
 
 router = APIRouter(tags=["exports"])

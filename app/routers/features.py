@@ -8,22 +8,21 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import URL
 
-from app.bodies import read_limited
+from app.bodies import JsonBody
 from app.deps import DbDep, MapperUser, PublicReader, SettingsDep, ViewerUser
-from app.idempotent import remember, replay_or_claim
+from app.idempotent import IdempotencyKey, remember, replay_or_claim
 from app.links import href
-from app.preconditions import etag, expected_version
-from app.problems import Problem
+from app.preconditions import ExpectedVersion, etag, none_match
 from app.streaming import HeldRead
-from geo.auth import Principal
-from geo.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
-from geo.errors import InvalidInput, NotFound
-from geo.idempotency import request_hash
+from geo.core.auth import Principal
+from geo.core.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
+from geo.core.errors import BadRequest, MethodNotAllowed, NotFound
+from geo.core.idempotency import request_hash
 from geo.layers import collections_meta
 from geo.layers.items import (
     count_if_cheap,
@@ -66,19 +65,31 @@ CONFORMANCE = (
     "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/features",
 )
 
-CollectionId = Annotated[str, Path(description="settlements, structures, facilities or traces")]
 FeatureId = Annotated[int, Path(ge=1, le=2**62)]
 
 
-def _collection(name: str, *, for_write: bool = False) -> Collection:
-    collection = get_collection(name)
+async def _collection(
+    collection_id: Annotated[
+        str, Path(description="settlements, structures, facilities or traces")
+    ],
+) -> Collection:
+    """The collection the path names (404 listing the collections when unknown)."""
+    collection = get_collection(collection_id)
     if collection is None:
-        raise NotFound(f"no collection {name!r}; collections: {', '.join(COLLECTIONS)}")
-    if for_write and not collection.writable:
-        raise Problem(
-            405, f"{name} is read-only here; upload GPX with POST /traces", headers={"Allow": "GET"}
-        )
+        raise NotFound(f"no collection {collection_id!r}; collections: {', '.join(COLLECTIONS)}")
     return collection
+
+
+async def _writable(collection: Annotated[Collection, Depends(_collection)]) -> Collection:
+    """The named collection if it takes Part 4 writes (405 naming what to do instead)."""
+    if not collection.writable:
+        hint = f"; {collection.write_hint}" if collection.write_hint else ""
+        raise MethodNotAllowed(f"{collection.name} is read-only here{hint}", allow="GET")
+    return collection
+
+
+CollectionDep = Annotated[Collection, Depends(_collection)]
+WritableCollection = Annotated[Collection, Depends(_writable)]
 
 
 def _cache_headers(user: Principal | None) -> dict[str, str]:
@@ -112,10 +123,9 @@ def list_collections(request: Request, db: DbDep, user: PublicReader) -> JSONRes
 
 @router.get("/collections/{collection_id}", summary="One collection")
 def get_collection_doc(
-    collection_id: CollectionId, request: Request, db: DbDep, user: PublicReader
+    collection: CollectionDep, request: Request, db: DbDep, user: PublicReader
 ) -> JSONResponse:
     """Extent, CRS list, item type and links of one collection."""
-    collection = _collection(collection_id)
     with db.read() as conn:
         extents = collections_meta.extents(conn, request.app.state.extent_cache)
     body = collections_meta.describe(
@@ -130,9 +140,8 @@ def get_collection_doc(
 
 
 @router.get("/collections/{collection_id}/queryables", summary="Queryable properties")
-def get_queryables(collection_id: CollectionId, request: Request, user: PublicReader) -> Response:
+def get_queryables(collection: CollectionDep, request: Request, user: PublicReader) -> Response:
     """JSON Schema of the properties usable in ``filter``, ``sortby`` and as parameters."""
-    collection = _collection(collection_id)
     schema = collections_meta.queryables(
         collection, href(request, f"/collections/{collection.name}/queryables")
     )
@@ -163,7 +172,7 @@ def _link(url: URL, rel: str, title: str, **params: int | None) -> dict[str, str
     responses={200: {"content": {GEOJSON: {}}}},
 )
 def get_items(
-    collection_id: CollectionId,
+    collection: CollectionDep,
     request: Request,
     db: DbDep,
     settings: SettingsDep,
@@ -185,7 +194,6 @@ def get_items(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """A page of features; follow the ``next`` link for more."""
-    collection = _collection(collection_id)
     parsed = parse_items_request(
         collection,
         request.query_params.multi_items(),
@@ -195,9 +203,10 @@ def get_items(
     )
     with HeldRead(db) as held:
         tag = start_page(held.conn, collection, str(request.url.query), user)
-        if if_none_match and tag in {t.strip() for t in if_none_match.split(",")}:
+        if none_match(if_none_match, tag):
             held.close()
-            return Response(status_code=304, headers={"ETag": tag, **_cache_headers(user)})
+            not_modified = {"ETag": tag, **_cache_headers(user)}
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=not_modified)
         matched = count_if_cheap(held.conn, parsed) if parsed.first_page else None
         page = open_page(held.conn, parsed)
     url = request.url
@@ -279,7 +288,7 @@ def _response_crs(value: str | None) -> Any:
     try:
         return parse_crs(value)
     except UnknownCrs as exc:
-        raise InvalidInput(f"crs: {exc}", status=400) from exc
+        raise BadRequest(f"crs: {exc}") from exc
 
 
 def _feature_response(
@@ -290,7 +299,7 @@ def _feature_response(
     version: int,
     crs_uri: str,
     *,
-    status: int = 200,
+    status_code: int = status.HTTP_200_OK,
     extra_headers: dict[str, str] | None = None,
 ) -> Response:
     self_href = href(request, f"/collections/{collection.name}/items/")
@@ -305,7 +314,7 @@ def _feature_response(
     ]
     body = text_value[:-1] + ',"links":' + json.dumps(links) + "}"
     headers = {"ETag": etag(version), "Content-Crs": f"<{crs_uri}>", **(extra_headers or {})}
-    return Response(body, status_code=status, media_type=GEOJSON, headers=headers)
+    return Response(body, status_code=status_code, media_type=GEOJSON, headers=headers)
 
 
 @router.get(
@@ -314,7 +323,7 @@ def _feature_response(
     responses={200: {"content": {GEOJSON: {}}}},
 )
 def get_item(
-    collection_id: CollectionId,
+    collection: CollectionDep,
     feature_id: FeatureId,
     request: Request,
     db: DbDep,
@@ -323,17 +332,14 @@ def get_item(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The feature with its version as ``ETag``."""
-    collection = _collection(collection_id)
     target = _response_crs(crs)
     with db.read() as conn:
         found = fetch_feature(conn, collection, feature_id, user=user, crs=target)
     if found is None:
         raise NotFound(f"{collection.name} {feature_id} does not exist")
     text_value, version = found
-    if if_none_match and f'"{version}"' in {
-        t.strip().removeprefix("W/") for t in if_none_match.split(",")
-    }:
-        return Response(status_code=304, headers={"ETag": f'"{version}"'})
+    if none_match(if_none_match, etag(version)):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(version)})
     return _feature_response(
         request,
         collection,
@@ -351,44 +357,40 @@ def _content_crs(header: str | None) -> Any:
     try:
         return parse_crs(header.strip().strip("<>"))
     except UnknownCrs as exc:
-        raise InvalidInput(f"Content-Crs: {exc}", status=400) from exc
+        raise BadRequest(f"Content-Crs: {exc}") from exc
 
 
 @router.post(
     "/collections/{collection_id}/items",
-    status_code=201,
+    status_code=status.HTTP_201_CREATED,
     summary="Create features (a Feature or a FeatureCollection)",
 )
 async def post_items(
-    collection_id: CollectionId,
+    user: MapperUser,
+    collection: WritableCollection,
+    idempotency_key: IdempotencyKey,
+    body: JsonBody,
     request: Request,
     db: DbDep,
     settings: SettingsDep,
-    user: MapperUser,
     repair: Annotated[bool, Query(description="repair invalid geometry")] = False,
-    idempotency_key: Annotated[str | None, Header()] = None,
     content_crs: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Create one feature (201 + Location + ETag) or many (all or nothing)."""
-    collection = _collection(collection_id, for_write=True)
-    body = await read_limited(
-        request, settings.max_json_body_mb * 1024 * 1024, setting="MAKAZI_MAX_JSON_BODY_MB"
-    )
     crs = _content_crs(content_crs)
 
     def work() -> Response:
         features = parse_feature_body(body, allow_collection=True)
         with db.begin(actor=user.name) as conn:
-            if idempotency_key is not None:
-                replay = replay_or_claim(
-                    conn,
-                    principal=user.name,
-                    key=idempotency_key,
-                    scope=f"POST /collections/{collection.name}/items",
-                    fingerprint=request_hash(body, str(request.query_params), crs.uri),
-                )
-                if replay is not None:
-                    return replay
+            replay = replay_or_claim(
+                conn,
+                principal=user.name,
+                key=idempotency_key,
+                scope=f"POST /collections/{collection.name}/items",
+                fingerprint=request_hash(body, str(request.query_params), crs.uri),
+            )
+            if replay is not None:
+                return replay
             created = create_features(
                 conn,
                 collection,
@@ -409,7 +411,7 @@ async def post_items(
                     found[0],
                     version,
                     CRS84.uri,
-                    status=201,
+                    status_code=status.HTTP_201_CREATED,
                     extra_headers={"Location": f"{base}{fid}"},
                 )
             else:
@@ -420,10 +422,11 @@ async def post_items(
                     ],
                 }
                 response = JSONResponse(
-                    summary, status_code=201, headers={"Location": f"{base}{created[0][0]}"}
+                    summary,
+                    status_code=status.HTTP_201_CREATED,
+                    headers={"Location": f"{base}{created[0][0]}"},
                 )
-            if idempotency_key is not None:
-                remember(conn, principal=user.name, key=idempotency_key, response=response)
+            remember(conn, principal=user.name, key=idempotency_key, response=response)
             return response
 
     return await run_in_threadpool(work)
@@ -435,13 +438,14 @@ async def post_items(
     summary="Replace (PUT) or merge-patch (PATCH) a feature",
 )
 async def write_item(
-    collection_id: CollectionId,
+    user: MapperUser,
+    collection: WritableCollection,
+    expected: ExpectedVersion,
+    body: JsonBody,
     feature_id: FeatureId,
     request: Request,
     db: DbDep,
     settings: SettingsDep,
-    user: MapperUser,
-    if_match: Annotated[str | None, Header()] = None,
     content_crs: Annotated[str | None, Header()] = None,
     repair: Annotated[bool, Query(description="repair invalid geometry")] = False,
 ) -> Response:
@@ -449,11 +453,6 @@ async def write_item(
 
     Both need ``If-Match`` with the version read (428 without, 412 when stale).
     """
-    collection = _collection(collection_id, for_write=True)
-    expected = expected_version(if_match)
-    body = await read_limited(
-        request, settings.max_json_body_mb * 1024 * 1024, setting="MAKAZI_MAX_JSON_BODY_MB"
-    )
     crs = _content_crs(content_crs)
 
     def work() -> Response:
@@ -479,37 +478,31 @@ async def write_item(
 
 @router.delete(
     "/collections/{collection_id}/items/{feature_id}",
-    status_code=204,
+    status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a feature (soft)",
 )
 def delete_item(
-    collection_id: CollectionId,
+    user: MapperUser,
+    collection: WritableCollection,
+    expected: ExpectedVersion,
     feature_id: FeatureId,
     db: DbDep,
-    user: MapperUser,
-    if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Soft delete: the row stays with ``deleted_at`` and the deletion shows in history."""
-    collection = _collection(collection_id, for_write=True)
-    expected = expected_version(if_match)
     with db.begin(actor=user.name) as conn:
         delete_feature(conn, collection, feature_id, expected_version=expected)
-    return Response(status_code=204)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(
     "/collections/{collection_id}/items/{feature_id}/history", summary="Every version of a feature"
 )
 def get_history(
-    collection_id: CollectionId, feature_id: FeatureId, db: DbDep, user: ViewerUser
+    user: ViewerUser, collection: CollectionDep, feature_id: FeatureId, db: DbDep
 ) -> JSONResponse:
     """``{"versions": [{version, changed_at, changed_by, action, changes}]}``."""
-    collection = _collection(collection_id)
     with db.read() as conn:
-        if (
-            collection.name == "traces"
-            and fetch_feature(conn, collection, feature_id, user=user) is None
-        ):
-            raise NotFound(f"traces {feature_id} does not exist")
+        if collection.owned and fetch_feature(conn, collection, feature_id, user=user) is None:
+            raise NotFound(f"{collection.name} {feature_id} does not exist")
         versions = feature_history(conn, collection, feature_id)
     return JSONResponse({"versions": versions})

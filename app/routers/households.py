@@ -4,24 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from app.bodies import read_limited
-from app.deps import DbDep, EnumeratorUser, SettingsDep
-from app.idempotent import remember, replay_or_claim
+from app.bodies import JsonBody
+from app.deps import DbDep, EnumeratorUser
+from app.idempotent import IdempotencyKey, remember, replay_or_claim
 from app.links import href
-from app.preconditions import etag, expected_version
-from geo.errors import InvalidInput
-from geo.households import (
+from app.preconditions import ExpectedVersion, etag
+from geo.core.errors import InvalidInput
+from geo.core.idempotency import request_hash
+from geo.layers.households import (
     create_household,
     delete_household,
     get_household,
     list_households,
     patch_household,
 )
-from geo.idempotency import request_hash
 from geo.layers.writes import parse_json
 
 router = APIRouter(tags=["households"])
@@ -30,9 +30,13 @@ ObjectId = Annotated[int, Path(ge=1, le=2**62)]
 _PRIVATE = {"Cache-Control": "private, no-store"}
 
 
-def _one(record: dict[str, Any], status: int = 200, **headers: str) -> JSONResponse:
+def _one(
+    record: dict[str, Any], status_code: int = status.HTTP_200_OK, **headers: str
+) -> JSONResponse:
     return JSONResponse(
-        record, status_code=status, headers={"ETag": etag(record["version"]), **_PRIVATE, **headers}
+        record,
+        status_code=status_code,
+        headers={"ETag": etag(record["version"]), **_PRIVATE, **headers},
     )
 
 
@@ -46,37 +50,39 @@ def get_structure_households(
     return JSONResponse({"structure_id": structure_id, "households": records}, headers=_PRIVATE)
 
 
-@router.post("/structures/{structure_id}/households", status_code=201, summary="Record a household")
+@router.post(
+    "/structures/{structure_id}/households",
+    status_code=status.HTTP_201_CREATED,
+    summary="Record a household",
+)
 async def post_household(
+    user: EnumeratorUser,
+    idempotency_key: IdempotencyKey,
+    body: JsonBody,
     structure_id: ObjectId,
     request: Request,
     db: DbDep,
-    settings: SettingsDep,
-    user: EnumeratorUser,
-    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Create a household (201 + Location + ETag); honours ``Idempotency-Key``."""
-    body = await read_limited(request, 1024 * 1024, setting="households body (1 MiB)")
 
     def work() -> Response:
         fields = parse_json(body)
         if not isinstance(fields, dict):
             raise InvalidInput("the body must be a JSON object of household fields")
         with db.begin(actor=user.name) as conn:
-            if idempotency_key is not None:
-                replay = replay_or_claim(
-                    conn,
-                    principal=user.name,
-                    key=idempotency_key,
-                    scope=f"POST /structures/{structure_id}/households",
-                    fingerprint=request_hash(body),
-                )
-                if replay is not None:
-                    return replay
+            replay = replay_or_claim(
+                conn,
+                principal=user.name,
+                key=idempotency_key,
+                scope=f"POST /structures/{structure_id}/households",
+                fingerprint=request_hash(body),
+            )
+            if replay is not None:
+                return replay
             record = create_household(conn, structure_id=structure_id, fields=fields)
-            response = _one(record, 201, Location=href(request, f"/households/{record['id']}"))
-            if idempotency_key is not None:
-                remember(conn, principal=user.name, key=idempotency_key, response=response)
+            location = href(request, f"/households/{record['id']}")
+            response = _one(record, status.HTTP_201_CREATED, Location=location)
+            remember(conn, principal=user.name, key=idempotency_key, response=response)
             return response
 
     return await run_in_threadpool(work)
@@ -91,15 +97,13 @@ def get_one_household(household_id: ObjectId, db: DbDep, user: EnumeratorUser) -
 
 @router.patch("/households/{household_id}", summary="Update a household (merge patch)")
 async def patch_one_household(
-    household_id: ObjectId,
-    request: Request,
-    db: DbDep,
     user: EnumeratorUser,
-    if_match: Annotated[str | None, Header()] = None,
+    expected: ExpectedVersion,
+    body: JsonBody,
+    household_id: ObjectId,
+    db: DbDep,
 ) -> JSONResponse:
     """Merge-patch fields; needs ``If-Match`` (428 without, 412 when stale)."""
-    expected = expected_version(if_match)
-    body = await read_limited(request, 1024 * 1024, setting="households body (1 MiB)")
 
     def work() -> JSONResponse:
         fields = parse_json(body)
@@ -112,15 +116,15 @@ async def patch_one_household(
     return await run_in_threadpool(work)
 
 
-@router.delete("/households/{household_id}", status_code=204, summary="Delete a household")
+@router.delete(
+    "/households/{household_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a household",
+)
 def delete_one_household(
-    household_id: ObjectId,
-    db: DbDep,
-    user: EnumeratorUser,
-    if_match: Annotated[str | None, Header()] = None,
+    user: EnumeratorUser, expected: ExpectedVersion, household_id: ObjectId, db: DbDep
 ) -> Response:
     """Soft delete, audited; needs ``If-Match``."""
-    expected = expected_version(if_match)
     with db.begin(actor=user.name) as conn:
         delete_household(conn, household_id=household_id, expected_version=expected)
-    return Response(status_code=204)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

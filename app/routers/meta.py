@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from app.deps import DbDep
 from app.links import href, wants_html
-from app.problems import problem_response
+from geo.core.errors import Unavailable
 
 router = APIRouter(tags=["service"])
 
@@ -30,14 +30,8 @@ def healthz(db: DbDep, request: Request) -> Response:
     try:
         with db.read() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception:
-        return problem_response(
-            503,
-            "the database is unreachable",
-            slug="database-unavailable",
-            request=request,
-            headers={"Retry-After": "5"},
-        )
+    except Exception as exc:
+        raise Unavailable("the database is unreachable", slug="database-unavailable") from exc
     return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
 
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from app.deps import DbDep, PublicReader, SettingsDep
 from app.links import href
-from app.problems import Problem
-from geo import tiles
-from geo.tiles import TileCache
+from app.preconditions import none_match
+from geo.core.errors import BadRequest
+from geo.tiles.cache import Tile, TileCache, cache_key
+from geo.tiles.cache import get_tile as cached_tile
+from geo.tiles.feed import ChangeFeed
+from geo.tiles.render import check_tile
+from geo.tiles.tilejson import tilejson
 
 __all__ = ["router"]
 
@@ -41,8 +45,8 @@ TileCacheDep = Annotated[TileCache, Depends(get_tile_cache)]
 def _integer(name: str, value: str) -> int:
     """A path segment as a tile coordinate, or a 400 naming it."""
     if not value.isascii() or not value.isdigit() or len(value) > 10:
-        raise Problem(
-            400, f"{name} must be a non-negative integer (got {value[:20]!r})", slug="bad-tile"
+        raise BadRequest(
+            f"{name} must be a non-negative integer (got {value[:20]!r})", slug="bad-tile"
         )
     return int(value)
 
@@ -53,15 +57,6 @@ def _accepts_gzip(request: Request) -> bool:
         if coding.strip().lower() in {"gzip", "*"}:
             return params.replace(" ", "") not in {"q=0", "q=0.0", "q=0.00", "q=0.000"}
     return False
-
-
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return etag in candidates
 
 
 @router.get(
@@ -93,18 +88,18 @@ async def get_tile(
     304.  An area with nothing to draw gets 204.
     """
     zi, xi, yi = _integer("z", z), _integer("x", x), _integer("y", y)
-    feed: tiles.ChangeFeed | None = request.app.state.tile_feed
+    feed: ChangeFeed | None = request.app.state.tile_feed
     counters = feed.counters() if feed is not None else None
     tile = None
     if counters is not None:
         # a cached tile under the current counters: answered on the event loop, no database
-        tiles.check_tile(zi, xi, yi, max_zoom=settings.tiles_max_zoom)
-        tile = cache.get(tiles.cache_key(zi, xi, yi, counters))
+        check_tile(zi, xi, yi, max_zoom=settings.tiles_max_zoom)
+        tile = cache.get(cache_key(zi, xi, yi, counters))
     if tile is None:
 
-        def render() -> tiles.Tile:
+        def render() -> Tile:
             with db.read() as conn:
-                return tiles.get_tile(
+                return cached_tile(
                     conn,
                     z=zi,
                     x=xi,
@@ -124,10 +119,10 @@ async def get_tile(
         "Cache-Control": f"{scope}, max-age={settings.tile_max_age_s}",
         "Vary": "Accept-Encoding, Authorization",
     }
-    if _matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
+    if none_match(request.headers.get("if-none-match"), etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     if tile.empty:
-        return Response(status_code=204, headers=headers)
+        return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
     if gzip_ok:
         headers["Content-Encoding"] = "gzip"
         return Response(tile.gzipped, media_type=MVT, headers=headers)
@@ -141,5 +136,5 @@ def get_tilejson(
     """TileJSON with ``vector_layers`` (fields, zoom range) and the data's bounds."""
     url = href(request, "/tiles/") + "{z}/{x}/{y}.mvt"
     with db.read() as conn:
-        doc = tiles.tilejson(conn, tiles_url=url, max_zoom=settings.tiles_max_zoom, cache=cache)
+        doc = tilejson(conn, tiles_url=url, max_zoom=settings.tiles_max_zoom, cache=cache)
     return JSONResponse(doc, headers={"Cache-Control": "no-cache"})

@@ -1,37 +1,38 @@
 """``/traces``: GPX upload, listing, downloads, edits and perimeter-walk boundaries.
 
 HTTP only: the body is streamed into a bounded spool here (413 as soon as it
-passes the limit), everything else is :mod:`geo.traces`.
+passes the limit), everything else is in :mod:`geo.traces`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from app.bodies import JsonBody
 from app.deps import CurrentUser, DbDep, MapperUser, PublicReader, SettingsDep
+from app.idempotent import IdempotencyKey, remember, replay_or_claim
 from app.links import href
-from app.preconditions import etag, expected_version
-from app.problems import Problem
-from geo.idempotency import KeyReused
-from geo.traces import (
-    TraceLimits,
-    delete_trace,
+from app.preconditions import ExpectedVersion, OptionalVersion, etag, expected_version
+from geo.core.errors import Unauthorised, UnsupportedMediaType
+from geo.core.privacy import Visibility
+from geo.core.uploads import BodySpool, MultipartFile, SpooledBody, TooLarge
+from geo.layers.writes import parse_json
+from geo.traces.boundary import trace_boundary
+from geo.traces.edits import delete_trace, patch_trace
+from geo.traces.ingest import TraceLimits, fingerprint, ingest_trace
+from geo.traces.reads import (
     get_trace,
-    ingest_trace,
     list_traces,
-    patch_trace,
-    trace_boundary,
     trace_file,
     trace_file_chunks,
     trace_geojson_chunks,
 )
-from geo.uploads import BodySpool, MultipartFile, SpooledBody, TooLarge
 
 router = APIRouter(tags=["traces"])
 
@@ -47,7 +48,6 @@ RAW_TYPES = frozenset(
     }
 )
 MULTIPART_SLACK = 1024 * 1024  # headers, boundaries and small fields around the file
-Visibility = Literal["private", "community", "public"]
 SUFFIX = {
     "application/gpx+xml": ".gpx",
     "application/gzip": ".gpx.gz",
@@ -74,8 +74,12 @@ def _trace_links(request: Request, trace_id: int) -> list[dict[str, str]]:
     ]
 
 
-async def _receive(request: Request, limit: int) -> SpooledBody:
-    """Stream the request body (raw or the multipart ``file`` field) into a spool."""
+async def _receive(request: Request, settings: SettingsDep) -> SpooledBody:
+    """Stream the request body (raw or the multipart ``file`` field) into a spool.
+
+    The limit is ``MAKAZI_MAX_UPLOAD_MB``: past it the upload is a 413 at once.
+    """
+    limit = settings.max_upload_bytes
     content_type = request.headers.get("content-type", "application/octet-stream")
     media = content_type.split(";", 1)[0].strip().lower()
     declared = request.headers.get("content-length")
@@ -89,12 +93,10 @@ async def _receive(request: Request, limit: int) -> SpooledBody:
             extractor.feed(chunk)
         return extractor.finish()
     if media not in RAW_TYPES:
-        raise Problem(
-            415,
+        raise UnsupportedMediaType(
             f"Content-Type {media!r} is not accepted: send GPX as application/gpx+xml "
             "(or application/gzip, application/zip, application/octet-stream), "
-            "or as the field 'file' of multipart/form-data",
-            slug="unsupported-media-type",
+            "or as the field 'file' of multipart/form-data"
         )
     if declared and declared.isdigit() and int(declared) > limit:
         raise TooLarge(limit)
@@ -103,9 +105,13 @@ async def _receive(request: Request, limit: int) -> SpooledBody:
     return spool.finish()
 
 
+GpxUpload = Annotated[SpooledBody, Depends(_receive)]
+"""The uploaded GPX bytes (raw body or multipart ``file``), spooled within the limit."""
+
+
 @router.post(
     "/traces",
-    status_code=201,
+    status_code=status.HTTP_201_CREATED,
     summary="Upload a GPX trace (raw body or multipart field 'file'; gzip/zip accepted)",
     responses={
         200: {"description": "the same bytes were uploaded before: the existing trace"},
@@ -116,48 +122,58 @@ async def _receive(request: Request, limit: int) -> SpooledBody:
     },
 )
 async def upload_trace(
-    request: Request,
     user: MapperUser,
+    idempotency_key: IdempotencyKey,
+    body: GpxUpload,
+    request: Request,
     db: DbDep,
     settings: SettingsDep,
     name: Annotated[str | None, Query(max_length=300)] = None,
-    visibility: Visibility = "private",
+    visibility: Visibility = Visibility.PRIVATE,
     settlement_id: Annotated[int | None, Query(ge=1)] = None,
-    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Store a GPX upload as a trace: ``{id, name, visibility, stats, dropped, warnings}``."""
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise Problem(400, "Idempotency-Key must be 1 to 255 characters", slug="invalid-request")
-    body = await _receive(request, settings.max_upload_bytes)
+    """Store a GPX upload as a trace: ``{id, name, visibility, stats, dropped, warnings}``.
+
+    201 for a new trace; 200 with the existing one when the same bytes came
+    from the same user before.
+    """
     limits = TraceLimits.from_settings(settings)
 
-    def work() -> Any:
+    def work() -> Response:
         with db.begin(user.name) as conn:
-            return ingest_trace(
+            replay = replay_or_claim(
+                conn,
+                principal=user.name,
+                key=idempotency_key,
+                scope="POST /traces",
+                fingerprint=fingerprint(body, name, visibility, settlement_id),
+            )
+            if replay is not None:
+                return replay
+            result = ingest_trace(
                 conn,
                 owner=user.name,
                 body=body,
                 name=name,
                 visibility=visibility,
                 settlement_id=settlement_id,
-                idempotency_key=idempotency_key,
                 limits=limits,
             )
+            payload = json.loads(result.body)
+            payload["links"] = _trace_links(request, result.trace_id)
+            headers = {
+                "Location": href(request, f"/traces/{result.trace_id}"),
+                "ETag": etag(int(payload["version"])),
+            }
+            code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+            response = JSONResponse(payload, status_code=code, headers=headers)
+            remember(conn, principal=user.name, key=idempotency_key, response=response)
+            return response
 
     try:
-        result = await run_in_threadpool(work)
-    except KeyReused as exc:
-        raise Problem(422, str(exc), slug="idempotency-key-reused") from exc
+        return await run_in_threadpool(work)
     finally:
         body.close()
-    payload = json.loads(result.body)
-    payload["links"] = _trace_links(request, result.trace_id)
-    headers = {"Location": href(request, f"/traces/{result.trace_id}")}
-    if "version" in payload:
-        headers["ETag"] = etag(int(payload["version"]))
-    if result.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(payload, status_code=result.status, headers=headers)
 
 
 @router.get("/traces", summary="Traces you may see, newest first")
@@ -258,44 +274,33 @@ def download_geojson(trace_id: int, user: PublicReader, db: DbDep) -> Response:
     return StreamingResponse(chunks(), media_type="application/geo+json")
 
 
-@router.delete("/traces/{trace_id}", status_code=204, summary="Delete a trace (owner or admin)")
+@router.delete(
+    "/traces/{trace_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a trace (owner or admin)",
+)
 def remove_trace(
-    trace_id: int,
-    user: CurrentUser,
-    db: DbDep,
-    if_match: Annotated[str | None, Header()] = None,
+    user: CurrentUser, expected: OptionalVersion, trace_id: int, db: DbDep
 ) -> Response:
     """Soft delete; ``If-Match`` is optional here (412 when it is given and stale)."""
     if user is None:
-        raise Problem(
-            401,
-            "deleting a trace needs a bearer token",
-            slug="unauthorised",
-            headers={"WWW-Authenticate": 'Bearer realm="makazi"'},
-        )
-    expected = expected_version(if_match) if if_match else None
+        raise Unauthorised("deleting a trace needs a bearer token")
     with db.begin(user.name) as conn:
         delete_trace(conn, trace_id=trace_id, user=user, expected_version=expected)
-    return Response(status_code=204)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.patch("/traces/{trace_id}", summary="Change name, visibility or settlement (owner)")
 async def change_trace(
+    user: MapperUser,
+    expected: ExpectedVersion,
+    raw: JsonBody,
     request: Request,
     trace_id: int,
-    user: MapperUser,
     db: DbDep,
-    if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """JSON merge patch of ``name``, ``visibility``, ``settlement_id``; needs ``If-Match``."""
-    expected = expected_version(if_match)
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
-        raise TooLarge(64 * 1024)
-    try:
-        fields = json.loads(raw or b"null")
-    except ValueError as exc:
-        raise Problem(400, f"the body is not JSON: {exc}", slug="invalid-json") from exc
+    fields = parse_json(raw or b"null")
 
     def work() -> dict[str, Any]:
         with db.begin(user.name) as conn:

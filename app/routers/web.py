@@ -13,7 +13,8 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from app.problems import Problem
+from app.preconditions import none_match
+from geo.core.errors import NotFound
 
 __all__ = ["STATIC", "router"]
 
@@ -43,10 +44,10 @@ def _serve(request: Request, path: Path, media_type: str) -> Response:
         hint = (
             " (run `make vendor` to fetch MapLibre GL JS)" if path.parent.name == "vendor" else ""
         )
-        raise Problem(404, f"{path.name} is not installed{hint}", slug="not-found") from None
+        raise NotFound(f"{path.name} is not installed{hint}") from None
     etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+    if none_match(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type=media_type, headers=headers)
 
@@ -62,5 +63,5 @@ def static_file(request: Request, folder: str, name: str) -> Response:
     """One of the map's static files (a fixed list)."""
     media_type = _FILES.get(folder, {}).get(name)
     if media_type is None:
-        raise Problem(404, f"no static file {folder}/{name}", slug="not-found")
+        raise NotFound(f"no static file {folder}/{name}")
     return _serve(request, STATIC / folder / name, media_type)

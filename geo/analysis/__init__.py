@@ -6,5 +6,5 @@ One module per analysis (:mod:`geo.analysis.summary`, :mod:`~geo.analysis.impact
 Each analysis is one SQL statement built here with bound parameters and run
 under ``SET LOCAL statement_timeout`` (``MAKAZI_ANALYSIS_TIMEOUT_MS``).
 Lengths and areas are metres, computed in ``geography`` or UTM 37S
-(EPSG:32737).  Small counts are suppressed by :mod:`geo.privacy`.
+(EPSG:32737).  Small counts are suppressed by :mod:`geo.core.privacy`.
 """

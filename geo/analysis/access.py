@@ -31,9 +31,9 @@ from geo.analysis.common import (
     sql,
     stream_features,
 )
-from geo.db import Database
-from geo.privacy import Suppressor, sees_raw_counts
-from geo.settings import Settings
+from geo.core.db import Database
+from geo.core.privacy import Suppressor, sees_raw_counts
+from geo.core.settings import Settings
 
 __all__ = ["access", "access_features"]
 
@@ -196,7 +196,6 @@ def _params(
             field="max_distance_m",
             low=0,
             high=settings.analysis_max_distance_m,
-            status=400,
             setting="analysis_max_distance_m",
         ),
     }

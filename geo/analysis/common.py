@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
 
-from geo.db import Database
-from geo.errors import InvalidInput, NotFound
+from geo.core.db import Database
+from geo.core.errors import BadRequest, MakaziError, NotFound
 from geo.layers.registry import ENUMS
 
 __all__ = [
@@ -145,16 +145,17 @@ def require_settlement(db: Database, settlement_id: int, *, field: str = "settle
     return str(name)
 
 
-def check_facility_type(value: str, *, field: str = "facility_type", status: int = 400) -> str:
-    """``value`` when it is a known facility type, else :class:`InvalidInput` naming ``field``.
+def check_facility_type(
+    value: str, *, field: str = "facility_type", error: type[MakaziError] = BadRequest
+) -> str:
+    """``value`` when it is a known facility type, else ``error`` naming ``field``.
 
     >>> check_facility_type("water_point")
     'water_point'
     """
     if value not in FACILITY_TYPES:
-        raise InvalidInput(
+        raise error(
             f"{field}: unknown facility type {value!r}; one of {', '.join(FACILITY_TYPES)}",
-            status=status,
             field=field,
         )
     return value
@@ -166,25 +167,24 @@ def check_range(
     field: str,
     low: float,
     high: float,
-    status: int,
+    error: type[MakaziError] = BadRequest,
     unit: str = "m",
     setting: str | None = None,
 ) -> float:
-    """``value`` when ``low < value <= high`` (and finite), else :class:`InvalidInput`.
+    """``value`` when ``low < value <= high`` (and finite), else ``error`` naming ``field``.
 
-    >>> check_range(30, field="buffer_m", low=0, high=5000, status=422)
+    ``error`` is :class:`BadRequest` for a query parameter, :class:`InvalidInput`
+    for a field of a JSON body.
+
+    >>> check_range(30, field="buffer_m", low=0, high=5000)
     30.0
     """
     number = float(value)
     if not math.isfinite(number) or number <= low:
-        raise InvalidInput(
-            f"{field}: must be a number greater than {low:g} {unit}", status=status, field=field
-        )
+        raise error(f"{field}: must be a number greater than {low:g} {unit}", field=field)
     if number > high:
         where = f" (setting MAKAZI_{setting.upper()})" if setting else ""
-        raise InvalidInput(
-            f"{field}: {number:g} {unit} is above the limit of {high:g} {unit}{where}",
-            status=status,
-            field=field,
+        raise error(
+            f"{field}: {number:g} {unit} is above the limit of {high:g} {unit}{where}", field=field
         )
     return number

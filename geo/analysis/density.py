@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import text
 
 from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json, sql
-from geo.db import Database
-from geo.errors import InvalidInput, NotFound
-from geo.privacy import Suppressor, sees_raw_counts
-from geo.settings import Settings
+from geo.core.db import Database
+from geo.core.errors import BadRequest, NotFound
+from geo.core.privacy import Suppressor, sees_raw_counts
+from geo.core.settings import Settings
 
 __all__ = ["density"]
 
@@ -76,10 +76,9 @@ def _check_cell(db: Database, settlement_id: int, cell_m: float, settings: Setti
     if not math.isfinite(cell_m) or not (
         settings.analysis_min_cell_m <= cell_m <= settings.analysis_max_cell_m
     ):
-        raise InvalidInput(
+        raise BadRequest(
             f"cell_m: must be between {settings.analysis_min_cell_m:g} and "
             f"{settings.analysis_max_cell_m:g} metres",
-            status=400,
             field="cell_m",
         )
     if not -(2**63) <= settlement_id < 2**63:
@@ -93,11 +92,10 @@ def _check_cell(db: Database, settlement_id: int, cell_m: float, settings: Setti
         math.floor(ymax / cell_m) - math.floor(ymin / cell_m) + 1
     )
     if cells > settings.analysis_max_cells:
-        raise InvalidInput(
+        raise BadRequest(
             f"cell_m: {cell_m:g} m cells would make a grid of {cells} cells over this "
             f"settlement, above the limit of {settings.analysis_max_cells} "
             "(setting MAKAZI_ANALYSIS_MAX_CELLS); use larger cells",
-            status=400,
             field="cell_m",
         )
 

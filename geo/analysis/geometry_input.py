@@ -3,7 +3,7 @@
 A client sends a GeoJSON geometry (or a Feature, or a FeatureCollection whose
 geometries are combined), optionally in another CRS named by ``crs`` (any CRS
 of :mod:`geo.crs`).  :func:`parse_geometry` returns it as 2D WKB in EPSG:4326,
-or raises :class:`~geo.errors.InvalidInput` naming what is wrong: a missing or
+or raises :class:`~geo.core.errors.InvalidInput` naming what is wrong: a missing or
 unknown ``type``, malformed or non-finite coordinates, an empty or invalid
 geometry, too many vertices, coordinates outside the CRS, or an area (after
 buffering) above the limit.  Limits come from settings.
@@ -20,9 +20,9 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from geo.analysis.common import UTM_SRID
-from geo.crs import CRS84, UnknownCrs, parse_crs
-from geo.errors import InvalidInput
-from geo.geojson import GEOJSON_TO_POSTGIS
+from geo.core.crs import CRS84, UnknownCrs, parse_crs
+from geo.core.errors import InvalidInput
+from geo.core.geojson import GEOJSON_TO_POSTGIS
 
 __all__ = ["AnalysisGeometry", "parse_geometry"]
 
@@ -54,7 +54,7 @@ class AnalysisGeometry:
 
 
 def _bad(detail: str, field: str = "geometry") -> InvalidInput:
-    return InvalidInput(f"{field}: {detail}", status=422, field=field)
+    return InvalidInput(f"{field}: {detail}", field=field)
 
 
 def _unwrap(value: Any) -> dict[str, Any]:
@@ -132,14 +132,14 @@ def parse_geometry(
     >>> parse_geometry({"type": "Polygon", "coordinates": []}, crs=None, buffer_m=30,
     ...                max_vertices=100, max_area_km2=1)
     Traceback (most recent call last):
-    geo.errors.InvalidInput: geometry: is empty
+    geo.core.errors.InvalidInput: geometry: is empty
     """
     if geometry is None:
         raise _bad("is required")
     try:
         source = parse_crs(crs, default=CRS84)
     except UnknownCrs as exc:
-        raise InvalidInput(f"crs: {exc}", status=422, field="crs") from exc
+        raise InvalidInput(f"crs: {exc}", field="crs") from exc
     geom = _shape(_unwrap(geometry))
     kind = geom.geom_type
     if geom.is_empty:

@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from geo.analysis.common import check_range, fetch_json, sql, stream_features
 from geo.analysis.geometry_input import AnalysisGeometry, parse_geometry
-from geo.db import Database
-from geo.privacy import Suppressor, sees_raw_counts
-from geo.settings import Settings
+from geo.core.db import Database
+from geo.core.errors import InvalidInput
+from geo.core.privacy import Suppressor, sees_raw_counts
+from geo.core.settings import Settings
 
 __all__ = ["ImpactRequest", "impact", "impact_features"]
 
@@ -198,7 +199,7 @@ def _prepare(request: ImpactRequest, settings: Settings) -> tuple[AnalysisGeomet
             field="buffer_m",
             low=0,
             high=settings.analysis_max_buffer_m,
-            status=422,
+            error=InvalidInput,
             setting="analysis_max_buffer_m",
         )
     geometry = parse_geometry(
@@ -218,7 +219,7 @@ def _params(geometry: AnalysisGeometry, buffer_m: float, min_overlap: float) -> 
 def impact(
     db: Database, *, request: ImpactRequest, settings: Settings, role: str | None
 ) -> dict[str, Any]:
-    """Counts of what the zone takes, suppressed for ``role`` as :mod:`geo.privacy` rules.
+    """Counts of what the zone takes, suppressed for ``role`` as :mod:`geo.core.privacy` rules.
 
     Returns
     -------

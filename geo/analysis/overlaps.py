@@ -12,8 +12,8 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from geo.analysis.common import require_settlement, set_timeout
-from geo.db import Database
-from geo.settings import Settings
+from geo.core.db import Database
+from geo.core.settings import Settings
 
 __all__ = ["overlaps"]
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json, sql
-from geo.db import Database
-from geo.errors import NotFound
-from geo.privacy import Suppressor, sees_raw_counts
-from geo.settings import Settings
+from geo.core.db import Database
+from geo.core.errors import NotFound
+from geo.core.privacy import Suppressor, sees_raw_counts
+from geo.core.settings import Settings
 
 __all__ = ["BASIS", "summary"]
 
@@ -137,11 +137,11 @@ def _round(value: Any, places: int) -> Any:
 def summary(
     db: Database, *, settlement_id: int, settings: Settings, role: str | None
 ) -> dict[str, Any]:
-    """The profile of one settlement, suppressed for ``role`` as :mod:`geo.privacy` rules.
+    """The profile of one settlement, suppressed for ``role`` as :mod:`geo.core.privacy` rules.
 
     Raises
     ------
-    geo.errors.NotFound
+    geo.core.errors.NotFound
         When there is no live settlement ``settlement_id``.
     """
     if not -(2**63) <= settlement_id < 2**63:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from geo.crs import CRS84, SUPPORTED
+from geo.core.crs import CRS84, SUPPORTED
 from geo.layers.registry import COLLECTIONS, Collection
 
 __all__ = ["extents", "describe", "queryables", "EXTENT_CACHE_SECONDS"]

@@ -33,9 +33,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from geo.crs import Crs
-from geo.errors import InvalidInput
-from geo.geojson import GEOJSON_TO_POSTGIS
+from geo.core.crs import Crs
+from geo.core.errors import BadRequest
+from geo.core.geojson import GEOJSON_TO_POSTGIS
 from geo.layers.registry import Collection, Property
 
 __all__ = ["FilterError", "parse_filter", "compile_filter", "MAX_FILTER_LENGTH"]
@@ -57,13 +57,10 @@ _SPATIAL = {
 _GEOJSON_TYPES = set(GEOJSON_TO_POSTGIS)
 
 
-class FilterError(InvalidInput):
+class FilterError(BadRequest):
     """A filter that cannot be parsed or names something unknown (400)."""
 
     slug = "invalid-filter"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, status=400)
 
 
 def parse_filter(text: str, lang: str) -> dict[str, Any]:

@@ -31,9 +31,9 @@ from sqlalchemy import (
     text,
 )
 
-from geo.auth import Principal
-from geo.crs import CRS84, Crs, UnknownCrs, parse_crs
-from geo.errors import InvalidInput
+from geo.core.auth import Principal
+from geo.core.crs import CRS84, Crs, UnknownCrs, parse_crs
+from geo.core.errors import BadRequest
 from geo.layers.cql2 import FilterError, compile_filter, parse_filter
 from geo.layers.registry import Collection
 
@@ -69,8 +69,8 @@ RESERVED = {
 }
 
 
-def _bad(detail: str) -> InvalidInput:
-    return InvalidInput(detail, status=400)
+def _bad(detail: str) -> BadRequest:
+    return BadRequest(detail)
 
 
 @dataclass
@@ -437,7 +437,7 @@ def start_page(conn: Connection, collection: Collection, query: str, user: Princ
         ),
         {"c": collection.name},
     ).scalar()
-    viewer = f"{user.name}:{user.role}" if user is not None and collection.name == "traces" else ""
+    viewer = f"{user.name}:{user.role}" if user is not None and collection.owned else ""
     digest = hashlib.sha256(f"{query}|{viewer}".encode()).hexdigest()[:20]
     return f'W/"{counter or 0}-{digest}"'
 

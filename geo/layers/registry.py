@@ -1,7 +1,12 @@
-"""The collections the service publishes, and the fields each one exposes.
+"""The collections the service publishes: the one source of what a collection is.
 
-This registry is the only source of table and column names that reach SQL
-text: a request names a collection or property, and the name is looked up
+Each :class:`Collection` names its table, its published properties (types,
+enums, which are writable, which go into tiles), who may see which rows, and
+its vector-tile zooms.  Routers, CQL2, exports, tiles and TileJSON all read it
+here; no other module tests a collection by its name.
+
+This registry is also the only source of table and column names that reach
+SQL text: a request names a collection or property, and the name is looked up
 here.  Anything not listed (personal household fields among them) cannot be
 read, filtered on, sorted by or written through the layers.
 """
@@ -13,11 +18,11 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Table, or_, true
 
-from geo.auth import Principal
-from geo.privacy import PERSONAL_HOUSEHOLD_FIELDS
-from geo.tables import facilities, settlements, structures, traces
+from geo.core.auth import Principal
+from geo.core.privacy import PERSONAL_HOUSEHOLD_FIELDS, Visibility
+from geo.core.tables import facilities, settlements, structures, traces
 
-__all__ = ["Property", "Collection", "COLLECTIONS", "get_collection", "ENUMS"]
+__all__ = ["COLLECTIONS", "ENUMS", "Collection", "Property", "TileZoom", "get_collection"]
 
 ENUMS: dict[str, tuple[str, ...]] = {
     "status": ("surveyed", "contested", "proposed", "recognised"),
@@ -35,7 +40,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "type": ("water_point", "toilet_block", "school", "clinic", "drainage", "road", "other"),
     "condition": ("working", "needs_repair", "broken"),
     "tenure": ("owner", "tenant", "structure_owner", "other"),
-    "visibility": ("private", "community", "public"),
+    "visibility": tuple(Visibility),
 }
 
 
@@ -74,6 +79,37 @@ class Property:
     maximum: float | None = None
     description: str = ""
     default: Any = None
+    tile_sql: str | None = None
+
+    @property
+    def tile_type(self) -> str:
+        """The TileJSON field type (``Number`` or ``String``)."""
+        return "Number" if self.kind in {"integer", "number"} else "String"
+
+
+@dataclass(frozen=True)
+class TileZoom:
+    """How a collection is drawn in the vector tiles: zooms and the fields a map needs.
+
+    Attributes
+    ----------
+    minzoom
+        First zoom at which the layer is drawn.
+    fields
+        Properties sent from ``detail_zoom`` on (``id`` is always sent).
+    overview_fields
+        The smaller set sent below ``detail_zoom`` (None: always ``fields``).
+    detail_zoom
+        Zoom from which ``fields`` are sent.
+    description
+        For TileJSON.
+    """
+
+    minzoom: int
+    fields: tuple[str, ...]
+    overview_fields: tuple[str, ...] | None = None
+    detail_zoom: int = 0
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +126,15 @@ class Collection:
         Column that ``datetime`` filters on.
     writable
         Whether the collection accepts Part 4 writes.
+    write_hint
+        What to do instead, for a read-only collection.
+    owner_column
+        For owned records: the column naming the owner; rows are then seen
+        per their ``visibility`` (:class:`~geo.core.privacy.Visibility`).
+    private_fields
+        Columns never shown in history or tiles (the owner of a trace).
+    tile
+        The collection's vector-tile layer, if it has one.
     """
 
     name: str
@@ -100,7 +145,11 @@ class Collection:
     geometry_types: tuple[str, ...]
     temporal: str = "updated_at"
     writable: bool = True
+    write_hint: str = ""
     multi: bool = False
+    owner_column: str | None = None
+    private_fields: tuple[str, ...] = ()
+    tile: TileZoom | None = None
     _by_name: dict[str, Property] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -110,17 +159,29 @@ class Collection:
         """The published property called ``name``, or None."""
         return self._by_name.get(name)
 
+    @property
+    def owned(self) -> bool:
+        """Whether rows belong to an owner and are seen per their visibility."""
+        return self.owner_column is not None
+
     def visible(self, user: Principal | None) -> ColumnElement[bool]:
         """SQL condition for the rows ``user`` may see (live rows only)."""
         live = self.table.c.deleted_at.is_(None)
-        if self.name != "traces":
+        if self.owner_column is None:
             return live
         visibility = self.table.c.visibility
         if user is None:
-            return live & (visibility == "public")
+            return live & (visibility == Visibility.PUBLIC.value)
         if user.at_least("admin"):
             return live & true()
-        return live & or_(visibility.in_(("public", "community")), self.table.c.owner == user.name)
+        shared = (Visibility.PUBLIC.value, Visibility.COMMUNITY.value)
+        return live & or_(visibility.in_(shared), self.table.c[self.owner_column] == user.name)
+
+    def public_sql(self, alias: str) -> str:
+        """SQL text (on ``alias``) for the rows anyone may see, live or not: tiles' filter."""
+        if self.owner_column is None:
+            return "TRUE"
+        return f"{alias}.visibility = '{Visibility.PUBLIC.value}'"
 
 
 _BOOKKEEPING = (
@@ -146,6 +207,11 @@ SETTLEMENTS = Collection(
     ),
     geometry_types=("MULTIPOLYGON", "POLYGON"),
     multi=True,
+    tile=TileZoom(
+        minzoom=0,
+        fields=("version", "name", "status", "county", "ward"),
+        description="Settlement boundaries, by status",
+    ),
 )
 
 STRUCTURES = Collection(
@@ -169,6 +235,22 @@ STRUCTURES = Collection(
         *_BOOKKEEPING,
     ),
     geometry_types=("POLYGON", "MULTIPOLYGON", "POINT"),
+    tile=TileZoom(
+        minzoom=14,
+        fields=(
+            "version",
+            "settlement_id",
+            "structure_number",
+            "use",
+            "storeys",
+            "households",
+            "wall_material",
+            "roof_material",
+        ),
+        overview_fields=("use",),
+        detail_zoom=15,
+        description="Structure footprints, by use (id and use only at zoom 14)",
+    ),
 )
 
 FACILITIES = Collection(
@@ -191,6 +273,11 @@ FACILITIES = Collection(
         "LINESTRING",
         "MULTILINESTRING",
     ),
+    tile=TileZoom(
+        minzoom=12,
+        fields=("version", "settlement_id", "type", "condition", "name"),
+        description="Shared facilities (water points, toilets, schools, clinics, drainage, roads)",
+    ),
 )
 
 TRACES = Collection(
@@ -203,15 +290,30 @@ TRACES = Collection(
         Property("visibility", writable=False, enum=ENUMS["visibility"]),
         Property("settlement_id", "integer", writable=False),
         Property("points", "integer", writable=False),
-        Property("length_m", "number", writable=False),
+        Property(
+            "length_m", "number", writable=False, tile_sql="round(t.length_m::numeric, 1)::float8"
+        ),
         Property("duration_s", "number", writable=False),
-        Property("started_at", "datetime", writable=False),
+        Property(
+            "started_at",
+            "datetime",
+            writable=False,
+            tile_sql="to_char(t.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+        ),
         Property("ended_at", "datetime", writable=False),
         *_BOOKKEEPING,
     ),
     geometry_types=("MULTILINESTRING",),
     temporal="started_at",
     writable=False,
+    write_hint="upload GPX with POST /traces",
+    owner_column="owner",
+    private_fields=("owner",),
+    tile=TileZoom(
+        minzoom=10,
+        fields=("name", "length_m", "points", "started_at"),
+        description="Public GPS traces (cleaned lines)",
+    ),
 )
 
 COLLECTIONS: dict[str, Collection] = {

@@ -20,9 +20,16 @@ import psycopg.errors
 from sqlalchemy import Connection, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from geo.crs import Crs
-from geo.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
-from geo.geojson import GEOJSON_TO_POSTGIS
+from geo.core.crs import Crs
+from geo.core.errors import (
+    BadRequest,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    TooLarge,
+)
+from geo.core.geojson import GEOJSON_TO_POSTGIS
 from geo.layers.registry import Collection, Property
 
 __all__ = [
@@ -61,12 +68,12 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(
+        raise BadRequest(
             f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            status=400,
+            slug="invalid-json",
         ) from exc
     except (ValueError, RecursionError) as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}", status=400) from exc
+        raise BadRequest(f"body is not valid JSON: {exc}", slug="invalid-json") from exc
 
 
 def _feature(obj: Any, index: int, *, where: str) -> FeatureInput:
@@ -223,11 +230,10 @@ def _prepare_geometry(
         )
     vertices = _count_positions(geometry["coordinates"])
     if vertices > max_vertices:
-        raise InvalidInput(
+        raise TooLarge(
             f"geometry has {vertices} vertices; the limit is {max_vertices} "
             "(MAKAZI_MAX_FEATURE_VERTICES)",
             field="geometry",
-            status=413,
         )
     base_type = _GEOMETRY_TYPES[kind]
     if base_type not in collection.geometry_types:
@@ -505,7 +511,7 @@ def feature_history(conn: Connection, collection: Collection, fid: int) -> list[
         ),
         {"c": collection.name, "id": fid},
     ).all()
-    hidden = {"owner"} if collection.name == "traces" else set()
+    hidden = set(collection.private_fields)
     return [
         {
             "version": row.version,

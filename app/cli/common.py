@@ -1,0 +1,70 @@
+"""What every ``makazi`` command shares: settings, the database it runs against, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from geo.core.cluster import EmbeddedCluster
+from geo.core.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = ["CommandError", "cluster_of", "database_url", "engine_for", "load_settings", "migrate"]
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr."""
+
+
+def load_settings() -> Settings:
+    """The ``MAKAZI_*`` settings, or a :class:`CommandError` naming the bad one."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "MAKAZI_" + str(first["loc"][0]).upper() if first["loc"] else "MAKAZI_*"
+        raise CommandError(f"bad setting {name}: {first['msg']}") from exc
+
+
+def cluster_of(settings: Settings) -> EmbeddedCluster:
+    """The embedded cluster in the settings' data dir."""
+    return EmbeddedCluster(settings.data_dir)
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings, *, keep_running: bool = False) -> Iterator[str]:
+    """Yield a database URL; start the embedded cluster for the duration if needed."""
+    from geo.core.cluster import ensure_postgis
+    from geo.core.db import resolve_url
+
+    if settings.database_url:
+        yield resolve_url(settings)
+        return
+    ensure_postgis(install=os.geteuid() == 0, quiet=True)
+    cluster = cluster_of(settings)
+    started = cluster.start()
+    try:
+        yield cluster.url()
+    finally:
+        if started and not keep_running:
+            cluster.stop()
+
+
+def engine_for(settings: Settings, url: str) -> Engine:
+    """A small engine for one command."""
+    from geo.core.db import make_engine
+
+    return make_engine(url, settings, pool_size=2)
+
+
+def migrate(url: str) -> None:
+    """Bring the database to the newest schema revision."""
+    from geo.core.db import migrate as upgrade
+
+    upgrade(url)

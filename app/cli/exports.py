@@ -1,0 +1,55 @@
+"""``makazi export``: a collection to a file, streamed."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from app.cli.common import (
+    CommandError,
+    database_url,
+    engine_for,
+    load_settings,
+)
+
+__all__ = ["add_parsers"]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from geo.exports.stream import export_format, stream_export
+    from geo.layers.registry import COLLECTIONS
+
+    collection = COLLECTIONS.get(args.collection)
+    if collection is None:
+        raise CommandError(
+            f"unknown collection {args.collection!r}; one of {', '.join(COLLECTIONS)}"
+        )
+    fmt = export_format(args.format)
+    settings = load_settings()
+    from geo.core.auth import Principal
+
+    everyone = Principal(name="makazi-cli", role="admin", token_id=0)
+    written = 0
+    with database_url(settings) as url:
+        engine = engine_for(settings, url)
+        with engine.connect() as conn, open(args.output, "wb") as out:
+            for chunk in stream_export(
+                conn, collection, fmt, user=everyone, settlement_id=args.settlement
+            ):
+                out.write(chunk)
+                written += len(chunk)
+        engine.dispose()
+    print(f"wrote {written:,} bytes to {args.output}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """``export``."""
+    export = sub.add_parser("export", help="export a collection to a file (streamed)")
+    export.add_argument("collection")
+    export.add_argument(
+        "--format", default="geojson", help="geojson, gpkg, fgb, shp (zip), kml or csv"
+    )
+    export.add_argument("-o", "--output", required=True)
+    export.add_argument("--settlement", type=int, default=None)
+    export.set_defaults(func=cmd_export)

@@ -1,0 +1,77 @@
+"""``makazi serve``: the HTTP service, on the embedded or a configured PostGIS."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+from typing import Any
+
+from app.cli.common import (
+    CommandError,
+    database_url,
+    engine_for,
+    load_settings,
+    migrate,
+)
+
+__all__ = ["add_parsers"]
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from geo.demo.generator import generate
+    from geo.demo.loader import is_empty, load
+
+    settings = load_settings()
+    if _port_in_use(args.host, args.port):
+        raise CommandError(f"port {args.port} on {args.host} is in use; pick another with --port")
+    with database_url(settings) as url:
+        migrate(url)
+        if args.demo:
+            engine = engine_for(settings, url)
+            with engine.begin() as conn:
+                if is_empty(conn):
+                    print(f"loading demo data ({settings.demo_structures} structures)...")
+                    counts = load(conn, generate(settings.demo_structures, settings.demo_seed))
+                    print(", ".join(f"{v} {k}" for k, v in counts.items()))
+            engine.dispose()
+        print(f"Makazi on http://{args.host}:{args.port}/  (map: /map, API: /api)", flush=True)
+        # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM
+        # unwind like Ctrl-C so the embedded database is stopped on the way out.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level,
+            proxy_headers=True,
+        )
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """``serve``."""
+    serve = sub.add_parser("serve", help="run the HTTP service (starts the embedded PostGIS)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--demo", action="store_true", help="load demo data into an empty DB")
+    serve.set_defaults(func=cmd_serve)

@@ -1,0 +1,176 @@
+"""Engines, connections and migrations.
+
+The only place that turns settings into a SQLAlchemy engine.  With no
+``MAKAZI_DATABASE_URL`` the embedded cluster's URL is used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from geo.core.cluster import EmbeddedCluster
+from geo.core.settings import Settings
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "Database",
+    "act_as",
+    "current_revision",
+    "downgrade",
+    "make_engine",
+    "migrate",
+    "normalise_url",
+    "resolve_url",
+]
+
+
+def _migrations_dir() -> Path:
+    """The folder of the ``migrations`` package (Alembic's scripts), wherever it is installed.
+
+    From a checkout (editable install) that is ``<repo>/migrations``, from a wheel
+    ``site-packages/migrations``.  The package is found with importlib, not imported.  An
+    editable install made before ``migrations`` became a package does not map it; then
+    the checkout's folder beside ``geo`` is used.
+    """
+    spec = importlib.util.find_spec("migrations")
+    if spec is not None and spec.submodule_search_locations:
+        found = Path(next(iter(spec.submodule_search_locations))).resolve()
+        if (found / "env.py").is_file():
+            return found
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    raise ImportError("Makazi's `migrations` package is not installed (reinstall makazi)")
+
+
+MIGRATIONS_DIR = _migrations_dir()
+
+
+def normalise_url(url: str) -> str:
+    """Make a ``postgres://`` or ``postgresql://`` URL use the psycopg 3 driver.
+
+    >>> normalise_url("postgresql://u@h/db")
+    'postgresql+psycopg://u@h/db'
+    """
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.drivername in {"postgresql", "postgresql+psycopg2", "postgresql+psycopg"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def resolve_url(settings: Settings) -> str:
+    """The database URL the settings point at (the embedded cluster by default)."""
+    if settings.database_url:
+        return normalise_url(settings.database_url)
+    return EmbeddedCluster(settings.data_dir).url()
+
+
+def make_engine(url: str, settings: Settings, *, pool_size: int | None = None) -> Engine:
+    """An engine with a bounded pool and a statement timeout.
+
+    No pre-ping (a round trip on every checkout): when the server restarts, the
+    first statement on a dead connection fails as a disconnect, SQLAlchemy then
+    discards every pooled connection, that one request gets a 503 and the next
+    ones reconnect.
+    """
+    return create_engine(
+        normalise_url(url),
+        pool_pre_ping=False,
+        pool_size=pool_size or settings.pool_size,
+        max_overflow=settings.pool_size,
+        pool_timeout=10,
+        connect_args={
+            "connect_timeout": 5,
+            "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+            "application_name": "makazi",
+        },
+    )
+
+
+def _alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade the database to ``revision`` (Alembic)."""
+    command.upgrade(_alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Downgrade the database to ``revision`` (``base`` removes everything)."""
+    command.downgrade(_alembic_config(url), revision)
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The Alembic revision the connected database is at, or None."""
+    exists = connection.execute(text("SELECT to_regclass('public.alembic_version')")).scalar()
+    if exists is None:
+        return None
+    value = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return str(value) if value is not None else None
+
+
+def act_as(connection: Connection, actor: str) -> None:
+    """Name the actor that triggers write into history for this transaction."""
+    connection.execute(text("SELECT set_config('makazi.user', :actor, true)"), {"actor": actor})
+
+
+class Database:
+    """The primary engine and, when configured, read replicas.
+
+    Writes go to the primary inside one transaction that names its actor;
+    reads go to a replica when there is one (round robin), else the primary.
+    """
+
+    def __init__(self, engine: Engine, replicas: Sequence[Engine] = ()) -> None:
+        self.engine = engine
+        self.replicas = list(replicas)
+        self._next = itertools.count()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """Engines for the configured (or embedded) database and its replicas."""
+        primary = make_engine(resolve_url(settings), settings)
+        replicas = [make_engine(url, settings) for url in settings.database_replica_urls]
+        return cls(primary, replicas)
+
+    @contextmanager
+    def begin(self, actor: str | None = None) -> Iterator[Connection]:
+        """A connection in a transaction on the primary, committed on success."""
+        with self.engine.begin() as conn:
+            if actor:
+                act_as(conn, actor)
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reading (a replica when configured)."""
+        engine = self.engine
+        if self.replicas:
+            engine = self.replicas[next(self._next) % len(self.replicas)]
+        with engine.connect() as conn:
+            yield conn
+            conn.rollback()
+
+    def notifications_url(self) -> str | None:
+        """The libpq URL to ``LISTEN`` on for committed changes (the primary's)."""
+        url = self.engine.url.set(drivername="postgresql")
+        return url.render_as_string(hide_password=False)
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+        for replica in self.replicas:
+            replica.dispose()

@@ -1,0 +1,1 @@
+"""Synthetic settlements for demos, tests and benchmarks (generator and loader)."""

@@ -1,0 +1,1 @@
+"""Files out: streaming exports of a collection in the formats GIS tools read."""

@@ -1,0 +1,1 @@
+"""Vector tiles: MVT rendering in PostGIS, the tile cache and its change feed, TileJSON."""

@@ -1,0 +1,1 @@
+"""GPS traces: GPX parsing, cleaning, ingest, reads, edits and perimeter-walk boundaries."""

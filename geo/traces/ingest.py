@@ -1,0 +1,590 @@
+"""GPS trace ingest: parse, clean and store an upload in one transaction.
+
+Ingest runs in one transaction, so a failure stores nothing:
+
+1. (the caller claims an ``Idempotency-Key`` in the same transaction first,
+   see ``app/idempotent.py``, so a retry with the key gets the first answer);
+2. a transaction-level advisory lock on (owner, SHA-256 of the bytes) and a
+   look-up: the same bytes from the same owner answer 200 with the existing
+   trace, and concurrent identical uploads queue on the lock, so exactly one
+   trace is created;
+3. the upload's members (gzip/bzip2/zip or plain, see :mod:`geo.core.uploads`) are
+   parsed by :class:`geo.traces.gpx.GpxReader` and cleaned point by point
+   (:class:`Cleaner`).  A small upload's kept points stay in a list (up to
+   ``DIRECT_MAX_ROWS`` rows and ``DIRECT_MAX_BYTES`` bytes); past that they
+   stream with ``COPY`` into a temporary staging table - no per-point
+   ``INSERT``, memory flat whatever the size;
+4. one statement builds the trace row (lines, geodesic length via
+   ``geography``), its segments and points from those rows (bound as binary
+   arrays, or read from the staging table) and answers the new trace's
+   summary; a small upload's original bytes go in the same statement, a
+   large one's stream into ``trace_files`` with ``COPY``.
+
+Visibility: ``private`` traces are seen by their owner and admins,
+``community`` by any signed-in user, ``public`` by anyone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Connection, text
+
+from geo.core import idempotency
+from geo.core.errors import BadRequest, InvalidInput
+from geo.core.privacy import Visibility
+from geo.core.uploads import SpooledBody, members, sniff
+from geo.traces.cleaning import Cleaner, Dropped
+from geo.traces.gpx import BadPoint, Container, GpxReader, Point
+from geo.traces.reads import FILE_CHUNK, summary_json, trace_summary
+
+__all__ = [
+    "CONTENT_TYPES",
+    "DIRECT_MAX_BYTES",
+    "DIRECT_MAX_ROWS",
+    "ingest_trace",
+    "IngestResult",
+    "NoPoints",
+    "TraceLimits",
+]
+
+#: An upload up to these sizes is stored from memory (rows bound as arrays, the
+#: bytes as one parameter: no staging table, one statement); a larger one goes
+#: through a temporary staging table with COPY, so memory stays flat.
+DIRECT_MAX_ROWS = 20_000
+DIRECT_MAX_BYTES = 4 * 1024 * 1024
+CONTENT_TYPES = {
+    "plain": "application/gpx+xml",
+    "gzip": "application/gzip",
+    "bzip2": "application/x-bzip2",
+    "zip": "application/zip",
+}
+
+
+@dataclass(frozen=True)
+class TraceLimits:
+    """The limits and cleaning rules an ingest applies (from settings)."""
+
+    max_points: int = 1_000_000
+    max_decompressed_bytes: int = 250 * 1024 * 1024
+    max_archive_members: int = 100
+    max_xml_depth: int = 64
+    max_speed_mps: float = 60.0
+    max_hdop: float = 20.0
+    ingest_timeout_ms: int = 600_000
+    direct_max_rows: int = DIRECT_MAX_ROWS
+    direct_max_bytes: int = DIRECT_MAX_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TraceLimits:
+        """Read the ``MAKAZI_*`` trace settings."""
+        return cls(
+            max_points=settings.max_trace_points,
+            max_decompressed_bytes=settings.max_decompressed_bytes,
+            max_archive_members=settings.max_archive_members,
+            max_xml_depth=settings.trace_max_xml_depth,
+            max_speed_mps=settings.trace_max_speed_mps,
+            max_hdop=settings.trace_max_hdop,
+            ingest_timeout_ms=settings.trace_ingest_timeout_ms,
+        )
+
+
+# ----------------------------------------------------------------------- ingest
+class NoPoints(InvalidInput):
+    """Nothing usable in the file (a 422, with what was dropped)."""
+
+    slug = "no-points"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The stored trace: whether this upload created it (else the same bytes were
+    there already), its id and its summary as JSON."""
+
+    created: bool
+    trace_id: int
+    body: bytes
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.points = 0
+        self.route_points = 0
+        self.waypoints = 0
+        self.min_lon = math.inf
+        self.min_lat = math.inf
+        self.max_lon = -math.inf
+        self.max_lat = -math.inf
+        self.start: datetime | None = None
+        self.end: datetime | None = None
+
+    def add(self, point: Point) -> None:
+        if point.kind == "trkpt":
+            self.points += 1
+            when = point.time
+            if when is not None:
+                if self.start is None or when < self.start:
+                    self.start = when
+                if self.end is None or when > self.end:
+                    self.end = when
+        elif point.kind == "rtept":
+            self.route_points += 1
+        else:
+            self.waypoints += 1
+        lon, lat = point.lon, point.lat
+        if lon < self.min_lon:
+            self.min_lon = lon
+        if lon > self.max_lon:
+            self.max_lon = lon
+        if lat < self.min_lat:
+            self.min_lat = lat
+        if lat > self.max_lat:
+            self.max_lat = lat
+
+    @property
+    def kept(self) -> int:
+        return self.points + self.route_points + self.waypoints
+
+
+# Parsed rows are (kind, seq, track, segment, lon, lat, ele, time, name,
+# extensions): track/route/waypoint points, plus one row per track segment
+# ("trkseg") and route ("rte") so that empty ones are stored too.
+_STAGE_TYPES = (
+    ("kind", "text"),
+    ("seq", "integer"),
+    ("track", "integer"),
+    ("segment", "integer"),
+    ("lon", "float8"),
+    ("lat", "float8"),
+    ("ele", "float8"),
+    ("time", "timestamptz"),
+    ("name", "text"),
+    ("extensions", "jsonb"),
+)
+_STAGE_COLUMNS = ", ".join(column for column, _ in _STAGE_TYPES)
+
+_STAGE = """
+DROP TABLE IF EXISTS pg_temp.trace_stage;
+CREATE TEMP TABLE trace_stage (
+    kind text NOT NULL, seq integer, track integer, segment integer,
+    lon double precision, lat double precision, ele double precision,
+    time timestamptz, name text, extensions jsonb
+) ON COMMIT DROP
+"""
+_STAGE_COPY = f"COPY trace_stage ({_STAGE_COLUMNS}) FROM STDIN"
+
+# Where the store statement reads the rows: the staging table (inlined, as if
+# the statement named it) or one array parameter per column (unnested once).
+_FROM_TABLE = f"NOT MATERIALIZED (SELECT {_STAGE_COLUMNS} FROM trace_stage)"  # noqa: S608
+_ARRAY_PARAMETERS = ", ".join(
+    f"CAST(%(stage_{column})b AS {kind}[])" for column, kind in _STAGE_TYPES
+)
+_FROM_ARRAYS = f"MATERIALIZED (SELECT * FROM unnest({_ARRAY_PARAMETERS}) AS s({_STAGE_COLUMNS}))"  # noqa: S608
+
+# One statement: lines per segment, the trace row, its segments and points (and,
+# for a small upload, the original bytes); it answers the new trace's summary row.
+_STORE = """
+WITH stage AS {source}, lines AS (
+    SELECT kind, track, segment, count(*) AS n,
+           CASE WHEN count(*) > 1
+                THEN ST_MakeLine(ST_SetSRID(ST_MakePoint(lon, lat), 4326) ORDER BY seq) END
+               AS line
+    FROM stage WHERE kind IN ('trkpt', 'rtept')
+    GROUP BY kind, track, segment
+), track_lines AS (
+    SELECT ST_Multi(ST_Collect(line ORDER BY track, segment)) AS geom,
+           coalesce(sum(ST_Length(line::geography)), 0) AS length_m
+    FROM lines WHERE kind = 'trkpt' AND line IS NOT NULL
+), trace AS (
+    INSERT INTO traces (name, owner, visibility, settlement_id, content_sha256, points, tracks,
+                        segments, routes, waypoints, length_m, duration_s, started_at,
+                        ended_at, stats, dropped, warnings, geom)
+    SELECT %(name)s, %(owner)s, %(visibility)s, %(settlement_id)s, %(sha)s, %(points)s,
+           %(tracks)s, %(segments)s, %(routes)s, %(waypoints)s, round(l.length_m::numeric, 2),
+           %(duration_s)s, %(started_at)s, %(ended_at)s,
+           CAST(%(stats)s AS jsonb)
+               || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
+           CAST(%(dropped)s AS jsonb), CAST(%(warnings)s AS jsonb), l.geom
+    FROM track_lines l
+    RETURNING id, name, owner, visibility, settlement_id, version, stats, dropped, warnings,
+              created_at, updated_at
+), segments AS (
+    INSERT INTO trace_segments (trace_id, kind, track, segment, points, geom)
+    SELECT t.id, CASE c.kind WHEN 'trkseg' THEN 'track' ELSE 'route' END, c.track,
+           c.segment, coalesce(l.n, 0), l.line
+    FROM stage c
+    CROSS JOIN trace t
+    LEFT JOIN lines l
+           ON l.kind = CASE c.kind WHEN 'trkseg' THEN 'trkpt' ELSE 'rtept' END
+          AND l.track = c.track AND l.segment = c.segment
+    WHERE c.kind IN ('trkseg', 'rte')
+), points AS (
+    INSERT INTO trace_points (trace_id, kind, seq, track, segment, geom, ele, time, name,
+                              extensions)
+    SELECT t.id, s.kind, s.seq, s.track, s.segment,
+           ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), s.ele, s.time, s.name, s.extensions
+    FROM stage s CROSS JOIN trace t
+    WHERE s.kind IN ('trkpt', 'rtept', 'wpt')
+){file}
+SELECT * FROM trace
+"""
+_FILE_FROM_PARAMETER = """, file AS (
+    INSERT INTO trace_files (trace_id, content_type, size_bytes, content)
+    SELECT t.id, %(content_type)s, %(size_bytes)s, %(content)s FROM trace t
+)"""
+_STORE_STAGED = _STORE.format(source=_FROM_TABLE, file="")
+_STORE_DIRECT = _STORE.format(source=_FROM_ARRAYS, file=_FILE_FROM_PARAMETER)
+
+
+def _driver(conn: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under ``conn`` (same transaction), for COPY."""
+    raw = conn.connection.driver_connection
+    if not isinstance(raw, psycopg.Connection):
+        raise TypeError("trace ingest needs the psycopg 3 driver")
+    return raw
+
+
+def _describe(dropped: Dropped) -> str:
+    parts = [f"{g['count']} {g['kind']} {g['reason']}" for g in dropped.as_list()[:5]]
+    return "; ".join(parts)
+
+
+class _Rows(contextlib.ExitStack):
+    """Where parsed rows go: a list up to ``max_rows``, then the staging table.
+
+    Use as a context manager; past ``max_rows`` the rows so far and every
+    later one stream into ``trace_stage`` (created then) through one COPY,
+    which :meth:`finish` (or leaving the context) ends.  A staged ingest runs
+    under ``timeout_ms`` as its statement timeout; a direct one keeps the
+    ordinary timeout (its one statement handles at most ``max_rows`` rows).
+    """
+
+    def __init__(self, conn: Connection, *, max_rows: int, timeout_ms: int) -> None:
+        super().__init__()
+        self.conn = conn
+        self.max_rows = max_rows
+        self.timeout_ms = timeout_ms
+        self.rows: list[tuple[Any, ...]] = []
+        self.staged = False
+        self._copy: psycopg.Copy | None = None
+
+    def write(self, row: tuple[Any, ...]) -> None:
+        """Take one row."""
+        if self._copy is not None:
+            self._copy.write_row(row)
+            return
+        self.rows.append(row)
+        if len(self.rows) > self.max_rows:
+            self.spill()
+
+    def spill(self) -> None:
+        """Move to the staging table: create it, open the COPY, send the rows so far."""
+        if self.staged:
+            return
+        # The COPY lasts as long as the parse: a 1M-point upload outlives the
+        # ordinary statement timeout, so a staged ingest has its own (still bounded) one.
+        self.conn.execute(
+            text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(self.timeout_ms)}
+        )
+        for statement in _STAGE.split(";"):
+            self.conn.execute(text(statement))
+        cursor = self.enter_context(_driver(self.conn).cursor())
+        copy = self.enter_context(cursor.copy(_STAGE_COPY))
+        for row in self.rows:
+            copy.write_row(row)
+        self.rows = []
+        self.staged = True
+        self._copy = copy
+
+    def finish(self) -> None:
+        """End the COPY, if there is one (the rows are then in the table)."""
+        self.close()
+
+    def arrays(self) -> dict[str, list[Any] | None]:
+        """The listed rows as one array parameter per column (``stage_<column>``).
+
+        A column without any value (no names, no extensions...) is sent as
+        NULL, which ``unnest`` pads with NULLs like a short array: less to send.
+        """
+        columns = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(_STAGE_TYPES)
+        return {
+            f"stage_{column}": list(values) if any(v is not None for v in values) else None
+            for (column, _), values in zip(_STAGE_TYPES, columns, strict=True)
+        }
+
+
+def _parse(
+    body: SpooledBody,
+    limits: TraceLimits,
+    dropped: Dropped,
+    write: Callable[[tuple[Any, ...]], None],
+) -> tuple[GpxReader, _Stats]:
+    """Parse and clean every member of the upload, handing each row to ``write``."""
+    reader = GpxReader(max_points=limits.max_points, max_depth=limits.max_xml_depth)
+    stats = _Stats()
+    cleaner = Cleaner(max_speed_mps=limits.max_speed_mps, max_hdop=limits.max_hdop, dropped=dropped)
+
+    def stage(point: Point) -> None:
+        stats.add(point)
+        ext = point.extensions
+        write(
+            (
+                point.kind,
+                point.index,
+                point.track,
+                point.segment,
+                point.lon,
+                point.lat,
+                point.ele,
+                point.time,
+                point.name,
+                json.dumps(ext, separators=(",", ":")) if ext else None,
+            )
+        )
+
+    body.file.seek(0)
+    contents = members(
+        body.file,
+        limit=limits.max_decompressed_bytes,
+        max_members=limits.max_archive_members,
+    )
+    for member in contents:
+        try:
+            for item in reader.read(member.stream, member=member.name):
+                if type(item) is Point:
+                    if item.kind == "trkpt":
+                        for kept in cleaner.push(item):
+                            stage(kept)
+                    else:
+                        stage(item)
+                elif type(item) is BadPoint:
+                    dropped.add(
+                        item.kind,
+                        item.reason,
+                        index=item.index,
+                        track=item.track,
+                        segment=item.segment,
+                        value=item.value,
+                    )
+                elif type(item) is Container:
+                    cleaner.end_segment()
+                    if item.kind == "trkseg":
+                        write(("trkseg", None, item.track, item.segment) + (None,) * 6)
+                    elif item.kind == "rte":
+                        write(("rte", None, item.track, 0) + (None,) * 6)
+        except (BadRequest, InvalidInput):
+            # A parse error may hide bytes past the size limit (a bomb of junk):
+            # then the size limit is the answer, not the XML error.
+            member.stream.drain()
+            for rest in contents:
+                rest.stream.drain()
+            raise
+        cleaner.end_segment()
+    return reader, stats
+
+
+def fingerprint(
+    body: SpooledBody, name: str | None, visibility: str, settlement: int | None
+) -> str:
+    """What makes two uploads "the same request" for an ``Idempotency-Key``."""
+    label = (name or "").strip()
+    return idempotency.request_hash(body.sha256, label, visibility, str(settlement or ""))
+
+
+def ingest_trace(
+    conn: Connection,
+    *,
+    owner: str,
+    body: SpooledBody,
+    name: str | None,
+    visibility: str,
+    settlement_id: int | None,
+    limits: TraceLimits,
+) -> IngestResult:
+    """Store an uploaded GPX (plain, gzip, bzip2 or zip) as a trace; see the module doc.
+
+    Raises
+    ------
+    BadRequest
+        For bytes that are not GPX (with line/column) or a broken archive.
+    InvalidInput
+        For a file without a usable point (:class:`NoPoints`) or a bad parameter.
+    TooLarge
+        Past the size, decompression or point limit.
+    """
+    if visibility not in set(Visibility):
+        raise InvalidInput(f"visibility must be one of {', '.join(Visibility)}")
+    if name is not None and not name.strip():
+        name = None
+    existing = _lock_and_find(conn, owner=owner, sha256=body.sha256)
+    if existing is not None:
+        return IngestResult(False, int(existing), summary_json(conn, int(existing)))
+    return _store_new(
+        conn,
+        owner=owner,
+        body=body,
+        name=name,
+        visibility=visibility,
+        settlement_id=settlement_id,
+        limits=limits,
+    )
+
+
+def _lock_and_find(conn: Connection, *, owner: str, sha256: str) -> int | None:
+    """Lock (owner, bytes) for the transaction; the live trace with those bytes, if any.
+
+    Two statements, so that the look-up's snapshot is taken once the lock is
+    held (it sees what an earlier holder committed), sent in one round trip.
+    """
+    raw = _driver(conn)
+    with raw.pipeline(), raw.cursor() as lock, raw.cursor() as find:
+        lock.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 6))", (f"trace/{owner}/{sha256}",)
+        )
+        find.execute(
+            "SELECT id FROM traces WHERE owner = %s AND content_sha256 = %s AND deleted_at IS NULL",
+            (owner, sha256),
+        )
+        row = find.fetchone()
+    return None if row is None else int(row[0])
+
+
+def _store_new(
+    conn: Connection,
+    *,
+    owner: str,
+    body: SpooledBody,
+    name: str | None,
+    visibility: str,
+    settlement_id: int | None,
+    limits: TraceLimits,
+) -> IngestResult:
+    if settlement_id is not None:
+        live = conn.execute(
+            text("SELECT 1 FROM settlements WHERE id = :i AND deleted_at IS NULL"),
+            {"i": settlement_id},
+        ).first()
+        if live is None:
+            raise InvalidInput(
+                f"settlement_id {settlement_id} does not exist", field="settlement_id"
+            )
+    dropped = Dropped()
+    with _Rows(conn, max_rows=limits.direct_max_rows, timeout_ms=limits.ingest_timeout_ms) as rows:
+        if body.size > limits.direct_max_bytes:
+            rows.spill()
+        reader, stats = _parse(body, limits, dropped, rows.write)
+        rows.finish()
+    if stats.kept == 0:
+        if reader.points_seen == 0:
+            raise NoPoints("the file has no track point, route point or waypoint")
+        raise NoPoints(
+            f"no point with valid coordinates: {_describe(dropped)}",
+            dropped=dropped.as_list(),
+        )
+    body.file.seek(0)
+    content_type = CONTENT_TYPES[sniff(body.file)]
+    params = _trace_params(
+        owner=owner,
+        body=body,
+        name=name,
+        visibility=visibility,
+        settlement_id=settlement_id,
+        reader=reader,
+        stats=stats,
+        dropped=dropped,
+        content_type=content_type,
+    )
+    if rows.staged:
+        row = _run_store(conn, _STORE_STAGED, params)
+        conn.execute(text("DROP TABLE pg_temp.trace_stage"))
+        _store_file(conn, int(row.id), body, content_type)
+    else:
+        body.file.seek(0)
+        file = {"content_type": content_type, "size_bytes": body.size, "content": body.file.read()}
+        row = _run_store(conn, _STORE_DIRECT, {**params, **rows.arrays(), **file})
+    return IngestResult(True, int(row.id), json.dumps(trace_summary(row)).encode())
+
+
+def _run_store(conn: Connection, statement: str, params: dict[str, Any]) -> Any:
+    """Run a store statement on the driver connection; its one row (the new trace).
+
+    psycopg directly rather than SQLAlchemy: the array parameters go in binary
+    (``%(…)b``), several times cheaper to send than their text form.
+    """
+    with _driver(conn).cursor(row_factory=namedtuple_row) as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchone()
+
+
+def _trace_params(
+    *,
+    owner: str,
+    body: SpooledBody,
+    name: str | None,
+    visibility: str,
+    settlement_id: int | None,
+    reader: GpxReader,
+    stats: _Stats,
+    dropped: Dropped,
+    content_type: str,
+) -> dict[str, Any]:
+    """The store statement's parameters for the trace row (stats as JSON too)."""
+    duration = (stats.end - stats.start).total_seconds() if stats.start and stats.end else None
+    bbox = [stats.min_lon, stats.min_lat, stats.max_lon, stats.max_lat] if stats.kept else None
+    stats_json = {
+        "points": stats.points,
+        "tracks": reader.tracks,
+        "segments": reader.segments,
+        "routes": reader.routes,
+        "waypoints": stats.waypoints,
+        "route_points": stats.route_points,
+        "duration_s": duration,
+        "started_at": stats.start.isoformat() if stats.start else None,
+        "ended_at": stats.end.isoformat() if stats.end else None,
+        "bbox": bbox,
+        "gpx_version": reader.versions[0] if reader.versions else None,
+        "size_bytes": body.size,
+        "content_type": content_type,
+    }
+    return {
+        "name": (name or f"GPS trace {body.sha256[:8]}")[:300],
+        "owner": owner,
+        "visibility": visibility,
+        "settlement_id": settlement_id,
+        "sha": body.sha256,
+        "points": stats.points,
+        "tracks": reader.tracks,
+        "segments": reader.segments,
+        "routes": reader.routes,
+        "waypoints": stats.waypoints,
+        "duration_s": duration,
+        "started_at": stats.start,
+        "ended_at": stats.end,
+        "stats": json.dumps(stats_json),
+        "dropped": json.dumps(dropped.as_list()),
+        "warnings": json.dumps(reader.warnings),
+    }
+
+
+def _store_file(conn: Connection, trace_id: int, body: SpooledBody, content_type: str) -> None:
+    """Stream the original bytes into ``trace_files`` (COPY, hex bytea, in chunks)."""
+    raw = _driver(conn)
+    body.file.seek(0)
+    with (
+        raw.cursor() as cursor,
+        cursor.copy(
+            "COPY trace_files (trace_id, content_type, size_bytes, content) FROM STDIN"
+        ) as copy,
+    ):
+        copy.write(f"{trace_id}\t{content_type}\t{body.size}\t\\\\x".encode())
+        while chunk := body.file.read(FILE_CHUNK):
+            copy.write(chunk.hex().encode())
+        copy.write(b"\n")

@@ -1,0 +1,1 @@
+"""The package as users get it: a wheel installed into a clean virtualenv."""

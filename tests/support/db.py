@@ -1,0 +1,43 @@
+"""The app's database view of one test transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection
+
+from geo.core.db import Database, act_as
+
+__all__ = ["BoundDatabase"]
+
+
+class BoundDatabase(Database):
+    """A :class:`Database` that runs everything on one connection, in savepoints.
+
+    Tests use it so that each test's writes are rolled back at the end.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection.engine)
+        self.connection = connection
+
+    @contextmanager
+    def begin(self, actor: str | None = None) -> Iterator[Connection]:
+        with self.connection.begin_nested():
+            if actor:
+                act_as(self.connection, actor)
+            yield self.connection
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.connection.begin_nested() as savepoint:
+            yield self.connection
+            savepoint.rollback()
+
+    def notifications_url(self) -> None:
+        """None: this transaction's writes are never committed, so nothing is ever notified."""
+        return None
+
+    def dispose(self) -> None:
+        """The connection belongs to the caller: nothing to close."""

@@ -1,0 +1,56 @@
+"""A real Makazi server (uvicorn in a subprocess) for tests that drive real clients.
+
+GDAL, QGIS, OWSLib and the browser need a server on a TCP port; this one runs
+against its own committed database in the session's cluster.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy import create_engine
+
+from geo.core.auth import ROLES, create_token
+from geo.core.cluster import EmbeddedCluster
+from geo.core.db import migrate
+from geo.demo.generator import generate
+from geo.demo.loader import load
+from tests.support.server import makazi_on
+
+
+@dataclass
+class LiveServer:
+    """Where the live server listens, its database and a token per role."""
+
+    base_url: str
+    database_url: str
+    process: subprocess.Popen[bytes]
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def headers(self, role: str) -> dict[str, str]:
+        """An Authorization header for ``role``."""
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+
+@contextmanager
+def live_server_running(
+    cluster: EmbeddedCluster, *, structures: int = 400, database: str = "makazi_live"
+) -> Iterator[LiveServer]:
+    """Create and fill ``database``, serve it on a free port, stop and drop it afterwards."""
+    url = cluster.create_database(database, drop=True)
+    migrate(url)
+    engine = create_engine(url)
+    tokens = {}
+    with engine.begin() as conn:
+        load(conn, generate(structures, seed=21))
+        for role in ROLES:
+            tokens[role] = create_token(conn, name=f"live-{role}", role=role)
+    engine.dispose()
+    try:
+        with makazi_on(url) as (base_url, process):
+            yield LiveServer(base_url=base_url, database_url=url, process=process, tokens=tokens)
+    finally:
+        cluster.drop_database(database)
