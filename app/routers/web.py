@@ -1,16 +1,16 @@
 """The web map page (``/map``) and the static files it loads.
 
 Everything the page needs is served from here: our own ``map.js`` and
-``map.css``, and MapLibre GL JS, which ``make`` fetches from the npm registry
-into ``app/static/vendor`` (``make vendor``).  No file is fetched from any
-other host, so the map works on a laptop with no internet.
+``map.css``, and MapLibre GL JS (BSD-3), vendored in ``app/static/vendor`` and
+shipped in the package (``make vendor`` refreshes it from the npm registry).
+No file is fetched from any other host, so the map works with no internet.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, status
 from fastapi.responses import FileResponse, Response
 
 from app.preconditions import none_match
@@ -42,13 +42,13 @@ def _serve(request: Request, path: Path, media_type: str) -> Response:
         stat = path.stat()
     except FileNotFoundError:
         hint = (
-            " (run `make vendor` to fetch MapLibre GL JS)" if path.parent.name == "vendor" else ""
+            " (reinstall the package, or run `make vendor`)" if path.parent.name == "vendor" else ""
         )
         raise NotFound(f"{path.name} is not installed{hint}") from None
     etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if none_match(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     return FileResponse(path, media_type=media_type, headers=headers)
 
 
