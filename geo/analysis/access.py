@@ -86,7 +86,7 @@ _NEAR_EXTENT = """
 _MARKED = (
     """
 fac AS MATERIALIZED (
-    SELECT ST_Transform(f.geom, 32737) AS u FROM facilities f
+    SELECT ST_Transform(f.geom, {srid}) AS u FROM facilities f
     WHERE """,
     _QUALIFYING,
     " AND ",

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
 
+from geo.core.crs import METRIC_SRID
 from geo.core.db import Database
 from geo.core.errors import BadRequest, MakaziError, NotFound
 from geo.layers.registry import ENUMS
@@ -20,7 +21,6 @@ from geo.layers.registry import ENUMS
 __all__ = [
     "FACILITY_TYPES",
     "STRUCTURE_USES",
-    "UTM_SRID",
     "WITHIN_SETTLEMENT",
     "check_facility_type",
     "check_range",
@@ -31,7 +31,6 @@ __all__ = [
     "stream_features",
 ]
 
-UTM_SRID = 32737
 """WGS 84 / UTM zone 37S: the metric CRS for Nairobi."""
 
 FACILITY_TYPES: tuple[str, ...] = ENUMS["type"]
@@ -53,18 +52,23 @@ WITHIN_SETTLEMENT = """
          OR NOT EXISTS (
              SELECT 1 FROM settlements o
              WHERE o.deleted_at IS NULL AND o.id <> s.id AND o.geom && t.geom
-               AND ST_Area(ST_Transform(ST_Intersection(t.geom, o.geom), 32737))
-                   > ST_Area(ST_Transform(ST_Intersection(t.geom, s.geom), 32737))))
+               AND ST_Area(ST_Transform(ST_Intersection(t.geom, o.geom), {srid}))
+                   > ST_Area(ST_Transform(ST_Intersection(t.geom, s.geom), {srid}))))
 """
 
 
 def sql(*fragments: str) -> TextClause:
     """A statement joined from constant SQL fragments of this package (never from input).
 
+    ``{srid}`` in a fragment stands for :data:`~geo.core.crs.METRIC_SRID`, the CRS
+    where metres are measured.
+
     >>> str(sql("SELECT 1", " AS one"))
     'SELECT 1 AS one'
+    >>> str(sql("SELECT ST_Transform(geom, {srid})"))
+    'SELECT ST_Transform(geom, 32737)'
     """
-    return text("".join(fragments))
+    return text("".join(fragments).replace("{srid}", str(METRIC_SRID)))
 
 
 def set_timeout(conn: Connection, timeout_ms: int) -> None:

@@ -1,7 +1,7 @@
 """Density grid: square cells aligned in UTM 37S with structure, household and people counts.
 
 Cells are ``cell_m`` metres square with corners at multiples of ``cell_m`` in
-EPSG:32737 coordinates, so grids of the same size line up across settlements
+EPSG:32737 (``METRIC_SRID``) coordinates, so grids of the same size line up across settlements
 and requests.  A cell counts a structure when it holds the structure's
 ``ST_PointOnSurface``, so every structure counts once.  The structures are
 those within the settlement (:data:`~geo.analysis.common.WITHIN_SETTLEMENT`);
@@ -14,8 +14,6 @@ import json
 import math
 from typing import Any
 
-from sqlalchemy import text
-
 from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json, sql
 from geo.core.db import Database
 from geo.core.errors import BadRequest, NotFound
@@ -24,10 +22,10 @@ from geo.core.settings import Settings
 
 __all__ = ["density"]
 
-_EXTENT = text(
+_EXTENT = sql(
     """
 SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b)
-FROM (SELECT ST_Transform(geom, 32737)::box2d AS b
+FROM (SELECT ST_Transform(geom, {srid})::box2d AS b
       FROM settlements WHERE id = :id AND deleted_at IS NULL) e
 """
 )
@@ -38,7 +36,7 @@ WITH s AS MATERIALIZED (
     SELECT id, geom FROM settlements WHERE id = :id AND deleted_at IS NULL
 ),
 st AS MATERIALIZED (
-    SELECT t.id, ST_Transform(ST_PointOnSurface(t.geom), 32737) AS p
+    SELECT t.id, ST_Transform(ST_PointOnSurface(t.geom), {srid}) AS p
     FROM s JOIN structures t ON """,
     WITHIN_SETTLEMENT,
     """
@@ -61,7 +59,7 @@ SELECT coalesce(json_agg(json_build_object(
     'type', 'Feature',
     'id', i || ':' || j,
     'geometry', ST_AsGeoJSON(ST_Transform(ST_Segmentize(
-        ST_MakeEnvelope(i * :cell_m, j * :cell_m, (i + 1) * :cell_m, (j + 1) * :cell_m, 32737),
+        ST_MakeEnvelope(i * :cell_m, j * :cell_m, (i + 1) * :cell_m, (j + 1) * :cell_m, {srid}),
         :cell_m / 4.0), 4326), 7)::json,
     'properties', json_build_object(
         'i', i, 'j', j, 'cell_m', :cell_m,

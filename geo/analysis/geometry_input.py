@@ -19,8 +19,7 @@ from pyproj import Transformer
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from geo.analysis.common import UTM_SRID
-from geo.core.crs import CRS84, UnknownCrs, parse_crs
+from geo.core.crs import CRS84, METRIC_SRID, STORAGE_SRID, UnknownCrs, parse_crs
 from geo.core.errors import InvalidInput
 from geo.core.geojson import GEOJSON_TO_POSTGIS
 
@@ -169,7 +168,7 @@ def parse_geometry(
         lonlat = shapely.transform(geom, lambda xy: _stack(to_lonlat.transform(*xy.T)))
         if not _finite(lonlat):
             raise _bad(f"coordinates cannot be projected from {source.label}")
-    to_utm = Transformer.from_crs(4326, UTM_SRID, always_xy=True)
+    to_utm = Transformer.from_crs(STORAGE_SRID, METRIC_SRID, always_xy=True)
     utm = shapely.transform(lonlat, lambda xy: _stack(to_utm.transform(*xy.T)))
     if not _finite(utm):
         raise _bad("coordinates are too far from Kenya to measure in UTM 37S")

@@ -56,8 +56,8 @@ class ImpactRequest(BaseModel):
 # PostgreSQL folds them to constants when planning, which lets it use the
 # index and parallel workers as it would for a literal polygon.
 _ZONE_UTM = """(CASE WHEN :buffer_m > 0
-        THEN ST_Buffer(ST_Transform(ST_GeomFromWKB(:wkb, 4326), 32737), :buffer_m, 'quad_segs=16')
-        ELSE ST_Transform(ST_GeomFromWKB(:wkb, 4326), 32737) END)"""
+        THEN ST_Buffer(ST_Transform(ST_GeomFromWKB(:wkb, 4326), {srid}), :buffer_m, 'quad_segs=16')
+        ELSE ST_Transform(ST_GeomFromWKB(:wkb, 4326), {srid}) END)"""
 _ZONE = "".join(
     (
         "(CASE WHEN :buffer_m > 0 THEN ST_Transform(ST_Segmentize(",
@@ -83,10 +83,10 @@ WITH hit AS MATERIALIZED (
     _ZONE,
     """)
       AND CASE WHEN :min_overlap <= 0 OR GeometryType(t.geom) = 'POINT' THEN true
-               ELSE ST_Area(ST_Intersection(ST_Transform(t.geom, 32737), """,
+               ELSE ST_Area(ST_Intersection(ST_Transform(t.geom, {srid}), """,
     _ZONE_UTM,
     """))
-                    >= :min_overlap * ST_Area(ST_Transform(t.geom, 32737)) END
+                    >= :min_overlap * ST_Area(ST_Transform(t.geom, {srid})) END
 ),
 placed AS (
     SELECT hit.*, coalesce(own.id, home.id) AS home_id, coalesce(own.name, home.name) AS home_name,
@@ -100,8 +100,8 @@ placed AS (
         WHERE own.id IS NULL
           AND o.deleted_at IS NULL AND o.geom && hit.geom AND ST_Intersects(o.geom, hit.geom)
         ORDER BY CASE WHEN ST_CoveredBy(hit.geom, o.geom) THEN 1.0
-                      ELSE ST_Area(ST_Transform(ST_Intersection(hit.geom, o.geom), 32737))
-                           / nullif(ST_Area(ST_Transform(hit.geom, 32737)), 0) END DESC NULLS LAST,
+                      ELSE ST_Area(ST_Transform(ST_Intersection(hit.geom, o.geom), {srid}))
+                           / nullif(ST_Area(ST_Transform(hit.geom, {srid})), 0) END DESC NULLS LAST,
                  (o.id IS NOT DISTINCT FROM hit.settlement_id) DESC,
                  o.id
         LIMIT 1
@@ -178,10 +178,10 @@ SELECT json_build_object(
     """)
                              THEN 1.0
                              ELSE round((
-                                 ST_Area(ST_Intersection(ST_Transform(p.geom, 32737), """,
+                                 ST_Area(ST_Intersection(ST_Transform(p.geom, {srid}), """,
     _ZONE_UTM,
     """))
-                                 / nullif(ST_Area(ST_Transform(p.geom, 32737)), 0))::numeric, 4)
+                                 / nullif(ST_Area(ST_Transform(p.geom, {srid})), 0))::numeric, 4)
                         END)
 )::text
 FROM placed p

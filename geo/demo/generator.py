@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from pyproj import Geod, Transformer
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon
 
+from geo.core.crs import METRIC_SRID
 from geo.layers.registry import ENUMS
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "LANE_WIDTH_M",
     "ROW_DEPTH_M",
     "ROW_PAIR_M",
-    "UTM_37S",
     "WALK_SPEED_MPS",
     "WALK_START",
     "DemoData",
@@ -43,7 +43,6 @@ __all__ = [
     "generate",
 ]
 
-UTM_37S = 32737
 ROW_DEPTH_M = 5.0
 LANE_WIDTH_M = 3.0
 CELL_WIDTH_M = 5.5
@@ -252,8 +251,8 @@ def generate(structures: int, seed: int = 7) -> DemoData:
     if structures < 0:
         raise ValueError("structures must be >= 0")
     rng = np.random.default_rng(seed)
-    to_utm = Transformer.from_crs(4326, UTM_37S, always_xy=True)
-    to_wgs = Transformer.from_crs(UTM_37S, 4326, always_xy=True)
+    to_utm = Transformer.from_crs(4326, METRIC_SRID, always_xy=True)
+    to_wgs = Transformer.from_crs(METRIC_SRID, 4326, always_xy=True)
     shares = np.array([place[5] for place in _PLACES])
     counts = np.floor(shares / shares.sum() * structures).astype(np.int64)
     counts[0] += structures - counts.sum()
