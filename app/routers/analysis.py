@@ -21,6 +21,7 @@ from app.problems import validation_errors
 from geo.analysis.access import access as access_counts
 from geo.analysis.access import access_features
 from geo.analysis.density import density as density_grid
+from geo.analysis.documents import AccessSummary, ImpactSummary, SettlementSummary
 from geo.analysis.impact import ImpactRequest, impact_features
 from geo.analysis.impact import impact as impact_counts
 from geo.analysis.overlaps import overlaps as overlap_pairs
@@ -70,7 +71,12 @@ def _impact_body(raw: bytes) -> ImpactRequest:
         raise InvalidInput(detail, slug="invalid-request", errors=errors) from exc
 
 
-@router.get("/settlements/{settlement_id}/summary", summary="Settlement profile")
+@router.get(
+    "/settlements/{settlement_id}/summary",
+    summary="Settlement profile",
+    response_model=None,
+    responses={200: {"model": SettlementSummary, "description": "The settlement's profile"}},
+)
 def settlement_summary(
     settlement_id: int, user: PublicReader, db: DbDep, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -84,6 +90,13 @@ def settlement_summary(
     "/analysis/impact",
     summary="Impact of a corridor or zone",
     response_model=None,
+    responses={
+        200: {
+            "model": ImpactSummary,
+            "description": "Counts (f=json), or the affected structures (f=geojson, planner)",
+            "content": {GEOJSON: {}},
+        }
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -116,7 +129,18 @@ async def impact(
     )
 
 
-@router.get("/analysis/access", summary="Structures beyond reach of a facility type")
+@router.get(
+    "/analysis/access",
+    summary="Structures beyond reach of a facility type",
+    response_model=None,
+    responses={
+        200: {
+            "model": AccessSummary,
+            "description": "Counts (f=json), or the structures beyond reach (f=geojson, planner)",
+            "content": {GEOJSON: {}},
+        }
+    },
+)
 def access(
     user: ViewerUser,
     db: DbDep,

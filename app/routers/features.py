@@ -24,6 +24,13 @@ from geo.core.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
 from geo.core.errors import BadRequest, MethodNotAllowed, NotFound
 from geo.core.idempotency import request_hash
 from geo.layers import collections_meta
+from geo.layers.documents import (
+    CollectionDocument,
+    CollectionList,
+    FeaturesCreated,
+    History,
+    Queryables,
+)
 from geo.layers.items import (
     count_if_cheap,
     fetch_feature,
@@ -43,6 +50,7 @@ from geo.layers.writes import (
 router = APIRouter(tags=["features"])
 
 GEOJSON = "application/geo+json"
+SCHEMA_JSON = "application/schema+json"
 CONFORMANCE = (
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
@@ -98,7 +106,11 @@ def _cache_headers(user: Principal | None) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ collections
-@router.get("/collections", summary="The published collections")
+@router.get(
+    "/collections",
+    summary="The published collections",
+    responses={200: {"model": CollectionList, "description": "Every collection"}},
+)
 def list_collections(request: Request, db: DbDep, user: PublicReader) -> JSONResponse:
     """Every collection with its extent, CRS list and links."""
     with db.read() as conn:
@@ -121,7 +133,11 @@ def list_collections(request: Request, db: DbDep, user: PublicReader) -> JSONRes
     return JSONResponse(body, headers=_cache_headers(user))
 
 
-@router.get("/collections/{collection_id}", summary="One collection")
+@router.get(
+    "/collections/{collection_id}",
+    summary="One collection",
+    responses={200: {"model": CollectionDocument, "description": "The collection"}},
+)
 def get_collection_doc(
     collection: CollectionDep, request: Request, db: DbDep, user: PublicReader
 ) -> JSONResponse:
@@ -139,13 +155,24 @@ def get_collection_doc(
     return JSONResponse(body, headers={**_cache_headers(user), "Link": link})
 
 
-@router.get("/collections/{collection_id}/queryables", summary="Queryable properties")
+class SchemaJSONResponse(JSONResponse):
+    """JSON sent as ``application/schema+json`` (a JSON Schema document)."""
+
+    media_type = SCHEMA_JSON
+
+
+@router.get(
+    "/collections/{collection_id}/queryables",
+    summary="Queryable properties",
+    response_class=SchemaJSONResponse,
+    responses={200: {"model": Queryables, "description": "A JSON Schema of the queryables"}},
+)
 def get_queryables(collection: CollectionDep, request: Request, user: PublicReader) -> Response:
     """JSON Schema of the properties usable in ``filter``, ``sortby`` and as parameters."""
     schema = collections_meta.queryables(
         collection, href(request, f"/collections/{collection.name}/queryables")
     )
-    return JSONResponse(schema, media_type="application/schema+json", headers=_cache_headers(user))
+    return SchemaJSONResponse(schema, headers=_cache_headers(user))
 
 
 # ------------------------------------------------------------------------ items
@@ -364,6 +391,13 @@ def _content_crs(header: str | None) -> Any:
     "/collections/{collection_id}/items",
     status_code=status.HTTP_201_CREATED,
     summary="Create features (a Feature or a FeatureCollection)",
+    responses={
+        201: {
+            "model": FeaturesCreated,
+            "description": "One feature: the created Feature (GeoJSON); several: what was created",
+            "content": {GEOJSON: {}},
+        }
+    },
 )
 async def post_items(
     user: MapperUser,
@@ -432,10 +466,16 @@ async def post_items(
     return await run_in_threadpool(work)
 
 
-@router.api_route(
+# One function, two routes: each method is its own operation (and operation id) in /api.
+@router.patch(
     "/collections/{collection_id}/items/{feature_id}",
-    methods=["PUT", "PATCH"],
-    summary="Replace (PUT) or merge-patch (PATCH) a feature",
+    summary="Merge-patch a feature (JSON merge patch: null clears)",
+    responses={200: {"content": {GEOJSON: {}}, "description": "The feature as patched"}},
+)
+@router.put(
+    "/collections/{collection_id}/items/{feature_id}",
+    summary="Replace a feature",
+    responses={200: {"content": {GEOJSON: {}}, "description": "The feature as replaced"}},
 )
 async def write_item(
     user: MapperUser,
@@ -495,7 +535,9 @@ def delete_item(
 
 
 @router.get(
-    "/collections/{collection_id}/items/{feature_id}/history", summary="Every version of a feature"
+    "/collections/{collection_id}/items/{feature_id}/history",
+    summary="Every version of a feature",
+    responses={200: {"model": History, "description": "Every version, oldest first"}},
 )
 def get_history(
     user: ViewerUser, collection: CollectionDep, feature_id: FeatureId, db: DbDep

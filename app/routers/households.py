@@ -16,6 +16,8 @@ from app.preconditions import ExpectedVersion, etag
 from geo.core.errors import InvalidInput
 from geo.core.idempotency import request_hash
 from geo.layers.households import (
+    Household,
+    HouseholdList,
     create_household,
     delete_household,
     get_household,
@@ -40,7 +42,11 @@ def _one(
     )
 
 
-@router.get("/structures/{structure_id}/households", summary="Households of a structure")
+@router.get(
+    "/structures/{structure_id}/households",
+    summary="Households of a structure",
+    responses={200: {"model": HouseholdList, "description": "The live households, oldest first"}},
+)
 def get_structure_households(
     structure_id: ObjectId, db: DbDep, user: EnumeratorUser
 ) -> JSONResponse:
@@ -54,6 +60,7 @@ def get_structure_households(
     "/structures/{structure_id}/households",
     status_code=status.HTTP_201_CREATED,
     summary="Record a household",
+    responses={201: {"model": Household, "description": "The household as recorded"}},
 )
 async def post_household(
     user: EnumeratorUser,
@@ -88,14 +95,22 @@ async def post_household(
     return await run_in_threadpool(work)
 
 
-@router.get("/households/{household_id}", summary="One household")
+@router.get(
+    "/households/{household_id}",
+    summary="One household",
+    responses={200: {"model": Household, "description": "The household"}},
+)
 def get_one_household(household_id: ObjectId, db: DbDep, user: EnumeratorUser) -> JSONResponse:
     """The household with its version as ``ETag``."""
     with db.read() as conn:
         return _one(get_household(conn, household_id=household_id))
 
 
-@router.patch("/households/{household_id}", summary="Update a household (merge patch)")
+@router.patch(
+    "/households/{household_id}",
+    summary="Update a household (merge patch)",
+    responses={200: {"model": Household, "description": "The household as updated"}},
+)
 async def patch_one_household(
     user: EnumeratorUser,
     expected: ExpectedVersion,

@@ -11,7 +11,9 @@ from sqlalchemy import text
 
 from app.deps import DbDep
 from app.links import href, wants_html
+from geo.core.documents import Health
 from geo.core.errors import Unavailable
+from geo.layers.documents import Conformance, LandingPage
 
 router = APIRouter(tags=["service"])
 
@@ -24,7 +26,11 @@ CORE_CONFORMANCE = (
 )
 
 
-@router.get("/healthz", summary="Liveness and database check")
+@router.get(
+    "/healthz",
+    summary="Liveness and database check",
+    responses={200: {"model": Health, "description": "The database answers"}},
+)
 def healthz(db: DbDep, request: Request) -> Response:
     """``{"status": "ok"}`` when the database answers; 503 problem otherwise."""
     try:
@@ -82,7 +88,17 @@ def _landing_links(request: Request) -> list[dict[str, str]]:
     ]
 
 
-@router.get("/", summary="Landing page (OGC API)")
+@router.get(
+    "/",
+    summary="Landing page (OGC API)",
+    responses={
+        200: {
+            "model": LandingPage,
+            "description": "The landing page (HTML for browsers and with f=html)",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def landing(request: Request) -> Response:
     """Links to the API definition, conformance, collections and the map."""
     links = _landing_links(request)
@@ -111,7 +127,12 @@ def landing(request: Request) -> Response:
     return JSONResponse(body)
 
 
-@router.get("/conformance", summary="Conformance classes this server implements")
+@router.get(
+    "/conformance",
+    summary="Conformance classes this server implements",
+    response_model=None,
+    responses={200: {"model": Conformance, "description": "The conformance classes"}},
+)
 def conformance(request: Request) -> dict[str, list[str]]:
     """Every conformance class the included routers implement."""
     classes: list[str] = request.app.state.conformance

@@ -15,6 +15,7 @@ from app.preconditions import none_match
 from geo.core.errors import BadRequest
 from geo.tiles.cache import Tile, TileCache, cache_key
 from geo.tiles.cache import get_tile as cached_tile
+from geo.tiles.documents import TileJson
 from geo.tiles.feed import ChangeFeed
 from geo.tiles.render import check_tile
 from geo.tiles.tilejson import tilejson
@@ -129,7 +130,11 @@ async def get_tile(
     return Response(tile.raw(), media_type=MVT, headers=headers)
 
 
-@router.get("/tiles/tilejson.json", summary="TileJSON 3.0.0 of the vector tiles")
+@router.get(
+    "/tiles/tilejson.json",
+    summary="TileJSON 3.0.0 of the vector tiles",
+    responses={200: {"model": TileJson, "description": "TileJSON with the data's bounds"}},
+)
 def get_tilejson(
     request: Request, db: DbDep, settings: SettingsDep, cache: TileCacheDep, user: PublicReader
 ) -> JSONResponse:

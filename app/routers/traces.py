@@ -24,6 +24,7 @@ from geo.core.privacy import Visibility
 from geo.core.uploads import BodySpool, MultipartFile, SpooledBody, TooLarge
 from geo.layers.writes import parse_json
 from geo.traces.boundary import trace_boundary
+from geo.traces.documents import TraceList, TraceSummary
 from geo.traces.edits import delete_trace, patch_trace
 from geo.traces.ingest import TraceLimits, fingerprint, ingest_trace
 from geo.traces.reads import (
@@ -114,7 +115,11 @@ GpxUpload = Annotated[SpooledBody, Depends(_receive)]
     status_code=status.HTTP_201_CREATED,
     summary="Upload a GPX trace (raw body or multipart field 'file'; gzip/zip accepted)",
     responses={
-        200: {"description": "the same bytes were uploaded before: the existing trace"},
+        201: {"model": TraceSummary, "description": "the new trace"},
+        200: {
+            "model": TraceSummary,
+            "description": "the same bytes were uploaded before: the existing trace",
+        },
         400: {"description": "not GPX / not XML (with line and column)"},
         413: {"description": "over the size or point limit"},
         415: {"description": "unsupported Content-Type"},
@@ -176,7 +181,11 @@ async def upload_trace(
         body.close()
 
 
-@router.get("/traces", summary="Traces you may see, newest first")
+@router.get(
+    "/traces",
+    summary="Traces you may see, newest first",
+    responses={200: {"model": TraceList, "description": "A page of traces"}},
+)
 def get_traces(
     request: Request,
     user: PublicReader,
@@ -221,7 +230,11 @@ def get_traces(
     return JSONResponse(body, headers={"Cache-Control": "private, no-store"})
 
 
-@router.get("/traces/{trace_id}", summary="One trace's metadata and stats")
+@router.get(
+    "/traces/{trace_id}",
+    summary="One trace's metadata and stats",
+    responses={200: {"model": TraceSummary, "description": "The trace"}},
+)
 def get_one(request: Request, trace_id: int, user: PublicReader, db: DbDep) -> Response:
     """The trace, with its version as ``ETag``; 404 when absent or not visible to you."""
     with db.read() as conn:
@@ -290,7 +303,11 @@ def remove_trace(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.patch("/traces/{trace_id}", summary="Change name, visibility or settlement (owner)")
+@router.patch(
+    "/traces/{trace_id}",
+    summary="Change name, visibility or settlement (owner)",
+    responses={200: {"model": TraceSummary, "description": "The trace as changed"}},
+)
 async def change_trace(
     user: MapperUser,
     expected: ExpectedVersion,

@@ -8,10 +8,13 @@ are versioned like features: an update names the version it read.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
+from pydantic import Field
 from sqlalchemy import Connection, func, insert, select, update
 
+from geo.core.documents import Document
 from geo.core.errors import InvalidInput, NotFound, PreconditionFailed
 from geo.core.tables import households, structures
 from geo.layers.registry import ENUMS, Property
@@ -19,6 +22,8 @@ from geo.layers.writes import check_values
 
 __all__ = [
     "HOUSEHOLD_PROPERTIES",
+    "Household",
+    "HouseholdList",
     "list_households",
     "get_household",
     "create_household",
@@ -49,6 +54,31 @@ _COLUMNS = (
     households.c.version,
     households.c.updated_at,
 )
+
+
+class Household(Document):
+    """One household record (``GET /households/{id}``, and what a create or patch answers).
+
+    Every field the enumeration did not record is ``null``.
+    """
+
+    id: int
+    structure_id: int
+    head_name: str | None = Field(description="Personal: enumerator and admin only")
+    phone: str | None = Field(description="Personal: enumerator and admin only")
+    members: int | None = Field(ge=0, le=100)
+    tenure: Literal["owner", "tenant", "structure_owner", "other"] | None
+    rent_kes: int | None = Field(ge=0, le=10_000_000)
+    years_in_settlement: int | None = Field(ge=0, le=150)
+    version: int = Field(description="Also the ETag; name it in If-Match to change the record")
+    updated_at: datetime
+
+
+class HouseholdList(Document):
+    """``GET /structures/{id}/households``: the structure's live households, oldest first."""
+
+    structure_id: int
+    households: list[Household]
 
 
 def _as_dict(row: Any) -> dict[str, Any]:
