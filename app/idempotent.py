@@ -1,22 +1,25 @@
 """``Idempotency-Key`` for POST handlers: one helper for features, households and traces.
 
-A handler takes :data:`IdempotencyKey` (checked before the body is read), then
-inside its write transaction calls :func:`replay_or_claim` and, with the
-response it is about to send, :func:`remember`: either both the write and the
-stored response commit, or neither does.
+A handler takes :data:`IdempotencyKey` (checked before the body is read) and
+hands its write to :func:`idempotent_write`, which runs it in one transaction
+between :func:`replay_or_claim` and :func:`remember`: either both the write and
+the stored response commit, or neither does, and a retry gets the stored answer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy import Connection
 
+from geo.core.db import Database
 from geo.core.idempotency import check_key, claim, complete
 
-__all__ = ["IdempotencyKey", "remember", "replay_or_claim"]
+__all__ = ["IdempotencyKey", "idempotent_write", "remember", "replay_or_claim"]
 
 _KEPT_HEADERS = ("location", "etag", "content-crs", "content-type")
 
@@ -64,3 +67,41 @@ def remember(conn: Connection, *, principal: str, key: str | None, response: Res
         body=bytes(response.body),
         headers=headers,
     )
+
+
+async def idempotent_write(
+    db: Database,
+    *,
+    actor: str,
+    key: str | None,
+    scope: str,
+    fingerprint: str,
+    write: Callable[[Connection], Response],
+) -> Response:
+    """Run ``write`` once per ``key``: in a thread, in one transaction named for ``actor``.
+
+    Parameters
+    ----------
+    actor
+        Who writes (the history's ``changed_by``; keys are per actor).
+    key
+        The request's ``Idempotency-Key``, or None for a plain write.
+    scope, fingerprint
+        What the key is for (``POST /traces``) and what makes a retry "the same
+        request" (:func:`geo.core.idempotency.request_hash` of its content).
+    write
+        Does the work on the connection and builds the response to send.
+    """
+
+    def work() -> Response:
+        with db.begin(actor=actor) as conn:
+            replay = replay_or_claim(
+                conn, principal=actor, key=key, scope=scope, fingerprint=fingerprint
+            )
+            if replay is not None:
+                return replay
+            response = write(conn)
+            remember(conn, principal=actor, key=key, response=response)
+            return response
+
+    return await run_in_threadpool(work)

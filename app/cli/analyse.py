@@ -14,7 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import CommandError, database_url, engine_for, load_settings, migrate
+from app.cli.common import (
+    CommandError,
+    load_settings,
+    open_engine,
+    write_chunks,
+)
 from geo.core.auth import ROLES
 from geo.core.db import Database
 
@@ -78,9 +83,7 @@ def _db() -> Iterator[tuple[Database, Any]]:
     from sqlalchemy.exc import DBAPIError
 
     settings = load_settings()
-    with database_url(settings) as url:
-        migrate(url)
-        engine = engine_for(settings, url)
+    with open_engine(settings) as engine:
         try:
             yield Database(engine), settings
         except DBAPIError as exc:
@@ -90,17 +93,6 @@ def _db() -> Iterator[tuple[Database, Any]]:
                     "(MAKAZI_ANALYSIS_TIMEOUT_MS); narrow it or raise the setting"
                 ) from exc
             raise
-        finally:
-            engine.dispose()
-
-
-def _write(chunks: Iterable[bytes], out: Path) -> int:
-    size = 0
-    with out.open("wb") as handle:
-        for chunk in chunks:
-            handle.write(chunk)
-            size += len(chunk)
-    return size
 
 
 def _print_counts(result: dict[str, Any], keys: Sequence[str]) -> None:
@@ -125,7 +117,9 @@ def cmd_impact(args: argparse.Namespace) -> int:
     with _db() as (db, settings):
         result = impact(db, request=request, settings=settings, role=args.role)
         if args.geojson:
-            size = _write(impact_features(db, request=request, settings=settings), args.geojson)
+            size = write_chunks(
+                impact_features(db, request=request, settings=settings), args.geojson
+            )
     _print_counts(result, ["buffer_m", "buffer_area_m2", "structures", "households", "people"])
     print()
     print(
@@ -187,7 +181,7 @@ def cmd_access(args: argparse.Namespace) -> int:
     with _db() as (db, settings):
         result = access(db, settings=settings, role=args.role, **options)
         if args.geojson:
-            _write(access_features(db, settings=settings, **options), args.geojson)
+            write_chunks(access_features(db, settings=settings, **options), args.geojson)
     _print_counts(result, [k for k in result if k != "suppressed"])
     if args.geojson:
         print(f"\nwrote the structures beyond reach to {args.geojson}")

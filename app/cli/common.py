@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geo.core.cluster import EmbeddedCluster
@@ -13,7 +14,16 @@ from geo.core.settings import Settings
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-__all__ = ["CommandError", "cluster_of", "database_url", "engine_for", "load_settings", "migrate"]
+__all__ = [
+    "CommandError",
+    "cluster_of",
+    "database_url",
+    "engine_for",
+    "load_settings",
+    "migrate",
+    "open_engine",
+    "write_chunks",
+]
 
 
 class CommandError(Exception):
@@ -68,3 +78,30 @@ def migrate(url: str) -> None:
     from geo.core.db import migrate as upgrade
 
     upgrade(url)
+
+
+@contextlib.contextmanager
+def open_engine(settings: Settings, *, migrated: bool = True) -> Iterator[Engine]:
+    """An engine on the database for one command, disposed of afterwards.
+
+    The embedded cluster runs for the duration when it is the database;
+    ``migrated`` brings the schema to the newest revision first.
+    """
+    with database_url(settings) as url:
+        if migrated:
+            migrate(url)
+        engine = engine_for(settings, url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+def write_chunks(chunks: Iterable[bytes], path: Path | str) -> int:
+    """Write streamed ``chunks`` to ``path``; the number of bytes written."""
+    size = 0
+    with open(path, "wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+            size += len(chunk)
+    return size

@@ -7,10 +7,8 @@ import time
 from typing import Any
 
 from app.cli.common import (
-    database_url,
-    engine_for,
     load_settings,
-    migrate,
+    open_engine,
 )
 
 __all__ = ["add_parsers"]
@@ -23,12 +21,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
     started = time.monotonic()
     data = generate(args.structures, seed=args.seed)
-    with database_url(settings) as url:
-        migrate(url)
-        engine = engine_for(settings, url)
-        with engine.begin() as conn:
-            counts = load(conn, data)
-        engine.dispose()
+    with open_engine(settings) as engine, engine.begin() as conn:
+        counts = load(conn, data)
     took = time.monotonic() - started
     print(", ".join(f"{value} {key}" for key, value in counts.items()) + f" in {took:.1f} s")
     return 0

@@ -7,9 +7,9 @@ from typing import Any
 
 from app.cli.common import (
     CommandError,
-    database_url,
-    engine_for,
     load_settings,
+    open_engine,
+    write_chunks,
 )
 
 __all__ = ["add_parsers"]
@@ -29,16 +29,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from geo.core.auth import Principal
 
     everyone = Principal(name="makazi-cli", role="admin", token_id=0)
-    written = 0
-    with database_url(settings) as url:
-        engine = engine_for(settings, url)
-        with engine.connect() as conn, open(args.output, "wb") as out:
-            for chunk in stream_export(
-                conn, collection, fmt, user=everyone, settlement_id=args.settlement
-            ):
-                out.write(chunk)
-                written += len(chunk)
-        engine.dispose()
+    with open_engine(settings, migrated=False) as engine, engine.connect() as conn:
+        chunks = stream_export(conn, collection, fmt, user=everyone, settlement_id=args.settlement)
+        written = write_chunks(chunks, args.output)
     print(f"wrote {written:,} bytes to {args.output}")
     return 0
 

@@ -7,10 +7,8 @@ from typing import Any
 
 from app.cli.common import (
     CommandError,
-    database_url,
-    engine_for,
     load_settings,
-    migrate,
+    open_engine,
 )
 
 __all__ = ["add_parsers"]
@@ -21,13 +19,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     if args.role not in ROLES:
         raise CommandError(f"unknown role {args.role!r}; one of {', '.join(ROLES)}")
-    settings = load_settings()
-    with database_url(settings) as url:
-        migrate(url)
-        engine = engine_for(settings, url)
-        with engine.begin() as conn:
-            token = create_token(conn, name=args.name, role=args.role)
-        engine.dispose()
+    with open_engine(load_settings()) as engine, engine.begin() as conn:
+        token = create_token(conn, name=args.name, role=args.role)
     print(token)
     return 0
 

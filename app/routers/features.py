@@ -11,11 +11,12 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import Connection
 from starlette.datastructures import URL
 
 from app.bodies import JsonBody
 from app.deps import DbDep, MapperUser, PublicReader, SettingsDep, ViewerUser
-from app.idempotent import IdempotencyKey, remember, replay_or_claim
+from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
 from app.preconditions import ExpectedVersion, etag, none_match
 from app.streaming import HeldRead
@@ -413,57 +414,49 @@ async def post_items(
     """Create one feature (201 + Location + ETag) or many (all or nothing)."""
     crs = _content_crs(content_crs)
 
-    def work() -> Response:
+    def create(conn: Connection) -> Response:
         features = parse_feature_body(body, allow_collection=True)
-        with db.begin(actor=user.name) as conn:
-            replay = replay_or_claim(
-                conn,
-                principal=user.name,
-                key=idempotency_key,
-                scope=f"POST /collections/{collection.name}/items",
-                fingerprint=request_hash(body, str(request.query_params), crs.uri),
-            )
-            if replay is not None:
-                return replay
-            created = create_features(
-                conn,
+        created = create_features(
+            conn,
+            collection,
+            features,
+            crs=crs,
+            repair=repair,
+            max_vertices=settings.max_feature_vertices,
+        )
+        base = href(request, f"/collections/{collection.name}/items/")
+        if len(created) == 1 and len(features) == 1:
+            fid, version = created[0]
+            found = fetch_feature(conn, collection, fid, user=user)
+            assert found is not None
+            return _feature_response(
+                request,
                 collection,
-                features,
-                crs=crs,
-                repair=repair,
-                max_vertices=settings.max_feature_vertices,
+                fid,
+                found[0],
+                version,
+                CRS84.uri,
+                status_code=status.HTTP_201_CREATED,
+                extra_headers={"Location": f"{base}{fid}"},
             )
-            base = href(request, f"/collections/{collection.name}/items/")
-            if len(created) == 1 and len(features) == 1:
-                fid, version = created[0]
-                found = fetch_feature(conn, collection, fid, user=user)
-                assert found is not None
-                response = _feature_response(
-                    request,
-                    collection,
-                    fid,
-                    found[0],
-                    version,
-                    CRS84.uri,
-                    status_code=status.HTTP_201_CREATED,
-                    extra_headers={"Location": f"{base}{fid}"},
-                )
-            else:
-                summary = {
-                    "numberCreated": len(created),
-                    "created": [
-                        {"id": fid, "version": v, "href": f"{base}{fid}"} for fid, v in created
-                    ],
-                }
-                response = JSONResponse(
-                    summary,
-                    status_code=status.HTTP_201_CREATED,
-                    headers={"Location": f"{base}{created[0][0]}"},
-                )
-            remember(conn, principal=user.name, key=idempotency_key, response=response)
-            return response
+        summary = {
+            "numberCreated": len(created),
+            "created": [{"id": fid, "version": v, "href": f"{base}{fid}"} for fid, v in created],
+        }
+        return JSONResponse(
+            summary,
+            status_code=status.HTTP_201_CREATED,
+            headers={"Location": f"{base}{created[0][0]}"},
+        )
 
-    return await run_in_threadpool(work)
+    return await idempotent_write(
+        db,
+        actor=user.name,
+        key=idempotency_key,
+        scope=f"POST /collections/{collection.name}/items",
+        fingerprint=request_hash(body, str(request.query_params), crs.uri),
+        write=create,
+    )
 
 
 # One function, two routes: each method is its own operation (and operation id) in /api.

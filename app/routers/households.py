@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Connection
 
 from app.bodies import JsonBody
 from app.deps import DbDep, EnumeratorUser
-from app.idempotent import IdempotencyKey, remember, replay_or_claim
+from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
 from app.preconditions import ExpectedVersion, etag
 from geo.core.errors import InvalidInput
@@ -72,27 +73,22 @@ async def post_household(
 ) -> Response:
     """Create a household (201 + Location + ETag); honours ``Idempotency-Key``."""
 
-    def work() -> Response:
+    def create(conn: Connection) -> Response:
         fields = parse_json(body)
         if not isinstance(fields, dict):
             raise InvalidInput("the body must be a JSON object of household fields")
-        with db.begin(actor=user.name) as conn:
-            replay = replay_or_claim(
-                conn,
-                principal=user.name,
-                key=idempotency_key,
-                scope=f"POST /structures/{structure_id}/households",
-                fingerprint=request_hash(body),
-            )
-            if replay is not None:
-                return replay
-            record = create_household(conn, structure_id=structure_id, fields=fields)
-            location = href(request, f"/households/{record['id']}")
-            response = _one(record, status.HTTP_201_CREATED, Location=location)
-            remember(conn, principal=user.name, key=idempotency_key, response=response)
-            return response
+        record = create_household(conn, structure_id=structure_id, fields=fields)
+        location = href(request, f"/households/{record['id']}")
+        return _one(record, status.HTTP_201_CREATED, Location=location)
 
-    return await run_in_threadpool(work)
+    return await idempotent_write(
+        db,
+        actor=user.name,
+        key=idempotency_key,
+        scope=f"POST /structures/{structure_id}/households",
+        fingerprint=request_hash(body),
+        write=create,
+    )
 
 
 @router.get(

@@ -13,10 +13,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import Connection
 
 from app.bodies import JsonBody
 from app.deps import CurrentUser, DbDep, MapperUser, PublicReader, SettingsDep
-from app.idempotent import IdempotencyKey, remember, replay_or_claim
+from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
 from app.preconditions import ExpectedVersion, OptionalVersion, etag, expected_version
 from geo.core.errors import Unauthorised, UnsupportedMediaType
@@ -144,39 +145,34 @@ async def upload_trace(
     """
     limits = TraceLimits.from_settings(settings)
 
-    def work() -> Response:
-        with db.begin(user.name) as conn:
-            replay = replay_or_claim(
-                conn,
-                principal=user.name,
-                key=idempotency_key,
-                scope="POST /traces",
-                fingerprint=fingerprint(body, name, visibility, settlement_id),
-            )
-            if replay is not None:
-                return replay
-            result = ingest_trace(
-                conn,
-                owner=user.name,
-                body=body,
-                name=name,
-                visibility=visibility,
-                settlement_id=settlement_id,
-                limits=limits,
-            )
-            payload = json.loads(result.body)
-            payload["links"] = _trace_links(request, result.trace_id)
-            headers = {
-                "Location": href(request, f"/traces/{result.trace_id}"),
-                "ETag": etag(int(payload["version"])),
-            }
-            code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-            response = JSONResponse(payload, status_code=code, headers=headers)
-            remember(conn, principal=user.name, key=idempotency_key, response=response)
-            return response
+    def ingest(conn: Connection) -> Response:
+        result = ingest_trace(
+            conn,
+            owner=user.name,
+            body=body,
+            name=name,
+            visibility=visibility,
+            settlement_id=settlement_id,
+            limits=limits,
+        )
+        payload = json.loads(result.body)
+        payload["links"] = _trace_links(request, result.trace_id)
+        headers = {
+            "Location": href(request, f"/traces/{result.trace_id}"),
+            "ETag": etag(int(payload["version"])),
+        }
+        code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        return JSONResponse(payload, status_code=code, headers=headers)
 
     try:
-        return await run_in_threadpool(work)
+        return await idempotent_write(
+            db,
+            actor=user.name,
+            key=idempotency_key,
+            scope="POST /traces",
+            fingerprint=fingerprint(body, name, visibility, settlement_id),
+            write=ingest,
+        )
     finally:
         body.close()
 
