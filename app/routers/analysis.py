@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -79,11 +79,13 @@ def _impact_body(raw: bytes) -> ImpactRequest:
 )
 def settlement_summary(
     settlement_id: int, user: PublicReader, db: DbDep, settings: SettingsDep
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Area, structures by use, households, people, densities, facilities by type and
     condition, and the Know Your City estimates, each labelled counted or estimated.
     Counts below 5 are null for anonymous and viewer callers and named in `suppressed`."""
-    return summary(db, settlement_id=settlement_id, settings=settings, role=_role(user))
+    return JSONResponse(
+        summary(db, settlement_id=settlement_id, settings=settings, role=_role(user))
+    )
 
 
 @router.post(
@@ -111,7 +113,7 @@ async def impact(
     settings: SettingsDep,
     f: Format = "json",
     crs: Annotated[str | None, Query(description="CRS of the body's coordinates")] = None,
-) -> Any:
+) -> Response:
     """Structures, households and people a buffered line or polygon takes, per settlement,
     and facilities affected by type.  Body: `{"geometry": <GeoJSON>, "buffer_m": 30}`,
     optional `crs`, `min_overlap` (0..1 of a footprint inside)."""
@@ -124,9 +126,10 @@ async def impact(
         _require_features(user)
         chunks = impact_features(db, request=body, settings=settings)
         return await run_in_threadpool(_stream, chunks)
-    return await run_in_threadpool(
+    counts = await run_in_threadpool(
         partial(impact_counts, db, request=body, settings=settings, role=user.role)
     )
+    return JSONResponse(counts)
 
 
 @router.get(
@@ -149,7 +152,7 @@ def access(
     max_distance_m: Annotated[float, Query(description="metres, edge to nearest facility")],
     settlement_id: int | None = None,
     f: Format = "json",
-) -> Any:
+) -> Response:
     """Structures farther than `max_distance_m` from the nearest facility of the type
     whose condition is not broken; `f=geojson` (planner) lists them with the nearest
     facility id and distance."""
@@ -164,7 +167,7 @@ def access(
                 settings=settings,
             )
         )
-    return access_counts(
+    counts = access_counts(
         db,
         facility_type=facility_type,
         max_distance_m=max_distance_m,
@@ -172,6 +175,7 @@ def access(
         settings=settings,
         role=user.role,
     )
+    return JSONResponse(counts)
 
 
 @router.get("/analysis/overlaps", summary="Overlapping settlement boundaries")

@@ -133,7 +133,7 @@ def landing(request: Request) -> Response:
     response_model=None,
     responses={200: {"model": Conformance, "description": "The conformance classes"}},
 )
-def conformance(request: Request) -> dict[str, list[str]]:
+def conformance(request: Request) -> JSONResponse:
     """Every conformance class the included routers implement."""
     classes: list[str] = request.app.state.conformance
-    return {"conformsTo": sorted(set(classes))}
+    return JSONResponse({"conformsTo": sorted(set(classes))})
