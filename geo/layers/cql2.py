@@ -234,6 +234,11 @@ class _Compiler:
         if isinstance(node, list):
             raise FilterError("a list is only allowed as the right side of IN")
         kind = like.kind if like is not None else None
+        if like is not None and isinstance(node, str):
+            # CASEI compares case-blind, so an enum value in another case is still a value
+            wrong = like.choice_error(node, ignore_case=True)
+            if wrong is not None:
+                raise FilterError(wrong)
         return self._literal(node, kind), like
 
     def _literal(self, value: Any, kind: str | None) -> ColumnElement[Any]:

@@ -196,6 +196,9 @@ def _property_condition(collection: Collection, name: str, raw: str) -> ColumnEl
     if kind == "string-array":
         return column.contains([raw])
     options = raw.split(",")
+    for option in options:
+        if prop is not None and (wrong := prop.choice_error(option)) is not None:
+            raise BadRequest(wrong, field=name)
     return column.in_(options) if len(options) > 1 else column == raw
 
 

@@ -81,6 +81,23 @@ class Property:
     default: Any = None
     tile_sql: str | None = None
 
+    def choice_error(
+        self, value: str, *, ignore_case: bool = False, label: str | None = None
+    ) -> str | None:
+        """Why ``value`` is not one of the property's allowed values, or None when it is.
+
+        ``label`` names the value in the message (default: the property's name).
+
+        >>> Property("use", enum=("residential", "school")).choice_error("residental")
+        "use must be one of residential, school; got 'residental'"
+        """
+        if self.enum is None:
+            return None
+        allowed = {v.casefold() for v in self.enum} if ignore_case else set(self.enum)
+        if (value.casefold() if ignore_case else value) in allowed:
+            return None
+        return f"{label or self.name} must be one of {', '.join(self.enum)}; got {value!r}"
+
     @property
     def tile_type(self) -> str:
         """The TileJSON field type (``Number`` or ``String``)."""

@@ -137,11 +137,8 @@ def _check_value(prop: Property, value: Any, prefix: str = "properties.") -> Any
             raise InvalidInput(
                 f"{name} is longer than {prop.max_length} characters", field=prop.name
             )
-        if prop.enum is not None and value not in prop.enum:
-            raise InvalidInput(
-                f"{name} must be one of {', '.join(prop.enum)}; got {value!r}",
-                field=prop.name,
-            )
+        if (wrong := prop.choice_error(value, label=name)) is not None:
+            raise InvalidInput(wrong, field=prop.name)
         if prop.required and not value.strip():
             raise InvalidInput(f"{name} must not be empty", field=prop.name)
     if prop.minimum is not None and value < prop.minimum:

@@ -226,6 +226,7 @@ CQL2_CASES = [
     ("use IN ('toilet', 'water_point')", "use IN ('toilet', 'water_point')"),
     ("wall_material IS NULL", "wall_material IS NULL"),
     ("households > 1", "households > 1"),
+    ("CASEI(use) = CASEI('RESIDENTIAL')", "use = 'residential'"),
 ]
 
 
@@ -334,6 +335,10 @@ def test_cql2_bbox_and_filter_crs(
         ({"storeys": str(10**14)}, "not valid here"),
         ({"filter": f"storeys = {10**20}"}, "out of range"),
         ({"filter": "id = 1e300"}, "out of range"),
+        ({"use": "residental"}, "use must be one of residential, business"),
+        ({"use": "school,skool"}, "got 'skool'"),
+        ({"filter": "use = 'residental'"}, "use must be one of residential"),
+        ({"filter": "use IN ('school', 'skool')"}, "got 'skool'"),
     ],
 )
 def test_bad_parameters_are_400_naming_the_problem(
