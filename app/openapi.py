@@ -15,6 +15,8 @@ names (FastAPI's own 422 body, which this service never sends, is left out).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,8 +24,14 @@ from fastapi.openapi.utils import get_openapi
 
 from app.problems import PROBLEM_JSON
 from geo.core.documents import Problem
+from geo.layers.registry import COLLECTIONS
 
-__all__ = ["add_problem_responses", "downgrade_schema", "install_openapi30"]
+__all__ = [
+    "add_problem_responses",
+    "describe_paging",
+    "downgrade_schema",
+    "install_openapi30",
+]
 
 REF_PREFIX = "#/components/schemas/"
 _NAME_MAPS = frozenset({"properties", "patternProperties", "schemas", "$defs", "definitions"})
@@ -145,6 +153,79 @@ def add_problem_responses(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+ITEMS_PATH = "/collections/{collection_id}/items"
+
+
+def _standard_parameters(*, default: int, maximum: int) -> dict[str, dict[str, Any]]:
+    """``limit``, ``bbox`` and ``datetime`` as OGC API - Features Part 1 defines them."""
+    form = {"in": "query", "required": False, "style": "form", "explode": False}
+    return {
+        "limit": {
+            "name": "limit",
+            **form,
+            "description": "Features per page; a larger value is clamped to the maximum",
+            "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+        },
+        "bbox": {
+            "name": "bbox",
+            **form,
+            "description": "minx,miny,maxx,maxy (or with heights) in bbox-crs",
+            "schema": {
+                "type": "array",
+                "minItems": 4,
+                "maxItems": 6,
+                "items": {"type": "number"},
+            },
+        },
+        "datetime": {
+            "name": "datetime",
+            **form,
+            "description": "An instant or an interval (a/b, open ends as ..), RFC 3339",
+            "schema": {"type": "string"},
+        },
+    }
+
+
+def describe_paging(
+    document: dict[str, Any], *, collections: Iterable[str], default: int, maximum: int
+) -> None:
+    """Declare paging and the standard query parameters the way GIS clients read them.
+
+    ``limit``, ``bbox`` and ``datetime`` query parameters become references to
+    ``components/parameters`` defined as OGC API - Features Part 1 says, with the
+    configured ``default`` and ``maximum`` page size (a larger ``limit`` is still
+    clamped, never refused).  Each collection also gets its own
+    ``/collections/<name>/items`` path, a copy of the templated one: GDAL's OAPIF
+    driver looks its items path up literally and sizes its pages from that
+    ``limit`` (ten features a page when it finds none), and the OGC test suite
+    checks the parameters there.  The document is changed in place.
+    """
+    standard = _standard_parameters(default=default, maximum=maximum)
+    document.setdefault("components", {}).setdefault("parameters", {}).update(standard)
+    paths: dict[str, Any] = document.get("paths", {})
+    for path_item in paths.values():
+        get = path_item.get("get", {})
+        get["parameters"] = [
+            {"$ref": f"#/components/parameters/{parameter['name']}"}
+            if parameter.get("in") == "query" and parameter.get("name") in standard
+            else parameter
+            for parameter in get.get("parameters", [])
+        ]
+    templated = paths.get(ITEMS_PATH, {}).get("get")
+    if templated is None:
+        return
+    for name in collections:
+        operation = copy.deepcopy(templated)
+        operation["operationId"] = f"{templated.get('operationId', 'get_items')}_{name}"
+        operation["summary"] = f"{templated.get('summary', 'Features')}: {name}"
+        operation["parameters"] = [
+            parameter
+            for parameter in operation.get("parameters", [])
+            if parameter.get("name") != "collection_id"
+        ]
+        paths[f"/collections/{name}/items"] = {"get": operation}
+
+
 def install_openapi30(app: FastAPI) -> None:
     """Make ``app.openapi()`` return (and cache) a 3.0.3 document."""
 
@@ -157,6 +238,13 @@ def install_openapi30(app: FastAPI) -> None:
                 routes=app.routes,
             )
             schema = downgrade_schema(add_problem_responses(schema))
+            settings = app.state.settings
+            describe_paging(
+                schema,
+                collections=COLLECTIONS,
+                default=settings.items_default_limit,
+                maximum=settings.items_max_limit,
+            )
             schema["openapi"] = "3.0.3"
             app.openapi_schema = schema
         return app.openapi_schema

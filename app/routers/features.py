@@ -205,7 +205,9 @@ def get_items(
     db: DbDep,
     settings: SettingsDep,
     user: PublicReader,
-    limit: Annotated[int | None, Query(ge=1, description="Clamped to 10,000")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, description="Features per page; a larger value is clamped")
+    ] = None,
     bbox: Annotated[str | None, Query(description="minx,miny,maxx,maxy in bbox-crs")] = None,
     bbox_crs: Annotated[str | None, Query(alias="bbox-crs")] = None,
     crs: Annotated[str | None, Query(description="CRS of the response")] = None,
