@@ -1,6 +1,7 @@
 # Makazi app image. The database is a separate PostGIS server (see docker-compose.yml),
-# reached through MAKAZI_DATABASE_URL. MapLibre GL JS is vendored in app/static/vendor and
-# the Alembic scripts are the `migrations` package, so the source tree is all it needs.
+# reached through MAKAZI_DATABASE_URL. MapLibre GL JS and Swagger UI are vendored in
+# app/static/vendor and the Alembic scripts are the `migrations` package, so the source tree
+# is all it needs.
 FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /srv/makazi

@@ -28,21 +28,38 @@ $(STAMP): pyproject.toml
 postgis: $(STAMP)
 	@$(BIN)/makazi db ensure
 
-# MapLibre GL JS (BSD-3) for the web map is vendored in app/static/vendor (with its
-# LICENSE.txt) and ships in the package, so serve and test need no npm. `make vendor`
-# refreshes that copy from the npm registry at MAPLIBRE_VERSION; commit the result.
+# Vendored in app/static/vendor and shipped in the package, so serve and test need no npm
+# and no page loads anything from another host: MapLibre GL JS (BSD-3, LICENSE.txt) for
+# the web map, and Swagger UI (swagger-ui-dist, Apache-2.0, LICENSE and NOTICE) for /docs
+# in app/static/vendor/swagger-ui.  `make vendor` refreshes both from the npm registry at
+# the versions pinned here, records them in the VERSION files and drops source-map links;
+# commit the result.
 MAPLIBRE_VERSION := 5.24.1
+SWAGGER_UI_VERSION := 5.35.0
 VENDOR := app/static/vendor
+SWAGGER_UI := $(VENDOR)/swagger-ui
+# what /docs loads (app/routers/web.py serves exactly these), and the licence texts
+SWAGGER_UI_FILES := swagger-ui-bundle.js swagger-ui.css favicon-32x32.png \
+	LICENSE NOTICE swagger-ui-bundle.js.LICENSE.txt
+NO_SOURCE_MAP := sed -e '/^\/\/\# sourceMappingURL=/d' -e '/^\/\*\# sourceMappingURL=.*\*\/$$/d'
 
 vendor:
 	@scripts/system-deps.sh web
-	@rm -rf build/npm && mkdir -p build/npm $(VENDOR)
-	cd build/npm && npm pack --silent --loglevel=error maplibre-gl@$(MAPLIBRE_VERSION) >/dev/null
-	tar -xzf build/npm/maplibre-gl-$(MAPLIBRE_VERSION).tgz -C build/npm \
+	@rm -rf build/npm && mkdir -p build/npm/maplibre build/npm/swagger-ui $(VENDOR) $(SWAGGER_UI)
+	cd build/npm && npm pack --silent --loglevel=error maplibre-gl@$(MAPLIBRE_VERSION) \
+		swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null
+	tar -xzf build/npm/maplibre-gl-$(MAPLIBRE_VERSION).tgz -C build/npm/maplibre \
 		package/dist/maplibre-gl.js package/dist/maplibre-gl.css package/LICENSE.txt
-	sed '/^\/\/# sourceMappingURL=/d' build/npm/package/dist/maplibre-gl.js > $(VENDOR)/maplibre-gl.js
-	cp build/npm/package/dist/maplibre-gl.css build/npm/package/LICENSE.txt $(VENDOR)/
+	$(NO_SOURCE_MAP) build/npm/maplibre/package/dist/maplibre-gl.js > $(VENDOR)/maplibre-gl.js
+	cp build/npm/maplibre/package/dist/maplibre-gl.css build/npm/maplibre/package/LICENSE.txt $(VENDOR)/
 	echo $(MAPLIBRE_VERSION) > $(VENDOR)/VERSION
+	tar -xzf build/npm/swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz -C build/npm/swagger-ui \
+		$(addprefix package/,$(SWAGGER_UI_FILES))
+	rm -f $(SWAGGER_UI)/*
+	cp $(addprefix build/npm/swagger-ui/package/,$(SWAGGER_UI_FILES)) $(SWAGGER_UI)/
+	for f in swagger-ui-bundle.js swagger-ui.css; do \
+		$(NO_SOURCE_MAP) build/npm/swagger-ui/package/$$f > $(SWAGGER_UI)/$$f; done
+	echo $(SWAGGER_UI_VERSION) > $(SWAGGER_UI)/VERSION
 	@rm -rf build/npm $(VENDOR)/.maplibre-gl-*
 
 testdeps:

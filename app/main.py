@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         version=VERSION,
         description="Mapping service for informal settlements.",
         openapi_url="/api",
-        docs_url="/docs",
+        docs_url=None,  # /docs is app.routers.web.docs_page: Swagger UI served from here
         redoc_url=None,
         lifespan=lifespan,
     )

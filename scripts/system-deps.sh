@@ -2,7 +2,7 @@
 # Install the Debian packages Makazi needs that pip cannot provide.
 #   scripts/system-deps.sh base   python3-venv when the interpreter lacks venv
 #   scripts/system-deps.sh test   command-line clients and the browser used by the tests
-#   scripts/system-deps.sh web    npm, to fetch MapLibre GL JS for the web map (make vendor)
+#   scripts/system-deps.sh web    npm, to fetch MapLibre GL JS and Swagger UI (make vendor)
 # PostGIS itself is installed by `makazi db ensure` (it picks the right PostgreSQL major).
 # As root on Debian/Ubuntu this installs with apt; otherwise it prints the command.
 set -euo pipefail

@@ -1,9 +1,11 @@
-"""The web map page (``/map``) and the static files it loads.
+"""The web pages (the map at ``/map``, the API docs at ``/docs``) and the static files they load.
 
-Everything the page needs is served from here: our own ``map.js`` and
-``map.css``, and MapLibre GL JS (BSD-3), vendored in ``app/static/vendor`` and
-shipped in the package (``make vendor`` refreshes it from the npm registry).
-No file is fetched from any other host, so the map works with no internet.
+Everything the pages need is served from here: the map's own ``map.js`` and
+``map.css``, MapLibre GL JS (BSD-3) vendored in ``app/static/vendor``, and
+Swagger UI (``swagger-ui-dist``, Apache-2.0) vendored in
+``app/static/vendor/swagger-ui``, both shipped in the package (``make vendor``
+refreshes them from the npm registry).  No file is fetched from any other host,
+so both pages work with no internet.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Request, status
-from fastapi.responses import FileResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from app.preconditions import none_match
 from geo.core.errors import NotFound
 
-__all__ = ["STATIC", "router"]
+__all__ = ["STATIC", "SWAGGER_UI", "router"]
 
 router = APIRouter(tags=["Web map"])
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+SWAGGER_UI = "vendor/swagger-ui"  # under STATIC, and under /static/ in URLs
 
-# Only these names are served: a request names a file, never a path.
+# Only these names are served, by folder (relative to STATIC): a request names a
+# listed file, never a path.
 _FILES: dict[str, dict[str, str]] = {
     "map": {
         "map.js": "text/javascript; charset=utf-8",
@@ -33,6 +38,14 @@ _FILES: dict[str, dict[str, str]] = {
         "maplibre-gl.css": "text/css; charset=utf-8",
         "LICENSE.txt": "text/plain; charset=utf-8",
     },
+    SWAGGER_UI: {
+        "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+        "swagger-ui.css": "text/css; charset=utf-8",
+        "favicon-32x32.png": "image/png",
+        "LICENSE": "text/plain; charset=utf-8",
+        "NOTICE": "text/plain; charset=utf-8",
+        "swagger-ui-bundle.js.LICENSE.txt": "text/plain; charset=utf-8",
+    },
 }
 
 
@@ -41,9 +54,8 @@ def _serve(request: Request, path: Path, media_type: str) -> Response:
     try:
         stat = path.stat()
     except FileNotFoundError:
-        hint = (
-            " (reinstall the package, or run `make vendor`)" if path.parent.name == "vendor" else ""
-        )
+        vendored = "vendor" in path.relative_to(STATIC).parts
+        hint = " (reinstall the package, or run `make vendor`)" if vendored else ""
         raise NotFound(f"{path.name} is not installed{hint}") from None
     etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
@@ -58,9 +70,30 @@ def map_page(request: Request) -> Response:
     return _serve(request, STATIC / "map" / "index.html", "text/html; charset=utf-8")
 
 
-@router.get("/static/{folder}/{name}", include_in_schema=False)
+@router.get("/docs", include_in_schema=False)
+def docs_page(request: Request) -> HTMLResponse:
+    """Swagger UI on the OpenAPI document, loading only files served here.
+
+    FastAPI's own ``/docs`` (switched off in :func:`app.main.create_app`) loads
+    Swagger UI from a CDN; this page is the same but for the vendored copy.  URLs
+    keep the proxy's root path.  ``validatorUrl`` is off, or Swagger UI could ask
+    validator.swagger.io for a badge.
+    """
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    assets = f"{root}/static/{SWAGGER_UI}"
+    return get_swagger_ui_html(
+        openapi_url=f"{root}{request.app.openapi_url}",
+        title=f"{request.app.title} - API documentation",
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+        swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon-32x32.png",
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+
+
+@router.get("/static/{folder:path}/{name}", include_in_schema=False)
 def static_file(request: Request, folder: str, name: str) -> Response:
-    """One of the map's static files (a fixed list)."""
+    """One of the pages' static files (a fixed list)."""
     media_type = _FILES.get(folder, {}).get(name)
     if media_type is None:
         raise NotFound(f"no static file {folder}/{name}")

@@ -4,8 +4,9 @@ The wheel is built from a copy of the checkout (so no ``build/`` or ``*.egg-info
 written into it and no stale ``build/lib`` leaks in), installed with pip into a new
 venv (dependencies from the configured index, through pip's cache), and ``makazi
 serve`` runs from an empty temporary folder against a fresh database in the session's
-cluster.  It must find the Alembic scripts (the ``migrations`` package) and MapLibre GL
-JS (vendored in ``app/static/vendor``) inside the installed package, not in the checkout.
+cluster.  It must find the Alembic scripts (the ``migrations`` package), MapLibre GL JS
+(vendored in ``app/static/vendor``) and Swagger UI for ``/docs`` (vendored in
+``app/static/vendor/swagger-ui``) inside the installed package, not in the checkout.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 DATABASE = "makazi_wheel"
 VENDOR = ("maplibre-gl.js", "maplibre-gl.css", "LICENSE.txt", "VERSION")
+SWAGGER_UI = (
+    "swagger-ui-bundle.js",
+    "swagger-ui.css",
+    "favicon-32x32.png",
+    "LICENSE",
+    "NOTICE",
+    "swagger-ui-bundle.js.LICENSE.txt",
+    "VERSION",
+)
 
 # Not copied into the build: local state, caches and earlier build output.
 _TOP_LEVEL_SKIP = {".git", ".venv", "data", "build", "dist", "node_modules"}
@@ -156,6 +166,8 @@ def test_wheel_holds_migrations_and_web_assets(installed: Installed) -> None:
     assert any(n.startswith("migrations/versions/0001_") for n in migrations)
     assert migrations <= names, sorted(migrations - names)
     assert {f"app/static/vendor/{n}" for n in VENDOR} <= names
+    swagger_ui = {f"app/static/vendor/swagger-ui/{n}" for n in SWAGGER_UI}
+    assert swagger_ui <= names, sorted(swagger_ui - names)
     assert {f"app/static/map/{n}" for n in ("index.html", "map.js", "map.css")} <= names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "data/"))]
 
@@ -195,6 +207,23 @@ def test_serves_map_with_maplibre(served: Served) -> None:
     licence = httpx.get(f"{served.base}/static/vendor/LICENSE.txt", timeout=10)
     assert licence.status_code == 200
     assert "Redistribution and use" in licence.text
+
+
+def test_serves_docs_with_swagger_ui(served: Served) -> None:
+    page = httpx.get(f"{served.base}/docs", timeout=10)
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert "http://" not in page.text and "https://" not in page.text
+    for name, media_type in [
+        ("swagger-ui-bundle.js", "text/javascript"),
+        ("swagger-ui.css", "text/css"),
+        ("favicon-32x32.png", "image/png"),
+    ]:
+        assert f"/static/vendor/swagger-ui/{name}" in page.text
+        asset = httpx.get(f"{served.base}/static/vendor/swagger-ui/{name}", timeout=30)
+        assert asset.status_code == 200, (name, asset.text[:300])
+        assert asset.headers["content-type"].startswith(media_type)
+        assert len(asset.content) > 500, name
 
 
 def test_serve_migrated_the_database(served: Served) -> None:
