@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from geo.core.auth import ROLES, Principal, hash_token, principal_for
 from geo.core.db import Database
 from geo.core.errors import Forbidden, Unauthorised
+from geo.core.feed import ChangeFeed
 from geo.core.settings import Settings
 
 __all__ = [
@@ -69,18 +70,24 @@ async def optional_user(
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorised("the Authorization header must be 'Bearer <token>'")
     token = credentials.credentials
-    cache: dict[str, tuple[float, Principal]] = request.app.state.token_cache
+    # A cached token is trusted only under the change feed's token generation it was
+    # looked up in: a revocation anywhere moves the generation in every worker at once.
+    # Without a connected feed nothing is cached.
+    feed: ChangeFeed | None = request.app.state.change_feed
+    generation = feed.token_generation() if feed is not None else None
+    cache: dict[str, tuple[float, int, Principal]] = request.app.state.token_cache
     key = hash_token(token)
     cached = cache.get(key)
     now = time.monotonic()
-    if cached and cached[0] > now:
-        return cached[1]
+    if cached and cached[0] > now and cached[1] == generation:
+        return cached[2]
     principal = await run_in_threadpool(_lookup, db, token)
     if principal is None:
         raise Unauthorised("the bearer token is not valid (unknown or revoked)")
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[key] = (now + TOKEN_CACHE_SECONDS, principal)
+    if generation is not None:
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[key] = (now + TOKEN_CACHE_SECONDS, generation, principal)
     return principal
 
 

@@ -12,11 +12,11 @@ from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
 from app.openapi import install_openapi30
-from app.routers import analysis, exports, features, households, meta, tiles, web
+from app.routers import analysis, exports, features, households, meta, tiles, tokens, web
 from app.routers import traces as traces_router
 from geo.core.db import Database
+from geo.core.feed import ChangeFeed
 from geo.core.settings import Settings, get_settings
-from geo.tiles.feed import ChangeFeed
 
 __all__ = ["create_app"]
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         listen_url = db.notifications_url()
         if settings.tile_change_feed and listen_url is not None:
             feed = ChangeFeed(listen_url).start()
-        app.state.tile_feed = feed
+        app.state.change_feed = feed
         try:
             yield
         finally:
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
     app.state.token_cache = {}
-    app.state.tile_feed = None
+    app.state.change_feed = None
     app.state.conformance = [*meta.CORE_CONFORMANCE, *features.CONFORMANCE]
     app.state.extent_cache = {}
     if database is not None:
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(exports.router)
     app.include_router(tiles.router)
     app.include_router(web.router)
+    app.include_router(tokens.router)
     app.include_router(traces_router.router)
     install_openapi30(app)
     return app

@@ -90,11 +90,22 @@ def client(app_settings: Settings, db: BoundDatabase) -> Iterator[TestClient]:
 
 @pytest.fixture
 def token_for(connection: Connection) -> Callable[[str], dict[str, str]]:
-    """Make an ``Authorization`` header for a new token with the given role."""
+    """An ``Authorization`` header for the user ``name`` (default ``<role>-user``) with ``role``.
+
+    A name has one live token, so asking again for the same name and role
+    gives the same header.
+    """
+    made: dict[str, tuple[str, dict[str, str]]] = {}
 
     def make(role: str, name: str | None = None) -> dict[str, str]:
-        token = create_token(connection, name=name or f"{role}-user", role=role)
-        return {"Authorization": f"Bearer {token}"}
+        user = name or f"{role}-user"
+        if user in made:
+            made_role, header = made[user]
+            assert made_role == role, f"{user} already has a {made_role} token"
+            return header
+        token = create_token(connection, name=user, role=role)
+        made[user] = (role, {"Authorization": f"Bearer {token}"})
+        return made[user][1]
 
     return make
 

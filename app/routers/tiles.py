@@ -13,10 +13,10 @@ from app.deps import DbDep, PublicReader, SettingsDep
 from app.links import href
 from app.preconditions import none_match
 from geo.core.errors import BadRequest
+from geo.core.feed import ChangeFeed
 from geo.tiles.cache import Tile, TileCache, cache_key
 from geo.tiles.cache import get_tile as cached_tile
 from geo.tiles.documents import TileJson
-from geo.tiles.feed import ChangeFeed
 from geo.tiles.render import check_tile
 from geo.tiles.tilejson import tilejson
 
@@ -89,7 +89,7 @@ async def get_tile(
     304.  An area with nothing to draw gets 204.
     """
     zi, xi, yi = _integer("z", z), _integer("x", x), _integer("y", y)
-    feed: ChangeFeed | None = request.app.state.tile_feed
+    feed: ChangeFeed | None = request.app.state.change_feed
     counters = feed.counters() if feed is not None else None
     tile = None
     if counters is not None:

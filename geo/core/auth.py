@@ -9,12 +9,28 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, or_, select, text, update
 
+from geo.core.errors import Conflict, InvalidInput, NotFound
 from geo.core.tables import api_tokens
 
-__all__ = ["ROLES", "Principal", "create_token", "hash_token", "principal_for", "role_at_least"]
+__all__ = [
+    "ROLES",
+    "TOKENS_CHANNEL",
+    "Principal",
+    "TokenInfo",
+    "create_token",
+    "hash_token",
+    "list_tokens",
+    "principal_for",
+    "revoke_token",
+    "role_at_least",
+]
+
+TOKENS_CHANNEL = "makazi_tokens"
+"""Where PostgreSQL announces a revoked token's name at commit (migration 0012)."""
 
 ROLES: tuple[str, ...] = ("viewer", "mapper", "enumerator", "planner", "admin")
 TOKEN_PREFIX = "mkz_"
@@ -47,17 +63,75 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class TokenInfo:
+    """What an admin sees of a token (never the token itself)."""
+
+    name: str
+    role: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
 def create_token(conn: Connection, *, name: str, role: str) -> str:
-    """Create a token for ``name`` with ``role`` and return it (shown only once)."""
+    """Create a token for ``name`` with ``role`` and return it (shown only once).
+
+    Raises
+    ------
+    InvalidInput
+        For an unknown role or an empty name.
+    Conflict
+        When a live token already has this name (revoke it first).
+    """
     if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
-    if not name.strip():
-        raise ValueError("a token needs a non-empty name")
+        raise InvalidInput(f"unknown role {role!r}; one of {', '.join(ROLES)}", field="role")
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InvalidInput("a token needs a name of 1 to 200 characters", field="name")
+    taken = conn.execute(
+        select(api_tokens.c.id).where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))
+    ).first()
+    if taken is not None:
+        raise Conflict(
+            f"a live token is already called {name!r}; revoke it first or pick another name",
+            field="name",
+        )
     token = TOKEN_PREFIX + secrets.token_urlsafe(24)
-    conn.execute(
-        insert(api_tokens).values(name=name.strip(), role=role, token_hash=hash_token(token))
-    )
+    conn.execute(insert(api_tokens).values(name=name, role=role, token_hash=hash_token(token)))
     return token
+
+
+def list_tokens(conn: Connection) -> list[TokenInfo]:
+    """Every token, live ones first, then by name."""
+    rows = conn.execute(
+        select(
+            api_tokens.c.name,
+            api_tokens.c.role,
+            api_tokens.c.created_at,
+            api_tokens.c.last_used_at,
+            api_tokens.c.revoked_at,
+        ).order_by(api_tokens.c.revoked_at.is_not(None), api_tokens.c.name, api_tokens.c.id)
+    ).all()
+    return [TokenInfo(*row) for row in rows]
+
+
+def revoke_token(conn: Connection, *, name: str) -> None:
+    """Revoke the live token called ``name``; every app process hears of it at commit.
+
+    Raises
+    ------
+    NotFound
+        When no live token has this name.
+    """
+    revoked = conn.execute(
+        update(api_tokens)
+        .where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+        .returning(api_tokens.c.id)
+    ).first()
+    if revoked is None:
+        raise NotFound(f"no live token is called {name!r}", field="name")
 
 
 def principal_for(conn: Connection, token: str) -> Principal | None:

@@ -18,6 +18,7 @@ A member that is sometimes left out (never sent as ``null``) is declared
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +31,9 @@ __all__ = [
     "Omitted",
     "OpenDocument",
     "Problem",
+    "TokenCreated",
+    "TokenEntry",
+    "TokenList",
     "omitted",
 ]
 
@@ -94,3 +98,27 @@ class Health(Document):
     """``GET /healthz``: the service and its database answer."""
 
     status: Literal["ok"]
+
+
+class TokenEntry(Document):
+    """One API token as an admin sees it (never the token itself)."""
+
+    name: str
+    role: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenList(Document):
+    """``GET /tokens``: live tokens first, then by name."""
+
+    tokens: list[TokenEntry]
+
+
+class TokenCreated(Document):
+    """``POST /tokens``: the new token, shown this once (only its hash is stored)."""
+
+    name: str
+    role: str
+    token: str = Field(description="The bearer token; shown only in this answer")

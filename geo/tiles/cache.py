@@ -203,7 +203,7 @@ def get_tile(
 ) -> Tile:
     """The tile at z/x/y, from the cache when no layer drawn there has changed.
 
-    The counters are read first (or taken from a :class:`ChangeFeed`, which
+    The counters are read first (or taken from a :class:`~geo.core.feed.ChangeFeed`, which
     only ever lags the database), before the connection renders a miss, so a
     tile is never stored under a counter newer than the data it shows.
 

@@ -574,7 +574,7 @@ def test_change_feed_invalidates_after_a_committed_edit(engine: Any, settings: S
     try:
         app = create_app(settings, database=Database(engine))
         with TestClient(app) as client:
-            feed = app.state.tile_feed
+            feed = app.state.change_feed
             wait(lambda: feed.counters() is not None)
             before = feed.counters()["settlements"]
             first = fetch(client, z, x, y)

@@ -1,0 +1,90 @@
+"""``/tokens``: API tokens for admins (list, create, revoke), as ``makazi token`` does."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from app.bodies import JsonBody
+from app.deps import AdminUser, DbDep
+from app.links import href
+from geo.core.auth import create_token, list_tokens, revoke_token
+from geo.core.documents import TokenCreated, TokenList
+from geo.core.errors import InvalidInput
+from geo.layers.writes import parse_json
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["tokens"])
+
+TokenName = Annotated[str, Path(min_length=1, max_length=200)]
+_PRIVATE = {"Cache-Control": "private, no-store"}
+
+
+@router.get(
+    "/tokens",
+    summary="Every API token (admin): name, role, created, last used, revoked",
+    responses={200: {"model": TokenList, "description": "The tokens, live ones first"}},
+)
+def get_tokens(user: AdminUser, db: DbDep) -> JSONResponse:
+    """Never the tokens themselves: only their hashes are stored."""
+    with db.read() as conn:
+        tokens = list_tokens(conn)
+    body = TokenList(
+        tokens=[
+            {
+                "name": info.name,
+                "role": info.role,
+                "created_at": info.created_at,
+                "last_used_at": info.last_used_at,
+                "revoked_at": info.revoked_at,
+            }
+            for info in tokens
+        ]
+    )
+    return JSONResponse(body.model_dump(mode="json"), headers=_PRIVATE)
+
+
+@router.post(
+    "/tokens",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a token (admin); the answer is the only time it is shown",
+    responses={201: {"model": TokenCreated, "description": "The new token, shown once"}},
+)
+async def post_token(user: AdminUser, body: JsonBody, request: Request, db: DbDep) -> JSONResponse:
+    """Body ``{"name": ..., "role": ...}``; 409 when a live token has the name."""
+    fields = parse_json(body)
+    if not isinstance(fields, dict) or not {"name", "role"} <= fields.keys():
+        raise InvalidInput('the body must be {"name": ..., "role": ...}')
+    name, role = fields["name"], fields["role"]
+    if not isinstance(name, str) or not isinstance(role, str):
+        raise InvalidInput("name and role must be strings")
+
+    def create() -> str:
+        with db.begin(actor=user.name) as conn:
+            return create_token(conn, name=name, role=role)
+
+    token = await run_in_threadpool(create)
+    created = TokenCreated(name=name.strip(), role=role, token=token)
+    location = href(request, f"/tokens/{created.name}")
+    return JSONResponse(
+        created.model_dump(),
+        status_code=status.HTTP_201_CREATED,
+        headers={**_PRIVATE, "Location": location},
+    )
+
+
+@router.delete(
+    "/tokens/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke a token (admin); it stops working at once in every worker",
+)
+def delete_token(user: AdminUser, name: TokenName, request: Request, db: DbDep) -> Response:
+    """404 when no live token has the name."""
+    with db.begin(actor=user.name) as conn:
+        revoke_token(conn, name=name)
+    request.app.state.token_cache.clear()  # this worker at once; the others by the feed
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,128 @@
+"""Tokens: one live token per name, listed and revoked from the CLI and the admin API.
+
+A revoked token stops working at once in every worker: the revocation is
+announced by PostgreSQL at commit and every app process drops its cached tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection
+
+from geo.core.auth import create_token, list_tokens, principal_for, revoke_token
+from geo.core.errors import Conflict, InvalidInput, NotFound
+from tests.support.live import LiveServer
+
+Auth = Callable[..., dict[str, str]]
+
+
+def test_one_live_token_per_name(connection: Connection) -> None:
+    first = create_token(connection, name="amina", role="mapper")
+    with pytest.raises(Conflict, match="already called 'amina'"):
+        create_token(connection, name=" amina ", role="viewer")
+    revoke_token(connection, name="amina")
+    assert principal_for(connection, first) is None
+    second = create_token(connection, name="amina", role="viewer")  # the name is free again
+    principal = principal_for(connection, second)
+    assert principal is not None and principal.role == "viewer"
+    listed = [(t.name, t.role, t.revoked_at is None) for t in list_tokens(connection)]
+    assert listed.index(("amina", "viewer", True)) < listed.index(("amina", "mapper", False))
+
+
+def test_bad_names_roles_and_unknown_revocations(connection: Connection) -> None:
+    with pytest.raises(InvalidInput, match="role"):
+        create_token(connection, name="x", role="chief")
+    with pytest.raises(InvalidInput, match="name"):
+        create_token(connection, name="  ", role="viewer")
+    with pytest.raises(NotFound, match="no live token is called 'nobody'"):
+        revoke_token(connection, name="nobody")
+
+
+def _makazi(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MAKAZI_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_cli_revocation_stops_a_cached_token_in_a_running_server(live_server: LiveServer) -> None:
+    url = live_server.database_url
+    created = _makazi(
+        "token", "create", "--name", "lost-phone", "--role", "viewer", database_url=url
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    again = _makazi("token", "create", "--name", "lost-phone", "--role", "viewer", database_url=url)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    assert "already called 'lost-phone'" in again.stderr
+
+    listed = _makazi("token", "list", database_url=url)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert all(len(row) == 5 for row in rows)
+    (row,) = [row for row in rows if row[0] == "lost-phone"]
+    assert row[1] == "viewer" and row[2].endswith("Z") and row[4] == "-"
+
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=live_server.base_url, headers=headers, timeout=30) as client:
+        for _ in range(3):  # the server now holds the token in its cache
+            assert client.get("/analysis/overlaps").status_code == 200
+        revoked = _makazi("token", "revoke", "lost-phone", database_url=url)
+        assert revoked.returncode == 0, revoked.stderr
+        # the notification reaches the server's feed right after the commit; poll briefly
+        deadline = time.monotonic() + 15
+        status = client.get("/analysis/overlaps").status_code
+        while status == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            status = client.get("/analysis/overlaps").status_code
+        assert status == 401
+    listed = _makazi("token", "list", database_url=url)
+    (row,) = [line.split("\t") for line in listed.stdout.splitlines() if line.startswith("lost")]
+    assert row[4].endswith("Z")
+    missing = _makazi("token", "revoke", "lost-phone", database_url=url)
+    assert missing.returncode == 1 and "no live token" in missing.stderr
+
+
+def test_admin_api_lists_creates_and_revokes(client: TestClient, token_for: Auth) -> None:
+    assert client.get("/tokens").status_code == 401
+    assert client.get("/tokens", headers=token_for("planner")).status_code == 403
+    admin = token_for("admin", name="root")
+
+    made = client.post("/tokens", json={"name": "field-team-3", "role": "mapper"}, headers=admin)
+    assert made.status_code == 201, made.text
+    body = made.json()
+    assert body["name"] == "field-team-3" and body["role"] == "mapper"
+    assert made.headers["location"].endswith("/tokens/field-team-3")
+    new = {"Authorization": f"Bearer {body['token']}"}
+    assert client.get("/traces", headers=new).status_code == 200
+
+    clash = client.post("/tokens", json={"name": "field-team-3", "role": "viewer"}, headers=admin)
+    assert clash.status_code == 409 and "already called" in clash.json()["detail"]
+    bad = client.post("/tokens", json={"name": "x", "role": "chief"}, headers=admin)
+    assert bad.status_code == 422 and "unknown role" in bad.json()["detail"]
+
+    listing = client.get("/tokens", headers=admin)
+    assert listing.status_code == 200 and listing.headers["cache-control"] == "private, no-store"
+    entries = {entry["name"]: entry for entry in listing.json()["tokens"]}
+    assert entries["field-team-3"]["revoked_at"] is None
+    assert body["token"] not in listing.text and "token_hash" not in listing.text
+
+    assert client.delete("/tokens/field-team-3", headers=admin).status_code == 204
+    assert client.get("/traces", headers=new).status_code == 401
+    assert client.delete("/tokens/field-team-3", headers=admin).status_code == 404
+    entries = {
+        entry["name"]: entry for entry in client.get("/tokens", headers=admin).json()["tokens"]
+    }
+    assert entries["field-team-3"]["revoked_at"] is not None
