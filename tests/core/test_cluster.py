@@ -14,18 +14,7 @@ import psycopg
 import pytest
 
 from geo.core.cluster import ClusterError, EmbeddedCluster, find_postgres
-
-
-def _makazi(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "MAKAZI_DATA_DIR": str(data_dir), **env}
-    environment.pop("MAKAZI_DATABASE_URL", None) if "MAKAZI_DATABASE_URL" not in env else None
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=300,
-    )
+from tests.support.cli import makazi
 
 
 @pytest.fixture(scope="module")
@@ -129,35 +118,35 @@ def test_not_writable_data_dir_is_clear(tmp_path: Path) -> None:
 
 def test_cli_db_lifecycle(tmp_path: Path) -> None:
     data = tmp_path / "cli-data"
-    started = _makazi("db", "start", data_dir=data)
+    started = makazi("db", "start", data_dir=data)
     assert started.returncode == 0, started.stderr
     try:
-        url = _makazi("db", "url", data_dir=data)
+        url = makazi("db", "url", data_dir=data)
         assert url.stdout.startswith("postgresql+psycopg://makazi:")
-        status = _makazi("db", "status", data_dir=data)
+        status = makazi("db", "status", data_dir=data)
         assert json.loads(status.stdout)["running"] is True
-        migrated = _makazi("migrate", data_dir=data)
+        migrated = makazi("migrate", data_dir=data)
         assert migrated.returncode == 0, migrated.stderr
-        token = _makazi("token", "create", "--name", "amina", "--role", "mapper", data_dir=data)
+        token = makazi("token", "create", "--name", "amina", "--role", "mapper", data_dir=data)
         assert token.returncode == 0 and token.stdout.strip().startswith("mkz_")
         assert len(token.stdout.strip().splitlines()) == 1
     finally:
-        stopped = _makazi("db", "stop", data_dir=data)
+        stopped = makazi("db", "stop", data_dir=data)
     assert stopped.stdout.strip() == "stopped"
-    assert _makazi("db", "status", data_dir=data).returncode == 3
+    assert makazi("db", "status", data_dir=data).returncode == 3
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    bad_role = _makazi("token", "create", "--name", "x", "--role", "king", data_dir=tmp_path)
+    bad_role = makazi("token", "create", "--name", "x", "--role", "king", data_dir=tmp_path)
     assert bad_role.returncode != 0
     assert bad_role.stderr.strip().count("\n") == 0 and "king" in bad_role.stderr
-    unreachable = _makazi(
+    unreachable = makazi(
         "migrate", data_dir=tmp_path, MAKAZI_DATABASE_URL="postgresql://u:p@127.0.0.1:9/x"
     )
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith("makazi: cannot reach the database")
     assert "Traceback" not in unreachable.stderr
-    no_cluster = _makazi("db", "url", data_dir=tmp_path / "empty")
+    no_cluster = makazi("db", "url", data_dir=tmp_path / "empty")
     assert no_cluster.returncode == 1 and "makazi db start" in no_cluster.stderr
 
 
@@ -168,7 +157,7 @@ def test_cli_serve_refuses_busy_port(tmp_path: Path) -> None:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        result = _makazi("serve", "--port", str(port), data_dir=tmp_path)
+        result = makazi("serve", "--port", str(port), data_dir=tmp_path)
     assert result.returncode == 1
     assert f"port {port}" in result.stderr and "in use" in result.stderr
 
@@ -221,12 +210,12 @@ def test_serve_rides_out_a_database_restart(tmp_path: Path) -> None:
     served = Served(tmp_path, "ride")
     try:
         served.wait_for(200)
-        assert _makazi("db", "stop", data_dir=served.data).returncode == 0
+        assert makazi("db", "stop", data_dir=served.data).returncode == 0
         down = served.wait_for(503)
         assert down.headers["content-type"].startswith("application/problem+json")
         items = httpx.get(served.base + "/collections/structures/items", timeout=10)
         assert items.status_code == 503
-        assert _makazi("db", "start", data_dir=served.data).returncode == 0
+        assert makazi("db", "start", data_dir=served.data).returncode == 0
         served.wait_for(200)
         page = served.wait_for(200, "/collections/structures/items")
         assert page.json()["numberReturned"] == 0
@@ -234,7 +223,7 @@ def test_serve_rides_out_a_database_restart(tmp_path: Path) -> None:
         served.process.terminate()
         served.process.wait(timeout=60)
     # serve did not start this second cluster, so it left it running: stop it here
-    _makazi("db", "stop", data_dir=served.data)
+    makazi("db", "stop", data_dir=served.data)
     assert not EmbeddedCluster(served.data).running()
 
 
@@ -259,7 +248,7 @@ def test_serve_stops_its_database_on_exit(tmp_path: Path, signal_name: str) -> N
 def test_cli_unwritable_data_dir_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = _makazi("db", "start", data_dir=blocker / "data")
+    result = makazi("db", "start", data_dir=blocker / "data")
     assert result.returncode == 1
     assert result.stderr.startswith("makazi: data dir") and "not writable" in result.stderr
     assert result.stderr.count("\n") == 1

@@ -6,9 +6,6 @@ announced by PostgreSQL at commit and every app process drops its cached tokens.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -19,6 +16,7 @@ from sqlalchemy import Connection
 
 from geo.core.auth import create_token, list_tokens, principal_for, revoke_token
 from geo.core.errors import Conflict, InvalidInput, NotFound
+from tests.support.cli import makazi
 from tests.support.live import LiveServer
 
 Auth = Callable[..., dict[str, str]]
@@ -46,29 +44,17 @@ def test_bad_names_roles_and_unknown_revocations(connection: Connection) -> None
         revoke_token(connection, name="nobody")
 
 
-def _makazi(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MAKAZI_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
 def test_cli_revocation_stops_a_cached_token_in_a_running_server(live_server: LiveServer) -> None:
     url = live_server.database_url
-    created = _makazi(
-        "token", "create", "--name", "lost-phone", "--role", "viewer", database_url=url
-    )
+    create = ("token", "create", "--name", "lost-phone", "--role", "viewer")
+    created = makazi(*create, MAKAZI_DATABASE_URL=url)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
-    again = _makazi("token", "create", "--name", "lost-phone", "--role", "viewer", database_url=url)
+    again = makazi(*create, MAKAZI_DATABASE_URL=url)
     assert again.returncode == 1 and again.stderr.count("\n") == 1
     assert "already called 'lost-phone'" in again.stderr
 
-    listed = _makazi("token", "list", database_url=url)
+    listed = makazi("token", "list", MAKAZI_DATABASE_URL=url)
     assert listed.returncode == 0, listed.stderr
     rows = [line.split("\t") for line in listed.stdout.splitlines()]
     assert all(len(row) == 5 for row in rows)
@@ -79,7 +65,7 @@ def test_cli_revocation_stops_a_cached_token_in_a_running_server(live_server: Li
     with httpx.Client(base_url=live_server.base_url, headers=headers, timeout=30) as client:
         for _ in range(3):  # the server now holds the token in its cache
             assert client.get("/analysis/overlaps").status_code == 200
-        revoked = _makazi("token", "revoke", "lost-phone", database_url=url)
+        revoked = makazi("token", "revoke", "lost-phone", MAKAZI_DATABASE_URL=url)
         assert revoked.returncode == 0, revoked.stderr
         # the notification reaches the server's feed right after the commit; poll briefly
         deadline = time.monotonic() + 15
@@ -88,10 +74,10 @@ def test_cli_revocation_stops_a_cached_token_in_a_running_server(live_server: Li
             time.sleep(0.05)
             status = client.get("/analysis/overlaps").status_code
         assert status == 401
-    listed = _makazi("token", "list", database_url=url)
+    listed = makazi("token", "list", MAKAZI_DATABASE_URL=url)
     (row,) = [line.split("\t") for line in listed.stdout.splitlines() if line.startswith("lost")]
     assert row[4].endswith("Z")
-    missing = _makazi("token", "revoke", "lost-phone", database_url=url)
+    missing = makazi("token", "revoke", "lost-phone", MAKAZI_DATABASE_URL=url)
     assert missing.returncode == 1 and "no live token" in missing.stderr
 
 
