@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ __all__ = [
     "load_settings",
     "migrate",
     "open_engine",
+    "start_cluster",
     "write_chunks",
 ]
 
@@ -58,12 +60,24 @@ def database_url(settings: Settings, *, keep_running: bool = False) -> Iterator[
         return
     ensure_postgis(install=os.geteuid() == 0, quiet=True)
     cluster = cluster_of(settings)
-    started = cluster.start()
+    started = start_cluster(cluster)
     try:
         yield cluster.url()
     finally:
         if started and not keep_running:
             cluster.stop()
+
+
+def start_cluster(cluster: EmbeddedCluster) -> bool:
+    """Start the embedded cluster; say where, once, when this creates a new database.
+
+    Returns whether this call started it (False: it was running).
+    """
+    new = not cluster.initialised
+    started = cluster.start()
+    if new:
+        print(f"makazi: created a new database in {cluster.data_dir}", file=sys.stderr)
+    return started
 
 
 def engine_for(settings: Settings, url: str) -> Engine:

@@ -13,6 +13,7 @@ from app.cli.common import (
     database_url,
     load_settings,
     migrate,
+    start_cluster,
 )
 
 __all__ = ["add_parsers"]
@@ -34,7 +35,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     cluster = cluster_of(settings)
     if args.action == "start":
         ensure_postgis(install=os.geteuid() == 0, quiet=True)
-        started = cluster.start()
+        started = start_cluster(cluster)
         print(("started" if started else "already running") + f" on port {cluster.port}")
     elif args.action == "stop":
         print("stopped" if cluster.stop() else "not running")
@@ -48,7 +49,10 @@ def cmd_db(args: argparse.Namespace) -> int:
 
             print(normalise_url(settings.database_url))
         elif not cluster.initialised:
-            raise CommandError("the embedded cluster does not exist yet; run `makazi db start`")
+            raise CommandError(
+                f"no database in {cluster.data_dir} yet; run `makazi db start` "
+                "(or set MAKAZI_DATA_DIR to the one your server uses)"
+            )
         else:
             print(cluster.url())
     return 0

@@ -6,6 +6,7 @@ community server on a small machine.  README.md lists them all.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "default_data_dir", "get_settings"]
 
 
 def _split_list(value: object) -> object:
@@ -28,6 +29,21 @@ def _split_list(value: object) -> object:
     return value
 
 
+def default_data_dir() -> Path:
+    """Where the embedded cluster lives unless ``MAKAZI_DATA_DIR`` says otherwise.
+
+    Run from a checkout, ``<checkout>/data``; installed as a package, the user's
+    data folder (``$XDG_DATA_HOME/makazi``, by default ``~/.local/share/makazi``).
+    Never the current folder: a command run from elsewhere must find the same
+    database the server uses, not make a new one there.
+    """
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "migrations").is_dir():
+        return checkout / "data"
+    user_data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(user_data) / "makazi"
+
+
 class Settings(BaseSettings):
     """All configuration of one Makazi process.
 
@@ -39,7 +55,8 @@ class Settings(BaseSettings):
     database_replica_urls
         Read-only replicas; read queries are routed there when set.
     data_dir
-        Folder for the embedded cluster and other runtime state.
+        Folder for the embedded cluster and other runtime state
+        (:func:`default_data_dir` unless set).
     public_read
         Whether anonymous clients may read public layers.
     """
@@ -48,7 +65,7 @@ class Settings(BaseSettings):
 
     database_url: str = ""
     database_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    data_dir: Path = Path("data")
+    data_dir: Path = Field(default_factory=default_data_dir)
     public_read: bool = True
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"

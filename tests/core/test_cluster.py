@@ -120,7 +120,11 @@ def test_cli_db_lifecycle(tmp_path: Path) -> None:
     data = tmp_path / "cli-data"
     started = makazi("db", "start", data_dir=data)
     assert started.returncode == 0, started.stderr
+    assert started.stderr.count("created a new database in") == 1
+    assert str(data) in started.stderr
     try:
+        again = makazi("db", "start", data_dir=data)
+        assert again.stdout.startswith("already running") and "created" not in again.stderr
         url = makazi("db", "url", data_dir=data)
         assert url.stdout.startswith("postgresql+psycopg://makazi:")
         status = makazi("db", "status", data_dir=data)
@@ -134,6 +138,10 @@ def test_cli_db_lifecycle(tmp_path: Path) -> None:
         stopped = makazi("db", "stop", data_dir=data)
     assert stopped.stdout.strip() == "stopped"
     assert makazi("db", "status", data_dir=data).returncode == 3
+    restarted = makazi("migrate", data_dir=data)  # the same database: nothing new to say
+    assert restarted.returncode == 0 and "created" not in restarted.stderr
+    missing = makazi("db", "url", data_dir=tmp_path / "never")
+    assert missing.returncode == 1 and str(tmp_path / "never") in missing.stderr
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from geo.core import settings as settings_module
 from geo.core.db import normalise_url
 from geo.core.settings import Settings
 
@@ -16,7 +21,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.database_url == ""
-    assert settings.data_dir == Path("data")
+    assert settings.data_dir == Path(__file__).resolve().parents[2] / "data"  # the checkout's
     assert settings.public_read is True
     assert settings.max_upload_mb == 50 and settings.max_upload_bytes == 50 * 1024 * 1024
     assert settings.max_trace_points == 1_000_000
@@ -57,3 +62,29 @@ def test_readme_documents_every_setting() -> None:
         # one README row may name a pair: `MAKAZI_ANALYSIS_MIN_CELL_M` / `MAX_CELL_M`
         paired = f"/ `{variable.removeprefix('MAKAZI_ANALYSIS_')}`"
         assert f"`{variable}`" in readme or paired in readme, variable
+
+
+def test_data_dir_does_not_follow_the_current_folder(tmp_path: Path) -> None:
+    """A command run from another folder finds the checkout's database, not a new one there."""
+    elsewhere = tmp_path / "somewhere-else"
+    elsewhere.mkdir()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MAKAZI_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "db", "status"],
+        cwd=elsewhere,
+        env={**environment, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    status = json.loads(result.stdout)
+    checkout_data = Path(__file__).resolve().parents[2] / "data"
+    assert status["data_dir"] == str(checkout_data / "pg")
+    assert not (elsewhere / "data").exists()
+
+
+def test_installed_package_uses_the_users_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/home/amina/.data")
+    fake = Path("/srv/venv/lib/python3.11/site-packages/geo/core/settings.py")
+    monkeypatch.setattr(settings_module, "__file__", str(fake))
+    assert settings_module.default_data_dir() == Path("/srv/home/amina/.data/makazi")
