@@ -303,7 +303,9 @@ def feature_sql(collection: Collection, crs: Crs, *, skip_geometry: bool = False
         else:
             expression = f"ST_Transform(t.geom, {int(crs.srid)})"
             digits = 2
-        geometry = f"coalesce(ST_AsGeoJSON({expression}, {digits}), 'null')"
+        # options 0: RFC 7946 geometries have no "crs" member (PostGIS adds one by default
+        # to any geometry not in EPSG:4326); Content-Crs says what the coordinates are
+        geometry = f"coalesce(ST_AsGeoJSON({expression}, {digits}, 0), 'null')"
     pairs = ", ".join(f"'{p.name}', t.{p.name}" for p in collection.properties)
     return (
         '\'{"type":"Feature","id":\' || t.id || \',"geometry":\' || '

@@ -187,6 +187,9 @@ def test_crs_round_trip(client: TestClient, connection: Connection) -> None:
     response = client.get("/collections/facilities/items/9001", params={"crs": utm})
     assert response.headers["content-crs"] == f"<{utm}>"
     x, y = response.json()["geometry"]["coordinates"]
+    assert set(response.json()["geometry"]) == {"type", "coordinates"}  # RFC 7946: no "crs"
+    page = client.get("/collections/facilities/items", params={"crs": utm, "limit": 5}).json()
+    assert all(set(f["geometry"]) == {"type", "coordinates"} for f in page["features"])
     ex, ey = Transformer.from_crs(4326, 32737, always_xy=True).transform(36.7871234, -1.3130987)
     assert abs(x - ex) < 0.01 and abs(y - ey) < 0.01
     latlon = client.get(
