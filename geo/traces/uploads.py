@@ -76,6 +76,8 @@ def _via_http(url: str, token: str, timeout: float) -> Callable[..., tuple[int, 
             body = response.json()
         except ValueError:
             body = {"detail": response.text[:200]}
+        if response.headers.get("idempotent-replayed") == "true":
+            return 200, body  # an earlier run stored it: nothing new this time
         return response.status_code, body
 
     return send

@@ -554,6 +554,16 @@ def test_cli_upload_direct_and_via_server(
         assert code == 1
         assert "0 stored, 3 already there, 1 failed" in captured.out
         assert "broken.gpx" in captured.err and "Premature end" in captured.err
+        # new files through the server, twice: the re-run stores nothing and says so
+        fresh = []
+        for i in range(2):
+            path = tmp_path / f"fresh{i}.gpx"
+            path.write_bytes(walk(9, start=30 + i))
+            fresh.append(str(path))
+        assert main(["trace", "upload", *fresh, "--url", live_app, "--token", token]) == 0
+        assert "2 stored, 0 already there, 0 failed" in capsys.readouterr().out
+        assert main(["trace", "upload", *fresh, "--url", live_app, "--token", token]) == 0
+        assert "0 stored, 2 already there, 0 failed" in capsys.readouterr().out
     finally:
         with engine.begin() as conn:
             conn.execute(text("SET LOCAL makazi.audit = 'off'"))
