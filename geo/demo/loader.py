@@ -74,18 +74,22 @@ def _reserve_structure_ids(conn: Connection, count: int) -> int:
     return int(start)
 
 
-def load(conn: Connection, data: DemoData, *, progress: bool = False) -> dict[str, int]:
+def load(
+    conn: Connection, data: DemoData, *, progress: bool = False, audited: bool = True
+) -> dict[str, int]:
     """Write generated data with COPY inside the caller's transaction.
 
-    Demo rows start at version 1 without per-row history (``makazi.audit`` is
-    switched off for this transaction only).
+    Every row gets its ``create`` history entry by ``makazi-demo``, as any
+    write does; ``audited=False`` (benchmarks' million-row loads) switches
+    the history off for this transaction only.
 
     Returns
     -------
     dict
         Counts written: settlements, structures, households, facilities.
     """
-    conn.execute(text("SELECT set_config('makazi.audit', 'off', true)"))
+    if not audited:
+        conn.execute(text("SELECT set_config('makazi.audit', 'off', true)"))
     conn.execute(text("SELECT set_config('makazi.user', 'makazi-demo', true)"))
     settlement_ids = []
     for s in data.settlements:
