@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Annotated
 
 from fastapi import Depends, Header
@@ -9,12 +10,17 @@ from fastapi import Depends, Header
 from geo.core.errors import PreconditionRequired
 
 __all__ = [
+    "NO_STORE",
     "ExpectedVersion",
     "OptionalVersion",
     "etag",
     "expected_version",
     "none_match",
 ]
+
+
+NO_STORE = MappingProxyType({"Cache-Control": "private, no-store"})
+"""Headers for answers no cache may keep (personal fields, tokens, downloads)."""
 
 
 def etag(version: int) -> str:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
 from app.deps import DbDep, PlannerUser
+from app.preconditions import NO_STORE
 from app.streaming import HeldRead
 from geo.core.errors import NotFound
 from geo.exports.stream import FORMATS, export_format, stream_export
@@ -45,6 +46,6 @@ def get_export(
         media_type=fmt.media_type,
         headers={
             "Content-Disposition": f'attachment; filename="{filename}"',
-            "Cache-Control": "private, no-store",
+            **NO_STORE,
         },
     )

@@ -13,7 +13,7 @@ from app.bodies import JsonBody
 from app.deps import DbDep, EnumeratorUser
 from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
-from app.preconditions import ExpectedVersion, etag
+from app.preconditions import NO_STORE, ExpectedVersion, etag
 from geo.core.errors import InvalidInput
 from geo.core.idempotency import request_hash
 from geo.layers.households import (
@@ -30,7 +30,6 @@ from geo.layers.writes import parse_json
 router = APIRouter(tags=["households"])
 
 ObjectId = Annotated[int, Path(ge=1, le=2**62)]
-_PRIVATE = {"Cache-Control": "private, no-store"}
 
 
 def _one(
@@ -39,7 +38,7 @@ def _one(
     return JSONResponse(
         record,
         status_code=status_code,
-        headers={"ETag": etag(record["version"]), **_PRIVATE, **headers},
+        headers={"ETag": etag(record["version"]), **NO_STORE, **headers},
     )
 
 
@@ -54,7 +53,7 @@ def get_structure_households(
     """Every live household with personal fields (enumerator+)."""
     with db.read() as conn:
         records = list_households(conn, structure_id=structure_id)
-    return JSONResponse({"structure_id": structure_id, "households": records}, headers=_PRIVATE)
+    return JSONResponse({"structure_id": structure_id, "households": records}, headers=NO_STORE)
 
 
 @router.post(

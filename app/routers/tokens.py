@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from app.bodies import JsonBody
 from app.deps import AdminUser, DbDep
 from app.links import href
+from app.preconditions import NO_STORE
 from geo.core.auth import create_token, list_tokens, revoke_token
 from geo.core.documents import TokenCreated, TokenList
 from geo.core.errors import InvalidInput
@@ -21,7 +22,6 @@ __all__ = ["router"]
 router = APIRouter(tags=["tokens"])
 
 TokenName = Annotated[str, Path(min_length=1, max_length=200)]
-_PRIVATE = {"Cache-Control": "private, no-store"}
 
 
 @router.get(
@@ -33,19 +33,8 @@ def get_tokens(user: AdminUser, db: DbDep) -> JSONResponse:
     """Never the tokens themselves: only their hashes are stored."""
     with db.read() as conn:
         tokens = list_tokens(conn)
-    body = TokenList(
-        tokens=[
-            {
-                "name": info.name,
-                "role": info.role,
-                "created_at": info.created_at,
-                "last_used_at": info.last_used_at,
-                "revoked_at": info.revoked_at,
-            }
-            for info in tokens
-        ]
-    )
-    return JSONResponse(body.model_dump(mode="json"), headers=_PRIVATE)
+    body = TokenList(tokens=tokens)
+    return JSONResponse(body.model_dump(mode="json"), headers=NO_STORE)
 
 
 @router.post(
@@ -73,7 +62,7 @@ async def post_token(user: AdminUser, body: JsonBody, request: Request, db: DbDe
     return JSONResponse(
         created.model_dump(),
         status_code=status.HTTP_201_CREATED,
-        headers={**_PRIVATE, "Location": location},
+        headers={**NO_STORE, "Location": location},
     )
 
 

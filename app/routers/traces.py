@@ -19,7 +19,7 @@ from app.bodies import JsonBody
 from app.deps import CurrentUser, DbDep, MapperUser, PublicReader, SettingsDep
 from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
-from app.preconditions import ExpectedVersion, OptionalVersion, etag, expected_version
+from app.preconditions import NO_STORE, ExpectedVersion, OptionalVersion, etag, expected_version
 from geo.core.errors import Unauthorised, UnsupportedMediaType
 from geo.core.privacy import Visibility
 from geo.core.uploads import BodySpool, MultipartFile, SpooledBody, TooLarge
@@ -223,7 +223,7 @@ def get_traces(
             }
         )
     body = {"traces": rows, "numberReturned": len(rows), "links": links}
-    return JSONResponse(body, headers={"Cache-Control": "private, no-store"})
+    return JSONResponse(body, headers=NO_STORE)
 
 
 @router.get(

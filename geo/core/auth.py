@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, or_, select, text, update
 
+from geo.core.documents import TokenEntry
 from geo.core.errors import Conflict, InvalidInput, NotFound
 from geo.core.tables import api_tokens
 
@@ -20,7 +20,6 @@ __all__ = [
     "ROLES",
     "TOKENS_CHANNEL",
     "Principal",
-    "TokenInfo",
     "create_token",
     "hash_token",
     "list_tokens",
@@ -63,17 +62,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class TokenInfo:
-    """What an admin sees of a token (never the token itself)."""
-
-    name: str
-    role: str
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-
 def create_token(conn: Connection, *, name: str, role: str) -> str:
     """Create a token for ``name`` with ``role`` and return it (shown only once).
 
@@ -102,7 +90,7 @@ def create_token(conn: Connection, *, name: str, role: str) -> str:
     return token
 
 
-def list_tokens(conn: Connection) -> list[TokenInfo]:
+def list_tokens(conn: Connection) -> list[TokenEntry]:
     """Every token, live ones first, then by name."""
     rows = conn.execute(
         select(
@@ -113,7 +101,7 @@ def list_tokens(conn: Connection) -> list[TokenInfo]:
             api_tokens.c.revoked_at,
         ).order_by(api_tokens.c.revoked_at.is_not(None), api_tokens.c.name, api_tokens.c.id)
     ).all()
-    return [TokenInfo(*row) for row in rows]
+    return [TokenEntry.model_validate(row._mapping) for row in rows]
 
 
 def revoke_token(conn: Connection, *, name: str) -> None:

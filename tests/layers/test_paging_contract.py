@@ -60,8 +60,3 @@ def test_declared_limits_follow_the_settings(settings: Settings, db: BoundDataba
         # a larger limit is clamped, never refused
         page = client.get("/collections/structures/items", params={"limit": 100_000})
         assert page.status_code == 200
-
-
-def test_the_concrete_items_path_serves(client: TestClient) -> None:
-    page = client.get("/collections/structures/items", params={"limit": 2})
-    assert page.status_code == 200 and page.json()["type"] == "FeatureCollection"
