@@ -57,6 +57,27 @@ def _ignore(folder: str, names: list[str]) -> set[str]:
     return skipped
 
 
+def _copy_source(target: Path) -> None:
+    """Copy what a release would hold: the files git knows (tracked or not ignored).
+
+    Local state such as a benchmark cluster in bench/out (sockets, gigabytes)
+    stays behind.  Outside a git checkout, copy the tree minus known local state.
+    """
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        timeout=60,
+    )
+    if listed.returncode != 0 or not listed.stdout:
+        shutil.copytree(ROOT, target, ignore=_ignore)
+        return
+    for name in listed.stdout.decode().split("\0"):
+        origin = ROOT / name
+        if name and origin.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(origin, target / name)
+
+
 def _run(argv: list[str], *, timeout: float, cwd: Path | None = None) -> str:
     """Run ``argv``; fail the test with its output when it fails."""
     done = subprocess.run(
@@ -101,7 +122,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory, clean_env: None) -> Inst
     """Build the wheel from a copy of the checkout and pip-install it into a new venv."""
     base = tmp_path_factory.mktemp("wheel")
     source, wheels, venv, elsewhere = (base / n for n in ("src", "dist", "venv", "elsewhere"))
-    shutil.copytree(ROOT, source, ignore=_ignore)
+    _copy_source(source)
     pip_quiet = ["--quiet", "--disable-pip-version-check"]
     _run(
         [
