@@ -34,6 +34,7 @@ from geo.layers.documents import (
 )
 from geo.layers.items import (
     count_if_cheap,
+    empty_bbox_hint,
     fetch_feature,
     open_page,
     parse_items_request,
@@ -41,6 +42,7 @@ from geo.layers.items import (
 )
 from geo.layers.registry import COLLECTIONS, Collection, get_collection
 from geo.layers.writes import (
+    GeometryRules,
     create_features,
     delete_feature,
     feature_history,
@@ -239,6 +241,9 @@ def get_items(
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=not_modified)
         matched = count_if_cheap(held.conn, parsed) if parsed.first_page else None
         page = open_page(held.conn, parsed)
+        hint = None
+        if not page.first and parsed.first_page:
+            hint = empty_bbox_hint(held.conn, parsed, max_km=settings.max_km_from_settlements)
     url = request.url
 
     def body() -> Iterator[bytes]:
@@ -295,6 +300,8 @@ def get_items(
                 tail["numberMatched"] = number_matched
             tail["timeStamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             tail["links"] = links
+            if hint is not None:
+                tail["hint"] = hint
             yield b"]," + json.dumps(tail)[1:].encode()
         finally:
             page.close()
@@ -381,13 +388,36 @@ def get_item(
     )
 
 
-def _content_crs(header: str | None) -> Any:
-    if header is None:
-        return CRS84
-    try:
-        return parse_crs(header.strip().strip("<>"))
-    except UnknownCrs as exc:
-        raise BadRequest(f"Content-Crs: {exc}") from exc
+def _geometry_rules(
+    settings: SettingsDep,
+    content_crs: Annotated[
+        str | None, Header(description="the CRS of the body's coordinates (default CRS84)")
+    ] = None,
+    repair: Annotated[bool, Query(description="repair invalid geometry")] = False,
+    force: Annotated[
+        bool,
+        Query(
+            description="store geometry even when it lies farther than "
+            "MAKAZI_MAX_KM_FROM_SETTLEMENTS from every settlement"
+        ),
+    ] = False,
+) -> GeometryRules:
+    """How the body's geometry is read: its CRS, repair, the vertex limit, the distance check."""
+    crs = CRS84
+    if content_crs is not None:
+        try:
+            crs = parse_crs(content_crs.strip().strip("<>"))
+        except UnknownCrs as exc:
+            raise BadRequest(f"Content-Crs: {exc}") from exc
+    return GeometryRules(
+        crs=crs,
+        repair=repair,
+        max_vertices=settings.max_feature_vertices,
+        max_km_from_settlements=0.0 if force else settings.max_km_from_settlements,
+    )
+
+
+GeometryRulesDep = Annotated[GeometryRules, Depends(_geometry_rules)]
 
 
 @router.post(
@@ -409,23 +439,13 @@ async def post_items(
     body: JsonBody,
     request: Request,
     db: DbDep,
-    settings: SettingsDep,
-    repair: Annotated[bool, Query(description="repair invalid geometry")] = False,
-    content_crs: Annotated[str | None, Header()] = None,
+    rules: GeometryRulesDep,
 ) -> Response:
     """Create one feature (201 + Location + ETag) or many (all or nothing)."""
-    crs = _content_crs(content_crs)
 
     def create(conn: Connection) -> Response:
         features = parse_feature_body(body, allow_collection=True)
-        created = create_features(
-            conn,
-            collection,
-            features,
-            crs=crs,
-            repair=repair,
-            max_vertices=settings.max_feature_vertices,
-        )
+        created = create_features(conn, collection, features, rules)
         base = href(request, f"/collections/{collection.name}/items/")
         if len(created) == 1 and len(features) == 1:
             fid, version = created[0]
@@ -456,7 +476,7 @@ async def post_items(
         actor=user.name,
         key=idempotency_key,
         scope=f"POST /collections/{collection.name}/items",
-        fingerprint=request_hash(body, str(request.query_params), crs.uri),
+        fingerprint=request_hash(body, str(request.query_params), rules.crs.uri),
         write=create,
     )
 
@@ -480,15 +500,12 @@ async def write_item(
     feature_id: FeatureId,
     request: Request,
     db: DbDep,
-    settings: SettingsDep,
-    content_crs: Annotated[str | None, Header()] = None,
-    repair: Annotated[bool, Query(description="repair invalid geometry")] = False,
+    rules: GeometryRulesDep,
 ) -> Response:
     """PUT replaces properties and geometry; PATCH is a JSON merge patch (null clears).
 
     Both need ``If-Match`` with the version read (428 without, 412 when stale).
     """
-    crs = _content_crs(content_crs)
 
     def work() -> Response:
         feature = parse_feature_body(body, allow_collection=False)[0]
@@ -500,9 +517,7 @@ async def write_item(
                 feature,
                 merge=request.method == "PATCH",
                 expected_version=expected,
-                crs=crs,
-                repair=repair,
-                max_vertices=settings.max_feature_vertices,
+                rules=rules,
             )
             found = fetch_feature(conn, collection, feature_id, user=user)
         assert found is not None

@@ -141,5 +141,11 @@ def get_tilejson(
     """TileJSON with ``vector_layers`` (fields, zoom range) and the data's bounds."""
     url = href(request, "/tiles/") + "{z}/{x}/{y}.mvt"
     with db.read() as conn:
-        doc = tilejson(conn, tiles_url=url, max_zoom=settings.tiles_max_zoom, cache=cache)
+        doc = tilejson(
+            conn,
+            tiles_url=url,
+            max_zoom=settings.tiles_max_zoom,
+            cache=cache,
+            max_km=settings.max_km_from_settlements,
+        )
     return JSONResponse(doc, headers={"Cache-Control": "no-cache"})

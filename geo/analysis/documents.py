@@ -81,6 +81,10 @@ class ImpactSummary(Document):
     by_settlement: list[ImpactSettlement] = Field(description="Most structures first")
     facilities_by_type: dict[str, Count]
     suppressed: list[str] = _suppressed()
+    hint: str | None = Field(
+        default=None,
+        description="Why nothing was found, when the geometry looks like it has swapped axes",
+    )
 
 
 class AccessSummary(Document):

@@ -23,6 +23,7 @@ from geo.core.db import Database
 from geo.core.errors import InvalidInput
 from geo.core.privacy import Suppressor, sees_raw_counts
 from geo.core.settings import Settings
+from geo.layers.placement import swap_hint
 
 __all__ = ["ImpactRequest", "impact", "impact_features"]
 
@@ -249,6 +250,12 @@ def impact(
         if entry["households"] is None and entry["people"] is not None:
             entry["people"] = None
             hide.note(f"by_settlement[{index}].people")
+    hint = None
+    if not row["structures"] and not row["facilities_by_type"]:
+        with db.read() as conn:
+            hint = swap_hint(
+                conn, geometry.wkb, what="geometry", max_km=settings.max_km_from_settlements
+            )
     return {
         "geometry_type": geometry.geom_type,
         "buffer_m": buffer_m,
@@ -259,6 +266,7 @@ def impact(
         "by_settlement": by_settlement,
         "facilities_by_type": hide.breakdown(row["facilities_by_type"], "facilities_by_type"),
         "suppressed": hide.suppressed,
+        "hint": hint,
     }
 
 

@@ -35,6 +35,7 @@ from geo.core.auth import Principal
 from geo.core.crs import CRS84, Crs, UnknownCrs, parse_crs
 from geo.core.errors import BadRequest
 from geo.layers.cql2 import FilterError, compile_filter, parse_filter
+from geo.layers.placement import swap_hint
 from geo.layers.registry import Collection
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "parse_items_request",
     "open_page",
     "count_if_cheap",
+    "empty_bbox_hint",
     "fetch_feature",
     "base_statement",
     "start_page",
@@ -87,6 +89,7 @@ class ItemsRequest:
     before: int | None = None
     offset: int = 0
     skip_geometry: bool = False
+    bbox_area: ColumnElement[Any] | None = None
 
     @property
     def first_page(self) -> bool:
@@ -111,7 +114,8 @@ def _numbers(text_value: str, name: str) -> list[float]:
     return values
 
 
-def _bbox_condition(collection: Collection, raw: str, crs: Crs) -> ColumnElement[bool]:
+def _bbox_area(raw: str, crs: Crs) -> ColumnElement[Any]:
+    """The bbox parameter as an envelope in EPSG:4326."""
     values = _numbers(raw, "bbox")
     if len(values) == 6:
         values = [values[0], values[1], values[3], values[4]]
@@ -136,8 +140,7 @@ def _bbox_condition(collection: Collection, raw: str, crs: Crs) -> ColumnElement
     )
     if crs.srid != 4326:
         envelope = func.ST_Transform(envelope, 4326)
-    condition: ColumnElement[bool] = func.ST_Intersects(collection.table.c.geom, envelope)
-    return condition
+    return envelope
 
 
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt ].*)?$")
@@ -243,8 +246,8 @@ def parse_items_request(
         raise _bad(f"f={fmt!r} is not offered for items; use f=json")
     request.skip_geometry = seen.get("skipGeometry", "false").lower() == "true"
     if "bbox" in seen:
-        bbox_crs = _crs(seen.get("bbox-crs"), "bbox-crs")
-        request.where.append(_bbox_condition(collection, seen["bbox"], bbox_crs))
+        request.bbox_area = _bbox_area(seen["bbox"], _crs(seen.get("bbox-crs"), "bbox-crs"))
+        request.where.append(func.ST_Intersects(collection.table.c.geom, request.bbox_area))
     elif "bbox-crs" in seen:
         raise _bad("bbox-crs given without bbox")
     if "datetime" in seen:
@@ -409,6 +412,14 @@ def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 1000) 
     return Page(
         limit=request.limit, rows=result, first=first, reverse_paged=request.before is not None
     )
+
+
+def empty_bbox_hint(conn: Connection, request: ItemsRequest, *, max_km: float) -> str | None:
+    """Why an empty page's bbox may have found nothing (swapped axes), or None."""
+    if request.bbox_area is None:
+        return None
+    wkb = conn.execute(select(func.ST_AsEWKB(request.bbox_area))).scalar_one()
+    return swap_hint(conn, bytes(wkb), what="bbox", max_km=max_km)
 
 
 def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:

@@ -30,10 +30,12 @@ from geo.core.errors import (
     TooLarge,
 )
 from geo.core.geojson import GEOJSON_TO_POSTGIS
+from geo.layers.placement import check_placement
 from geo.layers.registry import Collection, Property
 
 __all__ = [
     "FeatureInput",
+    "GeometryRules",
     "parse_feature_body",
     "check_properties",
     "check_values",
@@ -47,6 +49,29 @@ __all__ = [
 
 _GEOMETRY_TYPES = GEOJSON_TO_POSTGIS
 _DUPLICATE_KEY = re.compile(r"\(settlement_id, structure_number\)=\((\d+), (.*)\)")
+
+
+@dataclass(frozen=True)
+class GeometryRules:
+    """How a write's geometry is read and checked.
+
+    Attributes
+    ----------
+    crs
+        The CRS the coordinates are in (``Content-Crs``).
+    repair
+        Run ``ST_MakeValid`` on invalid geometry instead of refusing it.
+    max_vertices
+        The most positions one geometry may have.
+    max_km_from_settlements
+        Refuse geometry farther than this from every settlement (0: no check;
+        ``force=true`` sets it to 0).
+    """
+
+    crs: Crs
+    repair: bool = False
+    max_vertices: int = 100_000
+    max_km_from_settlements: float = 0.0
 
 
 @dataclass
@@ -207,12 +232,10 @@ def _prepare_geometry(
     conn: Connection,
     collection: Collection,
     geometry: dict[str, Any] | None,
-    *,
-    crs: Crs,
-    repair: bool,
-    max_vertices: int,
+    rules: GeometryRules,
 ) -> bytes:
     """Checked, repaired-if-asked geometry as EWKB in EPSG:4326."""
+    crs, repair, max_vertices = rules.crs, rules.repair, rules.max_vertices
     if geometry is None:
         raise InvalidInput("geometry is required", field="geometry")
     kind = geometry.get("type")
@@ -309,7 +332,9 @@ def _prepare_geometry(
             f"geometry became {row.kind} after repair, which {collection.name} do not take",
             field="geometry",
         )
-    return bytes(row.wkb)
+    wkb = bytes(row.wkb)
+    check_placement(conn, wkb, max_km=rules.max_km_from_settlements, field="geometry")
+    return wkb
 
 
 def _structure_conflict(conn: Connection, exc: IntegrityError) -> Conflict | None:
@@ -359,10 +384,7 @@ def create_features(
     conn: Connection,
     collection: Collection,
     features: list[FeatureInput],
-    *,
-    crs: Crs,
-    repair: bool,
-    max_vertices: int,
+    rules: GeometryRules,
 ) -> list[tuple[int, int]]:
     """Insert features; all or nothing.
 
@@ -383,14 +405,7 @@ def create_features(
         try:
             with conn.begin_nested():
                 values = check_properties(collection, feature.properties, partial=False)
-                values["geom"] = _prepare_geometry(
-                    conn,
-                    collection,
-                    feature.geometry,
-                    crs=crs,
-                    repair=repair,
-                    max_vertices=max_vertices,
-                )
+                values["geom"] = _prepare_geometry(conn, collection, feature.geometry, rules)
                 table = collection.table
                 try:
                     with conn.begin_nested():
@@ -456,9 +471,7 @@ def update_feature(
     *,
     merge: bool,
     expected_version: int | None,
-    crs: Crs,
-    repair: bool,
-    max_vertices: int,
+    rules: GeometryRules,
 ) -> int:
     """Replace a feature (PUT) or merge-patch it (PATCH, RFC 7396); returns the new version.
 
@@ -467,9 +480,7 @@ def update_feature(
     """
     values = check_properties(collection, feature.properties, partial=merge)
     if feature.has_geometry or not merge:
-        values["geom"] = _prepare_geometry(
-            conn, collection, feature.geometry, crs=crs, repair=repair, max_vertices=max_vertices
-        )
+        values["geom"] = _prepare_geometry(conn, collection, feature.geometry, rules)
     return _update(conn, collection, fid, values, expected_version)
 
 

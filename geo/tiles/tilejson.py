@@ -1,4 +1,11 @@
-"""TileJSON 3.0.0 for the vector tiles, with the data's bounds."""
+"""TileJSON 3.0.0 for the vector tiles, bounded by the mapped area.
+
+The bounds (and the centre the web map opens on) are the settlements near
+their median centre (:func:`geo.layers.placement.mapped_area`), so one
+far-away trace or a settlement typed with swapped axes does not open every
+phone at world scale; only without settlements is the extent of every public
+layer used.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from geo.layers.placement import mapped_area
 from geo.tiles.cache import TileCache
 from geo.tiles.feed import change_counters
 from geo.tiles.render import LAYERS
@@ -28,18 +36,26 @@ FROM (SELECT ST_Extent(box) AS e FROM boxes) x
 
 
 def data_bounds(
-    conn: Connection, counters: Mapping[str, int], cache: TileCache | None = None
+    conn: Connection,
+    counters: Mapping[str, int],
+    cache: TileCache | None = None,
+    *,
+    max_km: float = 0.0,
 ) -> list[float] | None:
-    """``[west, south, east, north]`` of every live public feature, or None when empty.
+    """``[west, south, east, north]`` of the mapped area, or None when nothing is mapped.
 
-    The scan (a fraction of a second over a million structures) is remembered
-    in ``cache`` with the change counters, so it runs again only after an edit.
+    The mapped area is the settlements within ``max_km`` of their median centre
+    (0: every settlement); without settlements, every live public feature. The
+    scan (a fraction of a second over a million structures) is remembered in
+    ``cache`` with the change counters, so it runs again only after an edit.
     """
     stamp = tuple(counters.get(layer.name, 0) for layer in LAYERS)
     if cache is not None and cache.bounds is not None and cache.bounds[0] == stamp:
         return cache.bounds[1]
-    row = conn.execute(text(_EXTENT_SQL)).one()
-    bounds = None if row[0] is None else [round(float(v), 6) for v in row]
+    bounds = mapped_area(conn, max_km=max_km)
+    if bounds is None:
+        row = conn.execute(text(_EXTENT_SQL)).one()
+        bounds = None if row[0] is None else [round(float(v), 6) for v in row]
     if cache is not None:
         cache.bounds = (stamp, bounds)
     return bounds
@@ -52,6 +68,7 @@ def tilejson(
     max_zoom: int,
     cache: TileCache | None = None,
     name: str = "Makazi",
+    max_km: float = 0.0,
 ) -> dict[str, Any]:
     """A TileJSON 3.0.0 document for the tile endpoint.
 
@@ -63,9 +80,12 @@ def tilejson(
         The deepest zoom the endpoint answers.
     cache
         Where the data bounds are remembered between edits.
+    max_km
+        How far from the settlements' median centre a settlement may lie and
+        still count in the bounds (``max_km_from_settlements``; 0: all).
     """
     counters = change_counters(conn)
-    bounds = data_bounds(conn, counters, cache)
+    bounds = data_bounds(conn, counters, cache, max_km=max_km)
     west, south, east, north = bounds or [-180.0, -85.051129, 180.0, 85.051129]
     centre_zoom = 13 if bounds else 0
     return {

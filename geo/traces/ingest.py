@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import shapely
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, text
 
@@ -42,6 +43,7 @@ from geo.core import idempotency
 from geo.core.errors import BadRequest, InvalidInput
 from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
+from geo.layers.placement import far_note
 from geo.traces.cleaning import Cleaner, Dropped
 from geo.traces.gpx import BadPoint, Container, GpxReader, Point
 from geo.traces.reads import FILE_CHUNK, summary_json, trace_summary
@@ -80,6 +82,7 @@ class TraceLimits:
     max_speed_mps: float = 60.0
     max_hdop: float = 20.0
     ingest_timeout_ms: int = 600_000
+    max_km_from_settlements: float = 0.0
     direct_max_rows: int = DIRECT_MAX_ROWS
     direct_max_bytes: int = DIRECT_MAX_BYTES
 
@@ -94,6 +97,7 @@ class TraceLimits:
             max_speed_mps=settings.trace_max_speed_mps,
             max_hdop=settings.trace_max_hdop,
             ingest_timeout_ms=settings.trace_ingest_timeout_ms,
+            max_km_from_settlements=settings.max_km_from_settlements,
         )
 
 
@@ -489,6 +493,10 @@ def _store_new(
             f"no point with valid coordinates: {_describe(dropped)}",
             dropped=dropped.as_list(),
         )
+    area = shapely.box(stats.min_lon, stats.min_lat, stats.max_lon, stats.max_lat)
+    note = far_note(conn, area.wkb, what="trace", max_km=limits.max_km_from_settlements)
+    if note is not None:
+        reader.warn(note)
     body.file.seek(0)
     content_type = CONTENT_TYPES[sniff(body.file)]
     params = _trace_params(
