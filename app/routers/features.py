@@ -526,6 +526,22 @@ async def write_item(
     return await run_in_threadpool(work)
 
 
+# OPTIONS answers which methods a resource takes (Allow): QGIS 3.32 and later ask it before
+# offering to add, change or delete features of an OGC API - Features layer.
+@router.options("/collections/{collection_id}/items", include_in_schema=False)
+def options_items(collection: CollectionDep) -> Response:
+    """The methods ``/items`` takes: reads, and POST where the collection is writable."""
+    methods = "GET, POST, OPTIONS" if collection.writable else "GET, OPTIONS"
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Allow": methods})
+
+
+@router.options("/collections/{collection_id}/items/{feature_id}", include_in_schema=False)
+def options_item(collection: CollectionDep, feature_id: str) -> Response:
+    """The methods one feature takes (PUT, PATCH and DELETE need ``If-Match``)."""
+    methods = "GET, PUT, PATCH, DELETE, OPTIONS" if collection.writable else "GET, OPTIONS"
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Allow": methods})
+
+
 @router.delete(
     "/collections/{collection_id}/items/{feature_id}",
     status_code=status.HTTP_204_NO_CONTENT,

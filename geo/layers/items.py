@@ -309,7 +309,9 @@ def feature_sql(collection: Collection, crs: Crs, *, skip_geometry: bool = False
         # options 0: RFC 7946 geometries have no "crs" member (PostGIS adds one by default
         # to any geometry not in EPSG:4326); Content-Crs says what the coordinates are
         geometry = f"coalesce(ST_AsGeoJSON({expression}, {digits}, 0), 'null')"
-    pairs = ", ".join(f"'{p.name}', t.{p.name}" for p in collection.properties)
+    # the id again as a property: GDAL (ogr2ogr from OAPIF, QGIS exports) renumbers features
+    # 1..N and keeps only properties, so this is how Makazi's id survives a round trip
+    pairs = ", ".join(["'id', t.id", *(f"'{p.name}', t.{p.name}" for p in collection.properties)])
     return (
         '\'{"type":"Feature","id":\' || t.id || \',"geometry":\' || '
         f"{geometry} || ',\"properties\":' || json_build_object({pairs})::text || '}}'"

@@ -28,6 +28,17 @@ def sql_count(server: LiveServer, sql: str) -> int:
     return value
 
 
+def sql_ids(server: LiveServer, table: str) -> list[int]:
+    engine = create_engine(server.database_url)
+    with engine.connect() as conn:
+        ids = conn.execute(
+            text(f"SELECT id FROM {table} WHERE deleted_at IS NULL ORDER BY id")
+        ).scalars()
+        found = [int(i) for i in ids]
+    engine.dispose()
+    return found
+
+
 def live_counts(server: LiveServer) -> dict[str, int]:
     return {
         "settlements": sql_count(
@@ -83,6 +94,8 @@ def test_gdal_reads_every_feature(live_server: LiveServer, layer: str, tmp_path:
     assert result.returncode == 0, result.stderr
     features = json.loads(out.read_text())["features"]
     assert len(features) == live_counts(live_server)[layer]
+    # GDAL renumbers features 1..N; Makazi's id survives as a property
+    assert sorted(f["properties"]["id"] for f in features) == sql_ids(live_server, layer)
     distinct = {json.dumps([f["properties"], f["geometry"]], sort_keys=True) for f in features}
     assert len(distinct) == len(features)  # nothing read twice
 
@@ -134,7 +147,7 @@ def test_owslib_features(live_server: LiveServer) -> None:
 QGIS_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from qgis.core import QgsApplication, QgsVectorLayer
+    from qgis.core import Qgis, QgsApplication, QgsVectorDataProvider, QgsVectorLayer
     app = QgsApplication([], False)
     app.initQgis()
     base, layers = sys.argv[1], sys.argv[2:]
@@ -144,6 +157,11 @@ QGIS_SCRIPT = textwrap.dedent(
         result[name] = {"valid": layer.isValid(),
                         "count": sum(1 for _ in layer.getFeatures())}
     layer = QgsVectorLayer(f"url='{base}' typename='structures'", "s", "OAPIF")
+    caps = layer.dataProvider().capabilities()
+    result["version"] = Qgis.QGIS_VERSION_INT
+    result["fields"] = [f.name() for f in layer.fields()]
+    result["can"] = [name for name in ("AddFeatures", "ChangeAttributeValues", "DeleteFeatures")
+                     if caps & getattr(QgsVectorDataProvider, name)]
     layer.setSubsetString("use = 'school'")
     result["schools"] = sum(1 for _ in layer.getFeatures())
     app.exitQgis()
@@ -189,6 +207,12 @@ def test_qgis_loads_every_collection(live_server: LiveServer) -> None:
     assert report["schools"] == sql_count(
         live_server, "SELECT count(*) FROM structures WHERE use = 'school' AND deleted_at IS NULL"
     )
+    assert "id" in report["fields"]  # Makazi's id, not only QGIS's own feature ids
+    # QGIS reads a layer's Part 4 methods from OPTIONS (Allow) since 3.32; older ones are read-only
+    if report["version"] >= 33200:
+        assert report["can"] == ["AddFeatures", "ChangeAttributeValues", "DeleteFeatures"]
+    else:
+        assert report["can"] == []
 
 
 def test_ogctests_core_suite(live_server: LiveServer, tmp_path: Path) -> None:

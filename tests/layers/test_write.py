@@ -450,3 +450,20 @@ def test_page_etag_changes_after_a_committed_edit(
     assert edited.status_code == 200
     after = client.get(url, headers={"If-None-Match": tag})
     assert after.status_code == 200 and after.headers["etag"] != tag
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/collections/structures/items", "GET, POST, OPTIONS"),
+        ("/collections/structures/items/1", "GET, PUT, PATCH, DELETE, OPTIONS"),
+        ("/collections/traces/items", "GET, OPTIONS"),
+        ("/collections/traces/items/1", "GET, OPTIONS"),
+    ],
+)
+def test_options_names_the_methods(client: TestClient, path: str, allow: str) -> None:
+    """What QGIS (3.32+) reads to offer editing of a layer."""
+    response = client.options(path)
+    assert response.status_code == 204
+    assert response.headers["allow"] == allow
+    assert client.options("/collections/roads/items").status_code == 404
