@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -46,7 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = os.environ.get("MAKAZI_LOG_LEVEL", "info").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO), format="%(message)s")
     if level != "DEBUG":
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # Libraries' chatter is not the command's output: httpx logs every request (which
+        # breaks the progress bar of `trace upload`), pyogrio says "Created N records" and
+        # warns about GDAL's field handling. MAKAZI_LOG_LEVEL=debug shows all of it.
+        for name in ("alembic", "httpx", "httpcore", "pyogrio"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"pyogrio(\.|$)")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

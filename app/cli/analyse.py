@@ -23,21 +23,41 @@ from app.cli.common import (
 from geo.core.auth import ROLES
 from geo.core.db import Database
 
-__all__ = ["add_parsers", "format_table", "read_geometry"]
+__all__ = ["HIDDEN", "add_parsers", "format_table", "read_geometry", "shown"]
+
+
+class _Hidden:
+    """A value the privacy rules hid: printed as "suppressed", never as a bound like "<5".
+
+    A count may be hidden to protect a small neighbour (so that the small one
+    cannot be worked out from a total), so its own size says nothing.
+    """
+
+    def __str__(self) -> str:
+        return "suppressed"
+
+
+HIDDEN = _Hidden()
+
+
+def shown(result: dict[str, Any], name: str, value: Any) -> Any:
+    """``value``, or :data:`HIDDEN` when it is null because ``result`` suppressed ``name``."""
+    return HIDDEN if value is None and name in result.get("suppressed", ()) else value
 
 
 def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain-text table with right-aligned numbers.
+    """A plain-text table; null prints as "-" (nothing to show) and hidden values as such.
 
-    >>> print(format_table(["use", "n"], [["residential", 1200], ["toilet", None]]))
+    >>> print(format_table(["use", "n"], [["residential", 1200], ["toilet", HIDDEN], ["x", None]]))
     use          n
     residential  1,200
-    toilet       <5
+    toilet       suppressed
+    x            -
     """
 
     def cell(value: Any) -> str:
         if value is None:
-            return "<5"
+            return "-"
         if isinstance(value, bool):
             return str(value)
         if isinstance(value, int):
@@ -96,13 +116,15 @@ def _db() -> Iterator[tuple[Database, Any]]:
 
 
 def _print_counts(result: dict[str, Any], keys: Sequence[str]) -> None:
-    print(format_table(["measure", "value"], [[k, result.get(k)] for k in keys]))
+    print(format_table(["measure", "value"], [[k, shown(result, k, result.get(k))] for k in keys]))
 
 
-def _print_breakdown(title: str, values: dict[str, Any]) -> None:
+def _print_breakdown(title: str, result: dict[str, Any], name: str) -> None:
+    values: dict[str, Any] = result[name]
     if values:
         print()
-        print(format_table([title, "count"], list(values.items())))
+        rows = [[key, shown(result, f"{name}.{key}", n)] for key, n in values.items()]
+        print(format_table([title, "count"], rows))
 
 
 def cmd_impact(args: argparse.Namespace) -> int:
@@ -129,16 +151,17 @@ def cmd_impact(args: argparse.Namespace) -> int:
                 [
                     e["name"] or "(outside any settlement)",
                     e["settlement_id"] or "-",
-                    e["structures"],
-                    e["households"],
-                    e["people"],
+                    *(
+                        shown(result, f"by_settlement[{i}].{field}", e[field])
+                        for field in ("structures", "households", "people")
+                    ),
                 ]
-                for e in result["by_settlement"]
+                for i, e in enumerate(result["by_settlement"])
             ],
         )
     )
-    _print_breakdown("use", result["structures_by_use"])
-    _print_breakdown("facility type", result["facilities_by_type"])
+    _print_breakdown("use", result, "structures_by_use")
+    _print_breakdown("facility type", result, "facilities_by_type")
     if args.geojson:
         print(f"\nwrote the affected structures to {args.geojson} ({size:,} bytes)")
     return 0
@@ -155,12 +178,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
     print(
         format_table(
             ["measure", "value", "basis"],
-            [[k, result[k], result["basis"].get(k, "")] for k in scalar],
+            [[k, shown(result, k, result[k]), result["basis"].get(k, "")] for k in scalar],
         )
     )
-    _print_breakdown("use", result["structures_by_use"])
+    _print_breakdown("use", result, "structures_by_use")
     rows = [
-        [kind, condition, n]
+        [kind, condition, shown(result, f"facilities_by_condition.{kind}.{condition}", n)]
         for kind, conditions in result["facilities_by_condition"].items()
         for condition, n in conditions.items()
     ]

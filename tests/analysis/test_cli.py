@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 from app.cli import main
+from app.cli.analyse import _print_breakdown, _print_counts
 from tests.analysis.test_inputs import settlements_locked
 
 
@@ -70,3 +71,27 @@ def test_timeout_is_one_clear_line(
         code = main(["analyse", "overlaps"])
     assert code == 1
     assert "MAKAZI_ANALYSIS_TIMEOUT_MS" in capsys.readouterr().err
+
+
+def test_hidden_counts_print_as_suppressed_never_as_a_bound(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from geo.core.privacy import Suppressor
+
+    hide = Suppressor(active=True)
+    # business (7) is hidden only so that toilet (2) cannot be worked out from the total
+    result = {
+        "structures_by_use": hide.breakdown(
+            {"residential": 40, "business": 7, "toilet": 2}, "structures_by_use"
+        )
+    }
+    result["share_beyond"] = None  # undefined (nothing to divide by), not hidden
+    result["suppressed"] = hide.suppressed
+    _print_counts(result, ["share_beyond"])
+    _print_breakdown("use", result, "structures_by_use")
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1] for line in printed.splitlines() if line.strip()}
+    assert rows["business"] == "suppressed" and rows["toilet"] == "suppressed"
+    assert rows["residential"] == "40"
+    assert rows["share_beyond"] == "-"
+    assert "<" not in printed
