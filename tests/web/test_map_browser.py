@@ -403,3 +403,99 @@ def test_static_files_are_a_fixed_list(live: Live) -> None:
     assert again.status_code == 304
     html = first.text
     assert "http://" not in html and "https://" not in html
+
+
+def projected_box(page: Page, box: Any) -> dict[str, float]:
+    """Where a lon/lat box lies on the screen (CSS pixels)."""
+    corners = page.evaluate(
+        "(b) => [window.makaziMap.project([b[0], b[1]]), window.makaziMap.project([b[2], b[3]])]",
+        [box.w, box.s, box.e, box.n],
+    )
+    return {
+        "left": min(c["x"] for c in corners),
+        "right": max(c["x"] for c in corners),
+        "top": min(c["y"] for c in corners),
+        "bottom": max(c["y"] for c in corners),
+    }
+
+
+def visible_labels(page: Page) -> list[dict[str, float]]:
+    return list(
+        page.evaluate(
+            """() => Array.from(document.querySelectorAll('.settlement-label'))
+                .filter(e => e.style.visibility === 'visible' && !e.hidden)
+                .map(e => e.getBoundingClientRect().toJSON())"""
+        )
+    )
+
+
+def settlement_named(live: Live, pattern: str) -> Any:
+    (row,) = sql(
+        live,
+        "SELECT id, ST_XMin(geom) AS w, ST_YMin(geom) AS s, ST_XMax(geom) AS e, "
+        "ST_YMax(geom) AS n FROM settlements WHERE name LIKE :p",
+        p=pattern,
+    )
+    return row
+
+
+@pytest.mark.parametrize("width", [390, 1200])
+def test_a_picked_settlement_is_fitted_into_the_part_no_panel_covers(
+    browser: Any, live: Live, width: int
+) -> None:
+    # has_touch, not is_mobile: headless Chromium's mobile emulation leaves the canvas
+    # unrepainted under an open sheet, which says nothing about real phones
+    context = browser.new_context(viewport={"width": width, "height": 800}, has_touch=True)
+    page = context.new_page()
+    try:
+        page.goto(f"{live.base}/map")
+        page.wait_for_function("window.makaziReady === true", timeout=30_000)
+        if width < 700:
+            page.click("#panel-toggle")  # the bottom sheet
+        settlement = settlement_named(live, "Mukuru kwa Njenga%")
+        page.select_option("#settlement-picker", str(settlement.id))
+        page.wait_for_selector("#summary table, #summary :text('Summary not available')")
+        page.wait_for_function("() => !window.makaziMap.isMoving()")
+        page.wait_for_timeout(800)  # the fit starts on the next frame and lasts 600 ms
+        page.wait_for_function("() => !window.makaziMap.isMoving()")
+        box = projected_box(page, settlement)
+        panel = page.locator("#panel").bounding_box()
+        assert panel is not None
+        if width < 700:
+            assert box["top"] >= 0 and box["bottom"] <= panel["y"], (box, panel)
+            assert box["left"] >= 0 and box["right"] <= width
+        else:
+            assert panel["x"] + panel["width"] <= box["left"] and box["right"] <= width
+            assert box["top"] >= 0 and box["bottom"] <= 800
+        assert box["bottom"] - box["top"] > 150  # zoomed in, not a speck
+    finally:
+        context.close()
+
+
+def test_settlement_names_never_overlap_or_run_off_the_screen(browser: Any, live: Live) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 800}, has_touch=True)
+    page = context.new_page()
+    try:
+        page.goto(f"{live.base}/map")
+        page.wait_for_function("window.makaziReady === true", timeout=30_000)
+        wait_idle(page)
+        for zoom in (10.5, 11.5, 12.5, 14):
+            wait_idle(page, json.dumps({"zoom": zoom, "center": [36.84, -1.29]}))
+            labels = visible_labels(page)
+            for i, a in enumerate(labels):
+                assert a["left"] >= 0 and a["right"] <= 390, (zoom, a)
+                assert a["top"] >= 0 and a["bottom"] <= 800, (zoom, a)
+                for b in labels[i + 1 :]:
+                    apart = (
+                        a["right"] <= b["left"]
+                        or b["right"] <= a["left"]
+                        or a["bottom"] <= b["top"]
+                        or b["bottom"] <= a["top"]
+                    )
+                    assert apart, (zoom, a, b)
+        # the two Mukuru settlements side by side: one name at least, never both on top
+        mukuru = settlement_named(live, "Mukuru kwa Njenga%")
+        wait_idle(page, json.dumps({"zoom": 13, "center": [mukuru.e, mukuru.n]}))
+        assert visible_labels(page)
+    finally:
+        context.close()

@@ -284,7 +284,8 @@
           map.setLayoutProperty(id, "visibility", input.checked ? "visible" : "none");
         });
         if (name === "settlements") {
-          labels.forEach(function (m) { m.getElement().hidden = !input.checked; });
+          labels.forEach(function (label) { label.el.hidden = !input.checked; });
+          placeLabels(map);
         }
       });
       label.appendChild(input);
@@ -397,12 +398,99 @@
         picker.appendChild(option);
         var el = document.createElement("div");
         el.className = "settlement-label";
-        el.textContent = feature.properties.name;
-        labels.push(new maplibregl.Marker({ element: el })
-          .setLngLat([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]).addTo(map));
+        var dot = document.createElement("span");
+        dot.className = "dot";
+        dot.style.background = STATUS_COLOURS[feature.properties.status] || "#868e96";
+        el.appendChild(dot);
+        el.appendChild(document.createTextNode(feature.properties.name));
+        var lngLat = [(box[0] + box[2]) / 2, (box[1] + box[3]) / 2];
+        labels.push({
+          id: String(feature.id), el: el, lngLat: lngLat,
+          size: (box[2] - box[0]) * (box[3] - box[1]),
+          marker: new maplibregl.Marker({ element: el }).setLngLat(lngLat).addTo(map),
+        });
       });
+      placeLabels(map);
+      map.on("moveend", function () { placeLabels(map); });
+      map.on("resize", function () { placeLabels(map); });
     }).catch(function (error) {
       say("Settlements could not be listed: " + error.message);
+    });
+  }
+
+  // ------------------------------------------------------ what the map shows
+  // The part of the map no panel covers: the side panel on a wide screen, the
+  // bottom sheet on a phone. Camera moves fit what they show into it.
+  function openArea() {
+    var width = $("map").clientWidth;
+    var height = $("map").clientHeight;
+    var area = { left: 0, top: 0, right: width, bottom: height };
+    var panel = $("panel");
+    if (panel.classList.contains("closed")) { return area; }
+    var rect = panel.getBoundingClientRect();
+    if (rect.width >= width * 0.9) {
+      area.bottom = Math.max(height * 0.3, rect.top);     // bottom sheet
+    } else {
+      area.left = Math.min(width * 0.7, rect.right);      // side panel
+    }
+    return area;
+  }
+
+  function fitPadding(margin) {
+    var area = openArea();
+    var el = $("map");
+    return {
+      top: area.top + margin, left: area.left + margin,
+      right: el.clientWidth - area.right + margin, bottom: el.clientHeight - area.bottom + margin,
+    };
+  }
+
+  // Settlement names are HTML markers, so MapLibre does not keep them apart: place them
+  // here, the largest settlement (or the picked one) first, each shown only where it
+  // fits inside the open area without touching a name already placed (at its point,
+  // else just above or below), nudged back inside when its point is visible but its
+  // text would run off the edge.
+  function placeLabels(map) {
+    var open = openArea();
+    var area = { left: open.left + 4, top: open.top + 4, right: open.right - 4,
+      bottom: open.bottom - 4 };
+    var placed = [];
+    var order = labels.slice().sort(function (a, b) {
+      var picked = selectedSettlement ? String(selectedSettlement.feature.id) : null;
+      if (a.id === picked) { return -1; }
+      if (b.id === picked) { return 1; }
+      return b.size - a.size;
+    });
+    order.forEach(function (label) {
+      label.el.style.visibility = "hidden";
+      if (label.el.hidden) { return; }
+      var point = map.project(label.lngLat);
+      var w = label.el.offsetWidth;
+      var h = label.el.offsetHeight;
+      if (point.x < area.left || point.x > area.right || point.y < area.top ||
+          point.y > area.bottom || w > area.right - area.left) {
+        return;
+      }
+      var dx = Math.max(area.left - (point.x - w / 2), 0) -
+        Math.max(point.x + w / 2 - area.right, 0);
+      var dy = Math.max(area.top - (point.y - h / 2), 0) -
+        Math.max(point.y + h / 2 - area.bottom, 0);
+      // where it stands, else just above or below it
+      var rect = null;
+      [0, -(h + 3), h + 3].some(function (shift) {
+        var candidate = { x: point.x + dx - w / 2, y: point.y + dy + shift - h / 2, w: w, h: h };
+        var clash = candidate.y < area.top || candidate.y + h > area.bottom ||
+          placed.some(function (o) {
+            return candidate.x < o.x + o.w + 4 && o.x < candidate.x + candidate.w + 4 &&
+              candidate.y < o.y + o.h + 2 && o.y < candidate.y + candidate.h + 2;
+          });
+        if (!clash) { rect = candidate; dy += shift; }
+        return !clash;
+      });
+      if (rect === null) { return; }
+      placed.push(rect);
+      label.marker.setOffset([dx, dy]);
+      label.el.style.visibility = "visible";
     });
   }
 
@@ -413,8 +501,12 @@
     $("download-status").textContent = "";
     if (!selectedSettlement) { return; }
     var box = selectedSettlement.bbox;
-    map.fitBounds([[box[0], box[1]], [box[2], box[3]]], { padding: 40, duration: 600 });
     showSummary(id);
+    // the summary changes the bottom sheet's height: fit once it is drawn
+    window.requestAnimationFrame(function () {
+      map.fitBounds([[box[0], box[1]], [box[2], box[3]]],
+        { padding: fitPadding(30), duration: 600 });
+    });
   }
 
   function showSummary(id) {
@@ -586,8 +678,8 @@
         Math.max(box[2], b[2]), Math.max(box[3], b[3])];
     });
     if (isFinite(box[0])) {
-      map.fitBounds([[box[0], box[1]], [box[2], box[3]]], { padding: 60, maxZoom: 18,
-        duration: 500 });
+      map.fitBounds([[box[0], box[1]], [box[2], box[3]]],
+        { padding: fitPadding(40), maxZoom: 18, duration: 500 });
     }
   }
 
@@ -629,6 +721,7 @@
       panel.classList.toggle("closed", !open);
       document.body.classList.toggle("panel-closed", !open);
       button.setAttribute("aria-expanded", String(open));
+      if (window.makaziMap && window.makaziReady) { placeLabels(window.makaziMap); }
     }
     if (window.matchMedia && window.matchMedia("(max-width: 700px)").matches) { set(false); }
     button.addEventListener("click", function () { set(panel.classList.contains("closed")); });
@@ -646,7 +739,7 @@
         style: style(tilejsonUrl),
         bounds: tj.bounds && tj.bounds[0] > -180 ? [[tj.bounds[0], tj.bounds[1]],
           [tj.bounds[2], tj.bounds[3]]] : undefined,
-        fitBoundsOptions: { padding: 30 },
+        fitBoundsOptions: { padding: fitPadding(30) },
         hash: true,
         maxZoom: 21,
         attributionControl: { compact: true, customAttribution: "Makazi" },
