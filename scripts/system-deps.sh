@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages Makazi needs that pip cannot provide.
-#   scripts/system-deps.sh base   python3-venv when the interpreter lacks venv
+#   scripts/system-deps.sh base   python3-venv when the interpreter lacks venv; curl and jq,
+#                                 which README's tour uses
 #   scripts/system-deps.sh test   command-line clients and the browser used by the tests
 #   scripts/system-deps.sh web    npm, to fetch MapLibre GL JS and Swagger UI (make vendor)
 # PostGIS itself is installed by `makazi db ensure` (it picks the right PostgreSQL major).
@@ -13,6 +14,8 @@ missing=()
 case "$what" in
   base)
     "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v jq >/dev/null || missing+=(jq)
     ;;
   test)
     command -v ogrinfo >/dev/null || missing+=(gdal-bin)
