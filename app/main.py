@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
+from app.headers import SecurityHeaders
 from app.openapi import install_openapi30
 from app.routers import analysis, exports, features, households, meta, tiles, tokens, web
 from app.routers import traces as traces_router
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     problems.install(app)
     # level 4: most of level 9's saving on GeoJSON at a fraction of its CPU
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=4)
+    app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from app.cli import analyse, db, demo, exports, serve, tokens, traces

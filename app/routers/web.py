@@ -10,12 +10,14 @@ so both pages work with no internet.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, Request, status
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
+from app.headers import content_security_policy, script_hash
 from app.preconditions import none_match
 from geo.core.errors import NotFound
 
@@ -25,6 +27,7 @@ router = APIRouter(tags=["Web map"])
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 SWAGGER_UI = "vendor/swagger-ui"  # under STATIC, and under /static/ in URLs
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 
 # Only these names are served, by folder (relative to STATIC): a request names a
 # listed file, never a path.
@@ -81,7 +84,7 @@ def docs_page(request: Request) -> HTMLResponse:
     """
     root = str(request.scope.get("root_path", "")).rstrip("/")
     assets = f"{root}/static/{SWAGGER_UI}"
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=f"{root}{request.app.openapi_url}",
         title=f"{request.app.title} - API documentation",
         swagger_js_url=f"{assets}/swagger-ui-bundle.js",
@@ -89,6 +92,12 @@ def docs_page(request: Request) -> HTMLResponse:
         swagger_favicon_url=f"{assets}/favicon-32x32.png",
         swagger_ui_parameters={"validatorUrl": None},
     )
+    # the page starts Swagger UI with one inline script: allow exactly that one
+    inline = _INLINE_SCRIPT.findall(bytes(page.body).decode())
+    page.headers["Content-Security-Policy"] = content_security_policy(
+        *(script_hash(source) for source in inline)
+    )
+    return page
 
 
 @router.get("/static/{folder:path}/{name}", include_in_schema=False)

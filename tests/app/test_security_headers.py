@@ -1,0 +1,37 @@
+"""Security headers: nosniff everywhere, a content security policy and no framing on pages."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+from fastapi.testclient import TestClient
+
+
+def test_pages_carry_a_policy_and_refuse_framing(client: TestClient) -> None:
+    for path, headers in (("/", {"Accept": "text/html"}), ("/map", {}), ("/docs", {})):
+        response = client.get(path, headers=headers)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith("text/html")
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
+        assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0], path
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "same-origin"
+
+
+def test_docs_allows_exactly_its_inline_script(client: TestClient) -> None:
+    response = client.get("/docs")
+    scripts = re.findall(r"<script>(.*?)</script>", response.text, re.S)
+    assert len(scripts) == 1
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in response.headers["content-security-policy"]
+
+
+def test_api_answers_are_not_sniffed(client: TestClient) -> None:
+    for path in ("/collections", "/api", "/collections/nowhere"):
+        response = client.get(path)
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert "content-security-policy" not in response.headers, path
