@@ -1,21 +1,64 @@
-"""A read connection held from the handler until the response body has been sent.
+"""Streamed bodies whose database connection is returned however the response ends.
 
 Streaming handlers run their query (so SQL errors still become problem
-responses) and then hand the rows to ``StreamingResponse``; the connection
-must stay open while the body streams and be returned however it ends.
+responses) and then hand the rows to :class:`ClosingStreamingResponse`; the
+connection stays open while the body streams. Starlette's own
+``StreamingResponse`` leaves a sync generator suspended when the client goes
+away (its ``finally`` runs only when the garbage collector gets to it, which
+left export cursors ``idle in transaction`` for many minutes);
+:class:`ClosingStreamingResponse` closes the generator, and so its cursor and
+connection, the moment the response ends: sent, failed or abandoned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from types import TracebackType
+from typing import Any
 
+import anyio
+from fastapi.responses import StreamingResponse
 from sqlalchemy import Connection
+from starlette.types import Receive, Scope, Send
 
 from geo.core.db import Database
 
-__all__ = ["HeldRead"]
+__all__ = ["ClosingStreamingResponse", "HeldRead"]
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed response of a sync iterator that is closed whenever the response ends.
+
+    Each chunk is produced in a worker thread (the iterator may block on the
+    database); when the response is done, fails or is cancelled because the
+    client disconnected, the iterator's ``close()`` runs (shielded from the
+    cancellation) so its ``finally`` blocks return cursors and connections at once.
+    """
+
+    def __init__(self, content: Iterable[bytes], **kwargs: Any) -> None:
+        self._chunks = iter(content)
+        super().__init__(self._produce(), **kwargs)
+
+    async def _produce(self) -> AsyncIterator[bytes]:
+        while True:
+            # not abandoned on cancellation: a running next() finishes before close() runs
+            chunk = await anyio.to_thread.run_sync(next, self._chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    def _close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close)
 
 
 class HeldRead:

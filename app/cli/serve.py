@@ -63,6 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             log_level=settings.log_level,
             proxy_headers=True,
+            # in-flight requests (a slow download, an upload that stalled) get this long to
+            # finish on Ctrl-C or SIGTERM; then they are cut, so the database is always stopped
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
     return 0
 

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.bodies import JsonBody
 from app.deps import DbDep, PublicReader, SettingsDep, ViewerUser
 from app.problems import validation_errors
+from app.streaming import ClosingStreamingResponse
 from geo.analysis.access import access as access_counts
 from geo.analysis.access import access_features
 from geo.analysis.density import density as density_grid
@@ -59,7 +60,7 @@ def _stream(chunks: Iterator[bytes]) -> StreamingResponse:
         yield first
         yield from chunks
 
-    return StreamingResponse(body(), media_type=GEOJSON)
+    return ClosingStreamingResponse(body(), media_type=GEOJSON)
 
 
 def _impact_body(raw: bytes) -> ImpactRequest:

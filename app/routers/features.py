@@ -19,7 +19,7 @@ from app.deps import DbDep, MapperUser, PublicReader, SettingsDep, ViewerUser
 from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
 from app.preconditions import ExpectedVersion, etag, none_match
-from app.streaming import HeldRead
+from app.streaming import ClosingStreamingResponse, HeldRead
 from geo.core.auth import Principal
 from geo.core.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
 from geo.core.errors import BadRequest, MethodNotAllowed, NotFound
@@ -318,7 +318,7 @@ def get_items(
         ),
         **_cache_headers(user),
     }
-    return StreamingResponse(held.stream(body()), media_type=GEOJSON, headers=headers)
+    return ClosingStreamingResponse(held.stream(body()), media_type=GEOJSON, headers=headers)
 
 
 def _response_crs(value: str | None) -> Any:

@@ -20,6 +20,7 @@ from app.deps import CurrentUser, DbDep, MapperUser, PublicReader, SettingsDep
 from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
 from app.preconditions import NO_STORE, ExpectedVersion, OptionalVersion, etag, expected_version
+from app.streaming import ClosingStreamingResponse
 from geo.core.errors import Unauthorised, UnsupportedMediaType
 from geo.core.privacy import Visibility
 from geo.core.uploads import BodySpool, MultipartFile, SpooledBody, TooLarge
@@ -255,7 +256,7 @@ def download_gpx(trace_id: int, user: PublicReader, db: DbDep) -> Response:
 
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in meta["name"])[:80] or "trace"
     filename = safe + SUFFIX.get(meta["content_type"], ".gpx")
-    return StreamingResponse(
+    return ClosingStreamingResponse(
         chunks(),
         media_type=meta["content_type"],
         headers={
@@ -280,7 +281,7 @@ def download_geojson(trace_id: int, user: PublicReader, db: DbDep) -> Response:
         with db.read() as conn:
             yield from trace_geojson_chunks(conn, trace_id=trace_id, user=user)
 
-    return StreamingResponse(chunks(), media_type="application/geo+json")
+    return ClosingStreamingResponse(chunks(), media_type="application/geo+json")
 
 
 @router.delete(

@@ -75,7 +75,11 @@ def resolve_url(settings: Settings) -> str:
 
 
 def make_engine(url: str, settings: Settings, *, pool_size: int | None = None) -> Engine:
-    """An engine with a bounded pool and a statement timeout.
+    """An engine with a bounded pool, a statement timeout and an idle-in-transaction timeout.
+
+    PostgreSQL ends a session left idle inside a transaction longer than
+    ``idle_in_transaction_timeout_ms`` (a leaked stream, a stuck client), so
+    it cannot hold a pool connection and a snapshot for ever.
 
     No pre-ping (a round trip on every checkout): when the server restarts, the
     first statement on a dead connection fails as a disconnect, SQLAlchemy then
@@ -90,7 +94,8 @@ def make_engine(url: str, settings: Settings, *, pool_size: int | None = None) -
         pool_timeout=10,
         connect_args={
             "connect_timeout": 5,
-            "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+            "options": f"-c statement_timeout={settings.statement_timeout_ms} "
+            f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}",
             "application_name": "makazi",
         },
     )

@@ -69,9 +69,11 @@ class Settings(BaseSettings):
     public_read: bool = True
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
+    shutdown_timeout_s: int = Field(default=10, ge=1)
 
     pool_size: int = Field(default=10, ge=1, le=200)
     statement_timeout_ms: int = Field(default=30_000, ge=100)
+    idle_in_transaction_timeout_ms: int = Field(default=300_000, ge=0)
     analysis_timeout_ms: int = Field(default=20_000, ge=100)
     analysis_max_buffer_m: float = Field(default=5_000.0, gt=0)
     analysis_max_distance_m: float = Field(default=5_000.0, gt=0)

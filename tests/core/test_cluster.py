@@ -173,7 +173,7 @@ def test_cli_serve_refuses_busy_port(tmp_path: Path) -> None:
 class Served:
     """``makazi serve`` on a fresh data dir, its output kept in a file (a pipe can fill)."""
 
-    def __init__(self, tmp_path: Path, name: str) -> None:
+    def __init__(self, tmp_path: Path, name: str, **settings: str) -> None:
         import socket
 
         self.data = tmp_path / name
@@ -181,7 +181,7 @@ class Served:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.base = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "MAKAZI_DATA_DIR": str(self.data)}
+        env = {**os.environ, "MAKAZI_DATA_DIR": str(self.data), **settings}
         env.pop("MAKAZI_DATABASE_URL", None)
         self.log = (tmp_path / f"{name}.log").open("w+b")
         self.process = subprocess.Popen(
@@ -251,6 +251,35 @@ def test_serve_stops_its_database_on_exit(tmp_path: Path, signal_name: str) -> N
     stat_file = Path(f"/proc/{pid}/stat")
     # gone, or a zombie waiting for a container's init to reap it: either way not running
     assert not stat_file.exists() or stat_file.read_text().split(")")[-1].split()[0] == "Z"
+
+
+def test_serve_stops_within_its_shutdown_timeout_despite_a_stalled_upload(tmp_path: Path) -> None:
+    """A request still in flight (an upload whose phone lost signal) cannot hold up Ctrl-C."""
+    import signal
+    import socket
+
+    served = Served(tmp_path, "stall", MAKAZI_SHUTDOWN_TIMEOUT_S="2")
+    served.wait_for(200)
+    created = makazi(
+        "token", "create", "--name", "stalled", "--role", "mapper", data_dir=served.data
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"POST /traces HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                "Content-Type: application/gpx+xml\r\nContent-Length: 5000000\r\n\r\n"
+                "<?xml version='1.0'?><gpx version='1.1'>"
+            ).encode()
+        )
+        time.sleep(1)  # the upload is being read
+        cluster = EmbeddedCluster(served.data)
+        assert cluster.running()
+        served.process.send_signal(signal.SIGINT)
+        assert served.process.wait(timeout=60) in (0, 130, -2)
+    assert not cluster.running()
 
 
 def test_cli_unwritable_data_dir_is_one_line(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from geo.core.cluster import EmbeddedCluster
+from tests.support.browser import wait_until
 from tests.support.server import free_port, running_server
 
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
@@ -282,7 +283,7 @@ def test_map_runs_maplibre_in_chromium(served: Served) -> None:
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"{served.base}/map", wait_until="load")
             assert page.evaluate('typeof maplibregl !== "undefined"'), errors
-            page.wait_for_function("window.makaziReady === true", timeout=30_000)
+            wait_until(page, "window.makaziReady === true", 30_000)
             assert errors == []
         finally:
             browser.close()

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.support.browser import wait_until
 from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.browser
@@ -94,7 +95,7 @@ def session(browser: Any, live: Live) -> Iterator[Session]:
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     page.goto(f"{live.base}/map")
-    page.wait_for_function("window.makaziReady === true", timeout=30_000)
+    wait_until(page, "window.makaziReady === true", 30_000)
     wait_idle(page)
     yield Session(page=page, requests=requests, errors=errors)
     context.close()
@@ -347,9 +348,7 @@ def test_gpx_drop_uploads_with_the_token_and_draws_the_trace(session: Session, l
         if item.get("count"):
             assert item["reason"] in result
     # the cleaned trace is fetched and drawn
-    page.wait_for_function(
-        "() => window.makaziMap.querySourceFeatures('uploaded').length > 0", timeout=10_000
-    )
+    wait_until(page, "() => window.makaziMap.querySourceFeatures('uploaded').length > 0", 10_000)
     paths = {urlparse(u).path for u in session.requests}
     assert f"/traces/{trace['id']}/geojson" in paths
     stored = sql(live, "SELECT visibility, owner FROM traces WHERE id = :i", i=trace["id"])
@@ -369,7 +368,7 @@ def test_phone_layout_and_opt_in_basemap(browser: Any, live: Live) -> None:
     )
     try:
         page.goto(f"{live.base}/map")
-        page.wait_for_function("window.makaziReady === true", timeout=30_000)
+        wait_until(page, "window.makaziReady === true", 30_000)
         wait_idle(page)
         # the panel starts folded away; the map fills the screen
         assert not page.locator("#panel").is_visible()
@@ -381,7 +380,7 @@ def test_phone_layout_and_opt_in_basemap(browser: Any, live: Live) -> None:
         assert panel is not None and panel["y"] > 300  # a bottom sheet
         assert outside == []
         page.locator("#basemap-toggle").check()
-        page.wait_for_function("() => window.makaziMap.getSource('osm') !== undefined")
+        wait_until(page, "() => window.makaziMap.getSource('osm') !== undefined")
         page.wait_for_timeout(500)
         assert outside and all(u.startswith("https://tile.openstreetmap.org/") for u in outside)
         assert page.evaluate("() => localStorage.getItem('makazi.basemap')") == "1"
@@ -449,15 +448,15 @@ def test_a_picked_settlement_is_fitted_into_the_part_no_panel_covers(
     page = context.new_page()
     try:
         page.goto(f"{live.base}/map")
-        page.wait_for_function("window.makaziReady === true", timeout=30_000)
+        wait_until(page, "window.makaziReady === true", 30_000)
         if width < 700:
             page.click("#panel-toggle")  # the bottom sheet
         settlement = settlement_named(live, "Mukuru kwa Njenga%")
         page.select_option("#settlement-picker", str(settlement.id))
         page.wait_for_selector("#summary table, #summary :text('Summary not available')")
-        page.wait_for_function("() => !window.makaziMap.isMoving()")
+        wait_until(page, "() => !window.makaziMap.isMoving()")
         page.wait_for_timeout(800)  # the fit starts on the next frame and lasts 600 ms
-        page.wait_for_function("() => !window.makaziMap.isMoving()")
+        wait_until(page, "() => !window.makaziMap.isMoving()")
         box = projected_box(page, settlement)
         panel = page.locator("#panel").bounding_box()
         assert panel is not None
@@ -477,7 +476,7 @@ def test_settlement_names_never_overlap_or_run_off_the_screen(browser: Any, live
     page = context.new_page()
     try:
         page.goto(f"{live.base}/map")
-        page.wait_for_function("window.makaziReady === true", timeout=30_000)
+        wait_until(page, "window.makaziReady === true", 30_000)
         wait_idle(page)
         for zoom in (10.5, 11.5, 12.5, 14):
             wait_idle(page, json.dumps({"zoom": zoom, "center": [36.84, -1.29]}))

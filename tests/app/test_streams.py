@@ -1,0 +1,90 @@
+"""Streams that end: a client that goes away mid-body gives back its cursor and connection.
+
+A real uvicorn server streams a big page of items and an analysis's features
+to a raw socket that reads a few kilobytes (a tiny receive buffer, so the
+server is still sending) and hangs up. The server's sessions must then leave
+``idle in transaction`` / ``active`` at once, not when a garbage collector
+gets round to the abandoned generator.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from geo.core.cluster import EmbeddedCluster
+from tests.support.live import LiveServer, live_server_running
+
+BUSY = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = 'makazi' AND state IN ('idle in transaction', 'active')"
+)
+
+
+@pytest.fixture(scope="module")
+def big_server(cluster: EmbeddedCluster) -> Iterator[LiveServer]:
+    """A server whose structures make a body of megabytes (20,000 small squares)."""
+    with live_server_running(cluster, structures=0, database="makazi_streams") as server:
+        engine = create_engine(server.database_url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO structures (structure_number, use, storeys, geom) "
+                    "SELECT 'S-' || i, 'residential', 1, ST_Multi(ST_MakeEnvelope("
+                    "36.78 + (i % 200) * 1e-4, -1.31 + (i / 200) * 1e-4, "
+                    "36.78 + (i % 200) * 1e-4 + 4e-5, -1.31 + (i / 200) * 1e-4 + 4e-5, 4326)) "
+                    "FROM generate_series(1, 20000) i"
+                )
+            )
+        engine.dispose()
+        yield server
+
+
+def busy_sessions(server: LiveServer) -> int:
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(BUSY)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def read_a_little_and_hang_up(server: LiveServer, path: str, token: str | None = None) -> bytes:
+    url = urlparse(server.base_url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((url.hostname, url.port))
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n{auth}\r\n".encode())
+    got = b""
+    while len(got) < 16_384:
+        got += sock.recv(4096)
+    time.sleep(0.5)  # the server is now blocked sending
+    sock.close()
+    return got
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/collections/structures/items?limit=10000",
+        "/analysis/access?facility_type=water_point&max_distance_m=100&f=geojson",
+    ],
+)
+def test_a_client_that_hangs_up_frees_its_connection(big_server: LiveServer, path: str) -> None:
+    head = read_a_little_and_hang_up(big_server, path, big_server.tokens["planner"])
+    assert head.startswith(b"HTTP/1.1 200")
+    deadline = time.monotonic() + 15  # liveness bound, not a speed target
+    while busy_sessions(big_server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert busy_sessions(big_server) == 0
+    # and the server goes on answering
+    url = urlparse(big_server.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
