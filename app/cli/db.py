@@ -23,6 +23,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     from geo.core.cluster import ensure_postgis
 
     settings = load_settings()
+    if args.action in ("dump", "restore"):
+        return _backup(args, settings)
     if args.action == "ensure":
         pg = ensure_postgis(install=True)
         print(f"PostgreSQL {pg.major} with PostGIS: {pg.bin_dir}")
@@ -58,6 +60,28 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace, settings: Any) -> int:
+    """``db dump -o FILE`` / ``db restore FILE``."""
+    from pathlib import Path
+
+    from geo.core.backup import dump, restore
+
+    if args.action == "dump":
+        if not args.output:
+            raise CommandError("db dump needs -o FILE")
+        with database_url(settings) as url:
+            size = dump(url, Path(args.output))
+        print(f"wrote {args.output} ({size:,} bytes; pg_dump custom format)")
+        return 0
+    if not args.file:
+        raise CommandError("db restore needs the dump FILE")
+    with database_url(settings) as url:
+        restore(url, Path(args.file))
+        migrate(url)  # a dump from an older Makazi is brought to this version's schema
+    print(f"restored {args.file}")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings()
     with database_url(settings) as url:
@@ -69,7 +93,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """``db`` and ``migrate``."""
     db = sub.add_parser("db", help="the embedded PostgreSQL/PostGIS cluster")
-    db.add_argument("action", choices=["start", "stop", "status", "url", "ensure"])
+    db.add_argument(
+        "action", choices=["start", "stop", "status", "url", "ensure", "dump", "restore"]
+    )
+    db.add_argument("file", nargs="?", help="restore: the dump file to restore")
+    db.add_argument("-o", "--output", help="dump: the file to write (pg_dump custom format)")
     db.set_defaults(func=cmd_db)
 
     upgrade = sub.add_parser("migrate", help="upgrade the database schema (Alembic head)")
