@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,6 +16,7 @@ from geo.core.db import Database
 from geo.core.errors import Forbidden, Unauthorised
 from geo.core.feed import ChangeFeed
 from geo.core.settings import Settings
+from geo.core.throttle import FailureThrottle
 
 __all__ = [
     "AdminUser",
@@ -81,13 +83,22 @@ async def optional_user(
     now = time.monotonic()
     if cached and cached[0] > now and cached[1] == generation:
         return cached[2]
+    # Only uncached tokens are throttled: a team behind one address keeps working with
+    # the tokens it used a moment ago while a guesser from that address waits.
+    throttle: FailureThrottle = request.app.state.token_throttle
+    client = request.client.host if request.client else "unknown"
+    throttle.check(client)
     principal = await run_in_threadpool(_lookup, db, token)
     if principal is None:
-        raise Unauthorised("the bearer token is not valid (unknown or revoked)")
+        throttle.failed(client)
+        raise Unauthorised("the bearer token is not valid (unknown, revoked or expired)")
     if generation is not None:
         if len(cache) > 10_000:
             cache.clear()
-        cache[key] = (now + TOKEN_CACHE_SECONDS, generation, principal)
+        lifetime = TOKEN_CACHE_SECONDS
+        if principal.expires_at is not None:
+            lifetime = min(lifetime, (principal.expires_at - datetime.now(UTC)).total_seconds())
+        cache[key] = (now + lifetime, generation, principal)
     return principal
 
 

@@ -18,6 +18,7 @@ from app.routers import traces as traces_router
 from geo.core.db import Database
 from geo.core.feed import ChangeFeed
 from geo.core.settings import Settings, get_settings
+from geo.core.throttle import FailureThrottle
 
 __all__ = ["create_app"]
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
     app.state.token_cache = {}
+    app.state.token_throttle = FailureThrottle(limit=settings.token_failures_per_minute)
     app.state.change_feed = None
     app.state.conformance = [*meta.CORE_CONFORMANCE, *features.CONFORMANCE]
     app.state.extent_cache = {}

@@ -17,7 +17,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.role not in ROLES:
         raise CommandError(f"unknown role {args.role!r}; one of {', '.join(ROLES)}")
     with open_engine(load_settings()) as engine, engine.begin() as conn:
-        token = create_token(conn, name=args.name, role=args.role)
+        token = create_token(
+            conn, name=args.name, role=args.role, expires_in_days=args.expires_in_days
+        )
     print(token)
     return 0
 
@@ -32,7 +34,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     with open_engine(load_settings()) as engine, engine.connect() as conn:
         tokens = list_tokens(conn)
     for info in tokens:
-        fields = (info.created_at, info.last_used_at, info.revoked_at)
+        fields = [info.created_at, info.last_used_at, info.revoked_at]
+        if args.long:
+            fields.append(info.expires_at)
         print("\t".join([info.name, info.role, *(_when(moment) for moment in fields)]))
     return 0
 
@@ -53,11 +57,19 @@ def add_parsers(sub: Any) -> None:
     create = token_sub.add_parser("create", help="create a token and print it (once)")
     create.add_argument("--name", required=True)
     create.add_argument("--role", required=True)
+    create.add_argument(
+        "--expires-in-days",
+        type=float,
+        metavar="DAYS",
+        help="the token stops working this many days from now (default: never)",
+    )
     create.set_defaults(func=cmd_token)
     listing = token_sub.add_parser(
         "list",
-        help="one line per token: name, role, created, last used, revoked (tab-separated, UTC)",
+        help="one line per token: name, role, created, last used, revoked (tab-separated, UTC; "
+        "- for none)",
     )
+    listing.add_argument("-l", "--long", action="store_true", help="add when each token expires")
     listing.set_defaults(func=cmd_list)
     revoke = token_sub.add_parser("revoke", help="revoke the live token called NAME")
     revoke.add_argument("name", metavar="NAME")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
 
 from app.bodies import JsonBody
 from app.deps import AdminUser, DbDep
 from app.links import href
 from app.preconditions import NO_STORE
-from geo.core.auth import create_token, list_tokens, revoke_token
+from geo.core.auth import create_token, hash_token, list_tokens, revoke_token
 from geo.core.documents import TokenCreated, TokenList
 from geo.core.errors import InvalidInput
+from geo.core.tables import api_tokens
 from geo.layers.writes import parse_json
 
 __all__ = ["router"]
@@ -44,23 +46,31 @@ def get_tokens(user: AdminUser, db: DbDep) -> JSONResponse:
     responses={201: {"model": TokenCreated, "description": "The new token, shown once"}},
 )
 async def post_token(user: AdminUser, body: JsonBody, request: Request, db: DbDep) -> JSONResponse:
-    """Body ``{"name": ..., "role": ...}``; 409 when a live token has the name."""
+    """Body ``{"name": ..., "role": ..., "expires_in_days": n}`` (the last optional); 409 when
+    a live token has the name."""
     fields = parse_json(body)
     if not isinstance(fields, dict) or not {"name", "role"} <= fields.keys():
         raise InvalidInput('the body must be {"name": ..., "role": ...}')
     name, role = fields["name"], fields["role"]
     if not isinstance(name, str) or not isinstance(role, str):
         raise InvalidInput("name and role must be strings")
+    days = fields.get("expires_in_days")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int | float)):
+        raise InvalidInput("expires_in_days must be a number of days", field="expires_in_days")
 
-    def create() -> str:
+    def create() -> tuple[str, Any]:
         with db.begin(actor=user.name) as conn:
-            return create_token(conn, name=name, role=role)
+            token = create_token(conn, name=name, role=role, expires_in_days=days)
+            expires = conn.execute(
+                select(api_tokens.c.expires_at).where(api_tokens.c.token_hash == hash_token(token))
+            ).scalar_one()
+            return token, expires
 
-    token = await run_in_threadpool(create)
-    created = TokenCreated(name=name.strip(), role=role, token=token)
+    token, expires = await run_in_threadpool(create)
+    created = TokenCreated(name=name.strip(), role=role, token=token, expires_at=expires)
     location = href(request, f"/tokens/{created.name}")
     return JSONResponse(
-        created.model_dump(),
+        created.model_dump(mode="json"),
         status_code=status.HTTP_201_CREATED,
         headers={**NO_STORE, "Location": location},
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, or_, select, text, update
 
@@ -42,6 +43,7 @@ class Principal:
     name: str
     role: str
     token_id: int
+    expires_at: datetime | None = None
 
     def at_least(self, role: str) -> bool:
         """Whether this principal's role includes ``role``."""
@@ -62,8 +64,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(conn: Connection, *, name: str, role: str) -> str:
+def create_token(
+    conn: Connection, *, name: str, role: str, expires_in_days: float | None = None
+) -> str:
     """Create a token for ``name`` with ``role`` and return it (shown only once).
+
+    ``expires_in_days`` (None: never) makes it stop working that long from now.
 
     Raises
     ------
@@ -85,8 +91,20 @@ def create_token(conn: Connection, *, name: str, role: str) -> str:
             f"a live token is already called {name!r}; revoke it first or pick another name",
             field="name",
         )
+    if expires_in_days is not None and not 0 < expires_in_days <= 36_500:
+        raise InvalidInput("expires_in_days must be between 0 and 36500", field="expires_in_days")
+    expires = (
+        None
+        if expires_in_days is None
+        else func.statement_timestamp()
+        + func.make_interval(0, 0, 0, 0, 0, 0, expires_in_days * 86_400)
+    )
     token = TOKEN_PREFIX + secrets.token_urlsafe(24)
-    conn.execute(insert(api_tokens).values(name=name, role=role, token_hash=hash_token(token)))
+    conn.execute(
+        insert(api_tokens).values(
+            name=name, role=role, token_hash=hash_token(token), expires_at=expires
+        )
+    )
     return token
 
 
@@ -99,6 +117,7 @@ def list_tokens(conn: Connection) -> list[TokenEntry]:
             api_tokens.c.created_at,
             api_tokens.c.last_used_at,
             api_tokens.c.revoked_at,
+            api_tokens.c.expires_at,
         ).order_by(api_tokens.c.revoked_at.is_not(None), api_tokens.c.name, api_tokens.c.id)
     ).all()
     return [TokenEntry.model_validate(row._mapping) for row in rows]
@@ -123,13 +142,24 @@ def revoke_token(conn: Connection, *, name: str) -> None:
 
 
 def principal_for(conn: Connection, token: str) -> Principal | None:
-    """The principal a presented token belongs to, or None if unknown or revoked."""
+    """The principal a presented token belongs to, or None if unknown, revoked or expired."""
     if not token or len(token) > 200:
         return None
     row = conn.execute(
         select(
-            api_tokens.c.id, api_tokens.c.name, api_tokens.c.role, api_tokens.c.last_used_at
-        ).where(api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None))
+            api_tokens.c.id,
+            api_tokens.c.name,
+            api_tokens.c.role,
+            api_tokens.c.last_used_at,
+            api_tokens.c.expires_at,
+        ).where(
+            api_tokens.c.token_hash == hash_token(token),
+            api_tokens.c.revoked_at.is_(None),
+            or_(
+                api_tokens.c.expires_at.is_(None),
+                api_tokens.c.expires_at > func.statement_timestamp(),
+            ),
+        )
     ).first()
     if row is None:
         return None
@@ -145,4 +175,4 @@ def principal_for(conn: Connection, token: str) -> Principal | None:
         )
         .values(last_used_at=func.now())
     )
-    return Principal(name=row.name, role=row.role, token_id=row.id)
+    return Principal(name=row.name, role=row.role, token_id=row.id, expires_at=row.expires_at)

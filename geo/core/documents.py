@@ -108,6 +108,7 @@ class TokenEntry(Document):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    expires_at: datetime | None = Field(default=None, description="null: never expires")
 
 
 class TokenList(Document):
@@ -122,3 +123,4 @@ class TokenCreated(Document):
     name: str
     role: str
     token: str = Field(description="The bearer token; shown only in this answer")
+    expires_at: datetime | None = Field(default=None, description="null: never expires")

@@ -27,6 +27,7 @@ __all__ = [
     "TooLarge",
     "Unauthorised",
     "Unavailable",
+    "TooManyRequests",
     "UnsupportedMediaType",
 ]
 
@@ -152,6 +153,16 @@ class PreconditionRequired(MakaziError):
 
     status = 428
     slug = "if-match-required"
+
+
+class TooManyRequests(MakaziError):
+    """Too many attempts from one client in a short time; retry after a pause (429)."""
+
+    status = 429
+    slug = "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)
 
 
 class Unavailable(MakaziError):

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     max_feature_vertices: int = Field(default=100_000, ge=4)
     max_json_body_mb: int = Field(default=20, ge=1)
     max_km_from_settlements: float = Field(default=50.0, ge=0)
+    token_failures_per_minute: int = Field(default=20, ge=0)
     # GPS traces (geo/traces.py, geo/gpx.py, geo/uploads.py)
     max_decompressed_mb: int = Field(default=250, ge=1)
     max_archive_members: int = Field(default=100, ge=1)

@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 
 from geo.core.auth import create_token, list_tokens, principal_for, revoke_token
 from geo.core.errors import Conflict, InvalidInput, NotFound
+from geo.core.settings import Settings
 from tests.support.cli import makazi
 from tests.support.live import LiveServer
 
@@ -112,3 +113,52 @@ def test_admin_api_lists_creates_and_revokes(client: TestClient, token_for: Auth
         entry["name"]: entry for entry in client.get("/tokens", headers=admin).json()["tokens"]
     }
     assert entries["field-team-3"]["revoked_at"] is not None
+
+
+def test_a_token_stops_working_when_it_expires(
+    client: TestClient, connection: Connection, token_for: Auth
+) -> None:
+    token = create_token(connection, name="visitor", role="viewer", expires_in_days=2 / 86_400)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/analysis/overlaps", headers=headers).status_code == 200
+    (entry,) = [t for t in list_tokens(connection) if t.name == "visitor"]
+    assert entry.expires_at is not None
+    time.sleep(2.5)
+    refused = client.get("/analysis/overlaps", headers=headers)
+    assert refused.status_code == 401 and "expired" in refused.json()["detail"]
+    assert principal_for(connection, token) is None
+    with pytest.raises(InvalidInput, match="expires_in_days"):
+        create_token(connection, name="never", role="viewer", expires_in_days=-1)
+    # over HTTP, an admin may give a lifetime too
+    made = client.post(
+        "/tokens",
+        json={"name": "field-week", "role": "mapper", "expires_in_days": 7},
+        headers=token_for("admin"),
+    )
+    assert made.status_code == 201 and made.json()["expires_at"].startswith("20")
+    bad = client.post(
+        "/tokens",
+        json={"name": "odd", "role": "mapper", "expires_in_days": "soon"},
+        headers=token_for("admin"),
+    )
+    assert bad.status_code == 422 and bad.json()["field"] == "expires_in_days"
+
+
+class TestFailedAttempts:
+    @pytest.fixture
+    def app_settings(self, settings: Settings) -> Settings:
+        return settings.model_copy(update={"token_failures_per_minute": 3})
+
+    def test_guessing_tokens_gets_429_with_retry_after(
+        self, client: TestClient, token_for: Auth
+    ) -> None:
+        for i in range(3):
+            wrong = {"Authorization": f"Bearer mkz_guess{i}"}
+            assert client.get("/analysis/overlaps", headers=wrong).status_code == 401
+        stopped = client.get("/analysis/overlaps", headers={"Authorization": "Bearer mkz_guess9"})
+        assert stopped.status_code == 429
+        assert stopped.headers["content-type"].startswith("application/problem+json")
+        assert 0 < int(stopped.headers["retry-after"]) <= 60
+        assert "too many failed token attempts" in stopped.json()["detail"]
+        # anonymous reads are not attempts
+        assert client.get("/collections").status_code == 200
