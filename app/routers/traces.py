@@ -27,7 +27,7 @@ from geo.core.uploads import BodySpool, MultipartFile, SpooledBody, TooLarge
 from geo.layers.writes import parse_json
 from geo.traces.boundary import trace_boundary
 from geo.traces.documents import TraceList, TraceSummary
-from geo.traces.edits import delete_trace, patch_trace
+from geo.traces.edits import delete_trace, patch_trace, purge_trace
 from geo.traces.ingest import TraceLimits, fingerprint, ingest_trace
 from geo.traces.reads import (
     get_trace,
@@ -287,16 +287,29 @@ def download_geojson(trace_id: int, user: PublicReader, db: DbDep) -> Response:
 @router.delete(
     "/traces/{trace_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a trace (owner or admin)",
+    summary="Delete a trace (owner or admin); purge=true removes it for good",
 )
 def remove_trace(
-    user: CurrentUser, expected: OptionalVersion, trace_id: int, db: DbDep
+    user: CurrentUser,
+    expected: OptionalVersion,
+    trace_id: int,
+    db: DbDep,
+    purge: Annotated[
+        bool,
+        Query(
+            description="remove the trace for good: its bytes, points and lines, and its "
+            "history but for one row saying who purged it (also for a soft-deleted trace)"
+        ),
+    ] = False,
 ) -> Response:
     """Soft delete; ``If-Match`` is optional here (412 when it is given and stale)."""
     if user is None:
         raise Unauthorised("deleting a trace needs a bearer token")
     with db.begin(user.name) as conn:
-        delete_trace(conn, trace_id=trace_id, user=user, expected_version=expected)
+        if purge:
+            purge_trace(conn, trace_id=trace_id, user=user)
+        else:
+            delete_trace(conn, trace_id=trace_id, user=user, expected_version=expected)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -1,4 +1,4 @@
-"""Changing traces: rename, change visibility or settlement, soft delete (owner or admin)."""
+"""Changing traces: rename, change visibility or settlement, soft delete, purge (owner or admin)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from geo.core.auth import Principal
-from geo.core.errors import Forbidden, InvalidInput, PreconditionFailed
+from geo.core.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed
 from geo.core.privacy import Visibility
 from geo.traces.reads import get_trace, visible_trace
 
-__all__ = ["delete_trace", "patch_trace"]
+__all__ = ["delete_trace", "patch_trace", "purge_trace"]
 
 
 # ----------------------------------------------------------------------- writes
@@ -40,6 +40,47 @@ def delete_trace(
         text("UPDATE traces SET deleted_at = now() WHERE id = :id AND deleted_at IS NULL"),
         {"id": trace_id},
     )
+
+
+def purge_trace(conn: Connection, *, trace_id: int, user: Principal) -> None:
+    """Remove a trace for good (owner or admin), live or already soft-deleted.
+
+    Its row, points, segments and original bytes go; its history rows (which
+    hold its name, stats and bounding box) are replaced by one ``purge`` row
+    that says only who purged it and when; a stored answer to its upload (for
+    ``Idempotency-Key`` replays) goes too. Tiles drop it at commit (the
+    change counters move as for any delete).
+    """
+    row = conn.execute(
+        text("SELECT owner, deleted_at FROM traces WHERE id = :id"), {"id": trace_id}
+    ).first()
+    if row is None:
+        raise NotFound(f"trace {trace_id} does not exist")
+    if row.deleted_at is None:
+        _owned(conn, trace_id, user, "purge")
+    elif row.owner != user.name and not user.at_least("admin"):
+        raise NotFound(f"trace {trace_id} does not exist or is not yours")
+    steps = (
+        "SELECT set_config('makazi.audit', 'off', true)",
+        "DELETE FROM traces WHERE id = :id",
+        "SELECT set_config('makazi.audit', 'on', true)",
+        """
+        WITH gone AS (
+            DELETE FROM feature_history WHERE collection = 'traces' AND feature_id = :id
+            RETURNING version
+        )
+        INSERT INTO feature_history (collection, feature_id, version, action, changed_by, changes)
+        SELECT 'traces', :id, coalesce(max(version), 0) + 1, 'purge', makazi_actor(), '{}'::jsonb
+        FROM gone
+        """,
+        """
+        DELETE FROM idempotency_keys
+        WHERE principal = :owner AND scope = 'POST /traces' AND body IS NOT NULL
+          AND convert_from(body, 'UTF8') ~ ('"id": ?' || :id || '[,}]')
+        """,
+    )
+    for step in steps:
+        conn.execute(text(step), {"id": trace_id, "owner": row.owner})
 
 
 def patch_trace(
