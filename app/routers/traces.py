@@ -19,7 +19,7 @@ from app.bodies import JsonBody
 from app.deps import CurrentUser, DbDep, MapperUser, PublicReader, SettingsDep
 from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
-from app.preconditions import NO_STORE, ExpectedVersion, OptionalVersion, etag, expected_version
+from app.preconditions import NO_STORE, OptionalVersion, etag, expected_version
 from app.streaming import ClosingStreamingResponse
 from geo.core.errors import Unauthorised, UnsupportedMediaType
 from geo.core.privacy import Visibility
@@ -27,7 +27,7 @@ from geo.core.uploads import BodySpool, MultipartFile, SpooledBody, TooLarge
 from geo.layers.writes import parse_json
 from geo.traces.boundary import trace_boundary
 from geo.traces.documents import TraceList, TraceSummary
-from geo.traces.edits import delete_trace, patch_trace, purge_trace
+from geo.traces.edits import delete_trace, owned_trace, patch_trace, purge_trace
 from geo.traces.ingest import TraceLimits, fingerprint, ingest_trace
 from geo.traces.reads import (
     get_trace,
@@ -320,17 +320,23 @@ def remove_trace(
 )
 async def change_trace(
     user: MapperUser,
-    expected: ExpectedVersion,
     raw: JsonBody,
     request: Request,
     trace_id: int,
     db: DbDep,
+    if_match: Annotated[str | None, Header(description="the version read (required)")] = None,
 ) -> Response:
-    """JSON merge patch of ``name``, ``visibility``, ``settlement_id``; needs ``If-Match``."""
+    """JSON merge patch of ``name``, ``visibility``, ``settlement_id``; needs ``If-Match``.
+
+    Whether the caller may change the trace is answered before whether the
+    request names a version (403 before 428).
+    """
     fields = parse_json(raw or b"null")
 
     def work() -> dict[str, Any]:
         with db.begin(user.name) as conn:
+            owned_trace(conn, trace_id, user, "change")
+            expected = expected_version(if_match)
             return patch_trace(
                 conn, trace_id=trace_id, user=user, fields=fields, expected_version=expected
             )

@@ -11,11 +11,12 @@ from geo.core.errors import Forbidden, InvalidInput, NotFound, PreconditionFaile
 from geo.core.privacy import Visibility
 from geo.traces.reads import get_trace, visible_trace
 
-__all__ = ["delete_trace", "patch_trace", "purge_trace"]
+__all__ = ["delete_trace", "owned_trace", "patch_trace", "purge_trace"]
 
 
 # ----------------------------------------------------------------------- writes
-def _owned(conn: Connection, trace_id: int, user: Principal, action: str) -> Any:
+def owned_trace(conn: Connection, trace_id: int, user: Principal, action: str) -> Any:
+    """The live trace if ``user`` owns it or is an admin (403; 404 when not visible)."""
     row = visible_trace(conn, trace_id, user)
     if row.owner != user.name and not user.at_least("admin"):
         raise Forbidden(f"only the trace's owner or an admin may {action} trace {trace_id}")
@@ -34,7 +35,7 @@ def delete_trace(
     conn: Connection, *, trace_id: int, user: Principal, expected_version: int | None = None
 ) -> None:
     """Soft-delete a trace (owner or admin); its bytes stay for the audit trail."""
-    row = _owned(conn, trace_id, user, "delete")
+    row = owned_trace(conn, trace_id, user, "delete")
     _check_version(row, expected_version, trace_id)
     conn.execute(
         text("UPDATE traces SET deleted_at = now() WHERE id = :id AND deleted_at IS NULL"),
@@ -57,7 +58,7 @@ def purge_trace(conn: Connection, *, trace_id: int, user: Principal) -> None:
     if row is None:
         raise NotFound(f"trace {trace_id} does not exist")
     if row.deleted_at is None:
-        _owned(conn, trace_id, user, "purge")
+        owned_trace(conn, trace_id, user, "purge")
     elif row.owner != user.name and not user.at_least("admin"):
         raise NotFound(f"trace {trace_id} does not exist or is not yours")
     steps = (
@@ -125,7 +126,7 @@ def patch_trace(
         ):
             raise InvalidInput(f"settlement_id {sid} does not exist", field="settlement_id")
         values["settlement_id"] = sid
-    row = _owned(conn, trace_id, user, "change")
+    row = owned_trace(conn, trace_id, user, "change")
     _check_version(row, expected_version, trace_id)
     assignments = ", ".join(f"{column} = :{column}" for column in values)  # fixed names
     updated = conn.execute(
