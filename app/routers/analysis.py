@@ -179,7 +179,12 @@ def access(
     return JSONResponse(counts)
 
 
-@router.get("/analysis/overlaps", summary="Overlapping settlement boundaries")
+@router.get(
+    "/analysis/overlaps",
+    summary="Overlapping settlement boundaries",
+    response_class=Response,
+    responses={200: {"content": {GEOJSON: {}}, "description": "A FeatureCollection"}},
+)
 def overlaps(
     user: ViewerUser, db: DbDep, settings: SettingsDep, settlement_id: int | None = None
 ) -> Response:
@@ -189,7 +194,12 @@ def overlaps(
     return Response(body, media_type=GEOJSON)
 
 
-@router.get("/analysis/density", summary="Density grid over a settlement")
+@router.get(
+    "/analysis/density",
+    summary="Density grid over a settlement",
+    response_class=Response,
+    responses={200: {"content": {GEOJSON: {}}, "description": "A FeatureCollection"}},
+)
 def density(
     user: ViewerUser,
     db: DbDep,
