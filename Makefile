@@ -10,13 +10,14 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint format pytest bench loadtest postgis testdeps vendor clean help
+.PHONY: serve test lint format pytest bench loadtest soak postgis testdeps vendor clean help
 
 help:
 	@echo "make serve   run Makazi with demo data on http://$(HOST):$(PORT)/"
 	@echo "make test    lint, type-check and run the whole test suite"
 	@echo "make lint    ruff + mypy only"
 	@echo "make bench   benchmarks against peers (slow; writes bench/RESULTS.md)"
+	@echo "make loadtest  50 concurrent clients for 60 s (Locust); make soak: 30 minutes"
 
 $(STAMP): pyproject.toml
 	@scripts/system-deps.sh base
@@ -84,6 +85,15 @@ test: lint pytest
 
 bench: postgis
 	$(BIN)/python -m bench
+
+# Load runs (Locust, loopback only, stop by themselves); MAKAZI_LOAD_USERS / _SECONDS override.
+loadtest: postgis
+	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+	$(BIN)/python -m bench.loadtest
+
+soak: postgis
+	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+	$(BIN)/python -m bench.loadtest --soak
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

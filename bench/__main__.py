@@ -8,7 +8,7 @@ import sys
 
 from bench.common import bench_context, write_section
 
-SKIP = {"common"}
+SKIP = {"common", "loadtest", "locustfile"}  # load runs are `make loadtest` / `make soak`
 
 
 def main(argv: list[str]) -> int:

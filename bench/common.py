@@ -37,8 +37,8 @@ class BenchContext:
     out: Path
 
 
-def bench_context(structures: int | None = None) -> BenchContext:
-    """Start the bench cluster (``bench/out/data``) and fill it with demo data once.
+def bench_context(structures: int | None = None, database: str = DATABASE) -> BenchContext:
+    """Start the bench cluster (``bench/out/data``) and fill ``database`` with demo data once.
 
     ``MAKAZI_BENCH_STRUCTURES`` (default 1,000,000) sets the size.
     """
@@ -47,15 +47,15 @@ def bench_context(structures: int | None = None) -> BenchContext:
     OUT.mkdir(parents=True, exist_ok=True)
     cluster = EmbeddedCluster(OUT / "data")
     cluster.start()
-    url = cluster.create_database(DATABASE)
+    url = cluster.create_database(database)
     migrate(url)
-    conninfo = cluster.conninfo(DATABASE)
+    conninfo = cluster.conninfo(database)
     with psycopg.connect(conninfo) as conn:
         count = conn.execute("SELECT count(*) FROM structures").fetchone()
         have = int(count[0]) if count else 0
     if have != wanted:
         print(f"loading {wanted:,} demo structures (once; kept in bench/out/data)...", flush=True)
-        url = cluster.create_database(DATABASE, drop=True)
+        url = cluster.create_database(database, drop=True)
         migrate(url)
         from sqlalchemy import create_engine
 

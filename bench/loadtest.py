@@ -1,0 +1,180 @@
+"""``make loadtest`` / ``make soak``: Makazi under many concurrent clients, with Locust.
+
+Loopback only. A server on the bench cluster's ``makazi_load`` database (20,000
+demo structures, loaded once) is driven by Locust (``bench/locustfile.py``) for
+a fixed time with a fixed number of users, then stops by itself. Printed:
+requests, errors, throughput and p50/p95/p99 per kind of request; the
+server's resident memory at the start and end (and its peak); and the most
+sessions seen ``idle in transaction`` meanwhile. The result goes to
+bench/RESULTS.md under "loadtest" (or "soak").
+
+Targets (issue 16), on this 2-core machine: 0 errors and p99 under 500 ms for
+items and tiles at 50 users; over a 30-minute soak, flat memory and no session
+left idle in a transaction.
+
+Locust was chosen over a hand-written client pool: it is the maintained load
+tool Python users know, it writes percentiles per request name, and its
+scenarios are plain Python.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import create_engine
+
+from bench.common import BenchContext, bench_context, makazi_process, markdown_table, write_section
+from geo.core.auth import create_token
+from geo.layers.placement import mapped_area
+
+HERE = Path(__file__).resolve().parent
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its children (uvicorn workers), in MB."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for one in pids:
+        status = Path(f"/proc/{one}/status")
+        if status.exists():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def _setup(ctx: BenchContext) -> dict[str, str]:
+    engine = create_engine(ctx.url)
+    with engine.begin() as conn:
+        stamp = str(int(time.time()))
+        viewer = create_token(conn, name=f"load-viewer-{stamp}", role="viewer")
+        mapper = create_token(conn, name=f"load-mapper-{stamp}", role="mapper")
+        bounds = mapped_area(conn, max_km=50) or [36.74, -1.32, 36.9, -1.25]
+        settlements = [str(r[0]) for r in conn.exec_driver_sql("SELECT id FROM settlements")]
+    engine.dispose()
+    return {
+        "LOAD_BOUNDS": ",".join(str(v) for v in bounds),
+        "LOAD_VIEWER_TOKEN": viewer,
+        "LOAD_MAPPER_TOKEN": mapper,
+        "LOAD_SETTLEMENTS": ",".join(settlements),
+    }
+
+
+def run(
+    ctx: BenchContext | None = None,
+    *,
+    users: int = 50,
+    seconds: int = 60,
+    section: str = "loadtest",
+) -> str:
+    """One load run; returns the markdown written to RESULTS.md."""
+    users = int(os.environ.get("MAKAZI_LOAD_USERS", users))
+    seconds = int(os.environ.get("MAKAZI_LOAD_SECONDS", seconds))
+    ctx = ctx or bench_context(structures=20_000, database="makazi_load")
+    env = {**os.environ, **_setup(ctx)}
+    prefix = ctx.out / section
+    samples: list[tuple[float, float, int]] = []
+    with makazi_process(ctx, token_failures_per_minute="0") as (base, proc):
+        stop = threading.Event()
+
+        def sample() -> None:
+            with psycopg.connect(ctx.conninfo, autocommit=True) as conn:
+                while not stop.is_set():
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'makazi' "
+                        "AND state = 'idle in transaction'"
+                    ).fetchone()
+                    samples.append((time.monotonic(), _rss_mb(proc.pid), int(row[0]) if row else 0))
+                    stop.wait(1.0)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(HERE / "locustfile.py"),
+                "--headless",
+                "--host",
+                base,
+                "-u",
+                str(users),
+                "-r",
+                str(max(1, users // 5)),
+                "--run-time",
+                f"{seconds}s",
+                "--stop-timeout",
+                "5",
+                "--csv",
+                str(prefix),
+                "--only-summary",
+                "--loglevel",
+                "WARNING",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+        )
+        stop.set()
+        sampler.join(timeout=5)
+        time.sleep(2)  # the last answers are sent; nothing should be left open
+        with psycopg.connect(ctx.conninfo, autocommit=True) as conn:
+            left = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'makazi' "
+                "AND state = 'idle in transaction'"
+            ).fetchone()
+        idle_after = int(left[0]) if left else 0
+    if not Path(f"{prefix}_stats.csv").exists():
+        raise RuntimeError(f"locust did not run: {result.stderr[-2000:]}")
+    rows = []
+    with open(f"{prefix}_stats.csv", newline="") as handle:
+        for stat in csv.DictReader(handle):
+            rows.append(
+                [
+                    stat["Name"],
+                    f"{int(stat['Request Count']):,}",
+                    stat["Failure Count"],
+                    f"{float(stat['Requests/s']):.1f}",
+                    stat["50%"],
+                    stat["95%"],
+                    stat["99%"],
+                    stat["Max Response Time"].split(".")[0],
+                ]
+            )
+    rss = [s[1] for s in samples] or [0.0]
+    idle = max((s[2] for s in samples), default=0)
+    table = markdown_table(
+        ["request", "count", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows
+    )
+    return (
+        f"{users} users for {seconds} s against {ctx.structures:,} demo structures, one uvicorn "
+        f"worker, loopback, Locust on the same 2-core machine.\n\n{table}\n\n"
+        f"Server memory (RSS): {rss[0]:.0f} MB at the start, {rss[-1]:.0f} MB at the end, "
+        f"{max(rss):.0f} MB at most. Sessions idle in transaction: {idle_after} after the run "
+        f"({idle} at most at a busy moment, between the statements of a request).\n"
+    )
+
+
+def main(argv: list[str]) -> int:
+    section = "soak" if "--soak" in argv else "loadtest"
+    body = run(users=20, seconds=1800, section=section) if section == "soak" else run()
+    print(body)
+    write_section(section, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
