@@ -8,6 +8,7 @@ from sqlalchemy import Connection, create_engine, inspect, text
 from geo.core.cluster import EmbeddedCluster
 from geo.core.db import MIGRATIONS_DIR, current_revision, downgrade, migrate
 from geo.core.tables import metadata
+from tests.support.db import insert_settlement
 
 FEATURE_TABLES = ("settlements", "structures", "households", "facilities", "traces")
 
@@ -76,15 +77,7 @@ SQUARE = "MULTIPOLYGON(((36.78 -1.31,36.79 -1.31,36.79 -1.30,36.78 -1.30,36.78 -
 
 
 def _settlement(conn: Connection, wkt: str = SQUARE, name: str = "S") -> int:
-    return int(
-        conn.execute(
-            text(
-                "INSERT INTO settlements (name, geom) VALUES (:n, ST_GeomFromText(:w, 4326)) "
-                "RETURNING id"
-            ),
-            {"n": name, "w": wkt},
-        ).scalar_one()
-    )
+    return insert_settlement(conn, name, wkt)
 
 
 def test_constraints_reject_bad_rows(connection: Connection) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, text
 
 from geo.core.settings import Settings
 from tests.layers.test_write import assert_problem, footprint, post, structure
+from tests.support.db import insert_settlement
 
 Headers = Callable[..., dict[str, str]]
 
@@ -21,23 +22,11 @@ MATHARE = "MULTIPOLYGON(((36.85 -1.27,36.87 -1.27,36.87 -1.25,36.85 -1.25,36.85 
 MOMBASA = (39.66, -4.04)
 
 
-def add_settlement(conn: Connection, name: str, wkt: str) -> int:
-    return int(
-        conn.execute(
-            text(
-                "INSERT INTO settlements (name, geom) VALUES (:n, ST_GeomFromText(:w, 4326)) "
-                "RETURNING id"
-            ),
-            {"n": name, "w": wkt},
-        ).scalar_one()
-    )
-
-
 @pytest.fixture
 def nairobi(connection: Connection) -> dict[str, int]:
     return {
-        "Kibera": add_settlement(connection, "Kibera", KIBERA),
-        "Mathare": add_settlement(connection, "Mathare", MATHARE),
+        "Kibera": insert_settlement(connection, "Kibera", KIBERA),
+        "Mathare": insert_settlement(connection, "Mathare", MATHARE),
     }
 
 
@@ -178,10 +167,10 @@ def test_tilejson_bounds_come_from_the_settlements_not_outliers(
     client: TestClient, connection: Connection, nairobi: dict[str, int]
 ) -> None:
     # a third Nairobi settlement, one typed with swapped axes long ago, and a public trace far away
-    add_settlement(
+    insert_settlement(
         connection, "Mukuru", MATHARE.replace("36.85", "36.88").replace("36.87", "36.90")
     )
-    add_settlement(
+    insert_settlement(
         connection,
         "Typo",
         "MULTIPOLYGON(((-1.32 36.78,-1.30 36.78,-1.30 36.80,-1.32 36.80,-1.32 36.78)))",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from geo.core.db import Database, act_as
 
-__all__ = ["BoundDatabase"]
+__all__ = ["BoundDatabase", "insert_settlement"]
 
 
 class BoundDatabase(Database):
@@ -41,3 +41,16 @@ class BoundDatabase(Database):
 
     def dispose(self) -> None:
         """The connection belongs to the caller: nothing to close."""
+
+
+def insert_settlement(conn: Connection, name: str, wkt: str) -> int:
+    """Insert a settlement called ``name`` with boundary ``wkt`` (EPSG:4326); its id."""
+    return int(
+        conn.execute(
+            text(
+                "INSERT INTO settlements (name, geom) VALUES (:n, ST_GeomFromText(:w, 4326)) "
+                "RETURNING id"
+            ),
+            {"n": name, "w": wkt},
+        ).scalar_one()
+    )
