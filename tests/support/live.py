@@ -37,9 +37,16 @@ class LiveServer:
 
 @contextmanager
 def live_server_running(
-    cluster: EmbeddedCluster, *, structures: int = 400, database: str = "makazi_live"
+    cluster: EmbeddedCluster,
+    *,
+    structures: int = 400,
+    database: str = "makazi_live",
+    **settings: str,
 ) -> Iterator[LiveServer]:
-    """Create and fill ``database``, serve it on a free port, stop and drop it afterwards."""
+    """Create and fill ``database``, serve it on a free port, stop and drop it afterwards.
+
+    ``settings`` are ``MAKAZI_*`` settings of the server (``tile_max_age_s="2"``).
+    """
     url = cluster.create_database(database, drop=True)
     migrate(url)
     engine = create_engine(url)
@@ -50,7 +57,7 @@ def live_server_running(
             tokens[role] = create_token(conn, name=f"live-{role}", role=role)
     engine.dispose()
     try:
-        with makazi_on(url) as (base_url, process):
+        with makazi_on(url, **settings) as (base_url, process):
             yield LiveServer(base_url=base_url, database_url=url, process=process, tokens=tokens)
     finally:
         cluster.drop_database(database)
