@@ -8,7 +8,10 @@ FlatGeobuf comes from ``ST_AsFlatGeobuf``, an aggregate: PostgreSQL builds the
 whole file in one backend's memory (with its packed Hilbert R-tree, so QGIS and
 GDAL read a bounding box without scanning the file) and the application fetches
 it a megabyte at a time.  A FlatGeobuf value is a ``bytea``, so one export is at
-most 1 GB (about 3.5 million demo structures with their index).
+most 1 GB (about 3.5 million demo structures with their index).  PostGIS writes
+one geometry type per file, and 3.3 (Debian 12) mis-numbers the properties that
+follow a NULL one, so :func:`flatgeobuf_safe` sends mixed layers, and on such a
+server layers with NULLs, to GDAL instead.
 """
 
 from __future__ import annotations
@@ -17,7 +20,18 @@ from collections.abc import Generator
 from typing import Any
 from xml.sax.saxutils import escape
 
-from sqlalchemy import Connection, Text, cast, func, literal, literal_column, select, true
+from sqlalchemy import (
+    Connection,
+    Text,
+    cast,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.dialects import postgresql
 
 from geo.core.auth import Principal
@@ -30,7 +44,7 @@ from geo.exports.query import (
 )
 from geo.layers.registry import Collection
 
-__all__ = ["csv_chunks", "fgb_chunks", "geojson_chunks", "kml_chunks"]
+__all__ = ["csv_chunks", "fgb_chunks", "flatgeobuf_safe", "geojson_chunks", "kml_chunks"]
 
 FGB_CHUNK = 1 << 20
 KML_NAMESPACE = "http://www.opengis.net/kml/2.2"
@@ -94,7 +108,7 @@ def csv_chunks(
         func.ST_AsText(collection.table.c.geom, GEOMETRY_DIGITS).label("WKT"),
     ]
     statement = export_statement(collection, columns, user=user, settlement_id=settlement_id)
-    compiled = statement.compile(dialect=conn.dialect)
+    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     copy_sql = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER)"
     # COPY takes no server-side parameters: psycopg binds these on the client.
     raw = conn.connection.driver_connection
@@ -160,6 +174,44 @@ def kml_chunks(
     yield b"</Folder></Document></kml>\n"
 
 
+_NULL_PROBE_VALUE = 0x1A2B3C4D
+_encodes_nulls: dict[str, bool] = {}
+
+
+def _encodes_nulls_right(conn: Connection) -> bool:
+    """Whether this server's ST_AsFlatGeobuf numbers a property after a NULL one correctly.
+
+    Probed once per database: a row (NULL, v) must encode v under column index 1.
+    """
+    key = conn.engine.url.render_as_string(hide_password=True)
+    if key not in _encodes_nulls:
+        probe = conn.execute(
+            text(
+                "SELECT ST_AsFlatGeobuf(q, false, 'g') FROM (SELECT NULL::integer AS n, "
+                ":v AS v, 'POINT(1 1)'::geometry AS g) q"
+            ),
+            {"v": _NULL_PROBE_VALUE},
+        ).scalar_one()
+        expected = (1).to_bytes(2, "little") + _NULL_PROBE_VALUE.to_bytes(4, "little")
+        _encodes_nulls[key] = expected in bytes(probe)
+    return _encodes_nulls[key]
+
+
+def flatgeobuf_safe(
+    conn: Connection, collection: Collection, *, user: Principal | None, settlement_id: int | None
+) -> bool:
+    """Whether ``ST_AsFlatGeobuf`` writes these rows right: one geometry type, NULLs handled."""
+    table = collection.table
+    nulls = or_(*(table.c[p.name].is_(None) for p in collection.properties))
+    columns = [
+        func.count(func.distinct(func.GeometryType(table.c.geom))),
+        func.coalesce(func.bool_or(nulls), False),
+    ]
+    statement = export_statement(collection, columns, user=user, settlement_id=settlement_id)
+    kinds, has_nulls = conn.execute(statement.order_by(None)).one()
+    return bool(kinds == 1 and (not has_nulls or _encodes_nulls_right(conn)))
+
+
 def fgb_chunks(
     conn: Connection,
     collection: Collection,
@@ -170,8 +222,7 @@ def fgb_chunks(
 ) -> Generator[bytes, None, None]:
     """FlatGeobuf with a spatial index from ``ST_AsFlatGeobuf``, a megabyte at a time.
 
-    The rows must share one geometry type (PostGIS 3.3 refuses mixed types);
-    :func:`geo.exports.stream.needs_worker` sends mixed layers to GDAL.
+    Only for rows :func:`flatgeobuf_safe` accepts.
     """
     columns = [*property_values(collection), collection.table.c.geom]
     rows = export_statement(collection, columns, user=user, settlement_id=settlement_id).subquery(

@@ -32,7 +32,6 @@ __all__ = [
     "batches",
     "GEOMETRY_DIGITS",
     "export_statement",
-    "geometry_types",
     "limit_statement_time",
     "property_values",
     "settlement_condition",
@@ -72,7 +71,7 @@ def property_values(collection: Collection) -> list[ColumnElement[Any]]:
 
 def export_statement(
     collection: Collection,
-    columns: list[ColumnElement[Any]],
+    columns: Sequence[ColumnElement[Any]],
     *,
     user: Principal | None,
     settlement_id: int | None,
@@ -83,19 +82,6 @@ def export_statement(
     if settlement_id is not None:
         statement = statement.where(settlement_condition(collection, settlement_id))
     return statement
-
-
-def geometry_types(
-    conn: Connection, collection: Collection, *, user: Principal | None, settlement_id: int | None
-) -> list[str]:
-    """The distinct geometry types (``POLYGON``...) among the rows to export."""
-    kind = func.GeometryType(collection.table.c.geom)
-    statement = (
-        export_statement(collection, [kind], user=user, settlement_id=settlement_id)
-        .order_by(None)
-        .distinct()
-    )
-    return sorted(str(v) for v in conn.execute(statement).scalars())
 
 
 def limit_statement_time(conn: Connection, timeout_ms: int) -> None:

@@ -3,7 +3,8 @@
 PostgreSQL builds GeoJSON, CSV, KML and FlatGeobuf (:mod:`geo.exports.postgis`);
 they stream from a server-side cursor on the request's own connection.  GDAL
 writes GeoPackage and zipped Shapefile (:mod:`geo.exports.gdal`), and
-FlatGeobuf when the rows mix geometry types (``ST_AsFlatGeobuf`` refuses them);
+FlatGeobuf that ``ST_AsFlatGeobuf`` cannot write right (see
+:func:`geo.exports.postgis.flatgeobuf_safe`);
 the service runs those in a worker process (:mod:`geo.exports.worker`).  Only
 registry properties are exported, so personal household fields never leave.
 """
@@ -21,7 +22,6 @@ from sqlalchemy import Connection
 from geo.core.auth import Principal
 from geo.core.errors import BadRequest
 from geo.exports import postgis
-from geo.exports.query import geometry_types
 from geo.layers.registry import Collection
 
 __all__ = [
@@ -90,12 +90,11 @@ def needs_worker(
     user: Principal | None,
     settlement_id: int | None,
 ) -> bool:
-    """Whether GDAL must write this export (GeoPackage, Shapefile, mixed FlatGeobuf)."""
+    """Whether GDAL must write this export (GeoPackage, Shapefile, some FlatGeobuf)."""
     if fmt.built_by_postgis is None:
         return True
     if fmt.name == "fgb":
-        kinds = geometry_types(conn, collection, user=user, settlement_id=settlement_id)
-        return len(kinds) != 1
+        return not postgis.flatgeobuf_safe(conn, collection, user=user, settlement_id=settlement_id)
     return False
 
 
