@@ -23,7 +23,7 @@ from geo.demo.generator import generate
 from geo.demo.loader import load
 from tests.support.server import free_port, running_server, uvicorn_argv
 
-STRUCTURES = 5_000
+STRUCTURES = 20_000  # the demo size: every export outgrows the sockets' buffers
 DATABASE = "makazi_exports"
 AWKWARD_NUMBER = "A&B <\"7\"> 'x'"
 AWKWARD_MATERIAL = "Mabati \u2013 bati \u00f1 \u00fc \u6771"
