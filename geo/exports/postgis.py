@@ -114,7 +114,14 @@ def csv_chunks(
     raw = conn.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cursor, cursor.copy(copy_sql, compiled.params) as copy:
-        yield from (bytes(block) for block in copy)
+        # COPY sends a message per row: forward them a batch of rows at a time
+        pending: list[bytes] = []
+        for row in copy:
+            pending.append(bytes(row))
+            if len(pending) >= batch:
+                yield b"".join(pending)
+                pending = []
+        yield b"".join(pending)
 
 
 def _label(collection: Collection) -> str:

@@ -41,7 +41,7 @@ DONE_FILE = "done.txt"
 class ExportTask:
     """Everything a worker needs (it shares no memory with the service)."""
 
-    database_url: str
+    database_url: str  # an SQLAlchemy URL with its driver (the app engine's)
     collection: str
     format: str
     user: Principal | None
@@ -58,7 +58,6 @@ def run_task(task: ExportTask, workdir: Path, parent_pid: int) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from geo.core.db import normalise_url
     from geo.exports.gdal import write_file
     from geo.exports.query import limit_statement_time
     from geo.layers.registry import COLLECTIONS
@@ -69,7 +68,7 @@ def run_task(task: ExportTask, workdir: Path, parent_pid: int) -> None:
 
     try:
         engine = create_engine(
-            normalise_url(task.database_url),
+            task.database_url,
             poolclass=NullPool,
             connect_args={"connect_timeout": 5, "application_name": "makazi-export"},
         )
