@@ -135,21 +135,14 @@ def _in_process(ctx: BenchContext, fmt: str) -> float:
     import tempfile
 
     from geo.exports.gdal import write_file
+    from geo.exports.query import ExportRows
 
     engine = create_engine(ctx.url)
     workdir = Path(tempfile.mkdtemp(dir=ctx.out))
     try:
         started = time.perf_counter()
         with engine.connect() as conn:
-            write_file(
-                conn,
-                COLLECTIONS["structures"],
-                fmt,
-                workdir,
-                user=None,
-                settlement_id=None,
-                batch=5000,
-            )
+            write_file(conn, ExportRows(COLLECTIONS["structures"], None), fmt, workdir)
         return time.perf_counter() - started
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

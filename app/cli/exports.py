@@ -19,7 +19,7 @@ __all__ = ["add_parsers"]
 
 def cmd_export(args: argparse.Namespace) -> int:
     from geo.core.auth import Principal
-    from geo.exports.query import limit_statement_time
+    from geo.exports.query import ExportRows, limit_statement_time
     from geo.exports.stream import export_format, stream_export
     from geo.layers.registry import COLLECTIONS
 
@@ -36,10 +36,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         with open_engine(settings, migrated=False) as engine, engine.connect() as conn:
             limit_statement_time(conn, settings.export_timeout_ms)
-            chunks = stream_export(
-                conn, collection, fmt, user=everyone, settlement_id=args.settlement
-            )
-            written = write_chunks(chunks, partial)
+            rows = ExportRows(collection, everyone, args.settlement)
+            written = write_chunks(stream_export(conn, rows, fmt), partial)
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)

@@ -21,12 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import DbDep, PlannerUser, SettingsDep
 from app.preconditions import NO_STORE
 from app.streaming import HeldRead
-from geo.core.auth import Principal
 from geo.core.db import Database
 from geo.core.errors import NotFound
-from geo.exports.query import limit_statement_time
+from geo.exports.query import ExportRows, limit_statement_time
 from geo.exports.stream import (
-    BATCH,
     FORMATS,
     ExportFormat,
     export_format,
@@ -34,7 +32,7 @@ from geo.exports.stream import (
     needs_worker,
 )
 from geo.exports.worker import ExportJob, ExportTask, export_workers
-from geo.layers.registry import COLLECTIONS, Collection, get_collection
+from geo.layers.registry import COLLECTIONS, get_collection
 
 router = APIRouter(tags=["exports"])
 
@@ -70,23 +68,16 @@ def _close_all(chunks: Iterator[bytes], closers: tuple[Callable[[], None], ...])
 
 
 def _start_streaming(
-    db: Database,
-    collection: Collection,
-    fmt: ExportFormat,
-    user: Principal,
-    settlement_id: int | None,
-    timeout_ms: int,
+    db: Database, rows: ExportRows, fmt: ExportFormat, timeout_ms: int
 ) -> tuple[Generator[bytes, None, None], bytes, HeldRead] | None:
     """Open the read and the first chunk (errors surface here), or None if GDAL must write it."""
     with HeldRead(db) as held:
         limit_statement_time(held.conn, timeout_ms)
-        if needs_worker(held.conn, collection, fmt, user=user, settlement_id=settlement_id):
+        if needs_worker(held.conn, rows, fmt):
             held.close()
             return None
         assert fmt.built_by_postgis is not None
-        chunks = fmt.built_by_postgis(
-            held.conn, collection, user=user, settlement_id=settlement_id, batch=BATCH
-        )
+        chunks = fmt.built_by_postgis(held.conn, rows)
         try:
             first = next(chunks, b"")
         except BaseException:
@@ -130,9 +121,8 @@ async def get_export(
         **NO_STORE,
     }
     timeout_ms = settings.export_timeout_ms
-    started = await run_in_threadpool(
-        _start_streaming, db, collection, fmt, user, settlement_id, timeout_ms
-    )
+    rows = ExportRows(collection, user, settlement_id)
+    started = await run_in_threadpool(_start_streaming, db, rows, fmt, timeout_ms)
     if started is not None:
         chunks, first, held = started
         body = _sent_then_closed(chunks, first, held.close)
@@ -146,7 +136,7 @@ async def get_export(
         user=user,
         settlement_id=settlement_id,
         timeout_ms=timeout_ms,
-        batch=BATCH,
+        batch=rows.batch,
     )
     job = export_workers(settings.export_workers).start(task)
     try:

@@ -12,21 +12,21 @@ in a worker process (:mod:`geo.exports.worker`), the CLI in its own process.
   Multi*, field names from :mod:`geo.exports.shapefile`, ``.cpg`` (UTF-8) and
   ``.prj`` beside it, all in one zip.  dBASE holds at most 254 bytes of text
   per field: longer notes are cut by the format.
-- FlatGeobuf cannot be appended to, so a mixed-geometry layer is collected in
-  the worker and written once.
+- FlatGeobuf (when PostGIS cannot write it right) cannot be appended to, so
+  its rows are collected in the worker and written once.
 """
 
 from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func
 
-from geo.core.auth import Principal
-from geo.exports.query import batches, export_statement, property_values
+from geo.exports.query import ExportRows, batches, property_values
 from geo.exports.shapefile import short_name
 from geo.layers.registry import Collection
 
@@ -64,48 +64,60 @@ def _arrays(collection: Collection, rows: Sequence[Any]) -> tuple[list[Any], lis
     return data, masks
 
 
-def _write(
-    path: Path,
-    collection: Collection,
-    rows: Sequence[Any],
-    fields: list[str],
-    *,
-    driver: str,
-    geometry_type: str,
-    append: bool,
-    layer: str,
-    options: dict[str, str],
-) -> None:
-    import numpy as np
-    from pyogrio.raw import write
+@dataclass
+class _Layer:
+    """One GDAL layer written a batch at a time (appending after the first)."""
 
-    data, masks = _arrays(collection, rows)
-    geometry = np.array([bytes(row[len(fields)]) for row in rows], dtype=object)
-    write(
-        path,
-        geometry,
-        data,
-        fields,
-        field_mask=masks,
-        layer=layer,
-        driver=driver,
-        geometry_type=geometry_type,
-        crs="EPSG:4326",
-        encoding="UTF-8" if driver == "ESRI Shapefile" else None,
-        append=append,
-        dataset_options=None if append else options,
-    )
+    path: Path
+    collection: Collection
+    fields: list[str]
+    driver: str
+    geometry_type: str
+    options: dict[str, str] = field(default_factory=dict)
+    written: bool = False
+
+    def write(self, rows: Sequence[Any]) -> None:
+        import numpy as np
+        from pyogrio.raw import write
+
+        data, masks = _arrays(self.collection, rows)
+        geometry = np.array([bytes(row[len(self.fields)]) for row in rows], dtype=object)
+        write(
+            self.path,
+            geometry,
+            data,
+            self.fields,
+            field_mask=masks,
+            layer=self.path.stem,
+            driver=self.driver,
+            geometry_type=self.geometry_type,
+            crs="EPSG:4326",
+            encoding="UTF-8" if self.driver == "ESRI Shapefile" else None,
+            append=self.written,
+            dataset_options=None if self.written else self.options,
+        )
+        self.written = True
+
+    def finish(self) -> None:
+        """Write the empty layer when no row came."""
+        if not self.written:
+            self.write([])
+
+
+def _checked(
+    row_batches: Iterator[Sequence[Any]], on_batch: Callable[[], None]
+) -> Iterator[Sequence[Any]]:
+    for rows in row_batches:
+        on_batch()
+        yield rows
 
 
 def write_file(
     conn: Connection,
-    collection: Collection,
+    rows: ExportRows,
     fmt: str,
     workdir: Path,
     *,
-    user: Principal | None,
-    settlement_id: int | None,
-    batch: int,
     on_batch: Callable[[], None] | None = None,
 ) -> Path:
     """Write the export as ``fmt`` (``gpkg``, ``shp`` or ``fgb``) into ``workdir``.
@@ -113,58 +125,30 @@ def write_file(
     ``on_batch`` is called before each batch (a worker checks that its parent is
     still there).  Returns the file to send (a zip for Shapefile).
     """
+    collection = rows.collection
     table = collection.table
     names = ["id", *(p.name for p in collection.properties)]
     geometry = func.ST_Multi(table.c.geom) if fmt == "shp" else table.c.geom
     columns = [*property_values(collection), func.ST_AsBinary(geometry).label("wkb")]
     if fmt == "shp":
         columns.append(func.ST_Dimension(table.c.geom).label("dimension"))
-    statement = export_statement(collection, columns, user=user, settlement_id=settlement_id)
-    rows = batches(conn, statement, batch)
-    if fmt == "gpkg":
-        return _gpkg(collection, names, rows, workdir, on_batch)
+    row_batches = batches(conn, rows.select(columns), rows.batch)
+    if on_batch is not None:
+        row_batches = _checked(row_batches, on_batch)
     if fmt == "shp":
-        return _shapefile(collection, names, rows, workdir, on_batch)
-    return _fgb(collection, names, rows, workdir, on_batch)
-
-
-def _gpkg(
-    collection: Collection,
-    names: list[str],
-    row_batches: Iterator[Sequence[Any]],
-    workdir: Path,
-    on_batch: Callable[[], None] | None,
-) -> Path:
-    target = workdir / f"{collection.name}.gpkg"
-    written = False
-    for rows in row_batches:
-        if on_batch:
-            on_batch()
-        _write(
-            target,
-            collection,
-            rows,
-            names,
-            driver="GPKG",
-            geometry_type="Unknown",
-            append=written,
-            layer=collection.name,
-            options={"VERSION": "1.2"},
-        )
-        written = True
-    if not written:
-        _write(
-            target,
-            collection,
-            [],
-            names,
-            driver="GPKG",
-            geometry_type="Unknown",
-            append=False,
-            layer=collection.name,
-            options={"VERSION": "1.2"},
-        )
-    return target
+        return _shapefile(collection, names, row_batches, workdir)
+    if fmt == "fgb":  # a FlatGeobuf file cannot be appended to: one write
+        row_batches = iter([[row for batch in row_batches for row in batch]])
+    options = {"VERSION": "1.2"} if fmt == "gpkg" else {}
+    driver = "GPKG" if fmt == "gpkg" else "FlatGeobuf"
+    layer = _Layer(
+        workdir / f"{collection.name}.{fmt}", collection, names, driver, "Unknown", options
+    )
+    for batch in row_batches:
+        if batch:
+            layer.write(batch)
+    layer.finish()
+    return layer.path
 
 
 def _shapefile(
@@ -172,73 +156,33 @@ def _shapefile(
     names: list[str],
     row_batches: Iterator[Sequence[Any]],
     workdir: Path,
-    on_batch: Callable[[], None] | None,
 ) -> Path:
     fields = [short_name(n) for n in names]
     parts = workdir / "parts"
     parts.mkdir()
-    written: set[int] = set()
+    layers: dict[int, _Layer] = {}
 
-    def write(dimension: int, rows: Sequence[Any]) -> None:
-        suffix, geometry_type = FAMILIES[dimension]
-        _write(
-            parts / f"{collection.name}_{suffix}.shp",
-            collection,
-            rows,
-            fields,
-            driver="ESRI Shapefile",
-            geometry_type=geometry_type,
-            append=dimension in written,
-            layer=f"{collection.name}_{suffix}",
-            options={},
-        )
-        written.add(dimension)
+    def layer(dimension: int) -> _Layer:
+        if dimension not in layers:
+            suffix, geometry_type = FAMILIES[dimension]
+            path = parts / f"{collection.name}_{suffix}.shp"
+            layers[dimension] = _Layer(path, collection, fields, "ESRI Shapefile", geometry_type)
+        return layers[dimension]
 
     for rows in row_batches:
-        if on_batch:
-            on_batch()
         by_dimension: dict[int, list[Any]] = {}
         for row in rows:
             by_dimension.setdefault(int(row[-1]), []).append(row)
         for dimension, group in sorted(by_dimension.items()):
-            write(dimension, group)
-    if not written:
-        kind = collection.geometry_types[0]
-        write(_CANONICAL_DIMENSION.get(kind, 2), [])
-    if len(written) == 1:
-        (dimension,) = written
-        stem = f"{collection.name}_{FAMILIES[dimension][0]}"
-        for part in parts.glob(f"{stem}.*"):
+            layer(dimension).write(group)
+    if not layers:
+        layer(_CANONICAL_DIMENSION.get(collection.geometry_types[0], 2)).finish()
+    if len(layers) == 1:
+        (only,) = layers.values()
+        for part in parts.glob(f"{only.path.stem}.*"):
             part.rename(parts / f"{collection.name}{part.suffix}")
     archive = workdir / f"{collection.name}.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for part in sorted(parts.iterdir()):
             zf.write(part, part.name)
     return archive
-
-
-def _fgb(
-    collection: Collection,
-    names: list[str],
-    row_batches: Iterator[Sequence[Any]],
-    workdir: Path,
-    on_batch: Callable[[], None] | None,
-) -> Path:
-    target = workdir / f"{collection.name}.fgb"
-    rows: list[Any] = []
-    for part in row_batches:
-        if on_batch:
-            on_batch()
-        rows.extend(part)
-    _write(
-        target,
-        collection,
-        rows,
-        names,
-        driver="FlatGeobuf",
-        geometry_type="Unknown",
-        append=False,
-        layer=collection.name,
-        options={},
-    )
-    return target

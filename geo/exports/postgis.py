@@ -34,11 +34,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
-from geo.core.auth import Principal
 from geo.exports.query import (
     GEOMETRY_DIGITS,
+    ExportRows,
     batches,
-    export_statement,
     property_values,
     text_value,
 )
@@ -56,15 +55,9 @@ def _sql(expression: Any) -> str:
     return str(expression.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
-def geojson_chunks(
-    conn: Connection,
-    collection: Collection,
-    *,
-    user: Principal | None,
-    settlement_id: int | None,
-    batch: int,
-) -> Generator[bytes, None, None]:
+def geojson_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None, None]:
     """A FeatureCollection; each Feature's ``id`` is Makazi's, also in its properties."""
+    collection = rows.collection
     table = collection.table
     pairs: list[Any] = [literal("id"), table.c.id]
     for prop in collection.properties:
@@ -80,34 +73,25 @@ def geojson_chunks(
         + cast(func.json_build_object(*pairs), Text)
         + "}"
     )
-    statement = export_statement(
-        collection, [feature.label("feature")], user=user, settlement_id=settlement_id
-    )
+    statement = rows.select([feature.label("feature")])
     yield b'{"type":"FeatureCollection","features":['
     separator = b""
-    for rows in batches(conn, statement, batch):
-        yield separator + ",".join(row[0] for row in rows).encode()
+    for batch in batches(conn, statement, rows.batch):
+        yield separator + ",".join(row[0] for row in batch).encode()
         separator = b","
     yield b"]}"
 
 
-def csv_chunks(
-    conn: Connection,
-    collection: Collection,
-    *,
-    user: Principal | None,
-    settlement_id: int | None,
-    batch: int,
-) -> Generator[bytes, None, None]:
+def csv_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None, None]:
     """CSV with a header, geometry as WKT in the last column, through ``COPY``.
 
     An empty field is NULL; an empty string is written quoted (``""``).
     """
     columns = [
-        *property_values(collection),
-        func.ST_AsText(collection.table.c.geom, GEOMETRY_DIGITS).label("WKT"),
+        *property_values(rows.collection),
+        func.ST_AsText(rows.collection.table.c.geom, GEOMETRY_DIGITS).label("WKT"),
     ]
-    statement = export_statement(collection, columns, user=user, settlement_id=settlement_id)
+    statement = rows.select(columns)
     compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     copy_sql = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER)"
     # COPY takes no server-side parameters: psycopg binds these on the client.
@@ -118,7 +102,7 @@ def csv_chunks(
         pending: list[bytes] = []
         for row in copy:
             pending.append(bytes(row))
-            if len(pending) >= batch:
+            if len(pending) >= rows.batch:
                 yield b"".join(pending)
                 pending = []
         yield b"".join(pending)
@@ -158,26 +142,18 @@ def _placemark_sql(collection: Collection) -> str:
     )
 
 
-def kml_chunks(
-    conn: Connection,
-    collection: Collection,
-    *,
-    user: Principal | None,
-    settlement_id: int | None,
-    batch: int,
-) -> Generator[bytes, None, None]:
+def kml_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None, None]:
     """A KML document: one Folder of Placemarks, each property as ``ExtendedData/Data``."""
+    collection = rows.collection
     placemark = literal_column(_placemark_sql(collection), Text)
-    statement = export_statement(
-        collection, [placemark.label("placemark")], user=user, settlement_id=settlement_id
-    )
+    statement = rows.select([placemark.label("placemark")])
     title = escape(collection.title)
     yield (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<kml xmlns="{KML_NAMESPACE}"><Document>'
         f"<name>{title}</name><Folder><name>{escape(collection.name)}</name>\n"
     ).encode()
-    for rows in batches(conn, statement, batch):
-        yield "\n".join(row[0] for row in rows).encode() + b"\n"
+    for batch in batches(conn, statement, rows.batch):
+        yield "\n".join(row[0] for row in batch).encode() + b"\n"
     yield b"</Folder></Document></kml>\n"
 
 
@@ -204,40 +180,28 @@ def _encodes_nulls_right(conn: Connection) -> bool:
     return _encodes_nulls[key]
 
 
-def flatgeobuf_safe(
-    conn: Connection, collection: Collection, *, user: Principal | None, settlement_id: int | None
-) -> bool:
+def flatgeobuf_safe(conn: Connection, rows: ExportRows) -> bool:
     """Whether ``ST_AsFlatGeobuf`` writes these rows right: one geometry type, NULLs handled."""
-    table = collection.table
-    nulls = or_(*(table.c[p.name].is_(None) for p in collection.properties))
+    table = rows.collection.table
+    nulls = or_(*(table.c[p.name].is_(None) for p in rows.collection.properties))
     columns = [
         func.count(func.distinct(func.GeometryType(table.c.geom))),
         func.coalesce(func.bool_or(nulls), False),
     ]
-    statement = export_statement(collection, columns, user=user, settlement_id=settlement_id)
-    kinds, has_nulls = conn.execute(statement.order_by(None)).one()
+    kinds, has_nulls = conn.execute(rows.select(columns).order_by(None)).one()
     return bool(kinds == 1 and (not has_nulls or _encodes_nulls_right(conn)))
 
 
-def fgb_chunks(
-    conn: Connection,
-    collection: Collection,
-    *,
-    user: Principal | None,
-    settlement_id: int | None,
-    batch: int,
-) -> Generator[bytes, None, None]:
+def fgb_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None, None]:
     """FlatGeobuf with a spatial index from ``ST_AsFlatGeobuf``, a megabyte at a time.
 
     Only for rows :func:`flatgeobuf_safe` accepts.
     """
-    columns = [*property_values(collection), collection.table.c.geom]
-    rows = export_statement(collection, columns, user=user, settlement_id=settlement_id).subquery(
-        "q"
-    )
+    columns = [*property_values(rows.collection), rows.collection.table.c.geom]
+    layer = rows.select(columns).subquery("q")
     built = (
-        select(func.ST_AsFlatGeobuf(rows.table_valued(), True, "geom").label("fgb"))
-        .select_from(rows)
+        select(func.ST_AsFlatGeobuf(layer.table_valued(), True, "geom").label("fgb"))
+        .select_from(layer)
         .subquery("f")
     )
     starts = (
@@ -250,5 +214,5 @@ def fgb_chunks(
         .select_from(built.join(starts, true()))
         .order_by(starts.c.start)
     )
-    for chunk_rows in batches(conn, pieces, max(1, batch // 1000)):
+    for chunk_rows in batches(conn, pieces, 1):
         yield from (bytes(row[0]) for row in chunk_rows)

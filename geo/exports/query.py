@@ -10,6 +10,7 @@ date-times as RFC 3339 UTC with microseconds, string lists as JSON arrays.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -31,7 +32,7 @@ from geo.layers.registry import Collection, Property
 __all__ = [
     "batches",
     "GEOMETRY_DIGITS",
-    "export_statement",
+    "ExportRows",
     "limit_statement_time",
     "property_values",
     "settlement_condition",
@@ -69,19 +70,28 @@ def property_values(collection: Collection) -> list[ColumnElement[Any]]:
     ]
 
 
-def export_statement(
-    collection: Collection,
-    columns: Sequence[ColumnElement[Any]],
-    *,
-    user: Principal | None,
-    settlement_id: int | None,
-) -> Select[Any]:
-    """``SELECT columns`` over the rows ``user`` may export, in ``id`` order."""
-    table = collection.table
-    statement = select(*columns).where(collection.visible(user)).order_by(table.c.id)
-    if settlement_id is not None:
-        statement = statement.where(settlement_condition(collection, settlement_id))
-    return statement
+@dataclass(frozen=True)
+class ExportRows:
+    """The rows one export takes: a collection's live rows ``user`` may see, maybe one settlement's.
+
+    Attributes
+    ----------
+    batch
+        Rows read from the server-side cursor at a time.
+    """
+
+    collection: Collection
+    user: Principal | None
+    settlement_id: int | None = None
+    batch: int = 5_000
+
+    def select(self, columns: Sequence[ColumnElement[Any]]) -> Select[Any]:
+        """``SELECT columns`` over these rows, in ``id`` order."""
+        table = self.collection.table
+        statement = select(*columns).where(self.collection.visible(self.user))
+        if self.settlement_id is not None:
+            statement = statement.where(settlement_condition(self.collection, self.settlement_id))
+        return statement.order_by(table.c.id)
 
 
 def limit_statement_time(conn: Connection, timeout_ms: int) -> None:

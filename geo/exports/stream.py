@@ -19,13 +19,11 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from geo.core.auth import Principal
 from geo.core.errors import BadRequest
 from geo.exports import postgis
-from geo.layers.registry import Collection
+from geo.exports.query import ExportRows
 
 __all__ = [
-    "BATCH",
     "FORMATS",
     "ExportFormat",
     "export_format",
@@ -34,10 +32,9 @@ __all__ = [
     "stream_export",
 ]
 
-BATCH = 5_000
 FILE_CHUNK = 1 << 16
 
-Builder = Callable[..., Generator[bytes, None, None]]
+Builder = Callable[[Connection, ExportRows], Generator[bytes, None, None]]
 
 
 @dataclass(frozen=True)
@@ -82,19 +79,12 @@ def export_format(name: str) -> ExportFormat:
     return found
 
 
-def needs_worker(
-    conn: Connection,
-    collection: Collection,
-    fmt: ExportFormat,
-    *,
-    user: Principal | None,
-    settlement_id: int | None,
-) -> bool:
+def needs_worker(conn: Connection, rows: ExportRows, fmt: ExportFormat) -> bool:
     """Whether GDAL must write this export (GeoPackage, Shapefile, some FlatGeobuf)."""
     if fmt.built_by_postgis is None:
         return True
     if fmt.name == "fgb":
-        return not postgis.flatgeobuf_safe(conn, collection, user=user, settlement_id=settlement_id)
+        return not postgis.flatgeobuf_safe(conn, rows)
     return False
 
 
@@ -105,33 +95,20 @@ def file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def stream_export(
-    conn: Connection,
-    collection: Collection,
-    fmt: ExportFormat,
-    *,
-    user: Principal | None,
-    settlement_id: int | None = None,
-    batch: int = BATCH,
-) -> Iterator[bytes]:
+def stream_export(conn: Connection, rows: ExportRows, fmt: ExportFormat) -> Iterator[bytes]:
     """The export's bytes, a chunk at a time, all in this process (the CLI's way).
 
     The caller owns ``conn``.  GDAL formats are written to a temporary folder,
     streamed and removed.
     """
-    if not needs_worker(conn, collection, fmt, user=user, settlement_id=settlement_id):
+    if not needs_worker(conn, rows, fmt):
         assert fmt.built_by_postgis is not None
-        yield from fmt.built_by_postgis(
-            conn, collection, user=user, settlement_id=settlement_id, batch=batch
-        )
+        yield from fmt.built_by_postgis(conn, rows)
         return
     from geo.exports.gdal import write_file
 
     workdir = Path(tempfile.mkdtemp(prefix="makazi-export-"))
     try:
-        path = write_file(
-            conn, collection, fmt.name, workdir, user=user, settlement_id=settlement_id, batch=batch
-        )
-        yield from file_chunks(path)
+        yield from file_chunks(write_file(conn, rows, fmt.name, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

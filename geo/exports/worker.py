@@ -59,7 +59,7 @@ def run_task(task: ExportTask, workdir: Path, parent_pid: int) -> None:
     from sqlalchemy.pool import NullPool
 
     from geo.exports.gdal import write_file
-    from geo.exports.query import limit_statement_time
+    from geo.exports.query import ExportRows, limit_statement_time
     from geo.layers.registry import COLLECTIONS
 
     def parent_alive() -> None:
@@ -74,16 +74,10 @@ def run_task(task: ExportTask, workdir: Path, parent_pid: int) -> None:
         )
         with engine.connect() as conn:
             limit_statement_time(conn, task.timeout_ms)
-            path = write_file(
-                conn,
-                COLLECTIONS[task.collection],
-                task.format,
-                workdir,
-                user=task.user,
-                settlement_id=task.settlement_id,
-                batch=task.batch,
-                on_batch=parent_alive,
+            rows = ExportRows(
+                COLLECTIONS[task.collection], task.user, task.settlement_id, task.batch
             )
+            path = write_file(conn, rows, task.format, workdir, on_batch=parent_alive)
             conn.rollback()
         engine.dispose()
         (workdir / DONE_FILE).write_text(path.name)

@@ -244,6 +244,7 @@ def test_flatgeobuf_from_postgis_when_it_encodes_right(
 ) -> None:
     """A settlement without NULLs goes through ST_AsFlatGeobuf; NULLs go where they are right."""
     from geo.exports.postgis import _encodes_nulls_right
+    from geo.exports.query import ExportRows
     from geo.exports.stream import FORMATS as EXPORT_FORMATS
     from geo.exports.stream import needs_worker
 
@@ -261,7 +262,7 @@ def test_flatgeobuf_from_postgis_when_it_encodes_right(
 
         def worker(settlement: int) -> bool:
             return needs_worker(
-                conn, structures, EXPORT_FORMATS["fgb"], user=None, settlement_id=settlement
+                conn, ExportRows(structures, None, settlement), EXPORT_FORMATS["fgb"]
             )
 
         assert not worker(plain)
