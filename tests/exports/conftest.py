@@ -123,8 +123,8 @@ def leftovers(tmpdir: Path) -> list[str]:
     return sorted(p.name for p in tmpdir.glob("makazi-export-*"))
 
 
-def workers(pid: int) -> list[int]:
-    """Live export worker processes (spawned children) of ``pid``."""
+def children(pid: int) -> list[tuple[int, bytes]]:
+    """Live child processes of ``pid``: (pid, command line)."""
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -132,6 +132,12 @@ def workers(pid: int) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in cmdline:
-            found.append(int(proc.name))
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(proc.name), cmdline))
     return found
+
+
+def workers(pid: int) -> list[int]:
+    """Live export workers of server ``pid`` (children of its multiprocessing fork server)."""
+    servers = [child for child, cmdline in children(pid) if b"forkserver" in cmdline]
+    return [worker for server in servers for worker, _ in children(server)]
