@@ -298,3 +298,26 @@ def test_flatgeobuf_from_postgis_when_it_encodes_right(
         row = expected[record["id"]]
         assert all(same(row[p.name], record[p.name]) for p in structures.properties)
         assert geometry.equals_exact(row["geometry"], 0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_nothing_to_export_is_an_empty_file(
+    export_server: ExportServer, tmp_path: Path, fmt: str
+) -> None:
+    response = httpx.get(
+        f"{export_server.base_url}/exports/structures",
+        params={"format": fmt, "settlement_id": 999_999},
+        headers=export_server.headers,
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    path = tmp_path / f"empty.{'zip' if fmt == 'shp' else fmt}"
+    path.write_bytes(response.content)
+    if fmt == "csv":
+        assert response.text.splitlines() == [response.text.splitlines()[0]]
+        assert response.text.startswith("id,structure_number,")
+        return
+    source = f"/vsizip/{path}/structures.shp" if fmt == "shp" else path
+    assert len(pyogrio.read_dataframe(source)) == 0
+    if fmt not in ("geojson", "kml"):  # no features: GDAL cannot tell their fields
+        assert "id" in list(pyogrio.read_info(source)["fields"])
