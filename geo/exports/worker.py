@@ -16,6 +16,7 @@ at once rather than queued, so no request thread waits on another's export.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import shutil
@@ -31,6 +32,8 @@ from geo.core.auth import Principal
 from geo.core.errors import Unavailable
 
 __all__ = ["ExportJob", "ExportTask", "ExportWorkers", "export_workers", "run_task"]
+
+log = logging.getLogger("makazi.exports")
 
 # Workers fork from a fork server: a clean process started (fork + exec, never a fork
 # of the threaded service) on the first export, that has imported GDAL, numpy and
@@ -137,7 +140,8 @@ class ExportJob:
             return self.workdir / done.read_text()
         error = self.workdir / ERROR_FILE
         reason = error.read_text() if error.exists() else f"exit status {self.process.exitcode}"
-        raise Unavailable(f"the export worker failed ({reason}); try again", retry_after_s=10)
+        log.error("export worker failed: %s", reason)  # the reason may name hosts: log only
+        raise Unavailable("the export could not be written; try again", retry_after_s=10)
 
     def close(self) -> None:
         """Stop the worker if it still runs, remove its files and free its slot."""
