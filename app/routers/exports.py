@@ -138,11 +138,12 @@ async def get_export(
         timeout_ms=timeout_ms,
         batch=rows.batch,
     )
-    job = export_workers(settings.export_workers).start(task)
+    # in the thread pool: the first start also starts the fork server (seconds of imports)
+    job = await run_in_threadpool(export_workers(settings.export_workers).start, task)
     try:
         if not await _worker_file(job, request):
             job.close()
-            return Response(status_code=499)
+            return Response(status_code=499)  # "client closed request": nobody reads it
         path = job.result()
     except BaseException:
         with anyio.CancelScope(shield=True):
