@@ -12,8 +12,8 @@ in a worker process (:mod:`geo.exports.worker`), the CLI in its own process.
   Multi*, field names from :mod:`geo.exports.shapefile`, ``.cpg`` (UTF-8) and
   ``.prj`` beside it, all in one zip.  dBASE holds at most 254 bytes of text
   per field: longer notes are cut by the format.
-- FlatGeobuf (when PostGIS cannot write it right) cannot be appended to, so
-  its rows are collected in the worker and written once.
+- FlatGeobuf (when PostGIS cannot write it right) cannot be appended to: the
+  batches go to a GeoPackage first, which GDAL then copies as an Arrow stream.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ FAMILIES: dict[int, tuple[str, str]] = {
     1: ("lines", "MultiLineString"),
     2: ("polygons", "MultiPolygon"),
 }
+BATCH_ROWS = 5_000
 _CANONICAL_DIMENSION = {"POINT": 0, "MULTIPOINT": 0, "LINESTRING": 1, "MULTILINESTRING": 1}
 
 
@@ -137,18 +138,34 @@ def write_file(
         row_batches = _checked(row_batches, on_batch)
     if fmt == "shp":
         return _shapefile(collection, names, row_batches, workdir)
-    if fmt == "fgb":  # a FlatGeobuf file cannot be appended to: one write
-        row_batches = iter([[row for batch in row_batches for row in batch]])
-    options = {"VERSION": "1.2"} if fmt == "gpkg" else {}
-    driver = "GPKG" if fmt == "gpkg" else "FlatGeobuf"
-    layer = _Layer(
-        workdir / f"{collection.name}.{fmt}", collection, names, driver, "Unknown", options
-    )
+    # a FlatGeobuf file cannot be appended to: stage the batches in a GeoPackage first
+    staged = workdir / (f"{collection.name}.gpkg" if fmt == "gpkg" else "staging.gpkg")
+    layer = _Layer(staged, collection, names, "GPKG", "Unknown", {"VERSION": "1.2"})
     for batch in row_batches:
         if batch:
             layer.write(batch)
     layer.finish()
-    return layer.path
+    if fmt == "gpkg":
+        return staged
+    return _flatgeobuf(staged, workdir / f"{collection.name}.fgb")
+
+
+def _flatgeobuf(staged: Path, target: Path) -> Path:
+    """Copy a staged GeoPackage layer to FlatGeobuf as an Arrow stream (bounded memory)."""
+    import pyogrio
+
+    with pyogrio.open_arrow(staged, batch_size=BATCH_ROWS) as (meta, reader):
+        pyogrio.write_arrow(
+            reader,
+            target,
+            layer=target.stem,
+            driver="FlatGeobuf",
+            geometry_name=meta["geometry_name"],
+            geometry_type="Unknown",
+            crs=meta["crs"],
+        )
+    staged.unlink()
+    return target
 
 
 def _shapefile(
