@@ -4,6 +4,7 @@
 #                                 which README's tour uses
 #   scripts/system-deps.sh test   command-line clients and the browser used by the tests
 #   scripts/system-deps.sh web    npm, to fetch MapLibre GL JS and Swagger UI (make vendor)
+#   scripts/system-deps.sh bench  peers the benchmarks compare with (ogr2ogr from gdal-bin)
 # PostGIS itself is installed by `makazi db ensure` (it picks the right PostgreSQL major).
 # As root on Debian/Ubuntu this installs with apt; otherwise it prints the command.
 set -euo pipefail
@@ -27,13 +28,17 @@ case "$what" in
   web)
     command -v npm >/dev/null || missing+=(npm)
     ;;
-  *) echo "usage: $0 base|test|web" >&2; exit 2 ;;
+  bench)
+    command -v ogr2ogr >/dev/null || missing+=(gdal-bin)
+    ;;
+  *) echo "usage: $0 base|test|web|bench" >&2; exit 2 ;;
 esac
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
   echo "missing system packages: ${missing[*]}; install them with: sudo apt-get install -y ${missing[*]}" >&2
-  # only python3-venv is needed to serve; curl, jq and the test tools are for the tour and tests
+  # only python3-venv (serve) and npm (make vendor) are needed; curl, jq and the test and
+  # bench tools are for the tour, the tests and the benchmarks, which say what they miss
   [[ "$what" = web || " ${missing[*]} " == *" python3-venv "* ]] && exit 1 || exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -43,8 +48,8 @@ if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +360 2>/dev/null)" ]; then
 fi
 echo "installing ${missing[*]} ..."
 if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-  [ "$what" = test ] || { echo "could not install ${missing[*]}" >&2; exit 1; }
-  # test tools are optional one by one: the tests that need a missing one skip and say so
+  case "$what" in test|bench) ;; *) echo "could not install ${missing[*]}" >&2; exit 1 ;; esac
+  # test and bench tools are optional one by one: what needs a missing one skips and says so
   for package in "${missing[@]}"; do
     apt-get install -y -qq --no-install-recommends "$package" >/dev/null \
       || echo "could not install $package (tests that need it will skip)" >&2

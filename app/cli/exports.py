@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
 from app.cli.common import (
@@ -16,6 +18,8 @@ __all__ = ["add_parsers"]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from geo.core.auth import Principal
+    from geo.exports.query import ExportRows, limit_statement_time
     from geo.exports.stream import export_format, stream_export
     from geo.layers.registry import COLLECTIONS
 
@@ -26,13 +30,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     fmt = export_format(args.format)
     settings = load_settings()
-    from geo.core.auth import Principal
-
     everyone = Principal(name="makazi-cli", role="admin", token_id=0)
-    with open_engine(settings, migrated=False) as engine, engine.connect() as conn:
-        chunks = stream_export(conn, collection, fmt, user=everyone, settlement_id=args.settlement)
-        written = write_chunks(chunks, args.output)
-    print(f"wrote {written:,} bytes to {args.output}")
+    output = Path(args.output)
+    partial = output.with_name(f".{output.name}.part")
+    try:
+        with open_engine(settings, migrated=False) as engine, engine.connect() as conn:
+            limit_statement_time(conn, settings.export_timeout_ms)
+            rows = ExportRows(collection, everyone, args.settlement)
+            written = write_chunks(stream_export(conn, rows, fmt), partial)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {written:,} bytes to {output}")
     return 0
 
 

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     tile_max_age_s: int = Field(default=30, ge=0)
     tile_change_feed: bool = True
 
+    # exports (geo/exports): GDAL worker processes per server process; statement time
+    export_workers: int = Field(default=2, ge=1, le=32)
+    export_timeout_ms: int = Field(default=600_000, ge=1_000)
+
     demo_structures: int = Field(default=20_000, ge=0)
     demo_seed: int = 7
 

@@ -1,0 +1,205 @@
+"""Exports only GDAL writes: GeoPackage, zipped Shapefile (and FlatGeobuf of mixed geometry).
+
+:func:`write_file` reads the rows a batch at a time from a server-side cursor
+and hands GDAL (pyogrio) the geometries as PostGIS's WKB, so nothing is parsed
+in Python.  GDAL holds the interpreter while it writes: the service runs this
+in a worker process (:mod:`geo.exports.worker`), the CLI in its own process.
+
+- GeoPackage 1.2 (``VERSION=1.2``): QGIS 3.22 and GDAL 3.6 (Debian 12) read
+  it fully; 1.4 makes them warn that it "may only be partially supported".
+- Shapefile: one ``.shp`` per geometry family (``<layer>.shp`` when there is one
+  family, else ``<layer>_points``/``_lines``/``_polygons``), geometries as
+  Multi*, field names from :mod:`geo.exports.shapefile`, ``.cpg`` (UTF-8) and
+  ``.prj`` beside it, all in one zip.  dBASE holds at most 254 bytes of text
+  per field: longer notes are cut by the format.
+- FlatGeobuf (when PostGIS cannot write it right) cannot be appended to: the
+  batches go to a GeoPackage first, which GDAL then copies as an Arrow stream.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, func
+
+from geo.exports.query import ExportRows, batches, property_values
+from geo.exports.shapefile import short_name
+from geo.layers.registry import Collection
+
+__all__ = ["FAMILIES", "write_file"]
+
+# ST_Dimension -> (file suffix, Shapefile geometry type)
+FAMILIES: dict[int, tuple[str, str]] = {
+    0: ("points", "MultiPoint"),
+    1: ("lines", "MultiLineString"),
+    2: ("polygons", "MultiPolygon"),
+}
+BATCH_ROWS = 5_000
+_CANONICAL_DIMENSION = {"POINT": 0, "MULTIPOINT": 0, "LINESTRING": 1, "MULTILINESTRING": 1}
+
+
+def _arrays(collection: Collection, rows: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """Column arrays and their null masks for ``id`` and every property."""
+    import numpy as np
+
+    kinds = ["id", *(p.kind for p in collection.properties)]
+    data: list[Any] = []
+    masks: list[Any] = []
+    for index, kind in enumerate(kinds):
+        values = [row[index] for row in rows]
+        mask = np.array([v is None for v in values], dtype=bool)
+        if kind in ("id", "integer"):
+            array = np.array([0 if v is None else v for v in values], dtype=np.int64)
+        elif kind == "number":
+            array = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
+        elif kind == "boolean":
+            array = np.array([bool(v) for v in values], dtype=bool)
+        else:
+            array = np.array(["" if v is None else str(v) for v in values], dtype=object)
+        data.append(array)
+        masks.append(mask)
+    return data, masks
+
+
+@dataclass
+class _Layer:
+    """One GDAL layer written a batch at a time (appending after the first)."""
+
+    path: Path
+    collection: Collection
+    fields: list[str]
+    driver: str
+    geometry_type: str
+    options: dict[str, str] = field(default_factory=dict)
+    written: bool = False
+
+    def write(self, rows: Sequence[Any]) -> None:
+        import numpy as np
+        from pyogrio.raw import write
+
+        data, masks = _arrays(self.collection, rows)
+        geometry = np.array([bytes(row[len(self.fields)]) for row in rows], dtype=object)
+        write(
+            self.path,
+            geometry,
+            data,
+            self.fields,
+            field_mask=masks,
+            layer=self.path.stem,
+            driver=self.driver,
+            geometry_type=self.geometry_type,
+            crs="EPSG:4326",
+            encoding="UTF-8" if self.driver == "ESRI Shapefile" else None,
+            append=self.written,
+            dataset_options=None if self.written else self.options,
+        )
+        self.written = True
+
+    def finish(self) -> None:
+        """Write the empty layer when no row came."""
+        if not self.written:
+            self.write([])
+
+
+def _checked(
+    row_batches: Iterator[Sequence[Any]], on_batch: Callable[[], None]
+) -> Iterator[Sequence[Any]]:
+    for rows in row_batches:
+        on_batch()
+        yield rows
+
+
+def write_file(
+    conn: Connection,
+    rows: ExportRows,
+    fmt: str,
+    workdir: Path,
+    *,
+    on_batch: Callable[[], None] | None = None,
+) -> Path:
+    """Write the export as ``fmt`` (``gpkg``, ``shp`` or ``fgb``) into ``workdir``.
+
+    ``on_batch`` is called before each batch (a worker checks that its parent is
+    still there).  Returns the file to send (a zip for Shapefile).
+    """
+    collection = rows.collection
+    table = collection.table
+    names = ["id", *(p.name for p in collection.properties)]
+    geometry = func.ST_Multi(table.c.geom) if fmt == "shp" else table.c.geom
+    columns = [*property_values(collection), func.ST_AsBinary(geometry).label("wkb")]
+    if fmt == "shp":
+        columns.append(func.ST_Dimension(table.c.geom).label("dimension"))
+    row_batches = batches(conn, rows.select(columns), rows.batch)
+    if on_batch is not None:
+        row_batches = _checked(row_batches, on_batch)
+    if fmt == "shp":
+        return _shapefile(collection, names, row_batches, workdir)
+    # a FlatGeobuf file cannot be appended to: stage the batches in a GeoPackage first
+    staged = workdir / (f"{collection.name}.gpkg" if fmt == "gpkg" else "staging.gpkg")
+    layer = _Layer(staged, collection, names, "GPKG", "Unknown", {"VERSION": "1.2"})
+    for batch in row_batches:
+        if batch:
+            layer.write(batch)
+    layer.finish()
+    if fmt == "gpkg":
+        return staged
+    return _flatgeobuf(staged, workdir / f"{collection.name}.fgb")
+
+
+def _flatgeobuf(staged: Path, target: Path) -> Path:
+    """Copy a staged GeoPackage layer to FlatGeobuf as an Arrow stream (bounded memory)."""
+    import pyogrio
+
+    with pyogrio.open_arrow(staged, batch_size=BATCH_ROWS) as (meta, reader):
+        pyogrio.write_arrow(
+            reader,
+            target,
+            layer=target.stem,
+            driver="FlatGeobuf",
+            geometry_name=meta["geometry_name"],
+            geometry_type="Unknown",
+            crs=meta["crs"],
+        )
+    staged.unlink()
+    return target
+
+
+def _shapefile(
+    collection: Collection,
+    names: list[str],
+    row_batches: Iterator[Sequence[Any]],
+    workdir: Path,
+) -> Path:
+    fields = [short_name(n) for n in names]
+    parts = workdir / "parts"
+    parts.mkdir()
+    layers: dict[int, _Layer] = {}
+
+    def layer(dimension: int) -> _Layer:
+        if dimension not in layers:
+            suffix, geometry_type = FAMILIES[dimension]
+            path = parts / f"{collection.name}_{suffix}.shp"
+            layers[dimension] = _Layer(path, collection, fields, "ESRI Shapefile", geometry_type)
+        return layers[dimension]
+
+    for rows in row_batches:
+        by_dimension: dict[int, list[Any]] = {}
+        for row in rows:
+            by_dimension.setdefault(int(row[-1]), []).append(row)
+        for dimension, group in sorted(by_dimension.items()):
+            layer(dimension).write(group)
+    if not layers:
+        layer(_CANONICAL_DIMENSION.get(collection.geometry_types[0], 2)).finish()
+    if len(layers) == 1:
+        (only,) = layers.values()
+        for part in parts.glob(f"{only.path.stem}.*"):
+            part.rename(parts / f"{collection.name}{part.suffix}")
+    archive = workdir / f"{collection.name}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for part in sorted(parts.iterdir()):
+            zf.write(part, part.name)
+    return archive

@@ -1,0 +1,111 @@
+"""What an export reads: the rows a user may see, and each property as a format can hold it.
+
+Every format takes the same rows (live, visible to the user, optionally one
+settlement's, in ``id`` order) and the same columns: Makazi's ``id``, every
+registry property (``version`` among them) and the geometry.  Formats without
+native dates or lists get them as text built by PostgreSQL, so nothing is lost:
+date-times as RFC 3339 UTC with microseconds, string lists as JSON arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Select,
+    Text,
+    bindparam,
+    cast,
+    func,
+    select,
+    text,
+)
+
+from geo.core.auth import Principal
+from geo.layers.registry import Collection, Property
+
+__all__ = [
+    "batches",
+    "GEOMETRY_DIGITS",
+    "ExportRows",
+    "limit_statement_time",
+    "property_values",
+    "settlement_condition",
+    "text_value",
+]
+
+# Decimal digits PostGIS writes in text geometries (GeoJSON, KML, WKT): 15 after the
+# point is every digit a double holds at Nairobi's longitudes, so coordinates round-trip.
+GEOMETRY_DIGITS = 15
+RFC3339_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+
+
+def settlement_condition(collection: Collection, settlement_id: int) -> ColumnElement[bool]:
+    """Rows of one settlement (for settlements themselves: that settlement)."""
+    table = collection.table
+    column = table.c.settlement_id if "settlement_id" in table.c else table.c.id
+    return column == bindparam(None, settlement_id, type_=BigInteger)
+
+
+def text_value(prop: Property, column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """``column`` as text when the property is a date-time or a list, else as it is."""
+    if prop.kind == "datetime":
+        return func.to_char(func.timezone("UTC", column), RFC3339_UTC)
+    if prop.kind == "string-array":
+        return cast(func.to_json(column), Text)
+    return column
+
+
+def property_values(collection: Collection) -> list[ColumnElement[Any]]:
+    """``id`` and every property, labelled by name, dates and lists as text."""
+    table = collection.table
+    return [
+        table.c.id.label("id"),
+        *(text_value(p, table.c[p.name]).label(p.name) for p in collection.properties),
+    ]
+
+
+@dataclass(frozen=True)
+class ExportRows:
+    """The rows one export takes: a collection's live rows ``user`` may see, maybe one settlement's.
+
+    Attributes
+    ----------
+    batch
+        Rows read from the server-side cursor at a time.
+    """
+
+    collection: Collection
+    user: Principal | None
+    settlement_id: int | None = None
+    batch: int = 5_000
+
+    def select(self, columns: Sequence[ColumnElement[Any]]) -> Select[Any]:
+        """``SELECT columns`` over these rows, in ``id`` order."""
+        table = self.collection.table
+        statement = select(*columns).where(self.collection.visible(self.user))
+        if self.settlement_id is not None:
+            statement = statement.where(settlement_condition(self.collection, self.settlement_id))
+        return statement.order_by(table.c.id)
+
+
+def limit_statement_time(conn: Connection, timeout_ms: int) -> None:
+    """Give this transaction's statements ``timeout_ms`` (an export outlasts a page read)."""
+    conn.execute(
+        text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(int(timeout_ms))}
+    )
+
+
+def batches(conn: Connection, statement: Select[Any], size: int) -> Iterator[Sequence[Any]]:
+    """The statement's rows, ``size`` at a time, from a server-side cursor."""
+    result = conn.execute(statement.execution_options(stream_results=True, max_row_buffer=size))
+    try:
+        while rows := result.fetchmany(size):
+            yield rows
+    finally:
+        result.close()
