@@ -1,0 +1,149 @@
+"""One import from start to end: open the file, map, stage, check, merge, report.
+
+The same function runs a synchronous ``POST /imports``, a queued job and
+``makazi import``, always inside the caller's transaction: when it raises,
+nothing it did is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from sqlalchemy import Connection
+
+from geo.core.errors import BadRequest
+from geo.core.settings import Settings
+from geo.imports.mapping import Mapping
+from geo.imports.report import ImportRefused, Report
+from geo.imports.sources import Limits, open_source
+from geo.imports.staging import Stage
+from geo.layers.registry import COLLECTIONS, Collection
+
+__all__ = ["IMPORTABLE", "ImportOptions", "collection_for", "limits_from", "run_import"]
+
+#: The collections a file can be imported into.
+IMPORTABLE = ("settlements", "structures", "facilities")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What to import and how (the form fields of ``POST /imports``, the CLI's flags)."""
+
+    collection: str
+    settlement_id: int | None = None
+    mapping: Any = None
+    partial: bool = False
+    dry_run: bool = False
+    source_crs: str | None = None
+    layer: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The options as stored with a queued import."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> ImportOptions:
+        """Options stored by :meth:`as_json`."""
+        return cls(**document)
+
+
+def collection_for(name: str) -> Collection:
+    """The importable collection called ``name`` (400 listing them otherwise)."""
+    if name not in IMPORTABLE:
+        raise BadRequest(
+            f"collection must be one of {', '.join(IMPORTABLE)}; got {name!r}", field="collection"
+        )
+    return COLLECTIONS[name]
+
+
+def limits_from(settings: Settings) -> Limits:
+    """The reading limits the settings give."""
+    return Limits(
+        max_decompressed_bytes=settings.max_decompressed_bytes,
+        max_archive_members=settings.max_archive_members,
+        max_line_bytes=settings.import_max_line_kb * 1024,
+        batch_size=settings.import_batch_size,
+    )
+
+
+def run_import(
+    conn: Connection,
+    file: IO[bytes],
+    *,
+    filename: str | None,
+    options: ImportOptions,
+    limits: Limits,
+    import_id: Callable[[], int] | int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Import ``file`` into ``options.collection`` on ``conn``; the report.
+
+    Parameters
+    ----------
+    import_id
+        The ``imports`` row the written features point to, or a function that
+        creates it (called only when something is written).
+    progress
+        Called with (features read so far, features in the file) after each batch.
+
+    Raises
+    ------
+    ImportRefused
+        Some features are bad and ``partial`` is off (422; nothing written).
+    BadRequest, UnreadableFile, TooLarge, UnsupportedMediaType
+        The request or the file itself is wrong (nothing written).
+    """
+    collection = collection_for(options.collection)
+    fixed: dict[str, Any] = {}
+    if options.settlement_id is not None:
+        if collection.find("settlement_id") is None:
+            raise BadRequest(
+                f"settlement_id does not apply to {collection.name}", field="settlement_id"
+            )
+        fixed["settlement_id"] = options.settlement_id
+    mapping = Mapping.parse(options.mapping)
+    source = open_source(
+        file,
+        filename=filename,
+        limits=limits,
+        layer=options.layer,
+        source_crs=options.source_crs,
+    )
+    try:
+        plan = mapping.resolve(collection, source.columns, fixed=fixed)
+        report = Report(
+            layers=[layer.name for layer in source.layers],
+            warnings=[{"index": None, "source_id": None, "reason": w} for w in source.warnings],
+        )
+        stage = Stage(conn, plan)
+        stage.create()
+        total = source.total
+        done = 0
+
+        def step(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress is not None:
+                progress(done, max(total, done))
+
+        stage.load(source.batches(limits.batch_size), step)
+        stage.validate()
+        stage.report(report)
+        if options.dry_run:
+            report.dry_run = True
+            report.mapping = plan.describe()
+            report.counts = stage.value_counts()
+            report.imported = report.features - report.rejected
+            stage.drop()
+            return report
+        if report.rejected and not options.partial:
+            stage.drop()
+            raise ImportRefused(report)
+        target = import_id() if callable(import_id) else import_id
+        stage.merge(report, target or 0)
+        stage.drop()
+        return report
+    finally:
+        source.close()
