@@ -35,7 +35,7 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "name": ("title", "label", "settlement_name", "facility_name"),
     "alt_names": ("alt_name", "alternative_names", "other_names"),
     "type": ("facility_type", "facilityty", "amenity", "category", "kind", "class"),
-    "condition": ("state", "functional", "functionality"),
+    "condition": ("functional", "functionality"),
     "structure_number": (
         "structure_no",
         "structure_num",

@@ -81,6 +81,12 @@ class UnreadableFile(UploadError):
     slug = "unreadable-file"
 
 
+def _gdal_error(what: str, exc: Exception) -> UnreadableFile:
+    """``what`` with GDAL's message, without the private folder's path in it."""
+    message = re.sub(r"\S*makazi-import-[^/\s]+/data/", "", str(exc)).strip()
+    return UnreadableFile(f"{what}: {message}")
+
+
 @dataclass(frozen=True)
 class Limits:
     """The limits an import reads a file under (from the settings)."""
@@ -189,10 +195,10 @@ class Source:
                 **self.open_options,
             )
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
-            raise UnreadableFile(f"cannot read layer {layer.name!r}: {exc}") from exc
+            raise _gdal_error(f"cannot read layer {layer.name!r}", exc) from exc
         except (pyogrio.errors.CRSError, pyogrio.errors.FeatureError) as exc:
-            raise UnreadableFile(
-                f"cannot read feature {start} or after in layer {layer.name!r}: {exc}"
+            raise _gdal_error(
+                f"cannot read feature {start} or after in layer {layer.name!r}", exc
             ) from exc
         count = len(geometry) if geometry is not None else len(fids)
         if count == 0:
@@ -410,7 +416,24 @@ def _kind_of(head: bytes, filename: str) -> str:
     )
 
 
-def _unpack(file: IO[bytes], filename: str, folder: Path, limits: Limits) -> Path:
+def _one_of(found: list[Path], layer: str | None) -> Path:
+    """The dataset of an archive that holds several of one kind (``layer`` names it)."""
+    by_name = {path.stem: path for path in found}
+    if layer is not None and layer in by_name:
+        return by_name[layer]
+    listing = ", ".join(by_name)
+    raise BadRequest(
+        f"the zip archive holds {len(found)} {found[0].suffix} files; choose one with "
+        f"'layer': {listing}",
+        slug="layer-required",
+        field="layer",
+        layers=[{"name": name} for name in by_name],
+    )
+
+
+def _unpack(
+    file: IO[bytes], filename: str, folder: Path, limits: Limits, layer: str | None
+) -> Path:
     """Write the upload into ``folder``; the path of the dataset GDAL should open."""
     container = sniff(file)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename).stem)[:60] or "upload"
@@ -429,6 +452,9 @@ def _unpack(file: IO[bytes], filename: str, folder: Path, limits: Limits) -> Pat
         found = [
             path for suffix in _PREFERENCE for path in written if path.suffix.lower() == suffix
         ]
+        found = [path for path in found if path.suffix.lower() == found[0].suffix.lower()]
+        if len(found) > 1:
+            return _one_of(found, layer)
         if not found:
             names = ", ".join(p.name for p in written[:10]) or "nothing"
             raise UnreadableFile(
@@ -469,7 +495,7 @@ def _layer(path: Path, name: str, options: dict[str, str]) -> Layer:
     try:
         info = pyogrio.read_info(str(path), layer=name, force_feature_count=True, **options)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
-        raise UnreadableFile(f"cannot read layer {name!r}: {exc}") from exc
+        raise _gdal_error(f"cannot read layer {name!r}", exc) from exc
     crs = None
     if info.get("crs"):
         try:
@@ -517,7 +543,9 @@ def open_source(
     """
     folder = Path(tempfile.mkdtemp(prefix="makazi-import-"))
     try:
-        path = _unpack(file, filename or "", folder, limits)
+        path = _unpack(file, filename or "", folder, limits, layer)
+        if layer == path.stem and path.suffix.lower() == ".shp":
+            layer = None  # named the shapefile in the archive: its one layer
         return _open(folder, path, limits, layer, source_crs)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -532,7 +560,7 @@ def _open(
     try:
         listed = pyogrio.list_layers(str(path))
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
-        raise UnreadableFile(f"cannot read the file as {fmt}: {exc}") from exc
+        raise _gdal_error(f"cannot read the file as {fmt}", exc) from exc
     names = [str(row[0]) for row in listed]
     if not names:
         raise UnreadableFile(f"the {fmt} file has no layer")

@@ -210,11 +210,10 @@ class Stage:
             _literal(f"{collection.name} take {listed} geometries, not ")
             + " || GeometryType(s.geom)",
         )
-        polygonal = all("POLYGON" in t for t in collection.geometry_types)
         repair = (
-            "ST_CollectionExtract(ST_MakeValid(s.geom, 'method=structure'), 3)"
-            if polygonal
-            else "ST_MakeValid(s.geom)"
+            "CASE WHEN ST_Dimension(s.geom) = 2 "
+            "THEN ST_CollectionExtract(ST_MakeValid(s.geom, 'method=structure'), 3) "
+            "ELSE ST_MakeValid(s.geom) END"
         )
         self.conn.execute(
             text(
@@ -248,8 +247,9 @@ class Stage:
             self._settlements()
         self._reject(
             "s.seq > d.first AND d.source_id = s.source_id",
-            "'source id ' || quote_literal(s.source_id) || ' appears again (first at index ' "
-            "|| d.first_idx || ')'",
+            "CASE WHEN s.source_id LIKE 'sha256:%' THEN 'the same feature (geometry and "
+            "attributes) appears again' ELSE 'source id ' || quote_literal(s.source_id) "
+            "|| ' appears again' END || ' (first at index ' || d.first_idx || ')'",
             f"""FROM (SELECT source_id, min(seq) AS first,
                              (array_agg(idx ORDER BY seq))[1] AS first_idx
                       FROM {STAGE} WHERE reason IS NULL GROUP BY source_id
