@@ -4,7 +4,7 @@ A mapping (API.md) is ``{"fields": {our_field: source_column}, "values":
 {our_field: {source_value: our_value, "*": any_other}}, "defaults": {our_field:
 value}}``.  Fields the mapping does not name are guessed from the columns:
 the same name in any case, a known synonym (``Name``, ``amenity``, ``floors``...),
-or a Shapefile's 10-character cut of the name (``wall_mater``).  Enum values are
+or, in a Shapefile, the name cut to 10 characters (``wall_mater``).  Enum values are
 matched in any case with spaces or hyphens for underscores (``Water Point`` ->
 ``water_point``).  What it resolves to is shown by a dry run.
 
@@ -49,7 +49,6 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "wall_material": ("wall", "walls", "wall_type"),
     "roof_material": ("roof", "roof_type"),
     "storeys": ("stories", "floors", "levels", "building:levels", "building_levels"),
-    "settlement_id": ("settlement",),
     "county": ("county_name",),
     "ward": ("ward_name",),
 }
@@ -116,11 +115,17 @@ class Mapping:
         )
 
     def resolve(
-        self, collection: Collection, columns: list[str], *, fixed: dict[str, Any] | None = None
+        self,
+        collection: Collection,
+        columns: list[str],
+        *,
+        fixed: dict[str, Any] | None = None,
+        shapefile: bool = False,
     ) -> Plan:
         """The plan for a file with ``columns``: explicit fields first, then guesses.
 
-        ``fixed`` gives values that hold for every feature (``--settlement``).
+        ``fixed`` gives values that hold for every feature (``--settlement``);
+        ``shapefile`` allows guessing from names cut to 10 characters.
         """
         writable = {p.name: p for p in collection.properties if p.writable}
         for part, names in (
@@ -151,7 +156,7 @@ class Mapping:
         for name in writable:
             if name in chosen or (fixed and name in fixed):
                 continue
-            column = _guess(name, by_fold, used)
+            column = _guess(name, by_fold, used, shapefile=shapefile)
             if column is not None:
                 chosen[name] = column
                 used.add(column)
@@ -168,13 +173,13 @@ class Mapping:
         )
 
 
-def _guess(name: str, by_fold: dict[str, str], used: set[str]) -> str | None:
+def _guess(name: str, by_fold: dict[str, str], used: set[str], *, shapefile: bool) -> str | None:
     candidates = [name, *SYNONYMS.get(name, ())]
     for candidate in candidates:
         column = by_fold.get(candidate.casefold())
         if column is not None and column not in used:
             return column
-    if len(name) > SHAPEFILE_NAME:
+    if shapefile and len(name) > SHAPEFILE_NAME:
         column = by_fold.get(name[:SHAPEFILE_NAME].casefold())
         if column is not None and column not in used:
             return column

@@ -112,7 +112,9 @@ def run_import(
         source_crs=options.source_crs,
     )
     try:
-        plan = mapping.resolve(collection, source.columns, fixed=fixed)
+        plan = mapping.resolve(
+            collection, source.columns, fixed=fixed, shapefile=source.format == "Shapefile"
+        )
         report = Report(
             layers=[layer.name for layer in source.layers],
             warnings=[{"index": None, "source_id": None, "reason": w} for w in source.warnings],
