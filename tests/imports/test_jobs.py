@@ -1,0 +1,147 @@
+"""Queued imports: 202 + Location, a worker runs them, a dead worker's job is retried."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, create_engine, text
+
+from app.main import create_app
+from geo.core.auth import create_token
+from geo.core.cluster import EmbeddedCluster
+from geo.core.db import migrate
+from geo.core.settings import Settings
+from geo.core.uploads import spool_stream
+from geo.imports.jobs import claim, create_import, run_next, store_file
+from geo.imports.pipeline import ImportOptions
+from tests.imports.helpers import count_rows, footprints, make_settlement, post_import
+from tests.support.db import BoundDatabase
+
+Headers = Callable[..., dict[str, str]]
+
+
+def test_async_import_is_queued_then_run(
+    client: TestClient,
+    token_for: Headers,
+    connection: Connection,
+    db: BoundDatabase,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    settlement = make_settlement(connection)
+    path = tmp_path / "f.geojson"
+    footprints(4).to_file(path, driver="GeoJSON")
+    mapper = token_for("mapper")
+    response = post_import(client, path, mapper, collection="structures", **{"async": True})
+    assert response.status_code == 202, response.text
+    location = response.headers["location"]
+    assert client.get(location, headers=mapper).json()["status"] == "queued"
+    assert count_rows(connection, "structures", f"settlement_id = {settlement}") == 0
+
+    assert run_next(db, settings) == response.json()["id"]
+    done = client.get(location, headers=mapper).json()
+    assert (done["status"], done["progress"], done["report"]["imported"]) == ("done", 1.0, 4)
+    assert count_rows(connection, "structures", f"settlement_id = {settlement}") == 4
+    stored = connection.execute(
+        text("SELECT count(*) FROM import_files WHERE import_id = :i"), {"i": done["id"]}
+    ).scalar_one()
+    assert stored == 0  # the upload goes once the import is done
+    assert run_next(db, settings) is None
+
+
+def test_failed_job_keeps_the_report(
+    client: TestClient, token_for: Headers, db: BoundDatabase, settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "f.geojson"
+    footprints(2).to_file(path, driver="GeoJSON")
+    mapper = token_for("mapper")
+    response = post_import(
+        client, path, mapper, collection="settlements", **{"async": True}
+    )  # settlements need a name and polygons: every feature is bad
+    run_next(db, settings)
+    failed = client.get(response.headers["location"], headers=mapper).json()
+    assert failed["status"] == "failed"
+    assert failed["report"]["status"] == 422
+    assert failed["report"]["rejected"] == 2
+
+
+def test_dead_workers_job_is_retried(
+    client: TestClient,
+    token_for: Headers,
+    connection: Connection,
+    db: BoundDatabase,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    settlement = make_settlement(connection)
+    path = tmp_path / "f.geojson"
+    footprints(3).to_file(path, driver="GeoJSON")
+    mapper = token_for("mapper")
+    import_id = post_import(client, path, mapper, collection="structures", **{"async": True}).json()["id"]
+    job = claim(connection, worker="died", stale_s=60, max_attempts=3)
+    assert job is not None and job.id == import_id
+    assert claim(connection, worker="other", stale_s=60, max_attempts=3) is None  # still fresh
+    connection.execute(
+        text("UPDATE imports SET heartbeat_at = now() - interval '5 minutes' WHERE id = :i"),
+        {"i": import_id},
+    )
+    assert run_next(db, settings, worker="rescuer") == import_id
+    status = client.get(f"/imports/{import_id}", headers=mapper).json()
+    assert (status["status"], status["attempts"]) == ("done", 2)
+    assert count_rows(connection, "structures", f"settlement_id = {settlement}") == 3
+
+
+@pytest.fixture
+def committed(cluster: EmbeddedCluster, settings: Settings) -> Iterator[Settings]:
+    """Settings on a database of its own, where writes really commit (worker threads see them)."""
+    url = cluster.create_database("makazi_import_jobs", drop=True)
+    migrate(url)
+    yield settings.model_copy(
+        update={"database_url": url, "import_poll_s": 0.1, "import_stale_s": 2.0, "tile_change_feed": False}
+    )
+
+
+def test_worker_in_the_server_runs_queued_and_orphaned_jobs(committed: Settings, tmp_path: Path) -> None:
+    engine = create_engine(committed.database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        token = create_token(conn, name="wambui", role="mapper")
+        make_settlement(conn)
+        # A job whose worker died half-way (a stale heartbeat), as a restart finds it;
+        # its footprints lie outside the settlement, so their numbers do not clash.
+        path = tmp_path / "orphan.geojson"
+        footprints(2, y0=-1.29).to_file(path, driver="GeoJSON")
+        with path.open("rb") as handle:
+            body = spool_stream(handle, limit=10_000_000)
+        orphan = create_import(
+            conn, owner="wambui", options=ImportOptions("structures"), body=body,
+            filename=path.name, status="running",
+        )
+        store_file(conn, orphan, body)
+        conn.execute(
+            text("UPDATE imports SET attempts = 1, heartbeat_at = now() - interval '1 hour' WHERE id = :i"),
+            {"i": orphan},
+        )
+    headers = {"Authorization": f"Bearer {token}"}
+    path = tmp_path / "queued.geojson"
+    footprints(5).to_file(path, driver="GeoJSON")
+    with TestClient(create_app(committed)) as client:
+        response = post_import(client, path, headers, collection="structures", **{"async": True})
+        assert response.status_code == 202, response.text
+        deadline = time.monotonic() + 60
+        states: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            states = {
+                i: client.get(f"/imports/{i}", headers=headers).json()["status"]
+                for i in (orphan, response.json()["id"])
+            }
+            if set(states.values()) <= {"done", "failed"}:
+                break
+            time.sleep(0.2)
+        assert states == {orphan: "done", response.json()["id"]: "done"}
+    with engine.connect() as conn:
+        assert count_rows(conn, "structures") == 7
+    engine.dispose()
