@@ -152,7 +152,7 @@ Upload = Annotated[tuple[SpooledBody, dict[str, str], str | None], Depends(_rece
 @router.post(
     "/imports",
     status_code=status.HTTP_201_CREATED,
-    summary="Import a vector file (GeoJSON, GeoPackage, zipped Shapefile, KML/KMZ, FlatGeobuf, CSV)",
+    summary="Import a vector file: GeoJSON, GeoPackage, zipped Shapefile, KML/KMZ, FlatGeobuf, CSV",
     responses={
         200: {"description": "dry run: the report, the mapping and counts; nothing written"},
         201: {"description": "imported: the report (imported, updated, unchanged, rejected...)"},

@@ -46,6 +46,8 @@ __all__ = [
 
 log = logging.getLogger("makazi.imports")
 FILE_CHUNK = 1024 * 1024
+#: A running import whose worker stopped writing its heartbeat.
+_STALE = "status = 'running' AND heartbeat_at < now() - make_interval(secs => :stale)"
 
 
 @dataclass(frozen=True)
@@ -186,15 +188,14 @@ def claim(conn: Connection, *, worker: str, stale_s: float, max_attempts: int) -
 
     Imports whose workers died ``max_attempts`` times are marked failed instead.
     """
-    stale = "status = 'running' AND heartbeat_at < now() - make_interval(secs => :stale)"
     conn.execute(
         text(
             f"""
             UPDATE imports SET status = 'failed', finished_at = now(),
                    report = jsonb_build_object('detail', 'the import was started '
                        || attempts || ' times and its worker stopped each time')
-            WHERE {stale} AND attempts >= :max
-            """
+            WHERE {_STALE} AND attempts >= :max
+            """  # noqa: S608 (a constant)
         ),
         {"stale": stale_s, "max": max_attempts},
     )
@@ -204,10 +205,10 @@ def claim(conn: Connection, *, worker: str, stale_s: float, max_attempts: int) -
             UPDATE imports SET status = 'running', attempts = attempts + 1, worker = :worker,
                    started_at = now(), heartbeat_at = now(), progress = 0
             WHERE id = (SELECT id FROM imports
-                        WHERE status = 'queued' OR ({stale})
+                        WHERE status = 'queued' OR ({_STALE})
                         ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
             RETURNING id, owner, filename, options, attempts
-            """
+            """  # noqa: S608 (a constant)
         ),
         {"worker": worker, "stale": stale_s},
     ).first()
@@ -265,22 +266,24 @@ def run_job(db: Database, job: Job, settings: Settings) -> str:
     """Run a claimed import to ``done`` or ``failed``; the final status."""
     limits = limits_from(settings)
     try:
-        with _Heartbeat(db, job.id, settings.import_stale_s / 4) as beat:
-            with db.begin(actor=job.owner) as conn:
-                file = _load_file(conn, job.id)
-                try:
-                    report = run_import(
-                        conn,
-                        file,
-                        filename=job.filename,
-                        options=job.options,
-                        limits=limits,
-                        import_id=job.id,
-                        progress=beat.update,
-                    )
-                finally:
-                    file.close()
-                finish(conn, job.id, status="done", report=report.as_dict())
+        with (
+            _Heartbeat(db, job.id, settings.import_stale_s / 4) as beat,
+            db.begin(actor=job.owner) as conn,
+        ):
+            file = _load_file(conn, job.id)
+            try:
+                report = run_import(
+                    conn,
+                    file,
+                    filename=job.filename,
+                    options=job.options,
+                    limits=limits,
+                    import_id=job.id,
+                    progress=beat.update,
+                )
+            finally:
+                file.close()
+            finish(conn, job.id, status="done", report=report.as_dict())
         return "done"
     except MakaziError as exc:
         body = exc.report.as_dict() if isinstance(exc, ImportRefused) else Report().as_dict()

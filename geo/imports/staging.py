@@ -347,13 +347,14 @@ class Stage:
         table = collection.table.name
         props = self.properties
         geom = "ST_Multi(s.geom)" if collection.multi else "s.geom"
+        old = ", ".join(f"t.{p.name}" for p in props)
+        new = ", ".join(_cast(p) for p in props)
         self.conn.execute(
             text(
                 f"""
                 UPDATE {STAGE} s SET target_id = t.id,
-                    action = CASE WHEN ({", ".join(f"t.{p.name}" for p in props)}, ST_AsEWKB(t.geom))
-                                       IS NOT DISTINCT FROM
-                                       ({", ".join(_cast(p) for p in props)}, ST_AsEWKB({geom}))
+                    action = CASE WHEN ({old}, ST_AsEWKB(t.geom))
+                                       IS NOT DISTINCT FROM ({new}, ST_AsEWKB({geom}))
                              THEN 'unchanged' ELSE 'update' END
                 FROM {table} t
                 WHERE s.reason IS NULL AND t.source_id = s.source_id AND t.deleted_at IS NULL

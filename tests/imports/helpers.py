@@ -78,8 +78,6 @@ def count_rows(connection: Connection, table: str, where: str = "TRUE") -> int:
     """Live rows of ``table`` matching ``where``."""
     return int(
         connection.execute(
-            text(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL AND {where}")  # noqa: S608
+            text(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL AND {where}")
         ).scalar_one()
     )
-
-

@@ -39,9 +39,20 @@ def test_dry_run_then_import(database: str, tmp_path: Path) -> None:
     path = tmp_path / "footprints.gpkg"
     footprints(7).to_file(path, driver="GPKG")
     mapping = tmp_path / "mapping.json"
-    mapping.write_text(json.dumps({"fields": {"wall_material": "wall"}, "values": {"use": {"*": "residential"}}}))
+    mapping.write_text(
+        json.dumps({"fields": {"wall_material": "wall"}, "values": {"use": {"*": "residential"}}})
+    )
     env = {"MAKAZI_DATABASE_URL": database}
-    dry = makazi("import", str(path), "--collection", "structures", "--mapping", str(mapping), "--dry-run", **env)
+    dry = makazi(
+        "import",
+        str(path),
+        "--collection",
+        "structures",
+        "--mapping",
+        str(mapping),
+        "--dry-run",
+        **env,
+    )
     assert dry.returncode == 0, dry.stderr
     report = json.loads(dry.stdout[: dry.stdout.rindex("}") + 1])
     assert report["mapping"]["fields"]["wall_material"] == "wall"
@@ -49,11 +60,23 @@ def test_dry_run_then_import(database: str, tmp_path: Path) -> None:
     assert "would import 7" in dry.stdout
     assert _count(database, "structures") == 0
 
-    run = makazi("import", str(path), "--collection", "structures", "--mapping", str(mapping), "--as", "achieng", **env)
+    run = makazi(
+        "import",
+        str(path),
+        "--collection",
+        "structures",
+        "--mapping",
+        str(mapping),
+        "--as",
+        "achieng",
+        **env,
+    )
     assert run.returncode == 0, run.stderr
     assert "imported 7" in run.stdout
     assert _count(database, "structures") == 7
-    again = makazi("import", str(path), "--collection", "structures", "--mapping", str(mapping), **env)
+    again = makazi(
+        "import", str(path), "--collection", "structures", "--mapping", str(mapping), **env
+    )
     assert "imported 0" in again.stdout and "unchanged 7" in again.stdout
     engine = create_engine(database.replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as conn:
@@ -72,5 +95,7 @@ def test_refused_file_names_the_features(database: str, tmp_path: Path) -> None:
     assert "feature 2" in run.stderr and "castle" in run.stderr
     assert "nothing was written" in run.stderr
     assert _count(database, "structures") == 0
-    partial = makazi("import", str(path), "--collection", "structures", "--partial", MAKAZI_DATABASE_URL=database)
+    partial = makazi(
+        "import", str(path), "--collection", "structures", "--partial", MAKAZI_DATABASE_URL=database
+    )
     assert partial.returncode == 0 and "imported 2" in partial.stdout

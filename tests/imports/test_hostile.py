@@ -40,22 +40,32 @@ def _refused(response: object, status: int, needle: str) -> None:
     assert needle in body["detail"], body["detail"]
 
 
-def test_zip_bomb(client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path) -> None:
+def test_zip_bomb(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
     path = tmp_path / "bomb.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("bomb.geojson", b" " * (50 * 1024 * 1024))
     assert path.stat().st_size < 1024 * 1024
     before = _written(connection)
-    _refused(post_import(client, path, token_for("mapper"), collection="structures"), 413, "decompressed")
+    _refused(
+        post_import(client, path, token_for("mapper"), collection="structures"), 413, "decompressed"
+    )
     assert _written(connection) == before
 
 
-def test_path_traversal(client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path) -> None:
+def test_path_traversal(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
     path = tmp_path / "evil.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("../../evil.geojson", b'{"type": "FeatureCollection", "features": []}')
     before = _written(connection)
-    _refused(post_import(client, path, token_for("mapper"), collection="structures"), 400, "path traversal")
+    _refused(
+        post_import(client, path, token_for("mapper"), collection="structures"),
+        400,
+        "path traversal",
+    )
     assert _written(connection) == before
     assert not (tmp_path.parent / "evil.geojson").exists()
 
@@ -66,7 +76,11 @@ def test_geopackage_that_is_not_sqlite(
     path = tmp_path / "fake.gpkg"
     path.write_bytes(b"PK-not-really\x00\x01" * 100)
     before = _written(connection)
-    _refused(post_import(client, path, token_for("mapper"), collection="structures"), 400, "not an SQLite")
+    _refused(
+        post_import(client, path, token_for("mapper"), collection="structures"),
+        400,
+        "not an SQLite",
+    )
     assert _written(connection) == before
 
 
@@ -80,9 +94,16 @@ def test_very_long_csv_line(
     assert _written(connection) == before
 
 
-@pytest.mark.parametrize("declaration", [b'<!DOCTYPE kml [<!ENTITY a "aaaaaaaaaa">]>', b"<!ENTITY x SYSTEM 'file:///etc/passwd'>"])
+@pytest.mark.parametrize(
+    "declaration",
+    [b'<!DOCTYPE kml [<!ENTITY a "aaaaaaaaaa">]>', b"<!ENTITY x SYSTEM 'file:///etc/passwd'>"],
+)
 def test_xml_entities_in_kml(
-    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path, declaration: bytes
+    client: TestClient,
+    token_for: Headers,
+    connection: Connection,
+    tmp_path: Path,
+    declaration: bytes,
 ) -> None:
     body = (
         b'<?xml version="1.0"?>' + declaration + b'<kml xmlns="http://www.opengis.net/kml/2.2">'
@@ -93,7 +114,9 @@ def test_xml_entities_in_kml(
         path = tmp_path / name
         path.write_bytes(data)
         before = _written(connection)
-        _refused(post_import(client, path, token_for("mapper"), collection="structures"), 400, "ENTITY")
+        _refused(
+            post_import(client, path, token_for("mapper"), collection="structures"), 400, "ENTITY"
+        )
         assert _written(connection) == before
 
 
@@ -119,9 +142,15 @@ def test_not_a_format_we_read(
 ) -> None:
     path = tmp_path / "photo.jpg"
     path.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4)
-    _refused(post_import(client, path, token_for("mapper"), collection="structures"), 415, "not a format")
+    _refused(
+        post_import(client, path, token_for("mapper"), collection="structures"), 415, "not a format"
+    )
     path = tmp_path / "ok.geojson"
     footprints(1).to_file(path, driver="GeoJSON")
     with path.open("rb") as handle:
-        raw = client.post("/imports", content=handle.read(), headers={**token_for("mapper"), "Content-Type": "application/geo+json"})
+        raw = client.post(
+            "/imports",
+            content=handle.read(),
+            headers={**token_for("mapper"), "Content-Type": "application/geo+json"},
+        )
     assert raw.status_code == 415

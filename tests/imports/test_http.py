@@ -31,7 +31,7 @@ def test_geojson_structures_import_and_reimport(
     assert response.headers["location"].endswith(f"/imports/{report['id']}")
     assert count_rows(connection, "structures", f"settlement_id = {settlement}") == 5
     row = connection.execute(
-        text("SELECT use, storeys, structure_number FROM structures WHERE structure_number = 'KB-0001'")
+        text("SELECT use, storeys FROM structures WHERE structure_number = 'KB-0001'")
     ).one()
     assert (row.use, row.storeys) == ("business", 2)  # 'Business' matched case-insensitively
 
@@ -65,10 +65,16 @@ def _write(frame: gpd.GeoDataFrame, tmp_path: Path, kind: str) -> Path:
     if kind == "csv-lonlat":
         target = tmp_path / "points.csv"
         centres = frame.geometry.centroid
-        frame.drop(columns="geometry").assign(lon=centres.x, lat=centres.y).to_csv(target, index=False)
+        frame.drop(columns="geometry").assign(lon=centres.x, lat=centres.y).to_csv(
+            target, index=False
+        )
         return target
-    suffix, driver = {"gpkg": (".gpkg", "GPKG"), "kml": (".kml", "KML"), "fgb": (".fgb", "FlatGeobuf"),
-                      "geojson": (".geojson", "GeoJSON")}[kind]
+    suffix, driver = {
+        "gpkg": (".gpkg", "GPKG"),
+        "kml": (".kml", "KML"),
+        "fgb": (".fgb", "FlatGeobuf"),
+        "geojson": (".geojson", "GeoJSON"),
+    }[kind]
     target = tmp_path / f"footprints{suffix}"
     frame.to_file(target, driver=driver)
     return target
@@ -85,7 +91,11 @@ def test_every_format_round_trips(
     if kind == "shp":  # a Shapefile cuts names to 10 characters
         mapping["fields"]["structure_number"] = "Structure_"
     response = post_import(
-        client, path, token_for("mapper"), mapping=mapping, collection="structures",
+        client,
+        path,
+        token_for("mapper"),
+        mapping=mapping,
+        collection="structures",
         settlement_id=settlement,
     )
     assert response.status_code == 201, response.text
@@ -99,7 +109,14 @@ def test_every_format_round_trips(
         {"s": settlement},
     ).all()
     assert [r.structure_number for r in rows] == list(frame["Structure_Number"])
-    assert [r.use for r in rows] == ["residential", "business", "mixed", "school", "residential", "business"]
+    assert [r.use for r in rows] == [
+        "residential",
+        "business",
+        "mixed",
+        "school",
+        "residential",
+        "business",
+    ]
     assert all(r.wall_material == "mabati" for r in rows)
     assert {r.kind for r in rows} == ({"POINT"} if kind == "csv-lonlat" else {"POLYGON"})
     expected = list(frame.geometry.centroid.x)
@@ -248,10 +265,14 @@ def test_auth_and_bad_requests(client: TestClient, token_for: Headers, tmp_path:
     path = tmp_path / "f.geojson"
     footprints(1).to_file(path, driver="GeoJSON")
     assert post_import(client, path, {}, collection="structures").status_code == 401
-    assert post_import(client, path, token_for("viewer"), collection="structures").status_code == 403
+    assert (
+        post_import(client, path, token_for("viewer"), collection="structures").status_code == 403
+    )
     mapper = token_for("mapper")
     assert post_import(client, path, mapper, collection="traces").status_code == 400
-    bad = post_import(client, path, mapper, collection="structures", mapping={"fields": {"colour": "x"}})
+    bad = post_import(
+        client, path, mapper, collection="structures", mapping={"fields": {"colour": "x"}}
+    )
     assert bad.status_code == 400 and "colour" in bad.json()["detail"]
     assert client.get("/imports/1").status_code == 401
     assert client.get("/imports/999999", headers=mapper).status_code == 404
@@ -263,8 +284,12 @@ def test_only_the_importer_or_an_admin_sees_an_import(
     make_settlement(connection)
     path = tmp_path / "f.geojson"
     footprints(1).to_file(path, driver="GeoJSON")
-    import_id = post_import(client, path, token_for("mapper", "njeri"), collection="structures").json()["id"]
-    assert client.get(f"/imports/{import_id}", headers=token_for("mapper", "kamau")).status_code == 403
+    import_id = post_import(
+        client, path, token_for("mapper", "njeri"), collection="structures"
+    ).json()["id"]
+    assert (
+        client.get(f"/imports/{import_id}", headers=token_for("mapper", "kamau")).status_code == 403
+    )
     assert client.get(f"/imports/{import_id}", headers=token_for("admin")).status_code == 200
 
 

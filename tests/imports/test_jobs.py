@@ -81,7 +81,9 @@ def test_dead_workers_job_is_retried(
     path = tmp_path / "f.geojson"
     footprints(3).to_file(path, driver="GeoJSON")
     mapper = token_for("mapper")
-    import_id = post_import(client, path, mapper, collection="structures", **{"async": True}).json()["id"]
+    import_id = post_import(
+        client, path, mapper, collection="structures", **{"async": True}
+    ).json()["id"]
     job = claim(connection, worker="died", stale_s=60, max_attempts=3)
     assert job is not None and job.id == import_id
     assert claim(connection, worker="other", stale_s=60, max_attempts=3) is None  # still fresh
@@ -101,11 +103,18 @@ def committed(cluster: EmbeddedCluster, settings: Settings) -> Iterator[Settings
     url = cluster.create_database("makazi_import_jobs", drop=True)
     migrate(url)
     yield settings.model_copy(
-        update={"database_url": url, "import_poll_s": 0.1, "import_stale_s": 2.0, "tile_change_feed": False}
+        update={
+            "database_url": url,
+            "import_poll_s": 0.1,
+            "import_stale_s": 2.0,
+            "tile_change_feed": False,
+        }
     )
 
 
-def test_worker_in_the_server_runs_queued_and_orphaned_jobs(committed: Settings, tmp_path: Path) -> None:
+def test_worker_in_the_server_runs_queued_and_orphaned_jobs(
+    committed: Settings, tmp_path: Path
+) -> None:
     engine = create_engine(committed.database_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
         token = create_token(conn, name="wambui", role="mapper")
@@ -117,12 +126,19 @@ def test_worker_in_the_server_runs_queued_and_orphaned_jobs(committed: Settings,
         with path.open("rb") as handle:
             body = spool_stream(handle, limit=10_000_000)
         orphan = create_import(
-            conn, owner="wambui", options=ImportOptions("structures"), body=body,
-            filename=path.name, status="running",
+            conn,
+            owner="wambui",
+            options=ImportOptions("structures"),
+            body=body,
+            filename=path.name,
+            status="running",
         )
         store_file(conn, orphan, body)
         conn.execute(
-            text("UPDATE imports SET attempts = 1, heartbeat_at = now() - interval '1 hour' WHERE id = :i"),
+            text(
+                "UPDATE imports SET attempts = 1, heartbeat_at = now() - interval '1 hour' "
+                "WHERE id = :i"
+            ),
             {"i": orphan},
         )
     headers = {"Authorization": f"Bearer {token}"}

@@ -21,7 +21,9 @@ from tests.support.samples import SAMPLES
 
 Headers = Callable[..., dict[str, str]]
 KENYA = SAMPLES / "geo" / "kenya"
-pytestmark = pytest.mark.skipif(not KENYA.exists(), reason="../shared/samples is not beside the checkout")
+pytestmark = pytest.mark.skipif(
+    not KENYA.exists(), reason="../shared/samples is not beside the checkout"
+)
 #: Nairobi, generously (lon/lat).
 NAIROBI = (36.6, -1.45, 37.1, -1.15)
 
@@ -49,10 +51,16 @@ def _outside_nairobi(connection: Connection, table: str, import_id: int) -> int:
     return int(
         connection.execute(
             text(
-                f"SELECT count(*) FROM {table} WHERE import_id = :i AND NOT ST_Within(geom, "  # noqa: S608
+                f"SELECT count(*) FROM {table} WHERE import_id = :i AND NOT ST_Within(geom, "
                 "ST_MakeEnvelope(:x0, :y0, :x1, :y1, 4326))"
             ),
-            {"i": import_id, "x0": NAIROBI[0], "y0": NAIROBI[1], "x1": NAIROBI[2], "y1": NAIROBI[3]},
+            {
+                "i": import_id,
+                "x0": NAIROBI[0],
+                "y0": NAIROBI[1],
+                "x1": NAIROBI[2],
+                "y1": NAIROBI[3],
+            },
         ).scalar_one()
     )
 
@@ -81,7 +89,9 @@ def test_village_boundaries_into_settlements(
 
     report = _import(client, path, mapper, mapping, collection="settlements", partial=True)
     assert report["imported"] + report["rejected"] == 22
-    assert report["imported"] == count_rows(connection, "settlements", "source = 'Map Kibera (OSM)'")
+    assert report["imported"] == count_rows(
+        connection, "settlements", "source = 'Map Kibera (OSM)'"
+    )
     assert _outside_nairobi(connection, "settlements", report["id"]) == 0
 
     again = _import(client, path, mapper, mapping, collection="settlements", partial=True)
@@ -93,20 +103,31 @@ def test_mukuru_and_kibera_outlines(
 ) -> None:
     mapper = token_for("mapper")
     mukuru = _import(
-        client, KENYA / "kisip__mukuru.geojson", mapper, {"defaults": {"county": "Nairobi"}},
+        client,
+        KENYA / "kisip__mukuru.geojson",
+        mapper,
+        {"defaults": {"county": "Nairobi"}},
         collection="settlements",
     )
     assert mukuru["imported"] == 4
     outline = _import(
-        client, KENYA / "lcspatial__Kibera_Boundary.kmz", mapper,
-        {"defaults": {"name": "Kibera"}}, collection="settlements",
+        client,
+        KENYA / "lcspatial__Kibera_Boundary.kmz",
+        mapper,
+        {"defaults": {"name": "Kibera"}},
+        collection="settlements",
     )
     assert outline["imported"] == 1  # a 3D MultiPolygon in a KMZ
     for report in (mukuru, outline):
         assert _outside_nairobi(connection, "settlements", report["id"]) == 0
-    names = connection.execute(
-        text("SELECT name FROM settlements WHERE import_id = :i ORDER BY name"), {"i": mukuru["id"]}
-    ).scalars().all()
+    names = (
+        connection.execute(
+            text("SELECT name FROM settlements WHERE import_id = :i ORDER BY name"),
+            {"i": mukuru["id"]},
+        )
+        .scalars()
+        .all()
+    )
     assert all(names)
 
 
@@ -133,9 +154,15 @@ def test_wash_survey_into_facilities(
 def test_web_mercator_survey_with_old_crs_member(
     client: TestClient, token_for: Headers, connection: Connection
 ) -> None:
-    mapping = {"fields": {"type": "FacilityTy", "name": "FacilityNa"}, "values": {"type": {"*": "water_point"}}}
+    mapping = {
+        "fields": {"type": "FacilityTy", "name": "FacilityNa"},
+        "values": {"type": {"*": "water_point"}},
+    }
     report = _import(
-        client, KENYA / "lcspatial__Water_Points.geojson", token_for("mapper"), mapping,
+        client,
+        KENYA / "lcspatial__Water_Points.geojson",
+        token_for("mapper"),
+        mapping,
         collection="facilities",
     )
     assert report["imported"] == 72
@@ -162,7 +189,9 @@ def test_schools_from_csv_and_geojson(
     mapping: dict[str, Any],
     features: int,
 ) -> None:
-    report = _import(client, KENYA / relative, token_for("mapper"), mapping, collection="facilities")
+    report = _import(
+        client, KENYA / relative, token_for("mapper"), mapping, collection="facilities"
+    )
     assert report["imported"] + report["rejected"] == features
     assert report["imported"] > 0
     assert _outside_nairobi(connection, "facilities", report["id"]) == 0
