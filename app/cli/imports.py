@@ -29,8 +29,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from geo.core.db import act_as
     from geo.core.errors import MakaziError
     from geo.core.uploads import spool_stream
-    from geo.imports.jobs import create_import, finish
-    from geo.imports.pipeline import ImportOptions, limits_from, run_import
+    from geo.imports.jobs import import_now
+    from geo.imports.pipeline import ImportOptions, limits_from
     from geo.imports.report import ImportRefused
 
     path = Path(args.file)
@@ -65,32 +65,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         with open_engine(settings) as engine, engine.begin() as conn:
             act_as(conn, actor)
-            created: list[int] = []
-
-            def new_row() -> int:
-                created.append(
-                    create_import(
-                        conn,
-                        owner=actor,
-                        options=options,
-                        body=body,
-                        filename=path.name,
-                        status="running",
-                    )
-                )
-                return created[0]
-
-            report = run_import(
+            report, import_id = import_now(
                 conn,
-                body.file,
-                filename=path.name,
+                owner=actor,
                 options=options,
+                body=body,
+                filename=path.name,
                 limits=limits_from(settings),
-                import_id=new_row,
                 progress=progress,
             )
-            if created:
-                finish(conn, created[0], status="done", report=report.as_dict())
     except ImportRefused as exc:
         bar.close()
         _print_errors(exc.report.errors)
@@ -105,7 +88,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     else:
         _print_errors(report.errors)
-    print(report.summary() + (f" (import {created[0]})" if created else ""))
+    print(report.summary() + (f" (import {import_id})" if import_id else ""))
     return 0
 
 

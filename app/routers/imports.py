@@ -25,8 +25,8 @@ from app.preconditions import NO_STORE
 from geo.core.errors import BadRequest, Unauthorised, UnsupportedMediaType
 from geo.core.idempotency import request_hash
 from geo.core.uploads import BodySpool, MultipartFile, SpooledBody, TooLarge
-from geo.imports.jobs import create_import, finish, import_status, store_file
-from geo.imports.pipeline import ImportOptions, collection_for, limits_from, run_import
+from geo.imports.jobs import create_import, import_now, import_status, store_file
+from geo.imports.pipeline import ImportOptions, collection_for, limits_from
 
 router = APIRouter(tags=["imports"])
 
@@ -202,34 +202,13 @@ async def post_import(
                 return JSONResponse(
                     document, status_code=status.HTTP_202_ACCEPTED, headers={"Location": location}
                 )
-            created: list[int] = []
-
-            def new_row() -> int:
-                created.append(
-                    create_import(
-                        conn,
-                        owner=user.name,
-                        options=options,
-                        body=body,
-                        filename=filename,
-                        status="running",
-                    )
-                )
-                return created[0]
-
-            report = run_import(
-                conn,
-                body.file,
-                filename=filename,
-                options=options,
-                limits=limits,
-                import_id=new_row,
+            report, done_id = import_now(
+                conn, owner=user.name, options=options, body=body, filename=filename, limits=limits
             )
             document = report.as_dict()
-            if options.dry_run:
+            if done_id is None:
                 return JSONResponse(document, headers=NO_STORE)
-            import_id = created[0] if created else new_row()
-            finish(conn, import_id, status="done", report=document)
+            import_id = done_id
             location = href(request, f"/imports/{import_id}")
             return JSONResponse(
                 {"id": import_id, **document},

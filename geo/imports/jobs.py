@@ -20,6 +20,7 @@ import os
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -32,6 +33,7 @@ from geo.core.settings import Settings
 from geo.core.uploads import CHUNK, SpooledBody
 from geo.imports.pipeline import ImportOptions, limits_from, run_import
 from geo.imports.report import ImportRefused, Report
+from geo.imports.sources import Limits
 
 __all__ = [
     "ImportWorker",
@@ -39,6 +41,7 @@ __all__ = [
     "claim",
     "create_import",
     "finish",
+    "import_now",
     "import_status",
     "run_job",
     "store_file",
@@ -145,6 +148,51 @@ def finish(conn: Connection, import_id: int, *, status: str, report: dict[str, A
         {"id": import_id, "status": status, "report": _json(report)},
     )
     conn.execute(text("DELETE FROM import_files WHERE import_id = :id"), {"id": import_id})
+
+
+def import_now(
+    conn: Connection,
+    *,
+    owner: str,
+    options: ImportOptions,
+    body: SpooledBody,
+    filename: str | None,
+    limits: Limits,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Report, int | None]:
+    """Run an import at once on ``conn``, recorded as a ``done`` row; (report, row id).
+
+    A dry run writes no row (the id is None).
+    """
+    created: list[int] = []
+
+    def new_row() -> int:
+        created.append(
+            create_import(
+                conn,
+                owner=owner,
+                options=options,
+                body=body,
+                filename=filename,
+                status="running",
+            )
+        )
+        return created[0]
+
+    report = run_import(
+        conn,
+        body.file,
+        filename=filename,
+        options=options,
+        limits=limits,
+        import_id=new_row,
+        progress=progress,
+    )
+    if options.dry_run:
+        return report, None
+    import_id = created[0] if created else new_row()
+    finish(conn, import_id, status="done", report=report.as_dict())
+    return report, import_id
 
 
 def import_status(conn: Connection, import_id: int, user: Principal) -> dict[str, Any]:
