@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     import_poll_s: float = Field(default=2.0, gt=0)
     import_stale_s: float = Field(default=60.0, gt=0)
     import_max_attempts: int = Field(default=3, ge=1)
+    import_timeout_ms: int = Field(default=3_600_000, ge=1_000)
 
     items_default_limit: int = Field(default=100, ge=1)
     items_max_limit: int = Field(default=10_000, ge=1)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from geo.core.errors import BadRequest
 from geo.core.settings import Settings
@@ -65,6 +65,7 @@ def limits_from(settings: Settings) -> Limits:
         max_archive_members=settings.max_archive_members,
         max_line_bytes=settings.import_max_line_kb * 1024,
         batch_size=settings.import_batch_size,
+        timeout_ms=settings.import_timeout_ms,
     )
 
 
@@ -104,6 +105,9 @@ def run_import(
             )
         fixed["settlement_id"] = options.settlement_id
     mapping = Mapping.parse(options.mapping)
+    conn.execute(
+        text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(limits.timeout_ms)}
+    )
     source = open_source(
         file,
         filename=filename,

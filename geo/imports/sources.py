@@ -95,6 +95,7 @@ class Limits:
     max_archive_members: int
     max_line_bytes: int
     batch_size: int = 5_000
+    timeout_ms: int = 3_600_000
 
 
 @dataclass
