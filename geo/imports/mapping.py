@@ -68,6 +68,7 @@ class Mapping:
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     source_id: str | None = None
+    geometry: str | None = None
 
     @classmethod
     def parse(cls, document: Any) -> Mapping:
@@ -84,11 +85,11 @@ class Mapping:
                 ) from exc
         if not isinstance(document, dict):
             raise BadRequest("mapping must be a JSON object", field="mapping")
-        unknown = set(document) - {"fields", "values", "defaults", "source_id"}
+        unknown = set(document) - {"fields", "values", "defaults", "source_id", "geometry"}
         if unknown:
             raise BadRequest(
                 f"mapping has unknown member(s) {', '.join(sorted(unknown))}; "
-                "it takes fields, values, defaults and source_id",
+                "it takes fields, values, defaults, source_id and geometry",
                 field="mapping",
             )
         fields = document.get("fields") or {}
@@ -105,13 +106,16 @@ class Mapping:
         if not isinstance(defaults, dict):
             raise BadRequest("mapping.defaults must be an object", field="mapping")
         source_id = document.get("source_id")
-        if source_id is not None and not isinstance(source_id, str):
-            raise BadRequest("mapping.source_id must be a column name", field="mapping")
+        geometry = document.get("geometry")
+        for name, value in (("source_id", source_id), ("geometry", geometry)):
+            if value is not None and not isinstance(value, str):
+                raise BadRequest(f"mapping.{name} must be a column name", field="mapping")
         return cls(
             fields={k: v for k, v in fields.items() if v is not None},
             values={k: {str(a): b for a, b in v.items()} for k, v in values.items()},
             defaults=dict(defaults),
             source_id=source_id,
+            geometry=geometry,
         )
 
     def resolve(
@@ -152,14 +156,17 @@ class Mapping:
         chosen: dict[str, str] = dict(self.fields)
         guessed: list[str] = []
         used = set(chosen.values())
-        by_fold = {c.casefold(): c for c in columns}
+        by_fold: dict[str, str] = {}
+        for column in columns:  # a form's group prefix (``structure-use``) counts last
+            by_fold.setdefault(_name_key(column.rsplit("-", 1)[-1]), column)
+        by_fold.update({_name_key(c): c for c in columns})
         for name in writable:
             if name in chosen or (fixed and name in fixed):
                 continue
-            column = _guess(name, by_fold, used, shapefile=shapefile)
-            if column is not None:
-                chosen[name] = column
-                used.add(column)
+            guess = _guess(name, by_fold, used, shapefile=shapefile)
+            if guess is not None:
+                chosen[name] = guess
+                used.add(guess)
                 guessed.append(name)
         return Plan(
             collection=collection,
@@ -173,14 +180,19 @@ class Mapping:
         )
 
 
+def _name_key(name: str) -> str:
+    """A column name compared loosely: any case, separators as ``_``."""
+    return re.sub(r"[\s\-./:]+", "_", name.strip()).casefold()
+
+
 def _guess(name: str, by_fold: dict[str, str], used: set[str], *, shapefile: bool) -> str | None:
     candidates = [name, *SYNONYMS.get(name, ())]
     for candidate in candidates:
-        column = by_fold.get(candidate.casefold())
+        column = by_fold.get(_name_key(candidate))
         if column is not None and column not in used:
             return column
     if shapefile and len(name) > SHAPEFILE_NAME:
-        column = by_fold.get(name[:SHAPEFILE_NAME].casefold())
+        column = by_fold.get(_name_key(name[:SHAPEFILE_NAME]))
         if column is not None and column not in used:
             return column
     return None

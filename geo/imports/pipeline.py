@@ -114,6 +114,7 @@ def run_import(
         limits=limits,
         layer=options.layer,
         source_crs=options.source_crs,
+        geometry=mapping.geometry,
     )
     try:
         plan = mapping.resolve(
@@ -137,6 +138,7 @@ def run_import(
         stage.load(source.batches(limits.batch_size), step)
         stage.validate()
         stage.report(report)
+        report.skipped = source.skipped
         if options.dry_run:
             report.dry_run = True
             report.mapping = plan.describe()

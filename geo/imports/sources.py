@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 import pyogrio
@@ -44,10 +44,12 @@ from geo.core.uploads import CHUNK, BadArchive, UploadError, members, sniff
 __all__ = [
     "Batch",
     "Limits",
+    "Reader",
     "Source",
     "UnreadableFile",
     "content_id",
     "open_source",
+    "reproject",
     "text_value",
 ]
 
@@ -139,6 +141,25 @@ class Layer:
     crs: CRS | None
 
 
+class Reader(Protocol):
+    """What the pipeline reads from: a GDAL dataset or an enumeration export."""
+
+    format: str
+    layers: list[Layer]
+    warnings: list[str]
+    skipped: int
+
+    @property
+    def total(self) -> int: ...
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    def batches(self, batch_size: int) -> Iterator[Batch]: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Source:
     """A readable dataset in a private folder (removed by :meth:`close`)."""
@@ -150,6 +171,7 @@ class Source:
     warnings: list[str] = field(default_factory=list)
     open_options: dict[str, str] = field(default_factory=dict)
     fid_is_id: bool = False
+    skipped: int = 0
 
     @property
     def total(self) -> int:
@@ -210,7 +232,7 @@ class Source:
             {name: column[i] for name, column in zip(names, columns, strict=True)}
             for i in range(count)
         ]
-        wkb, problems = _reproject(geometry, transformer, count)
+        wkb, problems = reproject(geometry, transformer, count)
         id_column = _id_column(names)
         source_ids: list[str | None]
         if id_column is not None:
@@ -282,10 +304,10 @@ def _transformer(crs: CRS | None) -> Transformer | None:
     return Transformer.from_crs(crs, _WGS84, always_xy=True)
 
 
-def _reproject(
+def reproject(
     geometry: Any, transformer: Transformer | None, count: int
 ) -> tuple[list[str | None], list[str | None]]:
-    """EPSG:4326 hex EWKB and the geometry problems of one batch (vectorised)."""
+    """EPSG:4326 hex EWKB and the geometry problems of a batch of WKB (vectorised)."""
     if geometry is None:
         return [None] * count, ["geometry is missing"] * count
     geoms = shapely.from_wkb(geometry, on_invalid="ignore")
@@ -434,8 +456,8 @@ def _one_of(found: list[Path], layer: str | None) -> Path:
 
 def _unpack(
     file: IO[bytes], filename: str, folder: Path, limits: Limits, layer: str | None
-) -> Path:
-    """Write the upload into ``folder``; the path of the dataset GDAL should open."""
+) -> tuple[Path, list[Path]]:
+    """Write the upload into ``folder``: the dataset to open and, for an archive, its files."""
     container = sniff(file)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename).stem)[:60] or "upload"
     if container == "zip":
@@ -454,15 +476,15 @@ def _unpack(
             path for suffix in _PREFERENCE for path in written if path.suffix.lower() == suffix
         ]
         found = [path for path in found if path.suffix.lower() == found[0].suffix.lower()]
-        if len(found) > 1:
-            return _one_of(found, layer)
+        if len(found) > 1 and found[0].suffix.lower() != ".csv":
+            return _one_of(found, layer), written
         if not found:
             names = ", ".join(p.name for p in written[:10]) or "nothing"
             raise UnreadableFile(
                 f"the zip archive holds no file we can import ({names}); we read .shp (with "
                 ".shx, .dbf, .prj), .gpkg, .kml, .fgb, .geojson and .csv"
             )
-        return found[0]
+        return found[0], written
     (member,) = list(
         members(file, limit=limits.max_decompressed_bytes, max_members=limits.max_archive_members)
     )
@@ -477,7 +499,7 @@ def _unpack(
             checker.feed(chunk)
             out.write(chunk)
             chunk = member.stream.read(CHUNK)
-    return target
+    return target, []
 
 
 # -- opening -------------------------------------------------------------------------------------
@@ -519,7 +541,8 @@ def open_source(
     limits: Limits,
     layer: str | None = None,
     source_crs: str | None = None,
-) -> Source:
+    geometry: str | None = None,
+) -> Reader:
     """Unpack and open an upload; the layers to import chosen.
 
     Parameters
@@ -534,6 +557,9 @@ def open_source(
     source_crs
         The CRS of the coordinates (``EPSG:21037``, ``21037``, WKT), overriding
         the file's own; a file that names none is read as EPSG:4326.
+    geometry
+        For a form export (ODK CSV zip): the geoshape column or geopoint that
+        holds each submission's geometry.
 
     Raises
     ------
@@ -544,7 +570,11 @@ def open_source(
     """
     folder = Path(tempfile.mkdtemp(prefix="makazi-import-"))
     try:
-        path = _unpack(file, filename or "", folder, limits, layer)
+        path, written = _unpack(file, filename or "", folder, limits, layer)
+        from geo.imports.enumeration import is_enumeration, open_enumeration
+
+        if written and is_enumeration(written):
+            return open_enumeration(folder, written, geometry=geometry)
         if layer == path.stem and path.suffix.lower() == ".shp":
             layer = None  # named the shapefile in the archive: its one layer
         return _open(folder, path, limits, layer, source_crs)

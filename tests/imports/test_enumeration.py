@@ -1,0 +1,170 @@
+"""ODK Central CSV exports (zip of the main CSV and one CSV per repeat) into structures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, text
+
+from tests.imports.helpers import KIBERA, count_rows, make_settlement, post_import
+
+Headers = Callable[..., dict[str, str]]
+FORM = "structure_survey"
+HEADER = [
+    "SubmissionDate",
+    "structure-structure_number",
+    "structure-use",
+    "structure-wall_material",
+    "location-Latitude",
+    "location-Longitude",
+    "location-Altitude",
+    "location-Accuracy",
+    "footprint",
+    "meta-instanceID",
+    "KEY",
+    "ReviewState",
+]
+
+
+def _shape(x: float, y: float, size: float = 0.00005) -> str:
+    """A geoshape as ODK writes it: ``lat lon alt acc`` per vertex, latitude first, closed."""
+    ring = [(x, y), (x + size, y), (x + size, y + size), (x, y + size), (x, y)]
+    return ";".join(f"{lat} {lon} 1650.0 4.0" for lon, lat in ring)
+
+
+def _submissions(use_of_first: str = "residential") -> list[dict[str, Any]]:
+    x, y = KIBERA
+    rows = [
+        {
+            "n": "E-001",
+            "use": use_of_first,
+            "shape": _shape(x, y),
+            "point": (x + 0.00002, y + 0.00002),
+        },
+        {"n": "E-002", "use": "business", "shape": "", "point": (x + 0.001, y)},
+        {
+            "n": "E-003",
+            "use": "residential",
+            "shape": "",
+            "point": (x + 0.002, y),
+            "review": "rejected",
+        },
+        {"n": "E-004", "use": "mixed", "shape": "", "point": None},
+    ]
+    out = []
+    for i, row in enumerate(rows):
+        key = f"uuid:0000000{i}-aaaa-bbbb-cccc-000000000000"
+        lon, lat = row["point"] if row["point"] else ("", "")
+        out.append(
+            {
+                "SubmissionDate": "2026-11-30T09:00:00.000Z",
+                "structure-structure_number": row["n"],
+                "structure-use": row["use"],
+                "structure-wall_material": "mabati",
+                "location-Latitude": lat,
+                "location-Longitude": lon,
+                "location-Altitude": "1650" if lat != "" else "",
+                "location-Accuracy": "4.5" if lat != "" else "",
+                "footprint": row["shape"],
+                "meta-instanceID": key,
+                "KEY": key,
+                "ReviewState": row.get("review", "approved"),
+            }
+        )
+    return out
+
+
+def _export(tmp_path: Path, rows: list[dict[str, Any]], name: str = "export.zip") -> Path:
+    main = io.StringIO()
+    writer = csv.DictWriter(main, fieldnames=HEADER)
+    writer.writeheader()
+    writer.writerows(rows)
+    repeat = io.StringIO()
+    households = csv.writer(repeat)
+    households.writerow(["head_name", "members", "tenure", "PARENT_KEY", "KEY"])
+    for row in rows:
+        households.writerow(["Amina", "4", "tenant", row["KEY"], row["KEY"] + "/households[1]"])
+    target = tmp_path / name
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr(f"{FORM}.csv", main.getvalue())
+        archive.writestr(f"{FORM}-households.csv", repeat.getvalue())
+    return target
+
+
+def test_odk_export_into_structures(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
+    settlement = make_settlement(connection)
+    mapper = token_for("mapper")
+    path = _export(tmp_path, _submissions())
+    dry = post_import(client, path, mapper, collection="structures", dry_run=True).json()
+    assert dry["mapping"]["fields"]["structure_number"] == "structure-structure_number"
+    assert dry["mapping"]["fields"]["use"] == "structure-use"
+    assert dry["skipped"] == 1
+
+    response = post_import(client, path, mapper, collection="structures", partial=True)
+    assert response.status_code == 201, response.text
+    report = response.json()
+    assert (report["imported"], report["rejected"], report["skipped"]) == (2, 1, 1)
+    assert report["errors"][0]["index"] == 3
+    assert report["errors"][0]["source_id"].startswith("uuid:00000003")
+    assert "geometry is missing" in report["errors"][0]["reason"]
+    rows = connection.execute(
+        text(
+            "SELECT structure_number, GeometryType(geom) AS kind, ST_X(ST_Centroid(geom)) AS x, "
+            "ST_Y(ST_Centroid(geom)) AS y, source_id FROM structures WHERE settlement_id = :s "
+            "ORDER BY structure_number"
+        ),
+        {"s": settlement},
+    ).all()
+    assert [(r.structure_number, r.kind) for r in rows] == [
+        ("E-001", "POLYGON"),
+        ("E-002", "POINT"),
+    ]
+    assert abs(rows[0].x - KIBERA[0]) < 0.001 and abs(rows[0].y - KIBERA[1]) < 0.001  # lat first
+    assert rows[0].source_id == "uuid:00000000-aaaa-bbbb-cccc-000000000000"
+
+    again = post_import(client, path, mapper, collection="structures", partial=True).json()
+    assert (again["imported"], again["unchanged"]) == (0, 2)
+    edited = _export(tmp_path, _submissions(use_of_first="school"), "edited.zip")
+    changed = post_import(client, edited, mapper, collection="structures", partial=True).json()
+    assert (changed["imported"], changed["updated"], changed["unchanged"]) == (0, 1, 1)
+    version = connection.execute(
+        text("SELECT version, use FROM structures WHERE structure_number = 'E-001'")
+    ).one()
+    assert tuple(version) == (2, "school")
+    assert count_rows(connection, "structures", f"settlement_id = {settlement}") == 2
+
+
+def test_geometry_column_chosen_by_the_mapping(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
+    make_settlement(connection)
+    path = _export(tmp_path, _submissions()[:2])
+    response = post_import(
+        client,
+        path,
+        token_for("mapper"),
+        collection="structures",
+        mapping={"geometry": "location"},
+    )
+    assert response.status_code == 201, response.text
+    kinds = (
+        connection.execute(
+            text("SELECT DISTINCT GeometryType(geom) FROM structures WHERE import_id = :i"),
+            {"i": response.json()["id"]},
+        )
+        .scalars()
+        .all()
+    )
+    assert kinds == ["POINT"]
+    wrong = post_import(
+        client, path, token_for("mapper"), collection="structures", mapping={"geometry": "gps"}
+    )
+    assert wrong.status_code == 400 and "gps" in wrong.json()["detail"]
