@@ -22,10 +22,11 @@ from app.deps import CurrentUser, DbDep, MapperUser, SettingsDep
 from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
 from app.preconditions import NO_STORE
-from geo.core.errors import BadRequest, Unauthorised, UnsupportedMediaType
+from geo.core.errors import BadRequest, Forbidden, Unauthorised, UnsupportedMediaType
 from geo.core.idempotency import request_hash
 from geo.core.uploads import BodySpool, MultipartFile, SpooledBody, TooLarge
 from geo.imports.jobs import create_import, import_now, import_status, store_file
+from geo.imports.mapping import Mapping
 from geo.imports.pipeline import ImportOptions, collection_for, limits_from
 
 router = APIRouter(tags=["imports"])
@@ -107,8 +108,6 @@ def _options(fields: dict[str, str]) -> ImportOptions:
         raise BadRequest(
             f"settlement_id must be a whole number; got {settlement!r}", field="settlement_id"
         )
-    from geo.imports.mapping import Mapping
-
     mapping = fields.get("mapping") or None
     Mapping.parse(mapping)  # refuse a bad mapping before anything is read
     return ImportOptions(
@@ -174,6 +173,13 @@ async def post_import(
     body, fields, filename = upload
     try:
         options = _options(fields)
+        if Mapping.parse(options.mapping).households is not None and not user.at_least(
+            "enumerator"
+        ):
+            raise Forbidden(
+                "importing households (mapping.households) needs role enumerator or higher; "
+                f"your token has {user.role}"
+            )
         queued = _flag("async", fields.get("async")) or (
             body.size > settings.import_async_mb * 1024 * 1024
         )

@@ -121,6 +121,7 @@ households = Table(
     Column("tenure", Text),
     Column("rent_kes", Integer),
     Column("years_in_settlement", Integer),
+    *_imported(),
     *_bookkeeping(),
 )
 

@@ -94,6 +94,7 @@ class EnumerationSource:
     format: str = FORMAT
     warnings: list[str] = field(default_factory=list)
     skipped: int = 0
+    skipped_keys: set[str] = field(default_factory=set)
 
     @property
     def total(self) -> int:
@@ -134,6 +135,7 @@ class EnumerationSource:
                 for index, row in enumerate(reader):
                     if (row.get("ReviewState") or "").strip().lower() == "rejected":
                         self.skipped += 1
+                        self.skipped_keys.add((row.get("KEY") or "").strip())
                         continue
                     pending.append((index, row, self._geometry(row)))
                     if len(pending) >= batch_size:
@@ -145,6 +147,50 @@ class EnumerationSource:
                 ) from exc
             if pending:
                 yield _batch(layer, pending)
+
+    def repeat_columns(self, repeat: str) -> list[str]:
+        """The columns of a repeat group's CSV (400 naming the groups when there is none)."""
+        return _header(self._repeat(repeat))
+
+    def _repeat(self, repeat: str) -> Path:
+        path = self.repeats.get(repeat)
+        if path is None:
+            groups = ", ".join(self.repeats) or "none"
+            raise BadRequest(
+                f"the export has no repeat group {repeat!r}; its repeat groups: {groups}",
+                field="mapping",
+            )
+        return path
+
+    def repeat_batches(self, repeat: str, batch_size: int) -> Iterator[Batch]:
+        """The rows of a repeat group whose submission was not skipped, without geometry.
+
+        Each row's ``PARENT_KEY`` names its submission; its ``KEY`` is its source id.
+        """
+        path = self._repeat(repeat)
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            pending: list[tuple[int, dict[str, Any]]] = []
+            for index, row in enumerate(reader):
+                if (row.get("PARENT_KEY") or "").strip() in self.skipped_keys:
+                    continue
+                pending.append((index, {k: v or None for k, v in row.items() if k is not None}))
+                if len(pending) >= batch_size:
+                    yield _rows_batch(repeat, pending)
+                    pending = []
+            if pending:
+                yield _rows_batch(repeat, pending)
+
+
+def _rows_batch(layer: str, pending: list[tuple[int, dict[str, Any]]]) -> Batch:
+    return Batch(
+        layer=layer,
+        indexes=[index for index, _ in pending],
+        source_ids=[(row.get("KEY") or "").strip() or None for _, row in pending],
+        wkb=[None] * len(pending),
+        problems=[None] * len(pending),
+        rows=[row for _, row in pending],
+    )
 
 
 def _geopoint(row: dict[str, str], prefix: str) -> shapely.Geometry | None:

@@ -69,6 +69,8 @@ class Mapping:
     defaults: dict[str, Any] = field(default_factory=dict)
     source_id: str | None = None
     geometry: str | None = None
+    households: Mapping | None = None
+    repeat: str | None = None
 
     @classmethod
     def parse(cls, document: Any) -> Mapping:
@@ -85,13 +87,23 @@ class Mapping:
                 ) from exc
         if not isinstance(document, dict):
             raise BadRequest("mapping must be a JSON object", field="mapping")
-        unknown = set(document) - {"fields", "values", "defaults", "source_id", "geometry"}
+        known = {"fields", "values", "defaults", "source_id", "geometry", "households", "repeat"}
+        unknown = set(document) - known
         if unknown:
             raise BadRequest(
                 f"mapping has unknown member(s) {', '.join(sorted(unknown))}; "
-                "it takes fields, values, defaults, source_id and geometry",
+                "it takes fields, values, defaults, source_id, geometry and households",
                 field="mapping",
             )
+        households = document.get("households")
+        if households is not None:
+            if not isinstance(households, dict) or not isinstance(households.get("repeat"), str):
+                raise BadRequest(
+                    "mapping.households must be an object naming its 'repeat' group",
+                    field="mapping",
+                )
+            households = cls.parse(households)
+        repeat = document.get("repeat")
         fields = document.get("fields") or {}
         values = document.get("values") or {}
         defaults = document.get("defaults") or {}
@@ -116,6 +128,8 @@ class Mapping:
             defaults=dict(defaults),
             source_id=source_id,
             geometry=geometry,
+            households=households,
+            repeat=repeat if isinstance(repeat, str) else None,
         )
 
     def resolve(

@@ -15,16 +15,28 @@ from sqlalchemy import Connection, text
 
 from geo.core.errors import BadRequest
 from geo.core.settings import Settings
+from geo.core.tables import households as households_table
+from geo.imports.enumeration import EnumerationSource
 from geo.imports.mapping import Mapping
 from geo.imports.report import ImportRefused, Report
-from geo.imports.sources import Limits, open_source
-from geo.imports.staging import Stage
+from geo.imports.sources import Limits, Reader, open_source
+from geo.imports.staging import Parent, Stage
+from geo.layers.households import HOUSEHOLD_PROPERTIES
 from geo.layers.registry import COLLECTIONS, Collection
 
 __all__ = ["IMPORTABLE", "ImportOptions", "collection_for", "limits_from", "run_import"]
 
 #: The collections a file can be imported into.
 IMPORTABLE = ("settlements", "structures", "facilities")
+#: Households, as a form export's repeat group brings them (not a published collection).
+HOUSEHOLDS = Collection(
+    name="households",
+    title="Households",
+    description="Households enumerated in a structure",
+    table=households_table,
+    properties=HOUSEHOLD_PROPERTIES,
+    geometry_types=(),
+)
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,10 @@ def run_import(
         stage.validate()
         stage.report(report)
         report.skipped = source.skipped
+        if mapping.households is not None:
+            return _with_households(
+                conn, stage, source, mapping.households, report, options, limits, import_id
+            )
         if options.dry_run:
             report.dry_run = True
             report.mapping = plan.describe()
@@ -155,3 +171,51 @@ def run_import(
         return report
     finally:
         source.close()
+
+
+def _with_households(
+    conn: Connection,
+    stage: Stage,
+    source: Reader,
+    households: Mapping,
+    report: Report,
+    options: ImportOptions,
+    limits: Limits,
+    import_id: Callable[[], int] | int | None,
+) -> Report:
+    """Merge the structures, then the households of a form export's repeat group.
+
+    The households point to their structures by source id, so the structures
+    are merged first; a dry run does both inside a savepoint it rolls back.
+    """
+    if not isinstance(source, EnumerationSource) or households.repeat is None:
+        raise BadRequest(
+            "mapping.households needs a form export (a zip of ODK CSV files) and its 'repeat'",
+            field="mapping",
+        )
+    if report.rejected and not options.partial and not options.dry_run:
+        stage.drop()
+        raise ImportRefused(report)
+    savepoint = conn.begin_nested() if options.dry_run else None
+    if options.dry_run:
+        report.dry_run = True
+        report.mapping = stage.plan.describe()
+        report.counts = stage.value_counts()
+    target = 0 if options.dry_run else (import_id() if callable(import_id) else import_id)
+    stage.merge(report, target or 0)
+    stage.drop()
+    plan = households.resolve(HOUSEHOLDS, source.repeat_columns(households.repeat))
+    rows = Stage(conn, plan, parent=Parent("PARENT_KEY", "structures", "structure_id"))
+    rows.create()
+    rows.load(source.repeat_batches(households.repeat, limits.batch_size))
+    rows.validate()
+    part = Report(layers=[households.repeat])
+    rows.report(part)
+    rows.merge(part, target or 0)
+    rows.drop()
+    report.households = part
+    if savepoint is not None:
+        savepoint.rollback()
+    elif report.refused and not options.partial:
+        raise ImportRefused(report)
+    return report

@@ -35,6 +35,12 @@ class Report:
     mapping: dict[str, Any] | None = None
     counts: dict[str, dict[str, int]] | None = None
     layers: list[str] = field(default_factory=list)
+    households: Report | None = None
+
+    @property
+    def refused(self) -> bool:
+        """Whether any feature (or household) was rejected."""
+        return bool(self.rejected or (self.households and self.households.rejected))
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document."""
@@ -49,6 +55,15 @@ class Report:
             "warnings": self.warnings[:MAX_LISTED],
             "layers": self.layers,
         }
+        if self.households is not None:
+            part = self.households
+            body["households"] = {
+                "imported": part.imported,
+                "updated": part.updated,
+                "unchanged": part.unchanged,
+                "rejected": part.rejected,
+                "errors": part.errors[:MAX_LISTED],
+            }
         if self.dry_run:
             body["dry_run"] = True
             body["mapping"] = self.mapping
@@ -72,9 +87,17 @@ class ImportRefused(InvalidInput):
     def __init__(self, report: Report) -> None:
         first = report.errors[0] if report.errors else {}
         where = f" (first: feature {first.get('index')}: {first.get('reason')})" if first else ""
+        what = f"{report.rejected} of {report.features} feature(s) cannot be imported{where}"
+        part = report.households
+        if part is not None and part.rejected:
+            first = part.errors[0] if part.errors else {}
+            households = (
+                f"{part.rejected} of {part.features} household(s) cannot be imported "
+                f"(first: row {first.get('index')}: {first.get('reason')})"
+            )
+            what = f"{what}; {households}" if report.rejected else households
         super().__init__(
-            f"{report.rejected} of {report.features} feature(s) cannot be imported{where}; "
-            "nothing was written (send partial=true to import the valid ones)",
+            f"{what}; nothing was written (send partial=true to import the valid ones)",
             **report.as_dict(),
         )
         self.report = report

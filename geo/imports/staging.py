@@ -31,7 +31,7 @@ from geo.imports.report import MAX_LISTED, Report
 from geo.imports.sources import Batch, content_id, text_value
 from geo.layers.registry import Collection, Property
 
-__all__ = ["Stage"]
+__all__ = ["Parent", "Stage"]
 
 STAGE = "import_stage"
 Progress = Callable[[int], None]
@@ -120,12 +120,32 @@ def _check(prop: Property) -> list[tuple[str, str]]:
     return checks
 
 
+@dataclass(frozen=True)
+class Parent:
+    """How staged rows point to rows already imported (households to their structure).
+
+    Attributes
+    ----------
+    column
+        The source column holding the parent's source id (``PARENT_KEY``).
+    table
+        The parent table, matched on its ``source_id``.
+    field
+        Our column that takes the parent's id (``structure_id``).
+    """
+
+    column: str
+    table: str
+    field: str
+
+
 @dataclass
 class Stage:
     """The temporary table of one import on one connection."""
 
     conn: Connection
     plan: Plan
+    parent: Parent | None = None
 
     @property
     def collection(self) -> Collection:
@@ -147,7 +167,7 @@ class Stage:
                 CREATE TEMP TABLE {STAGE} (
                     seq bigint PRIMARY KEY, layer text, idx integer, source_id text,
                     geom geometry, reason text, warning text, target_id bigint, action text,
-                    {fields}
+                    parent_key text, parent_id bigint, {fields}
                 ) ON COMMIT DROP
                 """
             )
@@ -160,7 +180,10 @@ class Stage:
     def load(self, batches: Iterable[Batch], progress: Progress | None = None) -> int:
         """COPY every batch into the stage; the number of features staged."""
         names = [_column(p) for p in self.properties]
-        columns = ", ".join(["seq", "layer", "idx", "source_id", "geom", "reason", *names])
+        columns = ", ".join(
+            ["seq", "layer", "idx", "source_id", "geom", "reason", "parent_key", *names]
+        )
+        parent = self.parent.column if self.parent is not None else None
         raw = self.conn.connection.driver_connection
         assert raw is not None
         seq = 0
@@ -183,6 +206,7 @@ class Stage:
                                 source_id or content_id(wkb, row),
                                 wkb,
                                 batch.problems[i],
+                                text_value(row.get(parent)) if parent else None,
                                 *(values[p.name] for p in self.properties),
                             )
                         )
@@ -202,6 +226,28 @@ class Stage:
 
     def validate(self) -> None:
         """Set ``reason`` on every feature that cannot be imported; repair what can be."""
+        if self.collection.geometry_types:
+            self._geometries()
+        if self.parent is not None:
+            self._parents(self.parent)
+        self._fields()
+
+    def _parents(self, parent: Parent) -> None:
+        self.conn.execute(
+            text(
+                f"""
+                UPDATE {STAGE} s SET parent_id = t.id FROM {parent.table} t
+                WHERE t.source_id = s.parent_key AND t.deleted_at IS NULL
+                """
+            )
+        )
+        self._reject(
+            "s.parent_id IS NULL",
+            f"'its parent (' || coalesce(quote_literal(s.parent_key), 'no {parent.column}') "
+            f"|| ') is not among the {parent.table} imported'",
+        )
+
+    def _geometries(self) -> None:
         collection = self.collection
         allowed = ", ".join(_literal(t) for t in collection.geometry_types)
         listed = ", ".join(collection.geometry_types)
@@ -237,6 +283,9 @@ class Stage:
                 """
             )
         )
+
+    def _fields(self) -> None:
+        collection = self.collection
         for prop in self.properties:
             column = f"s.{_column(prop)}"
             for condition, reason in _check(prop):
@@ -346,37 +395,45 @@ class Stage:
         collection = self.collection
         table = collection.table.name
         props = self.properties
-        geom = "ST_Multi(s.geom)" if collection.multi else "s.geom"
-        old = ", ".join(f"t.{p.name}" for p in props)
-        new = ", ".join(_cast(p) for p in props)
+        targets = [p.name for p in props]
+        values = [_cast(p) for p in props]
+        if collection.geometry_types:
+            targets.append("geom")
+            values.append("ST_Multi(s.geom)" if collection.multi else "s.geom")
+        if self.parent is not None:
+            targets.append(self.parent.field)
+            values.append("s.parent_id")
+        old = ", ".join(f"t.{name}" if name != "geom" else "ST_AsEWKB(t.geom)" for name in targets)
+        new = ", ".join(
+            value if name != "geom" else f"ST_AsEWKB({value})"
+            for name, value in zip(targets, values, strict=True)
+        )
         self.conn.execute(
             text(
                 f"""
                 UPDATE {STAGE} s SET target_id = t.id,
-                    action = CASE WHEN ({old}, ST_AsEWKB(t.geom))
-                                       IS NOT DISTINCT FROM ({new}, ST_AsEWKB({geom}))
+                    action = CASE WHEN ({old}) IS NOT DISTINCT FROM ({new})
                              THEN 'unchanged' ELSE 'update' END
                 FROM {table} t
                 WHERE s.reason IS NULL AND t.source_id = s.source_id AND t.deleted_at IS NULL
                 """
             )
         )
-        columns = ", ".join(p.name for p in props)
         inserted = self.conn.execute(
             text(
                 f"""
-                INSERT INTO {table} ({columns}, geom, source_id, import_id)
-                SELECT {", ".join(_cast(p) for p in props)}, {geom}, s.source_id, :import_id
+                INSERT INTO {table} ({", ".join(targets)}, source_id, import_id)
+                SELECT {", ".join(values)}, s.source_id, :import_id
                 FROM {STAGE} s WHERE s.reason IS NULL AND s.target_id IS NULL ORDER BY s.seq
                 """
             ),
             {"import_id": import_id},
         ).rowcount
-        assignments = ", ".join(f"{p.name} = {_cast(p)}" for p in props)
+        assignments = ", ".join(f"{n} = {v}" for n, v in zip(targets, values, strict=True))
         updated = self.conn.execute(
             text(
                 f"""
-                UPDATE {table} t SET {assignments}, geom = {geom}, import_id = :import_id
+                UPDATE {table} t SET {assignments}, import_id = :import_id
                 FROM {STAGE} s WHERE s.action = 'update' AND t.id = s.target_id
                 """
             ),

@@ -1,8 +1,9 @@
 """Bulk imports: a job row per import, its uploaded file, and source ids on the layers.
 
-* ``settlements``, ``structures`` and ``facilities`` gain ``source_id`` (the
+* ``settlements``, ``structures``, ``facilities`` and ``households`` gain ``source_id`` (the
   feature's id in the file it came from, or a hash of its content) and
-  ``import_id`` (the import that last wrote it).  A live row's ``source_id`` is
+  ``import_id`` (the import that last wrote it; a household's source id is the
+  ``KEY`` of its row in a form export's repeat group).  A live row's ``source_id`` is
   unique per table, so importing the same file again matches what is there.
 * ``imports`` holds one row per import, synchronous or queued: who started it,
   its options, status, progress, the worker's heartbeat and the final report.
@@ -22,7 +23,7 @@ down_revision = "0012"
 branch_labels = None
 depends_on = None
 
-LAYERS = ("settlements", "structures", "facilities")
+LAYERS = ("settlements", "structures", "facilities", "households")
 
 
 def upgrade() -> None:

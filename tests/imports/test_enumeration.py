@@ -168,3 +168,67 @@ def test_geometry_column_chosen_by_the_mapping(
         client, path, token_for("mapper"), collection="structures", mapping={"geometry": "gps"}
     )
     assert wrong.status_code == 400 and "gps" in wrong.json()["detail"]
+
+
+def test_households_from_the_repeat_group(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
+    make_settlement(connection)
+    path = _export(tmp_path, _submissions())
+    mapping = {"households": {"repeat": "households", "defaults": {"tenure": "other"}}}
+    fields = {"collection": "structures", "partial": True}
+    denied = post_import(client, path, token_for("mapper"), mapping=mapping, **fields)
+    assert denied.status_code == 403 and "enumerator" in denied.json()["detail"]
+
+    enumerator = token_for("enumerator")
+    dry = post_import(client, path, enumerator, mapping=mapping, dry_run=True, **fields).json()
+    assert dry["households"]["imported"] == 2
+    assert count_rows(connection, "households") == 0
+
+    response = post_import(client, path, enumerator, mapping=mapping, **fields)
+    assert response.status_code == 201, response.text
+    report = response.json()
+    assert (report["imported"], report["skipped"]) == (2, 1)
+    part = report["households"]
+    # E-003 was rejected in review: its household is skipped with it; E-004 had no geometry.
+    assert (part["imported"], part["rejected"]) == (2, 1)
+    assert "not among the structures imported" in part["errors"][0]["reason"]
+    rows = connection.execute(
+        text(
+            "SELECT s.structure_number, h.members, h.tenure, h.head_name, s.households "
+            "FROM households h JOIN structures s ON s.id = h.structure_id ORDER BY 1"
+        )
+    ).all()
+    assert [tuple(r) for r in rows] == [
+        ("E-001", 4, "tenant", "Amina", 1),
+        ("E-002", 4, "tenant", "Amina", 1),
+    ]
+
+    again = post_import(client, path, enumerator, mapping=mapping, **fields).json()
+    assert (again["households"]["imported"], again["households"]["unchanged"]) == (0, 2)
+    assert count_rows(connection, "households") == 2
+
+
+def test_households_all_or_nothing(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
+    make_settlement(connection)
+    path = _export(tmp_path, _submissions()[:2])
+    mapping = {"households": {"repeat": "households", "values": {"tenure": {"tenant": "lodger"}}}}
+    refused = post_import(
+        client, path, token_for("enumerator"), collection="structures", mapping=mapping
+    )
+    assert refused.status_code == 422
+    body = refused.json()
+    assert body["households"]["rejected"] == 2
+    assert "tenure must be one of" in body["households"]["errors"][0]["reason"]
+    assert count_rows(connection, "structures", "structure_number LIKE 'E-%'") == 0
+    assert count_rows(connection, "households") == 0
+    missing = post_import(
+        client,
+        path,
+        token_for("enumerator"),
+        collection="structures",
+        mapping={"households": {"repeat": "members"}},
+    )
+    assert missing.status_code == 400 and "households" in missing.json()["detail"]
