@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +16,7 @@ from sqlalchemy import Connection, create_engine, text
 from app.main import create_app
 from geo.core.auth import create_token
 from geo.core.cluster import EmbeddedCluster
-from geo.core.db import migrate
+from geo.core.db import Database, migrate
 from geo.core.settings import Settings
 from geo.core.uploads import spool_stream
 from geo.imports.jobs import claim, create_import, run_next, store_file
@@ -160,4 +163,71 @@ def test_worker_in_the_server_runs_queued_and_orphaned_jobs(
         assert states == {orphan: "done", response.json()["id"]: "done"}
     with engine.connect() as conn:
         assert count_rows(conn, "structures") == 7
+    engine.dispose()
+
+
+KILLABLE_WORKER = """
+import sys
+from geo.core.db import Database
+from geo.core.settings import Settings
+from geo.imports.jobs import run_next
+
+settings = Settings(database_url=sys.argv[1], import_batch_size=500)
+run_next(Database.from_settings(settings), settings, worker="doomed")
+"""
+
+
+def test_worker_killed_mid_import_is_retried(committed: Settings, tmp_path: Path) -> None:
+    engine = create_engine(committed.database_url.replace("postgresql://", "postgresql+psycopg://"))
+    path = tmp_path / "many.geojson"
+    footprints(20_000, y0=-1.28).to_file(path, driver="GeoJSON")
+    with engine.begin() as conn, path.open("rb") as handle:
+        body = spool_stream(handle, limit=100_000_000)
+        import_id = create_import(
+            conn,
+            owner="kibet",
+            options=ImportOptions("structures"),
+            body=body,
+            filename=path.name,
+            status="queued",
+        )
+        store_file(conn, import_id, body)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE_WORKER, committed.database_url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status = "queued"
+        while time.monotonic() < deadline and status == "queued":
+            with engine.connect() as conn:
+                status = conn.execute(
+                    text("SELECT status FROM imports WHERE id = :i"), {"i": import_id}
+                ).scalar_one()
+            time.sleep(0.05)
+        assert status == "running"
+        time.sleep(0.5)  # well inside the import of 20,000 features
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    with engine.connect() as conn:
+        assert (
+            count_rows(conn, "structures", f"import_id = {import_id}") == 0
+        )  # nothing half-written
+    time.sleep(committed.import_stale_s + 0.5)  # its heartbeat goes stale
+    with engine.connect() as conn:
+        status_now = conn.execute(
+            text("SELECT status, worker FROM imports WHERE id = :i"), {"i": import_id}
+        ).one()
+    assert tuple(status_now) == ("running", "doomed")
+    assert run_next(Database.from_settings(committed), committed, worker="rescuer") == import_id
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, attempts, worker, report FROM imports WHERE id = :i"),
+            {"i": import_id},
+        ).one()
+        assert (row.status, row.attempts, row.worker) == ("done", 2, "rescuer")
+        assert row.report["imported"] == 20_000
+        assert count_rows(conn, "structures", f"import_id = {import_id}") == 20_000
     engine.dispose()
