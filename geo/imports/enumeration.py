@@ -29,7 +29,7 @@ import numpy as np
 import shapely
 
 from geo.core.errors import BadRequest
-from geo.imports.sources import Batch, Layer, UnreadableFile, reproject
+from geo.imports.sources import Batch, Layer, UnreadableFile, reproject, text_value
 
 __all__ = ["EnumerationSource", "open_enumeration", "parse_geoshape"]
 
@@ -71,6 +71,18 @@ def is_enumeration(paths: list[Path]) -> bool:
         return False
     main = min(csvs, key=lambda p: len(p.stem))
     return "KEY" in _header(main)
+
+
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of one CSV of the export; a broken CSV is a 400 naming file and line."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            yield from reader
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise UnreadableFile(
+                f"{path.name}: line {reader.line_num}: {exc}", line=reader.line_num
+            ) from exc
 
 
 def _header(path: Path) -> list[str]:
@@ -128,25 +140,18 @@ class EnumerationSource:
     def batches(self, batch_size: int) -> Iterator[Batch]:
         """The submissions that are not rejected, ``batch_size`` at a time."""
         layer = self.layers[0].name
-        with self.main.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            pending: list[tuple[int, dict[str, Any], shapely.Geometry | None]] = []
-            try:
-                for index, row in enumerate(reader):
-                    if (row.get("ReviewState") or "").strip().lower() == "rejected":
-                        self.skipped += 1
-                        self.skipped_keys.add((row.get("KEY") or "").strip())
-                        continue
-                    pending.append((index, row, self._geometry(row)))
-                    if len(pending) >= batch_size:
-                        yield _batch(layer, pending)
-                        pending = []
-            except csv.Error as exc:
-                raise UnreadableFile(
-                    f"{self.main.name}: line {reader.line_num}: {exc}", line=reader.line_num
-                ) from exc
-            if pending:
+        pending: list[tuple[int, dict[str, Any], shapely.Geometry | None]] = []
+        for index, row in enumerate(_records(self.main)):
+            if (row.get("ReviewState") or "").strip().lower() == "rejected":
+                self.skipped += 1
+                self.skipped_keys.add(text_value(row.get("KEY")) or "")
+                continue
+            pending.append((index, row, self._geometry(row)))
+            if len(pending) >= batch_size:
                 yield _batch(layer, pending)
+                pending = []
+        if pending:
+            yield _batch(layer, pending)
 
     def repeat_columns(self, repeat: str) -> list[str]:
         """The columns of a repeat group's CSV (400 naming the groups when there is none)."""
@@ -167,26 +172,23 @@ class EnumerationSource:
 
         Each row's ``PARENT_KEY`` names its submission; its ``KEY`` is its source id.
         """
-        path = self._repeat(repeat)
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            pending: list[tuple[int, dict[str, Any]]] = []
-            for index, row in enumerate(reader):
-                if (row.get("PARENT_KEY") or "").strip() in self.skipped_keys:
-                    continue
-                pending.append((index, {k: v or None for k, v in row.items() if k is not None}))
-                if len(pending) >= batch_size:
-                    yield _rows_batch(repeat, pending)
-                    pending = []
-            if pending:
+        pending: list[tuple[int, dict[str, Any]]] = []
+        for index, row in enumerate(_records(self._repeat(repeat))):
+            if (text_value(row.get("PARENT_KEY")) or "") in self.skipped_keys:
+                continue
+            pending.append((index, {k: v or None for k, v in row.items() if k is not None}))
+            if len(pending) >= batch_size:
                 yield _rows_batch(repeat, pending)
+                pending = []
+        if pending:
+            yield _rows_batch(repeat, pending)
 
 
 def _rows_batch(layer: str, pending: list[tuple[int, dict[str, Any]]]) -> Batch:
     return Batch(
         layer=layer,
         indexes=[index for index, _ in pending],
-        source_ids=[(row.get("KEY") or "").strip() or None for _, row in pending],
+        source_ids=[text_value(row.get("KEY")) for _, row in pending],
         wkb=[None] * len(pending),
         problems=[None] * len(pending),
         rows=[row for _, row in pending],
@@ -211,7 +213,7 @@ def _batch(layer: str, pending: list[tuple[int, dict[str, Any], shapely.Geometry
     return Batch(
         layer=layer,
         indexes=[index for index, _, _ in pending],
-        source_ids=[(row.get("KEY") or "").strip() or None for _, row, _ in pending],
+        source_ids=[text_value(row.get("KEY")) for _, row, _ in pending],
         wkb=wkb,
         problems=problems,
         rows=[
@@ -234,8 +236,7 @@ def open_enumeration(folder: Path, paths: list[Path], *, geometry: str | None) -
             f"mapping.geometry {geometry!r} is neither a column nor a geopoint of {main.name}",
             field="mapping",
         )
-    with main.open(encoding="utf-8-sig", newline="") as handle:
-        count = sum(1 for _ in csv.reader(handle)) - 1
+    count = sum(1 for _ in _records(main))
     return EnumerationSource(
         folder=folder,
         main=main,

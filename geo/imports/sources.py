@@ -270,7 +270,7 @@ def text_value(value: Any) -> str | None:
         return str(value).lower()
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    text = str(value).strip()
+    text = str(value).replace("\x00", "").strip()  # PostgreSQL text cannot hold NUL
     return text or None
 
 

@@ -232,3 +232,25 @@ def test_households_all_or_nothing(
         mapping={"households": {"repeat": "members"}},
     )
     assert missing.status_code == 400 and "households" in missing.json()["detail"]
+
+
+def test_nul_bytes_never_reach_the_database(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
+    make_settlement(connection)
+    x, y = KIBERA
+    target = tmp_path / "nul.zip"
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr(
+            f"{FORM}.csv",
+            "KEY,structure-structure_number,location-Latitude,location-Longitude\n"
+            f"uuid:\x001,N\x00-1,{y},{x}\n",
+        )
+        archive.writestr(f"{FORM}-households.csv", "PARENT_KEY,KEY\n")
+    response = post_import(client, target, token_for("mapper"), collection="structures")
+    assert response.status_code == 201, response.text
+    row = connection.execute(
+        text("SELECT source_id, structure_number FROM structures WHERE import_id = :i"),
+        {"i": response.json()["id"]},
+    ).one()
+    assert tuple(row) == ("uuid:1", "N-1")

@@ -305,3 +305,36 @@ def test_idempotency_key_replays(
     assert again.headers.get("idempotent-replayed") == "true"
     assert again.json() == first.json()
     assert count_rows(connection, "structures", "structure_number LIKE 'KB-%'") == 2
+
+
+def test_odd_values_are_reported_not_crashed(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
+    make_settlement(connection)
+    frame = footprints(4)
+    frame["Structure_Number"] = frame["Structure_Number"].astype(object)
+    frame.loc[0, "Structure_Number"] = "KB-\x00-NUL"
+    frame["storeys"] = frame["storeys"].astype(object)
+    frame.loc[1, "storeys"] = "2.5"
+    frame.loc[2, "storeys"] = "99999999999999999999999"
+    frame.loc[3, "wall"] = "x" * 200
+    path = tmp_path / "odd.geojson"
+    frame.to_file(path, driver="GeoJSON")
+    response = post_import(
+        client,
+        path,
+        token_for("mapper"),
+        collection="structures",
+        mapping={"fields": {"wall_material": "wall"}},
+        partial=True,
+    )
+    assert response.status_code == 201, response.text
+    report = response.json()
+    reasons = {e["index"]: e["reason"] for e in report["errors"]}
+    assert set(reasons) == {1, 2, 3}
+    assert "whole number" in reasons[1] and "whole number" in reasons[2]
+    assert "longer than 100" in reasons[3]
+    number = connection.execute(
+        text("SELECT structure_number FROM structures WHERE import_id = :i"), {"i": report["id"]}
+    ).scalar_one()
+    assert number.startswith("KB-") and "\x00" not in number  # GDAL reads up to the NUL
