@@ -47,6 +47,7 @@ __all__ = [
     "Reader",
     "Source",
     "UnreadableFile",
+    "check_stream",
     "content_id",
     "open_source",
     "reproject",
@@ -397,6 +398,13 @@ class _Checker:
             )
 
 
+def check_stream(stream: IO[bytes] | Any, suffix: str, limits: Limits, name: str) -> None:
+    """Read ``stream`` through the hostile-content checks of a ``suffix`` file, keeping nothing."""
+    checker = _Checker(suffix, limits, name)
+    while chunk := stream.read(CHUNK):
+        checker.feed(chunk)
+
+
 def _copy(stream: IO[bytes] | Any, target: Path, limits: Limits, name: str) -> None:
     checker = _Checker(target.suffix.lower(), limits, name)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -460,6 +468,15 @@ def _unpack(
     """Write the upload into ``folder``: the dataset to open and, for an archive, its files."""
     container = sniff(file)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename).stem)[:60] or "upload"
+    from geo.imports.kobo import is_xlsx, kobo_to_csv
+
+    if container == "zip" and is_xlsx(file):  # a KoboToolbox export
+        workbook = folder / f"{stem}.xlsx"
+        with workbook.open("wb") as out:
+            shutil.copyfileobj(file, out, CHUNK)
+        (folder / "data").mkdir()
+        sheets = kobo_to_csv(workbook, folder / "data", limits)
+        return sheets[0], sheets
     if container == "zip":
         written: list[Path] = []
         for member in members(

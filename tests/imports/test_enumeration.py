@@ -254,3 +254,103 @@ def test_nul_bytes_never_reach_the_database(
         {"i": response.json()["id"]},
     ).one()
     assert tuple(row) == ("uuid:1", "N-1")
+
+
+def _kobo(tmp_path: Path, rows: list[dict[str, Any]]) -> Path:
+    """The submissions as a KoboToolbox XLSX export (groups with '/', geopoint helpers)."""
+    import pandas as pd
+    import pyogrio
+
+    main = pd.DataFrame(
+        {
+            "structure/structure_number": [r["structure-structure_number"] for r in rows],
+            "structure/use": [r["structure-use"] for r in rows],
+            "footprint": [r["footprint"] for r in rows],
+            "_location_latitude": [r["location-Latitude"] for r in rows],
+            "_location_longitude": [r["location-Longitude"] for r in rows],
+            "_uuid": [r["KEY"].removeprefix("uuid:") for r in rows],
+            "_index": [str(i + 1) for i in range(len(rows))],
+            "_validation_status": [
+                "validation_status_not_approved" if r["ReviewState"] == "rejected" else ""
+                for r in rows
+            ],
+        }
+    )
+    repeat = pd.DataFrame(
+        {
+            "head_name": ["Amina", "Baraka", "Chebet"],
+            "members": ["4", "2", "6"],
+            "tenure": ["tenant", "owner", "tenant"],
+            "_index": ["1", "2", "3"],
+            "_parent_index": ["1", "1", "2"],
+            "_parent_table_name": ["structure_survey"] * 3,
+        }
+    )
+    target = tmp_path / "kobo.xlsx"
+    pyogrio.write_dataframe(main, target, layer="structure_survey", driver="XLSX")
+    pyogrio.write_dataframe(repeat, target, layer="households", driver="XLSX", append=True)
+    return target
+
+
+def test_kobo_xlsx_export(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
+    make_settlement(connection)
+    path = _kobo(tmp_path, _submissions())
+    mapping = {"households": {"repeat": "households"}}
+    response = post_import(
+        client,
+        path,
+        token_for("enumerator"),
+        collection="structures",
+        partial=True,
+        mapping=mapping,
+    )
+    assert response.status_code == 201, response.text
+    report = response.json()
+    assert (report["imported"], report["rejected"], report["skipped"]) == (2, 1, 1)
+    assert report["households"]["imported"] == 3, report["households"]
+    rows = connection.execute(
+        text(
+            "SELECT s.structure_number, s.use, GeometryType(s.geom) AS kind, count(h.id) AS n "
+            "FROM structures s LEFT JOIN households h ON h.structure_id = s.id "
+            "WHERE s.import_id = :i GROUP BY 1, 2, 3 ORDER BY 1"
+        ),
+        {"i": report["id"]},
+    ).all()
+    assert [tuple(r) for r in rows] == [
+        ("E-001", "residential", "POLYGON", 2),
+        ("E-002", "business", "POINT", 1),
+    ]
+    keys = (
+        connection.execute(text("SELECT source_id FROM households ORDER BY source_id"))
+        .scalars()
+        .all()
+    )
+    assert keys[0].endswith("/households[1]") and keys[1].endswith("/households[2]")
+    again = post_import(
+        client,
+        path,
+        token_for("enumerator"),
+        collection="structures",
+        partial=True,
+        mapping=mapping,
+    ).json()
+    assert (again["unchanged"], again["households"]["unchanged"]) == (2, 3)
+
+
+def test_kobo_workbook_with_entities_is_refused(
+    client: TestClient, token_for: Headers, connection: Connection, tmp_path: Path
+) -> None:
+    source = _kobo(tmp_path, _submissions())
+    target = tmp_path / "evil.xlsx"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as evil:
+        for info in original.infolist():
+            data = original.read(info)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(b"?>", b'?><!DOCTYPE x [<!ENTITY a "aaaa">]>', 1)
+            evil.writestr(info, data)
+    response = post_import(client, target, token_for("mapper"), collection="structures")
+    assert response.status_code == 400
+    assert "ENTITY" in response.json()["detail"]
+    assert count_rows(connection, "structures", "structure_number LIKE 'E-%'") == 0
