@@ -1,4 +1,4 @@
-"""ODK Central CSV exports (zip of the main CSV and one CSV per repeat) into structures."""
+"""Form exports into structures and households: ODK Central CSV zips and KoboToolbox XLSX."""
 
 from __future__ import annotations
 
