@@ -145,6 +145,22 @@ async def _receive(
     return body, fields, form.filename
 
 
+_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["file", "collection"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the file to import"},
+        "collection": {"type": "string", "enum": ["settlements", "structures", "facilities"]},
+        "settlement_id": {"type": "integer", "description": "put every feature in it"},
+        "mapping": {"type": "string", "description": "JSON: fields, values, defaults..."},
+        "partial": {"type": "boolean", "description": "import the valid features"},
+        "dry_run": {"type": "boolean", "description": "check and report; write nothing"},
+        "layer": {"type": "string", "description": "the layer of a multi-layer file"},
+        "source_crs": {"type": "string", "description": "e.g. EPSG:21037"},
+        "async": {"type": "boolean", "description": "queue it (202) whatever its size"},
+    },
+}
+
 Upload = Annotated[tuple[SpooledBody, dict[str, str], str | None], Depends(_receive)]
 
 
@@ -159,6 +175,12 @@ Upload = Annotated[tuple[SpooledBody, dict[str, str], str | None], Depends(_rece
         400: {"description": "unreadable, hostile or ambiguous file (e.g. several layers)"},
         413: {"description": "over MAKAZI_MAX_UPLOAD_MB or a decompression limit"},
         422: {"description": "bad features (all or nothing): problem+json with the report"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": _FORM_SCHEMA}},
+        }
     },
 )
 async def post_import(

@@ -231,3 +231,26 @@ def test_worker_killed_mid_import_is_retried(committed: Settings, tmp_path: Path
         assert row.report["imported"] == 20_000
         assert count_rows(conn, "structures", f"import_id = {import_id}") == 20_000
     engine.dispose()
+
+
+def test_large_uploads_are_queued_and_keys_replay(
+    app_settings: Settings,
+    db: BoundDatabase,
+    connection: Connection,
+    token_for: Headers,
+    tmp_path: Path,
+) -> None:
+    settings = app_settings.model_copy(update={"import_async_mb": 0})  # every file is "large"
+    path = tmp_path / "f.geojson"
+    footprints(2).to_file(path, driver="GeoJSON")
+    headers = {**token_for("mapper"), "Idempotency-Key": "queued-1"}
+    with TestClient(create_app(settings, database=db), raise_server_exceptions=False) as client:
+        first = post_import(client, path, headers, collection="structures")
+        again = post_import(client, path, headers, collection="structures")
+        dry = post_import(client, path, token_for("mapper"), collection="structures", dry_run=True)
+    assert first.status_code == 202, first.text
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert dry.status_code == 200  # a dry run always answers at once
+    queued = connection.execute(text("SELECT count(*) FROM imports WHERE status = 'queued'"))
+    assert queued.scalar_one() == 1
