@@ -14,11 +14,13 @@ from app import problems
 from app.headers import SecurityHeaders
 from app.openapi import install_openapi30
 from app.routers import analysis, exports, features, households, meta, tiles, tokens, web
+from app.routers import imports as imports_router
 from app.routers import traces as traces_router
 from geo.core.db import Database
 from geo.core.feed import ChangeFeed
 from geo.core.settings import Settings, get_settings
 from geo.core.throttle import FailureThrottle
+from geo.imports.jobs import ImportWorker
 
 __all__ = ["create_app"]
 
@@ -49,9 +51,15 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         if settings.tile_change_feed and listen_url is not None:
             feed = ChangeFeed(listen_url).start()
         app.state.change_feed = feed
+        # Queued imports run in this process too (not on a test's bound database).
+        worker = None
+        if database is None and settings.import_workers:
+            worker = ImportWorker(db, settings).start()
         try:
             yield
         finally:
+            if worker is not None:
+                worker.stop()
             if feed is not None:
                 feed.stop()
             if database is None:
@@ -95,5 +103,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(web.router)
     app.include_router(tokens.router)
     app.include_router(traces_router.router)
+    app.include_router(imports_router.router)
     install_openapi30(app)
     return app

@@ -98,6 +98,16 @@ class Settings(BaseSettings):
     trace_boundary_simplify_m: float = Field(default=1.0, ge=0)
     trace_ingest_timeout_ms: int = Field(default=600_000, ge=1_000)
 
+    # Bulk imports (geo/imports/)
+    import_async_mb: int = Field(default=5, ge=0)
+    import_max_line_kb: int = Field(default=1024, ge=1)
+    import_batch_size: int = Field(default=5_000, ge=1)
+    import_workers: int = Field(default=1, ge=0, le=16)
+    import_poll_s: float = Field(default=2.0, gt=0)
+    import_stale_s: float = Field(default=60.0, gt=0)
+    import_max_attempts: int = Field(default=3, ge=1)
+    import_timeout_ms: int = Field(default=3_600_000, ge=1_000)
+
     items_default_limit: int = Field(default=100, ge=1)
     items_max_limit: int = Field(default=10_000, ge=1)
 

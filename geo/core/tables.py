@@ -30,6 +30,8 @@ __all__ = [
     "feature_history",
     "households",
     "idempotency_keys",
+    "import_files",
+    "imports",
     "metadata",
     "settlements",
     "structures",
@@ -53,6 +55,11 @@ def _bookkeeping() -> list[Column[Any]]:
         Column("deleted_at", DateTime(timezone=True)),
         Column("deleted_by", Text),
     ]
+
+
+def _imported() -> list[Column[Any]]:
+    """Where an imported row came from (migration 0013)."""
+    return [Column("source_id", Text), Column("import_id", BigInteger)]
 
 
 def _geom(kind: str, nullable: bool = False) -> Column[Any]:
@@ -84,6 +91,7 @@ settlements = Table(
     Column("source", Text),
     Column("notes", Text),
     _geom("MULTIPOLYGON"),
+    *_imported(),
     *_bookkeeping(),
 )
 
@@ -99,6 +107,7 @@ structures = Table(
     Column("storeys", Integer),
     Column("households", Integer, nullable=False),
     _geom("GEOMETRY"),
+    *_imported(),
     *_bookkeeping(),
 )
 
@@ -113,6 +122,7 @@ households = Table(
     Column("tenure", Text),
     Column("rent_kes", Integer),
     Column("years_in_settlement", Integer),
+    *_imported(),
     *_bookkeeping(),
 )
 
@@ -125,6 +135,7 @@ facilities = Table(
     Column("name", Text),
     Column("settlement_id", BigInteger),
     _geom("GEOMETRY"),
+    *_imported(),
     *_bookkeeping(),
 )
 
@@ -214,4 +225,33 @@ idempotency_keys = Table(
     Column("body", LargeBinary),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("completed_at", DateTime(timezone=True)),
+)
+
+imports = Table(
+    "imports",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("collection", Text, nullable=False),
+    Column("filename", Text),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("options", JSONB, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("progress", Float, nullable=False),
+    Column("report", JSONB),
+    Column("attempts", Integer, nullable=False),
+    Column("worker", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+)
+
+import_files = Table(
+    "import_files",
+    metadata,
+    Column("import_id", BigInteger, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("chunk", LargeBinary, nullable=False),
 )

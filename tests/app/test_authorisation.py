@@ -12,6 +12,7 @@ searched for the demo's personal household values.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -33,7 +34,7 @@ Auth = Callable[..., dict[str, str]]
 
 # (method, path, least role; "open": not about callers at all, tokens are not even read).
 # {s} settlement, {f} structure (a feature), {st} structure,
-# {h} household, {t} a public trace owned by someone else, {z}/{x}/{y} a tile over the data.
+# {h} household, {t} a public trace and {i} an import, both someone else's, {z}/{x}/{y} a tile.
 OPERATIONS: list[tuple[str, str, str | None]] = [  # every operation /api lists
     ("GET", "/healthz", "open"),
     ("GET", "/", "open"),
@@ -78,6 +79,8 @@ OPERATIONS: list[tuple[str, str, str | None]] = [  # every operation /api lists
     ("POST", "/traces/{t}/boundary", "mapper"),
     ("PATCH", "/traces/{t}", "owner"),
     ("DELETE", "/traces/{t}", "owner"),
+    ("POST", "/imports", "mapper"),
+    ("GET", "/imports/{i}", "owner"),
 ]
 
 CALLERS = ["anonymous", "wrong token", "revoked token", *ROLES]
@@ -106,6 +109,12 @@ def body_for(method: str, path: str) -> dict[str, Any]:
         return {"json": {"name": "matrix-new", "role": "viewer"}}
     if path == "/traces":
         return {"content": walk(6), "headers": GPX}
+    if path == "/imports":
+        empty = b'{"type": "FeatureCollection", "features": []}'
+        return {
+            "files": {"file": ("e.geojson", empty, "application/geo+json")},
+            "data": {"collection": "facilities", "dry_run": "true"},
+        }
     if "/households" in path:
         return {"json": {"members": 3, "tenure": "tenant"}}
     if path.startswith("/traces/") and method == "PATCH":
@@ -162,8 +171,22 @@ class TestMatrix:
                 "/traces?visibility=public&name=matrix", content=walk(12), headers={**owner, **GPX}
             )
             assert trace.status_code == 201, trace.text
+            point = {
+                "type": "Feature",
+                "properties": {"type": "water_point"},
+                "geometry": {"type": "Point", "coordinates": [36.787, -1.313]},
+            }
+            tap = json.dumps({"type": "FeatureCollection", "features": [point]}).encode()
+            imported = client.post(
+                "/imports",
+                files={"file": ("tap.geojson", tap, "application/geo+json")},
+                data={"collection": "facilities"},
+                headers=owner,
+            )
+            assert imported.status_code in (200, 201), imported.text
             z, x, y = tile_of(36.787, -1.313, 14)
             values = {
+                "i": imported.json()["id"],
                 "s": ids.s,
                 "st": ids.st,
                 "f": ids.f,

@@ -1,0 +1,123 @@
+"""Bulk import: ``makazi import`` vs ``ogr2ogr -f PostgreSQL`` (COPY mode), same GeoPackage.
+
+A generated GeoPackage of ``MAKAZI_BENCH_IMPORT_FEATURES`` (default 1,000,000)
+structure footprints in Nairobi, each with a number, use, storeys and wall
+material, is loaded into a fresh database of the bench cluster:
+
+* ``makazi import`` (a process of its own): read in batches, mapped, COPY into a
+  stage, checked and merged in SQL, with versions, history rows, settlement
+  placement and the source-id index, all in one transaction;
+* the same file again (every feature found unchanged);
+* ``ogr2ogr -f PostgreSQL --config PG_USE_COPY YES`` into a plain table: the
+  floor for moving the bytes, with no checks, history or indexes but its own.
+
+Peak RSS is each process's ``VmHWM``, polled while it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import BenchContext, machine_line, markdown_table, peak_rss_mb
+from geo.core.db import migrate
+
+DATABASE = "makazi_bench_imports"
+
+
+def make_gpkg(out: Path, features: int) -> Path:
+    """The footprints as a GeoPackage (generated once per size)."""
+    import geopandas as gpd
+    import numpy as np
+    import shapely
+
+    target = out / "imports" / f"structures-{features}.gpkg"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    x = 36.70 + rng.random(features) * 0.2
+    y = -1.40 + rng.random(features) * 0.2
+    uses = np.array(["residential", "business", "mixed", "school"])
+    frame = gpd.GeoDataFrame(
+        {
+            "structure_number": [f"B-{i:07d}" for i in range(features)],
+            "use": uses[np.arange(features) % len(uses)],
+            "storeys": 1 + np.arange(features) % 3,
+            "wall_material": "mabati",
+        },
+        geometry=shapely.box(x, y, x + 0.00005, y + 0.00005),
+        crs=4326,
+    )
+    frame.to_file(target, driver="GPKG", layer="structures")
+    return target
+
+
+def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS MiB, last output line) of a command run to its end."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, peak_rss_mb(proc.pid))
+        except OSError:
+            break
+        time.sleep(0.05)
+    output = proc.communicate()[0].decode(errors="replace").strip()
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {output[-500:]}")
+    return seconds, peak, output.splitlines()[-1] if output else ""
+
+
+def run(ctx: BenchContext) -> str:
+    """Time both loaders; the RESULTS.md section."""
+    features = int(os.environ.get("MAKAZI_BENCH_IMPORT_FEATURES", "1000000"))
+    gpkg = make_gpkg(ctx.out, features)
+    url = ctx.cluster.create_database(DATABASE, drop=True)
+    migrate(url)
+    env = {"MAKAZI_DATABASE_URL": url}
+    command = [sys.executable, "-m", "app.cli", "import", str(gpkg), "--collection", "structures"]
+    rows: list[list[object]] = []
+    first = _timed([*command, "--quiet"], env)
+    again = _timed([*command, "--quiet"], env)
+    ogr = None
+    if shutil.which("ogr2ogr"):
+        ogr = _timed(
+            [
+                "ogr2ogr",
+                "-f",
+                "PostgreSQL",
+                f"PG:{ctx.cluster.conninfo(DATABASE)}",
+                str(gpkg),
+                "-nln",
+                "ogr_structures",
+                "-overwrite",
+                "--config",
+                "PG_USE_COPY",
+                "YES",
+            ],
+            {},
+        )
+    floor = ogr[0] if ogr else float("nan")
+    for label, (seconds, peak, _line) in (
+        ("makazi import (new features)", first),
+        ("makazi import again (all unchanged)", again),
+        *((("ogr2ogr -f PostgreSQL (COPY)", ogr),) if ogr else ()),
+    ):
+        rows.append([label, seconds, seconds / floor, peak, features / seconds])
+    table = markdown_table(["loader", "seconds", "x ogr2ogr", "peak RSS MiB", "features/s"], rows)
+    return (
+        f"_{machine_line()}_\n\n{features:,} footprints from one GeoPackage "
+        f"({gpkg.stat().st_size / 1e6:.0f} MB) into an empty database.\n\n{table}\n\n"
+        f"- makazi: {first[2]}\n- again: {again[2]}\n"
+        "- makazi's run includes what ogr2ogr does not do: checks, placement in settlements, "
+        "versions and one history row per feature (the audit trigger), the source-id index.\n"
+    )
