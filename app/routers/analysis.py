@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.bodies import JsonBody
 from app.deps import DbDep, PublicReader, SettingsDep, ViewerUser
 from app.problems import validation_errors
+from app.routers.profiles import AsOf, Verified, verified_only
 from geo.analysis.access import access as access_counts
 from geo.analysis.access import access_features
 from geo.analysis.density import density as density_grid
@@ -29,6 +30,7 @@ from geo.analysis.summary import summary
 from geo.core.auth import Principal
 from geo.core.errors import Forbidden, InvalidInput
 from geo.core.privacy import FEATURE_ROLE, sees_features
+from geo.layers.as_of import as_of_moment
 
 router = APIRouter(tags=["analysis"])
 
@@ -78,13 +80,27 @@ def _impact_body(raw: bytes) -> ImpactRequest:
     responses={200: {"model": SettlementSummary, "description": "The settlement's profile"}},
 )
 def settlement_summary(
-    settlement_id: int, user: PublicReader, db: DbDep, settings: SettingsDep
+    settlement_id: int,
+    user: PublicReader,
+    db: DbDep,
+    settings: SettingsDep,
+    verified: Verified = False,
+    as_of: AsOf = None,
 ) -> JSONResponse:
     """Area, structures by use, households, people, densities, facilities by type and
     condition, and the Know Your City estimates, each labelled counted or estimated.
-    Counts below 5 are null for anonymous and viewer callers and named in `suppressed`."""
+    Counts below 5 are null for anonymous and viewer callers and named in `suppressed`.
+    `verified=true` counts verified structures and households only; `as_of` counts the
+    layers as they were then (from their history)."""
     return JSONResponse(
-        summary(db, settlement_id=settlement_id, settings=settings, role=_role(user))
+        summary(
+            db,
+            settlement_id=settlement_id,
+            settings=settings,
+            role=_role(user),
+            verified=verified_only(verified, user, settings),
+            as_of=as_of_moment(as_of),
+        )
     )
 
 

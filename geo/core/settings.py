@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         (:func:`default_data_dir` unless set).
     public_read
         Whether anonymous clients may read public layers.
+    public_verified_only
+        Whether anonymous summaries, profiles and analyses count only rows whose
+        ``review_state`` is ``verified`` (as ``?verified=true`` does).
     """
 
     model_config = SettingsConfigDict(env_prefix="MAKAZI_", extra="ignore")
@@ -67,6 +70,7 @@ class Settings(BaseSettings):
     database_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     data_dir: Path = Field(default_factory=default_data_dir)
     public_read: bool = True
+    public_verified_only: bool = False
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
 
@@ -102,6 +106,9 @@ class Settings(BaseSettings):
     tiles_max_zoom: int = Field(default=20, ge=0, le=24)
     tile_max_age_s: int = Field(default=30, ge=0)
     tile_change_feed: bool = True
+
+    atlas_timeout_s: float = Field(default=120.0, gt=0)
+    atlas_max_structures: int = Field(default=20_000, ge=1)
 
     demo_structures: int = Field(default=20_000, ge=0)
     demo_seed: int = 7

@@ -31,6 +31,7 @@ __all__ = [
     "households",
     "idempotency_keys",
     "metadata",
+    "settlement_profiles",
     "settlements",
     "structures",
     "trace_files",
@@ -97,6 +98,8 @@ structures = Table(
     Column("roof_material", Text),
     Column("storeys", Integer),
     Column("households", Integer, nullable=False),
+    Column("review_state", Text, nullable=False),
+    Column("review_note", Text),
     _geom("GEOMETRY"),
     *_bookkeeping(),
 )
@@ -112,6 +115,16 @@ households = Table(
     Column("tenure", Text),
     Column("rent_kes", Integer),
     Column("years_in_settlement", Integer),
+    Column("review_state", Text, nullable=False),
+    Column("review_note", Text),
+    *_bookkeeping(),
+)
+
+settlement_profiles = Table(
+    "settlement_profiles",
+    metadata,
+    Column("settlement_id", BigInteger, primary_key=True),
+    Column("fields", JSONB, nullable=False),
     *_bookkeeping(),
 )
 
