@@ -180,7 +180,8 @@ def summary(
         timeout_ms=settings.analysis_timeout_ms,
     )
     if row is None:
-        raise NotFound(f"id: no settlement {settlement_id}", field="id")
+        when = f" as of {as_of.isoformat()}" if as_of is not None else ""
+        raise NotFound(f"id: no settlement {settlement_id}{when}", field="id")
     derived = _compute(row)
     hide = Suppressor(active=not sees_raw_counts(role))
     counts = hide.counts(

@@ -112,3 +112,14 @@ def tiny(connection: Connection) -> int:
                 text("INSERT INTO households (structure_id, members) VALUES (:s, 4)"), {"s": tid}
             )
     return sid
+
+
+def backdate(conn: Connection, days: int, collection: str | None = None) -> None:
+    """Move the history written so far (of ``collection``, or all) ``days`` into the past."""
+    conn.execute(
+        text(
+            "UPDATE feature_history SET changed_at = changed_at - make_interval(days => :days) "
+            "WHERE CAST(:collection AS text) IS NULL OR collection = :collection"
+        ),
+        {"days": days, "collection": collection},
+    )
