@@ -20,6 +20,8 @@ case "$what" in
   test)
     command -v ogrinfo >/dev/null || missing+=(gdal-bin)
     command -v chromium >/dev/null || missing+=(chromium)
+    # pdftotext and pdftoppm read the atlas PDF back
+    command -v pdftotext >/dev/null || missing+=(poppler-utils)
     # QGIS's own Python bindings, for the client tests (its OAPIF provider)
     /usr/bin/python3 -c 'import qgis.core' 2>/dev/null || missing+=(python3-qgis)
     ;;

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+import tempfile
+from collections.abc import Iterator
+from functools import partial
+from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from app.bodies import JsonBody
-from app.deps import DbDep, PlannerUser, PublicReader, SettingsDep
-from app.preconditions import ExpectedVersion, etag
+from app.deps import DbDep, PlannerUser, PublicReader, SettingsDep, ViewerUser
+from app.preconditions import NO_STORE, ExpectedVersion, etag
 from app.problems import validation_errors
 from geo.analysis.common import require_settlement
+from geo.atlas.build import build_atlas
+from geo.atlas.pdf import AtlasRequest
 from geo.core.auth import Principal
 from geo.core.errors import InvalidInput
 from geo.core.settings import Settings
@@ -100,3 +107,73 @@ def post_review(settlement_id: int, user: PlannerUser, raw: JsonBody, db: DbDep)
     with db.begin(actor=user.name) as conn:
         counts = move_review_state(conn, settlement_id=settlement_id, move=move)
     return JSONResponse(counts)
+
+
+PDF_CHUNK = 64 * 1024
+SPOOL_BYTES = 8 * 1024 * 1024
+
+
+def _file_chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    try:
+        handle.seek(0)
+        while chunk := handle.read(PDF_CHUNK):
+            yield chunk
+    finally:
+        handle.close()
+
+
+@router.get(
+    "/settlements/{settlement_id}/atlas.pdf",
+    summary="Printable atlas (PDF)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/pdf": {}}, "description": "The atlas"}},
+)
+async def get_atlas(
+    settlement_id: int,
+    user: ViewerUser,
+    db: DbDep,
+    settings: SettingsDep,
+    verified: Verified = False,
+    as_of: AsOf = None,
+    since: Annotated[
+        str | None, Query(description="Add a page of structures added and removed since")
+    ] = None,
+    paper: Annotated[Literal["A4", "A3"], Query(description="Page size")] = "A4",
+) -> StreamingResponse:
+    """A cover with the outline and the profile, then per block a map page with the
+    structure numbers and a verification sheet with a blank corrections column.  Every
+    page carries the data's date and the role it was made for; no personal field is
+    printed; suppressed counts print as `suppressed`.  Limited by
+    `MAKAZI_ATLAS_TIMEOUT_S` and `MAKAZI_ATLAS_MAX_STRUCTURES`."""
+    request = AtlasRequest(
+        role=user.role,
+        verified=verified,
+        as_of=as_of_moment(as_of),
+        since=as_of_moment(since, field="since"),
+        paper=paper,
+    )
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - closed by the stream
+    try:
+        await run_in_threadpool(
+            partial(
+                build_atlas,
+                db,
+                spool,
+                settlement_id=settlement_id,
+                settings=settings,
+                request=request,
+            )
+        )
+    except BaseException:
+        spool.close()
+        raise
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", str(settlement_id)).strip("-")
+    day = (request.as_of or request.made_at).strftime("%Y-%m-%d")
+    return StreamingResponse(
+        _file_chunks(spool),
+        media_type="application/pdf",
+        headers={
+            "Content-Disposition": f'attachment; filename="atlas-{slug}-{day}.pdf"',
+            **NO_STORE,
+        },
+    )
