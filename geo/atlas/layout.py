@@ -3,8 +3,9 @@
 A block is the painted-number prefix (``KB-04`` of ``KB-04-0117``).  Structures
 whose number has no prefix are grouped into a grid of page-sized cells named
 ``Grid C3`` (column letter, row number from the north-west).  A block that does
-not fit one page at :data:`SMALLEST_SCALE` is split into page-sized tiles, so
-every structure number stays legible at print scale.
+not fit one page at the scale its structures' spacing allows
+(:func:`legible_scale`, at most 1:1000) is split into page-sized tiles, so every
+structure number stays legible at print scale.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import math
 import string
 from dataclasses import dataclass
 
+import numpy as np
+import shapely
+
 from geo.atlas.data import AtlasData, Structure
 
-__all__ = ["PAPER", "Block", "MapPage", "Paper", "plan_blocks", "plan_pages"]
+__all__ = ["PAPER", "Block", "MapPage", "Paper", "legible_scale", "plan_blocks", "plan_pages"]
 
 SMALLEST_SCALE = 1000
 """Largest scale denominator of a map page (1:1000: a 4 m structure is 4 mm)."""
 LARGEST_SCALE = 300
 """Smallest denominator: a tiny block is not blown up past 1:300."""
 PADDING_M = 6.0
+LABEL_CHAR_MM = 1.3
+"""Width of one character of a map label (Helvetica-Bold 6.5 pt digits), mm."""
 
 
 @dataclass(frozen=True)
@@ -117,25 +123,51 @@ def _window(
     return (cx - width_m / 2, cy - height_m / 2, cx + width_m / 2, cy + height_m / 2)
 
 
+def _label_mm(block: Block) -> float:
+    """Width on paper of the block's longest map label (bold 6.5 pt digits), padded."""
+    longest = max(len(block.label(s)) for s in block.structures)
+    return LABEL_CHAR_MM * longest + 1.3
+
+
+def legible_scale(block: Block) -> int:
+    """The largest scale denominator at which neighbouring numbers do not collide.
+
+    Structures closer than their labels are wide would print their numbers on top
+    of each other, so the spacing of the block's structures (the 30th percentile
+    of each one's distance to its nearest neighbour) sets the scale, never
+    smaller than 1:1000 allows and never larger than 1:300.
+    """
+    if len(block.structures) < 2:
+        return SMALLEST_SCALE
+    points = shapely.points([(s.x, s.y) for s in block.structures])
+    tree = shapely.STRtree(points)
+    _pairs, distances = tree.query_nearest(points, exclusive=True, return_distance=True)
+    spacing = float(np.percentile(distances, 30)) if len(distances) else 0.0
+    denominator = spacing * 1000 / _label_mm(block)
+    return int(min(SMALLEST_SCALE, max(LARGEST_SCALE, denominator // 50 * 50)))
+
+
 def plan_pages(block: Block, paper: Paper) -> list[MapPage]:
-    """The map pages of a block: one at the largest scale that fits, or tiles at 1:1000."""
+    """The map pages of a block: one page when it fits at a legible scale, else tiles."""
     frame_w, frame_h = paper.frame
-    xs = [s.geom.bounds[0] for s in block.structures] + [s.geom.bounds[2] for s in block.structures]
-    ys = [s.geom.bounds[1] for s in block.structures] + [s.geom.bounds[3] for s in block.structures]
-    x0, x1 = min(xs) - PADDING_M, max(xs) + PADDING_M
-    y0, y1 = min(ys) - PADDING_M, max(ys) + PADDING_M
+    bounds = [s.geom.bounds for s in block.structures]
+    x0 = min(b[0] for b in bounds) - PADDING_M
+    y0 = min(b[1] for b in bounds) - PADDING_M
+    x1 = max(b[2] for b in bounds) + PADDING_M
+    y1 = max(b[3] for b in bounds) + PADDING_M
+    limit = legible_scale(block)
     needed = max((x1 - x0) / frame_w, (y1 - y0) / frame_h) * 1000
-    if needed <= SMALLEST_SCALE:
+    if needed <= limit:
         scale = max(LARGEST_SCALE, math.ceil(needed / 50.0) * 50)
         window = _window(
             (x0 + x1) / 2, (y0 + y1) / 2, frame_w * scale / 1000, frame_h * scale / 1000
         )
         return [MapPage(block, None, *window, scale, block.structures)]
-    tile_w, tile_h = frame_w * SMALLEST_SCALE / 1000, frame_h * SMALLEST_SCALE / 1000
+    tile_w, tile_h = frame_w * limit / 1000, frame_h * limit / 1000
     step_w, step_h = tile_w - 2 * PADDING_M, tile_h - 2 * PADDING_M
     columns = math.ceil((x1 - x0) / step_w)
     rows = math.ceil((y1 - y0) / step_h)
-    pages: list[MapPage] = []
+    tiles: list[tuple[tuple[float, float, float, float], list[Structure]]] = []
     for row in range(rows):
         for column in range(columns):
             left, top = x0 + column * step_w, y1 - row * step_h
@@ -144,13 +176,10 @@ def plan_pages(block: Block, paper: Paper) -> list[MapPage]:
                 for s in block.structures
                 if left <= s.x < left + step_w and top - step_h < s.y <= top
             ]
-            if not inside:
-                continue
-            window = _window(left + step_w / 2, top - step_h / 2, tile_w, tile_h)
-            tile = f"part {len(pages) + 1}"
-            pages.append(MapPage(block, tile, *window, SMALLEST_SCALE, inside))
-    total = len(pages)
+            if inside:
+                centre = (left + step_w / 2, top - step_h / 2)
+                tiles.append((_window(*centre, tile_w, tile_h), inside))
     return [
-        MapPage(p.block, f"{p.tile} of {total}", p.x0, p.y0, p.x1, p.y1, p.scale, p.structures)
-        for p in pages
+        MapPage(block, f"part {k} of {len(tiles)}", *window, limit, inside)
+        for k, (window, inside) in enumerate(tiles, start=1)
     ]

@@ -37,7 +37,9 @@ FACILITY_STYLE: dict[str, tuple[str, str]] = {
     "toilet_block": ("s", "#7a4a1d"),
     "school": ("^", "#2e7d32"),
     "clinic": ("P", "#c62828"),
+    "other": ("D", "#555555"),
 }
+"""Marker and colour of a facility by type (drainage, road and other: ``other``)."""
 DPI = 220
 
 
@@ -109,7 +111,7 @@ def render_window(
         xs, ys = zip(*ring, strict=True)
         axes.plot(xs, ys, color="#c62828", lw=2.4 if outline_only else 1.6, ls="--")
     for facility in layers.data.facilities:
-        marker, colour = FACILITY_STYLE.get(facility.type, ("D", "#555555"))
+        marker, colour = FACILITY_STYLE.get(facility.type, FACILITY_STYLE["other"])
         point = facility.geom.representative_point()
         broken = facility.condition in {"broken", "needs_repair"}
         axes.plot(

@@ -80,6 +80,8 @@ def _value(name: str, value: Any, suppressed: set[str]) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
         return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -215,12 +217,13 @@ class _Atlas:
         )
         self.canvas.setStrokeColor(black)
         self.canvas.rect(x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
+        self._facility_legend(x_mm, y_mm - 4)
         for block in blocks:
             cx = sum(s.x for s in block.structures) / len(block.structures)
             cy = sum(s.y for s in block.structures) / len(block.structures)
             px, py = _to_page(window, (x_mm, y_mm, frame_w, map_h), cx, cy)
             self._halo_text(px, py, block.name, BOLD_FONT, 8)
-        self._profile_table(y_mm - 6)
+        self._profile_table(y_mm - 10)
 
     def _profile_table(self, top_mm: float) -> None:
         c, p = self.canvas, self.paper
@@ -248,15 +251,17 @@ class _Atlas:
         for column, chunk in enumerate((rows[:half], rows[half:])):
             yy = y
             x = p.margin + column * column_w
+            indent = max(stringWidth(label, BOLD_FONT, 7.5) for label, _t, _b in chunk) / mm + 3
+            room = column_w - indent - 16
             for label, text, basis in chunk:
-                lines = _wrap(text, TEXT_FONT, 7.5, column_w * 0.38 * mm)[:4] or ["-"]
+                lines = _wrap(text, TEXT_FONT, 7.5, room * mm)[:4] or ["-"]
                 if yy - 3.6 * len(lines) < bottom:
                     break
                 c.setFont(BOLD_FONT, 7.5)
                 c.drawString(x * mm, yy * mm, label)
                 c.setFont(TEXT_FONT, 7.5)
                 for k, line in enumerate(lines):
-                    c.drawString((x + column_w * 0.42) * mm, (yy - 3.4 * k) * mm, line)
+                    c.drawString((x + indent) * mm, (yy - 3.4 * k) * mm, line)
                 c.setFillColor(HexColor("#666666"))
                 c.drawRightString((x + column_w - 3) * mm, yy * mm, basis)
                 c.setFillColor(black)
@@ -356,6 +361,34 @@ class _Atlas:
             c.setFont(LABEL_FONT, LABEL_SIZE)
             c.drawCentredString(cx * mm, (best.y + 0.45) * mm, text)
 
+    def _marker(self, marker: str, colour: Color, x: float, y: float) -> None:
+        """A facility symbol as the map draws it (matplotlib marker ``o s ^ P``)."""
+        c, r = self.canvas, 1.1
+        c.setFillColor(colour)
+        c.setStrokeColor(colour)
+        if marker == "s":
+            c.rect((x - r) * mm, (y - r) * mm, 2 * r * mm, 2 * r * mm, 0, 1)
+        elif marker == "^":
+            path = c.beginPath()
+            path.moveTo((x - r) * mm, (y - r) * mm)
+            path.lineTo((x + r) * mm, (y - r) * mm)
+            path.lineTo(x * mm, (y + r) * mm)
+            path.close()
+            c.drawPath(path, stroke=0, fill=1)
+        elif marker == "D":
+            path = c.beginPath()
+            path.moveTo(x * mm, (y - r) * mm)
+            path.lineTo((x + r) * mm, y * mm)
+            path.lineTo(x * mm, (y + r) * mm)
+            path.lineTo((x - r) * mm, y * mm)
+            path.close()
+            c.drawPath(path, stroke=0, fill=1)
+        elif marker == "P":
+            c.rect((x - r) * mm, (y - r / 3) * mm, 2 * r * mm, 2 * r / 3 * mm, 0, 1)
+            c.rect((x - r / 3) * mm, (y - r) * mm, 2 * r / 3 * mm, 2 * r * mm, 0, 1)
+        else:
+            c.circle(x * mm, y * mm, r * mm, 0, 1)
+
     def _halo_text(self, x: float, y: float, text: str, font: str, size: float) -> None:
         c = self.canvas
         width = stringWidth(text, font, size) / mm + 1.2
@@ -379,22 +412,31 @@ class _Atlas:
             c.setFillColor(black)
             label = use.replace("_", " ")
             c.drawString((x + 3.8) * mm, (y + 0.4) * mm, label)
-            x += 4.8 + stringWidth(label, TEXT_FONT, 7) / mm
-        for kind, (_marker, colour) in FACILITY_STYLE.items():
-            c.setFillColor(HexColor(colour))
-            c.circle((x + 1.3) * mm, (y + 1.2) * mm, 1.1 * mm, 0, 1)
-            c.setFillColor(black)
-            label = kind.replace("_", " ")
-            c.drawString((x + 3.2) * mm, (y + 0.4) * mm, label)
-            x += 4.6 + stringWidth(label, TEXT_FONT, 7) / mm
+            x += 5.5 + stringWidth(label, TEXT_FONT, 7) / mm
+        self._facility_legend(x_mm + 10, y - 3.6)
         # scale bar: 20 m on the ground, north arrow
         bar = 20 * 1000 / scale
         right = p.width - p.margin
         c.setLineWidth(1)
-        c.line((right - bar) * mm, (y - 3) * mm, right * mm, (y - 3) * mm)
-        c.drawRightString(right * mm, (y - 2.2) * mm, "20 m")
+        c.setStrokeColor(black)
+        c.line((right - bar) * mm, (y - 3.6) * mm, right * mm, (y - 3.6) * mm)
+        c.setFont(TEXT_FONT, 7)
+        c.drawRightString((right - bar - 1.5) * mm, (y - 4.4) * mm, "20 m")
         c.setFont(BOLD_FONT, 8)
         c.drawString(x_mm * mm, (y - 3.4) * mm, "N ↑")
+
+    def _facility_legend(self, x: float, y: float) -> float:
+        """Facility symbols (hollow: broken or needing repair) from ``x``; the x after them."""
+        c = self.canvas
+        c.setFont(TEXT_FONT, 7)
+        for kind, (marker, colour) in FACILITY_STYLE.items():
+            self._marker(marker, HexColor(colour), x + 1.3, y + 1.2)
+            c.setFillColor(black)
+            label = kind.replace("_", " ")
+            c.drawString((x + 3.2) * mm, (y + 0.4) * mm, label)
+            x += 4.6 + stringWidth(label, TEXT_FONT, 7) / mm
+        c.drawString(x * mm, (y + 0.4) * mm, "(hollow: broken or needs repair)")
+        return x
 
     # -- verification sheets -----------------------------------------------------------
     def sheet(self, block: Block, rows: list[Structure], part: int, parts: int, first: int) -> None:

@@ -1,8 +1,9 @@
-"""The printable atlas: opens, holds a block's numbers and the profile's counts, nothing personal."""
+"""The printable atlas: opens, holds a block's numbers and the profile's counts, no names."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -14,7 +15,16 @@ from sqlalchemy import Connection, text
 
 from geo.demo.generator import generate
 from geo.demo.loader import load
-from tests.profiles.conftest import SECRET_NAME, SECRET_PHONE, Kisima, backdate
+from tests.profiles.conftest import (
+    E0,
+    N0,
+    SECRET_NAME,
+    SECRET_PHONE,
+    Kisima,
+    backdate,
+    insert_settlement,
+    insert_structure,
+)
 
 Headers = Callable[..., dict[str, str]]
 
@@ -129,8 +139,6 @@ def test_as_of_before_an_edit_shows_the_old_boundary_and_changes(
             "id": kisima.settlement,
         },
     )
-    from tests.profiles.conftest import insert_structure
-
     insert_structure(connection, "KS-03-001", "residential", 20, 150)
     gone = kisima.blocks["KS-01"][1]
     connection.execute(
@@ -183,3 +191,55 @@ def test_dense_demo_settlement_labels_every_number(
     text_all = "\n".join(pages)
     assert all(number in text_all for number in numbers)
     assert name in pages[0]
+
+
+def _words(pdf: Path, page: int) -> list[tuple[str, float, float, float, float]]:
+    html = subprocess.run(
+        ["pdftotext", "-bbox", "-f", str(page), "-l", str(page), str(pdf), "-"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    pattern = re.compile(
+        r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>'
+    )
+    return [(w, float(a), float(b), float(c), float(d)) for a, b, c, d, w in pattern.findall(html)]
+
+
+@needs_poppler
+def test_crowded_block_numbers_do_not_overlap(
+    client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
+) -> None:
+    sid = insert_settlement(connection, "Dense", 0, 0, 200, 130)
+    rows = [
+        {
+            "n": f"DN-01-{i * 25 + j + 1:04d}",
+            "x0": E0 + 5 + i * 4,
+            "y0": N0 + 5 + j * 4,
+            "x1": E0 + 8.5 + i * 4,
+            "y1": N0 + 8.5 + j * 4,
+        }
+        for i in range(40)
+        for j in range(25)
+    ]
+    connection.execute(
+        text(
+            "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
+            "ST_Transform(ST_MakeEnvelope(:x0, :y0, :x1, :y1, 32737), 4326))"
+        ),
+        rows,
+    )
+    pdf = _atlas(client, sid, token_for("planner"), tmp_path / "dense.pdf")
+    pages = _pages(pdf)
+    map_pages = [k for k, page in enumerate(pages, start=1) if "Block DN-01: map" in page]
+    assert len(map_pages) > 1  # too dense for one legible page: tiled
+    seen: set[str] = set()
+    for page in map_pages:
+        assert "scale 1:" in pages[page - 1]
+        labels = [w for w in _words(pdf, page) if re.fullmatch(r"\d{4}", w[0])]
+        seen.update(w[0] for w in labels)
+        for k, (_t, x0, y0, x1, y1) in enumerate(labels):
+            for _u, a0, b0, a1, b1 in labels[k + 1 :]:
+                overlap = min(x1, a1) - max(x0, a0) > 0.3 and min(y1, b1) - max(y0, b0) > 0.3
+                assert not overlap, (page, _t, _u)
+    assert seen == {row["n"][-4:] for row in rows}
