@@ -129,6 +129,7 @@ async def impact(
     settings: SettingsDep,
     f: Format = "json",
     crs: Annotated[str | None, Query(description="CRS of the body's coordinates")] = None,
+    verified: Verified = False,
 ) -> Response:
     """Structures, households and people a buffered line or polygon takes, per settlement,
     and facilities affected by type.  Body: `{"geometry": <GeoJSON>, "buffer_m": 30}`,
@@ -140,10 +141,12 @@ async def impact(
         body = body.model_copy(update={"crs": crs})
     if f == "geojson":
         _require_features(user)
-        chunks = impact_features(db, request=body, settings=settings)
+        chunks = impact_features(db, request=body, settings=settings, verified=verified)
         return await run_in_threadpool(_stream, chunks)
     counts = await run_in_threadpool(
-        partial(impact_counts, db, request=body, settings=settings, role=user.role)
+        partial(
+            impact_counts, db, request=body, settings=settings, role=user.role, verified=verified
+        )
     )
     return JSONResponse(counts)
 
@@ -168,6 +171,7 @@ def access(
     max_distance_m: Annotated[float, Query(description="metres, edge to nearest facility")],
     settlement_id: int | None = None,
     f: Format = "json",
+    verified: Verified = False,
 ) -> Response:
     """Structures farther than `max_distance_m` from the nearest facility of the type
     whose condition is not broken; `f=geojson` (planner) lists them with the nearest
@@ -181,6 +185,7 @@ def access(
                 max_distance_m=max_distance_m,
                 settlement_id=settlement_id,
                 settings=settings,
+                verified=verified,
             )
         )
     counts = access_counts(
@@ -190,6 +195,7 @@ def access(
         settlement_id=settlement_id,
         settings=settings,
         role=user.role,
+        verified=verified,
     )
     return JSONResponse(counts)
 
@@ -211,10 +217,16 @@ def density(
     settings: SettingsDep,
     settlement_id: int,
     cell_m: Annotated[float, Query(description="cell size in metres (UTM 37S grid)")] = 100,
+    verified: Verified = False,
 ) -> Response:
     """Square cells aligned in UTM 37S with `structures`, `households` and `people`
     (a cell counts a structure when it holds its point on surface)."""
     body = density_grid(
-        db, settlement_id=settlement_id, cell_m=cell_m, settings=settings, role=user.role
+        db,
+        settlement_id=settlement_id,
+        cell_m=cell_m,
+        settings=settings,
+        role=user.role,
+        verified=verified,
     )
     return Response(body, media_type=GEOJSON)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -225,3 +226,57 @@ def test_public_verified_only_setting(
         signed_in = client.get(url, headers=token_for("viewer")).json()
     assert anonymous["verified_only"] is True and anonymous["structures"] == 8
     assert signed_in["verified_only"] is False and signed_in["structures"] == 16
+
+
+def test_verified_analyses_count_only_verified_rows(
+    client: TestClient, token_for: Headers, kisima: Kisima
+) -> None:
+    _verify_block(client, token_for, kisima, "KS-02")
+    planner = token_for("planner")
+    sid = kisima.settlement
+
+    def both(
+        method: str, url: str, params: dict[str, object], body: object = None
+    ) -> tuple[Any, Any]:
+        answers = []
+        for verified in ("false", "true"):
+            answer = client.request(
+                method, url, params={**params, "verified": verified}, json=body, headers=planner
+            )
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.json())
+        return answers[0], answers[1]
+
+    grid_all, grid_verified = both(
+        "GET", "/analysis/density", params={"settlement_id": sid, "cell_m": 1000}
+    )
+    total = lambda fc, key: sum(f["properties"][key] for f in fc["features"])  # noqa: E731
+    assert (total(grid_all, "structures"), total(grid_verified, "structures")) == (16, 8)
+    assert (total(grid_all, "households"), total(grid_verified, "households")) == (20, 10)
+    access_all, access_verified = both(
+        "GET",
+        "/analysis/access",
+        params={"settlement_id": sid, "facility_type": "school", "max_distance_m": 100},
+    )
+    assert (access_all["structures_total"], access_verified["structures_total"]) == (16, 8)
+    assert (access_all["households_total"], access_verified["households_total"]) == (20, 10)
+    zone = {
+        "type": "Polygon",
+        "coordinates": [
+            [
+                [262_000, 9_858_000],
+                [262_200, 9_858_000],
+                [262_200, 9_858_120],
+                [262_000, 9_858_120],
+                [262_000, 9_858_000],
+            ]
+        ],
+    }
+    impact_all, impact_verified = both(
+        "POST",
+        "/analysis/impact",
+        params={"crs": "EPSG:32737"},
+        body={"geometry": zone, },
+    )
+    assert (impact_all["structures"], impact_verified["structures"]) == (16, 8)
+    assert (impact_all["people"], impact_verified["people"]) == (80, 40)
