@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from app.cli.common import CommandError, load_settings, open_engine
@@ -27,10 +28,16 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         paper=args.paper,
     )
     settings = load_settings()
-    with open_engine(settings, migrated=False) as engine, open(args.output, "wb") as out:
-        pages = build_atlas(
-            Database(engine), out, settlement_id=args.id, settings=settings, request=request
-        )
+    output = Path(args.output)
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with open_engine(settings, migrated=False) as engine, partial.open("wb") as out:
+            pages = build_atlas(
+                Database(engine), out, settlement_id=args.id, settings=settings, request=request
+            )
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"wrote {pages} pages to {args.output}")
     return 0
 

@@ -276,7 +276,9 @@ def test_verified_analyses_count_only_verified_rows(
         "POST",
         "/analysis/impact",
         params={"crs": "EPSG:32737"},
-        body={"geometry": zone, },
+        body={
+            "geometry": zone,
+        },
     )
     assert (impact_all["structures"], impact_verified["structures"]) == (16, 8)
     assert (impact_all["people"], impact_verified["people"]) == (80, 40)
