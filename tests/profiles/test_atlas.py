@@ -13,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, text
 
+from app.main import create_app
+from geo.core.settings import Settings
 from geo.demo.generator import generate
 from geo.demo.loader import load
 from tests.profiles.conftest import (
@@ -25,6 +27,7 @@ from tests.profiles.conftest import (
     insert_settlement,
     insert_structure,
 )
+from tests.support.db import BoundDatabase
 
 Headers = Callable[..., dict[str, str]]
 
@@ -243,3 +246,30 @@ def test_crowded_block_numbers_do_not_overlap(
                 overlap = min(x1, a1) - max(x0, a0) > 0.3 and min(y1, b1) - max(y0, b0) > 0.3
                 assert not overlap, (page, _t, _u)
     assert seen == {row["n"][-4:] for row in rows}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "status", "named"),
+    [
+        ("atlas_max_structures", 10, 413, "MAKAZI_ATLAS_MAX_STRUCTURES"),
+        ("atlas_timeout_s", 0.001, 503, ""),
+    ],
+)
+def test_atlas_limits(
+    settings: Settings,
+    db: BoundDatabase,
+    token_for: Headers,
+    kisima: Kisima,
+    setting: str,
+    value: float,
+    status: int,
+    named: str,
+) -> None:
+    limited = settings.model_copy(update={setting: value})
+    with TestClient(create_app(limited, database=db), raise_server_exceptions=False) as client:
+        answer = client.get(
+            f"/settlements/{kisima.settlement}/atlas.pdf", headers=token_for("planner")
+        )
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert named in answer.json()["detail"]
