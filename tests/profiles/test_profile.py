@@ -201,3 +201,24 @@ def test_profile_as_of_shows_reported_fields_then(
 def test_bad_as_of_is_400(client: TestClient, kisima: Kisima) -> None:
     answer = client.get(f"/settlements/{kisima.settlement}/profile", params={"as_of": "last year"})
     assert answer.status_code == 400 and "as_of" in answer.json()["detail"]
+
+
+def test_profile_of_unknown_settlement_is_404(client: TestClient, token_for: Headers) -> None:
+    planner = token_for("planner")
+    assert client.get("/settlements/987654/profile").status_code == 404
+    answer = client.put(
+        "/settlements/987654/profile", json={"fields": {}}, headers={**planner, "If-Match": '"0"'}
+    )
+    assert answer.status_code == 404
+
+
+def test_profile_body_must_be_an_object_of_fields(
+    client: TestClient, token_for: Headers, kisima: Kisima
+) -> None:
+    headers = {**token_for("planner"), "If-Match": '"0"'}
+    url = f"/settlements/{kisima.settlement}/profile"
+    assert client.put(url, content=b"{not json", headers=headers).status_code == 400
+    for body, named in (([1, 2], "fields"), ({"feilds": {}}, "feilds"), ({"fields": []}, "fields")):
+        answer = client.put(url, json=body, headers=headers)
+        assert answer.status_code == 422, answer.text
+        assert named in answer.json()["detail"]
