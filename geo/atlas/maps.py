@@ -7,16 +7,16 @@ page draws structure numbers over the image as text (see :mod:`geo.atlas.pdf`).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Sequence
 
 import shapely
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
+from PIL import Image
 from shapely.geometry.base import BaseGeometry
 
-from geo.atlas.data import AtlasData, Structure
+from geo.atlas.data import AtlasData, Facility, Structure
 
 __all__ = ["USE_COLOURS", "MapLayers", "render_window"]
 
@@ -28,7 +28,7 @@ USE_COLOURS: dict[str, str] = {
     "school": "#b6d7a8",
     "clinic": "#f4b6c2",
     "toilet": "#c8a27c",
-    "water_point": "#7fb7d9",
+    "water_point": "#5fc9c0",
     "other": "#d9d9d9",
 }
 """Fill of a structure by use (unknown: the ``other`` grey)."""
@@ -40,7 +40,8 @@ FACILITY_STYLE: dict[str, tuple[str, str]] = {
     "other": ("D", "#555555"),
 }
 """Marker and colour of a facility by type (drainage, road and other: ``other``)."""
-DPI = 220
+DPI = 170
+"""Resolution of map images; the numbers over them are text, sharp at any zoom."""
 
 
 class MapLayers:
@@ -49,6 +50,12 @@ class MapLayers:
     def __init__(self, data: AtlasData) -> None:
         self.data = data
         self._tree = shapely.STRtree([s.geom for s in data.structures])
+        self._facilities = shapely.STRtree([f.geom for f in data.facilities])
+
+    def facilities_in(self, x0: float, y0: float, x1: float, y1: float) -> list[Facility]:
+        """Facilities whose location meets the window."""
+        hits = self._facilities.query(shapely.box(x0, y0, x1, y1))
+        return [self.data.facilities[i] for i in sorted(int(h) for h in hits)]
 
     def structures_in(self, x0: float, y0: float, x1: float, y1: float) -> list[Structure]:
         """Structures whose footprint meets the window."""
@@ -69,8 +76,8 @@ def render_window(
     *,
     highlight: set[int] | None = None,
     outline_only: bool = False,
-) -> bytes:
-    """A PNG of the window at ``size_mm`` on paper.
+) -> Image.Image:
+    """An RGB image of the window at ``size_mm`` on paper (:data:`DPI`).
 
     Structures in ``highlight`` (None: all) are filled by use and outlined in
     black; the others are pale context.  ``outline_only`` (the cover) draws
@@ -78,7 +85,7 @@ def render_window(
     """
     x0, y0, x1, y1 = window
     figure = Figure(figsize=(size_mm[0] / 25.4, size_mm[1] / 25.4), dpi=DPI)
-    FigureCanvasAgg(figure)
+    canvas = FigureCanvasAgg(figure)
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     axes.set_axis_off()
     axes.set_xlim(x0, x1)
@@ -105,24 +112,27 @@ def render_window(
         axes.add_collection(
             PolyCollection(shown, facecolors=colours, edgecolors="#222222", linewidths=0.5)
         )
-    for x, y, bright in points:
-        axes.plot(x, y, "s", ms=3, color="#222222" if bright else "#9e9e9e")
+    for bright in (False, True):
+        xy = [(x, y) for x, y, b in points if b == bright]
+        if xy:
+            xs, ys = zip(*xy, strict=True)
+            axes.plot(xs, ys, "s", ms=3, ls="none", color="#222222" if bright else "#9e9e9e")
     for ring in _rings(layers.data.boundary):
         xs, ys = zip(*ring, strict=True)
         axes.plot(xs, ys, color="#c62828", lw=2.4 if outline_only else 1.6, ls="--")
-    for facility in layers.data.facilities:
-        marker, colour = FACILITY_STYLE.get(facility.type, FACILITY_STYLE["other"])
+    groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    for facility in layers.facilities_in(x0, y0, x1, y1):
+        kind = facility.type if facility.type in FACILITY_STYLE else "other"
         point = facility.geom.representative_point()
         broken = facility.condition in {"broken", "needs_repair"}
+        groups.setdefault((kind, broken), []).append((point.x, point.y))
+    for (kind, broken), xy in groups.items():
+        marker, colour = FACILITY_STYLE[kind]
+        xs, ys = zip(*xy, strict=True)
         axes.plot(
-            point.x,
-            point.y,
-            marker,
-            ms=6,
-            mfc="white" if broken else colour,
-            mec=colour,
-            mew=1.2,
+            xs, ys, marker, ls="none", ms=6, mfc="white" if broken else colour, mec=colour, mew=1.2
         )
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+    canvas.draw()  # type: ignore[no-untyped-call]
+    width, height = canvas.get_width_height()
+    pixels = canvas.buffer_rgba()  # type: ignore[no-untyped-call]
+    return Image.frombuffer("RGBA", (width, height), pixels).convert("RGB")

@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     tile_change_feed: bool = True
 
     atlas_timeout_s: float = Field(default=120.0, gt=0)
-    atlas_max_structures: int = Field(default=20_000, ge=1)
+    atlas_max_structures: int = Field(default=10_000, ge=1)
 
     demo_structures: int = Field(default=20_000, ge=0)
     demo_seed: int = 7
