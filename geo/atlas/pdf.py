@@ -31,7 +31,7 @@ from geo.atlas.maps import FACILITY_STYLE, USE_COLOURS, MapLayers, render_window
 from geo.core.errors import Unavailable
 from geo.profiles.fields import COMPUTED, REPORTED
 
-__all__ = ["AtlasRequest", "SHEET_ROWS", "write_atlas"]
+__all__ = ["AtlasRequest", "sheet_rows", "write_atlas"]
 
 LABEL_FONT, LABEL_SIZE = "Helvetica-Bold", 6.5
 TEXT_FONT, BOLD_FONT = "Helvetica", "Helvetica-Bold"
@@ -51,7 +51,7 @@ _PALE = Color(1, 1, 1, alpha=0.8)
 rl_config.useA85 = 0
 
 
-def SHEET_ROWS(paper: Paper) -> int:  # noqa: N802 - a derived constant
+def sheet_rows(paper: Paper) -> int:
     """Rows of a verification sheet page."""
     return int((paper.frame[1] + paper.legend - 2 * ROW_MM) // ROW_MM)
 
@@ -303,13 +303,10 @@ class _Atlas:
     def map_page(self, page: MapPage) -> None:
         p = self.paper
         part = f" ({page.tile})" if page.tile else ""
-        self._start(
-            f"Block {page.block.name}: map{part}",
-            f"{len(page.structures)} structures · scale 1:{page.scale} on {p.name} · "
-            f"numbers without the prefix {page.block.prefix}-"
-            if page.block.prefix
-            else f"{len(page.structures)} structures · scale 1:{page.scale} on {p.name}",
-        )
+        about = f"{len(page.structures)} structures · scale 1:{page.scale} on {p.name}"
+        if page.block.prefix:
+            about += f" · numbers without the prefix {page.block.prefix}-"
+        self._start(f"Block {page.block.name}: map{part}", about)
         frame_w, frame_h = p.frame
         x_mm, y_mm = self._frame_origin()
         window = (page.x0, page.y0, page.x1, page.y1)
@@ -489,10 +486,8 @@ class _Atlas:
                 "agreed by the forum: yes / no",
             )
 
-    def finish(self) -> None:
-        self.canvas.showPage()
-
     def next_page(self) -> None:
+        """End the page drawn so far."""
         self.canvas.showPage()
 
 
@@ -545,7 +540,7 @@ def write_atlas(
     atlas = _Atlas(out, data, profile, request, deadline, timeout_s)
     paper = PAPER[request.paper]
     blocks = plan_blocks(data, paper)
-    rows_per_sheet = SHEET_ROWS(paper)
+    rows_per_sheet = sheet_rows(paper)
     plan: list[tuple[Block, list[MapPage], int]] = [
         (block, plan_pages(block, paper), math.ceil(len(block.structures) / rows_per_sheet))
         for block in blocks
@@ -572,6 +567,6 @@ def write_atlas(
             first = part * rows_per_sheet
             chunk = block.structures[first : first + rows_per_sheet]
             atlas.sheet(block, chunk, part + 1, sheets, first + 1)
-    atlas.finish()
+    atlas.next_page()
     atlas.canvas.save()
     return atlas.pages
