@@ -24,7 +24,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         role=args.role,
         verified=args.verified,
         as_of=as_of_moment(args.as_of, field="--as-of"),
-        since=as_of_moment(args.since, field="--since"),
+        since=as_of_moment(args.since, field="--since", end_of_day=False),
         paper=args.paper,
     )
     settings = load_settings()

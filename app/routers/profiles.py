@@ -149,7 +149,7 @@ async def get_atlas(
         role=user.role,
         verified=verified,
         as_of=as_of_moment(as_of),
-        since=as_of_moment(since, field="since"),
+        since=as_of_moment(since, field="since", end_of_day=False),
         paper=paper,
     )
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - closed by the stream

@@ -71,13 +71,18 @@ AS_OF_TABLES = ",\n".join(
 """CTEs shadowing the feature tables with their state at ``:as_of`` (a timestamptz)."""
 
 
-def as_of_moment(value: str | None, *, field: str = "as_of") -> datetime | None:
-    """The moment an ``as_of`` parameter names: a date means the end of that day (UTC).
+def as_of_moment(
+    value: str | None, *, field: str = "as_of", end_of_day: bool = True
+) -> datetime | None:
+    """The moment an ``as_of`` parameter names: a date means the end of that day (UTC),
+    or its start when not ``end_of_day`` (``since``: changes on that day count).
 
     >>> as_of_moment("2026-03-01")
     datetime.datetime(2026, 3, 1, 23, 59, 59, 999999, tzinfo=datetime.timezone.utc)
     >>> as_of_moment("2026-03-01T10:00:00+03:00").isoformat()
     '2026-03-01T10:00:00+03:00'
+    >>> as_of_moment("2026-03-01", end_of_day=False).isoformat()
+    '2026-03-01T00:00:00+00:00'
     >>> as_of_moment(None) is None
     True
     """
@@ -87,7 +92,7 @@ def as_of_moment(value: str | None, *, field: str = "as_of") -> datetime | None:
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            return datetime.combine(day, time.max, tzinfo=UTC)
+            return datetime.combine(day, time.max if end_of_day else time.min, tzinfo=UTC)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise BadRequest(
