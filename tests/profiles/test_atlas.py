@@ -273,3 +273,26 @@ def test_atlas_limits(
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     assert named in answer.json()["detail"]
+
+
+@needs_poppler
+def test_point_structures_and_an_empty_settlement(
+    client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
+) -> None:
+    planner = token_for("planner")
+    empty = insert_settlement(connection, "Empty", 5000, 0, 50, 50)
+    pages = _pages(_atlas(client, empty, planner, tmp_path / "empty.pdf"))
+    assert len(pages) == 1 and "Empty: settlement atlas" in pages[0]
+    points = insert_settlement(connection, "Points", 6000, 0, 60, 60)
+    for k in range(7):
+        connection.execute(
+            text(
+                "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
+                "ST_Transform(ST_SetSRID(ST_MakePoint(:x, :y), 32737), 4326))"
+            ),
+            {"n": f"P{k + 1}", "x": E0 + 6010 + 6 * k, "y": N0 + 30},
+        )
+    pages = _pages(_atlas(client, points, planner, tmp_path / "points.pdf"))
+    # numbers without a prefix: one grid cell, its map and its sheet
+    assert any("Block Grid A1: map" in page for page in pages)
+    assert all(f"P{k}" in pages[-1] for k in range(1, 8))
