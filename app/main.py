@@ -13,7 +13,17 @@ from fastapi.middleware.gzip import GZipMiddleware
 from app import problems
 from app.headers import SecurityHeaders
 from app.openapi import install_openapi30
-from app.routers import analysis, exports, features, households, meta, tiles, tokens, web
+from app.routers import (
+    analysis,
+    exports,
+    features,
+    households,
+    meta,
+    profiles,
+    tiles,
+    tokens,
+    web,
+)
 from app.routers import imports as imports_router
 from app.routers import traces as traces_router
 from geo.core.db import Database
@@ -96,6 +106,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         )
     app.include_router(meta.router)
     app.include_router(analysis.router)
+    app.include_router(profiles.router)
     app.include_router(features.router)
     app.include_router(households.router)
     app.include_router(exports.router)

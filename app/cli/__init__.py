@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from app.cli import analyse, db, demo, exports, imports, serve, tokens, traces
+from app.cli import analyse, atlas, db, demo, exports, imports, serve, tokens, traces
 
 __all__ = ["main"]
 
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="makazi", description="Makazi: mapping service for informal settlements."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, db, tokens, demo, exports, traces, analyse, imports):
+    for group in (serve, db, tokens, demo, exports, traces, analyse, imports, atlas):
         group.add_parsers(sub)
     return parser
 

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.bodies import JsonBody
 from app.deps import DbDep, PublicReader, SettingsDep, ViewerUser
 from app.problems import validation_errors
+from app.routers.profiles import AsOf, Verified, verified_only
 from app.streaming import ClosingStreamingResponse
 from geo.analysis.access import access as access_counts
 from geo.analysis.access import access_features
@@ -30,6 +31,7 @@ from geo.analysis.summary import summary
 from geo.core.auth import Principal
 from geo.core.errors import Forbidden, InvalidInput
 from geo.core.privacy import FEATURE_ROLE, sees_features
+from geo.layers.as_of import as_of_moment
 
 router = APIRouter(tags=["analysis"])
 
@@ -79,13 +81,27 @@ def _impact_body(raw: bytes) -> ImpactRequest:
     responses={200: {"model": SettlementSummary, "description": "The settlement's profile"}},
 )
 def settlement_summary(
-    settlement_id: int, user: PublicReader, db: DbDep, settings: SettingsDep
+    settlement_id: int,
+    user: PublicReader,
+    db: DbDep,
+    settings: SettingsDep,
+    verified: Verified = False,
+    as_of: AsOf = None,
 ) -> JSONResponse:
     """Area, structures by use, households, people, densities, facilities by type and
     condition, and the Know Your City estimates, each labelled counted or estimated.
-    Counts below 5 are null for anonymous and viewer callers and named in `suppressed`."""
+    Counts below 5 are null for anonymous and viewer callers and named in `suppressed`.
+    `verified=true` counts verified structures and households only; `as_of` counts the
+    layers as they were then (from their history)."""
     return JSONResponse(
-        summary(db, settlement_id=settlement_id, settings=settings, role=_role(user))
+        summary(
+            db,
+            settlement_id=settlement_id,
+            settings=settings,
+            role=_role(user),
+            verified=verified_only(verified, user, settings),
+            as_of=as_of_moment(as_of),
+        )
     )
 
 
@@ -114,6 +130,7 @@ async def impact(
     settings: SettingsDep,
     f: Format = "json",
     crs: Annotated[str | None, Query(description="CRS of the body's coordinates")] = None,
+    verified: Verified = False,
 ) -> Response:
     """Structures, households and people a buffered line or polygon takes, per settlement,
     and facilities affected by type.  Body: `{"geometry": <GeoJSON>, "buffer_m": 30}`,
@@ -125,10 +142,12 @@ async def impact(
         body = body.model_copy(update={"crs": crs})
     if f == "geojson":
         _require_features(user)
-        chunks = impact_features(db, request=body, settings=settings)
+        chunks = impact_features(db, request=body, settings=settings, verified=verified)
         return await run_in_threadpool(_stream, chunks)
     counts = await run_in_threadpool(
-        partial(impact_counts, db, request=body, settings=settings, role=user.role)
+        partial(
+            impact_counts, db, request=body, settings=settings, role=user.role, verified=verified
+        )
     )
     return JSONResponse(counts)
 
@@ -153,6 +172,7 @@ def access(
     max_distance_m: Annotated[float, Query(description="metres, edge to nearest facility")],
     settlement_id: int | None = None,
     f: Format = "json",
+    verified: Verified = False,
 ) -> Response:
     """Structures farther than `max_distance_m` from the nearest facility of the type
     whose condition is not broken; `f=geojson` (planner) lists them with the nearest
@@ -166,6 +186,7 @@ def access(
                 max_distance_m=max_distance_m,
                 settlement_id=settlement_id,
                 settings=settings,
+                verified=verified,
             )
         )
     counts = access_counts(
@@ -175,6 +196,7 @@ def access(
         settlement_id=settlement_id,
         settings=settings,
         role=user.role,
+        verified=verified,
     )
     return JSONResponse(counts)
 
@@ -206,10 +228,16 @@ def density(
     settings: SettingsDep,
     settlement_id: int,
     cell_m: Annotated[float, Query(description="cell size in metres (UTM 37S grid)")] = 100,
+    verified: Verified = False,
 ) -> Response:
     """Square cells aligned in UTM 37S with `structures`, `households` and `people`
     (a cell counts a structure when it holds its point on surface)."""
     body = density_grid(
-        db, settlement_id=settlement_id, cell_m=cell_m, settings=settings, role=user.role
+        db,
+        settlement_id=settlement_id,
+        cell_m=cell_m,
+        settings=settings,
+        role=user.role,
+        verified=verified,
     )
     return Response(body, media_type=GEOJSON)

@@ -23,6 +23,8 @@ from typing import Any
 from sqlalchemy import TextClause
 
 from geo.analysis.common import (
+    HOUSEHOLDS_OF_T,
+    VERIFIED_STRUCTURE,
     WITHIN_SETTLEMENT,
     check_facility_type,
     check_range,
@@ -57,11 +59,21 @@ _NEAR = """
       AND ST_DWithin(f.geom::geography, t.geom::geography, :max_d)
 """
 
-_ALL = "SELECT t.id, t.geom, t.households FROM structures t WHERE t.deleted_at IS NULL"
+_ALL = "".join(
+    (
+        "SELECT t.id, t.geom, ",
+        HOUSEHOLDS_OF_T,
+        " AS households FROM structures t WHERE t.deleted_at IS NULL",
+        VERIFIED_STRUCTURE,
+    )
+)
 _IN_SETTLEMENT = "".join(
     (
-        "SELECT t.id, t.geom, t.households FROM settlements s JOIN structures t ON ",
+        "SELECT t.id, t.geom, ",
+        HOUSEHOLDS_OF_T,
+        " AS households FROM settlements s JOIN structures t ON ",
         WITHIN_SETTLEMENT,
+        VERIFIED_STRUCTURE,
         " WHERE s.id = :settlement_id AND s.deleted_at IS NULL",
     )
 )
@@ -188,8 +200,10 @@ def _params(
     max_distance_m: float,
     settlement_id: int | None,
     settings: Settings,
+    verified: bool,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {
+        "verified": verified,
         "facility_type": check_facility_type(facility_type),
         "max_d": check_range(
             max_distance_m,
@@ -217,6 +231,7 @@ def access(
     settlement_id: int | None = None,
     settings: Settings,
     role: str | None,
+    verified: bool = False,
 ) -> dict[str, Any]:
     """How many structures (and their households) lie beyond ``max_distance_m``.
 
@@ -234,6 +249,7 @@ def access(
         max_distance_m=max_distance_m,
         settlement_id=settlement_id,
         settings=settings,
+        verified=verified,
     )
     statement = _COUNTS_ALL if settlement_id is None else _COUNTS_SETTLEMENT
     row = fetch_json(db, statement, params, timeout_ms=settings.analysis_timeout_ms)
@@ -284,6 +300,7 @@ def access_features(
     max_distance_m: float,
     settlement_id: int | None = None,
     settings: Settings,
+    verified: bool = False,
 ) -> Iterator[bytes]:
     """The structures beyond reach, each with its nearest facility id and distance (planner).
 
@@ -295,6 +312,7 @@ def access_features(
         max_distance_m=max_distance_m,
         settlement_id=settlement_id,
         settings=settings,
+        verified=verified,
     )
     statement = _FEATURES_ALL if settlement_id is None else _FEATURES_SETTLEMENT
     return stream_features(db, statement, params, timeout_ms=settings.analysis_timeout_ms)

@@ -20,6 +20,9 @@ from geo.layers.registry import ENUMS
 
 __all__ = [
     "FACILITY_TYPES",
+    "HOUSEHOLDS_OF_T",
+    "VERIFIED_HOUSEHOLD",
+    "VERIFIED_STRUCTURE",
     "STRUCTURE_USES",
     "WITHIN_SETTLEMENT",
     "check_facility_type",
@@ -55,6 +58,15 @@ WITHIN_SETTLEMENT = """
                AND ST_Area(ST_Transform(ST_Intersection(t.geom, o.geom), {srid}))
                    > ST_Area(ST_Transform(ST_Intersection(t.geom, s.geom), {srid}))))
 """
+
+# ``verified=true``: only rows the community verified count (bound parameter
+# ``:verified``).  A structure ``t``'s households are then its verified ones.
+VERIFIED_STRUCTURE = " AND (NOT :verified OR t.review_state = 'verified')"
+VERIFIED_HOUSEHOLD = " AND (NOT :verified OR h.review_state = 'verified')"
+HOUSEHOLDS_OF_T = """(CASE WHEN :verified THEN (
+        SELECT count(*) FROM households h
+        WHERE h.structure_id = t.id AND h.deleted_at IS NULL AND h.review_state = 'verified')
+    ELSE t.households END)"""
 
 
 def sql(*fragments: str) -> TextClause:

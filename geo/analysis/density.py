@@ -14,7 +14,13 @@ import json
 import math
 from typing import Any
 
-from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json, sql
+from geo.analysis.common import (
+    VERIFIED_HOUSEHOLD,
+    VERIFIED_STRUCTURE,
+    WITHIN_SETTLEMENT,
+    fetch_json,
+    sql,
+)
 from geo.core.db import Database
 from geo.core.errors import BadRequest, NotFound
 from geo.core.privacy import Suppressor, sees_raw_counts
@@ -39,6 +45,7 @@ st AS MATERIALIZED (
     SELECT t.id, ST_Transform(ST_PointOnSurface(t.geom), {srid}) AS p
     FROM s JOIN structures t ON """,
     WITHIN_SETTLEMENT,
+    VERIFIED_STRUCTURE,
     """
 ),
 cells AS (
@@ -51,7 +58,9 @@ cells AS (
     CROSS JOIN LATERAL (
         SELECT count(*) AS households, coalesce(sum(h.members), 0) AS people
         FROM households h
-        WHERE h.structure_id = st.id AND h.deleted_at IS NULL
+        WHERE h.structure_id = st.id AND h.deleted_at IS NULL""",
+    VERIFIED_HOUSEHOLD,
+    """
     ) hh
     GROUP BY 1, 2
 )
@@ -105,6 +114,7 @@ def density(
     cell_m: float,
     settings: Settings,
     role: str | None,
+    verified: bool = False,
 ) -> bytes:
     """The density grid of one settlement as GeoJSON bytes, suppressed for ``role``.
 
@@ -118,7 +128,7 @@ def density(
     features: list[dict[str, Any]] = fetch_json(
         db,
         _GRID,
-        {"id": settlement_id, "cell_m": float(cell_m)},
+        {"id": settlement_id, "cell_m": float(cell_m), "verified": verified},
         timeout_ms=settings.analysis_timeout_ms,
     )
     active = not sees_raw_counts(role)

@@ -8,6 +8,7 @@ counts, and every figure derived from one, are ``null`` and named in
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field
@@ -54,6 +55,10 @@ class SettlementSummary(Document):
     basis: dict[str, Literal["measured", "counted", "estimated"]] = Field(
         description="How each figure was obtained"
     )
+    verified_only: bool = Field(
+        description="Whether only verified structures and households were counted"
+    )
+    as_of: datetime | None = Field(description="The past moment counted (null: now)")
     suppressed: list[str] = _suppressed()
 
 

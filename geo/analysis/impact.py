@@ -17,7 +17,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from geo.analysis.common import check_range, fetch_json, sql, stream_features
+from geo.analysis.common import (
+    VERIFIED_HOUSEHOLD,
+    VERIFIED_STRUCTURE,
+    check_range,
+    fetch_json,
+    sql,
+    stream_features,
+)
 from geo.analysis.geometry_input import AnalysisGeometry, parse_geometry
 from geo.core.db import Database
 from geo.core.errors import InvalidInput
@@ -76,7 +83,9 @@ _AFFECTED = (
 WITH hit AS MATERIALIZED (
     SELECT t.id, t.use, t.settlement_id, t.geom
     FROM structures t
-    WHERE t.deleted_at IS NULL
+    WHERE t.deleted_at IS NULL""",
+    VERIFIED_STRUCTURE,
+    """
       AND t.geom && """,
     _ZONE,
     """
@@ -111,7 +120,9 @@ placed AS (
     CROSS JOIN LATERAL (
         SELECT count(*) AS households, coalesce(sum(h.members), 0) AS people
         FROM households h
-        WHERE h.structure_id = hit.id AND h.deleted_at IS NULL
+        WHERE h.structure_id = hit.id AND h.deleted_at IS NULL""",
+    VERIFIED_HOUSEHOLD,
+    """
     ) hh
 )
 """,
@@ -213,14 +224,28 @@ def _prepare(request: ImpactRequest, settings: Settings) -> tuple[AnalysisGeomet
     return geometry, buffer_m
 
 
-def _params(geometry: AnalysisGeometry, buffer_m: float, min_overlap: float) -> dict[str, Any]:
-    return {"wkb": geometry.wkb, "buffer_m": buffer_m, "min_overlap": min_overlap}
+def _params(
+    geometry: AnalysisGeometry, buffer_m: float, min_overlap: float, verified: bool
+) -> dict[str, Any]:
+    return {
+        "wkb": geometry.wkb,
+        "buffer_m": buffer_m,
+        "min_overlap": min_overlap,
+        "verified": verified,
+    }
 
 
 def impact(
-    db: Database, *, request: ImpactRequest, settings: Settings, role: str | None
+    db: Database,
+    *,
+    request: ImpactRequest,
+    settings: Settings,
+    role: str | None,
+    verified: bool = False,
 ) -> dict[str, Any]:
     """Counts of what the zone takes, suppressed for ``role`` as :mod:`geo.core.privacy` rules.
+
+    ``verified`` counts only verified structures and households.
 
     Returns
     -------
@@ -235,7 +260,7 @@ def impact(
     row = fetch_json(
         db,
         _SUMMARY,
-        _params(geometry, buffer_m, request.min_overlap),
+        _params(geometry, buffer_m, request.min_overlap, verified),
         timeout_ms=settings.analysis_timeout_ms,
     )
     hide = Suppressor(active=not sees_raw_counts(role))
@@ -270,7 +295,9 @@ def impact(
     }
 
 
-def impact_features(db: Database, *, request: ImpactRequest, settings: Settings) -> Iterator[bytes]:
+def impact_features(
+    db: Database, *, request: ImpactRequest, settings: Settings, verified: bool = False
+) -> Iterator[bytes]:
     """The affected structures as a GeoJSON FeatureCollection (planner output), streamed.
 
     Input errors raise before the iterator is returned; prime the iterator
@@ -280,6 +307,6 @@ def impact_features(db: Database, *, request: ImpactRequest, settings: Settings)
     return stream_features(
         db,
         _FEATURES,
-        _params(geometry, buffer_m, request.min_overlap),
+        _params(geometry, buffer_m, request.min_overlap, verified),
         timeout_ms=settings.analysis_timeout_ms,
     )

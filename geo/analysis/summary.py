@@ -20,13 +20,22 @@ figure labelled in ``basis`` as ``counted`` (from the enumeration) or
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from geo.analysis.common import WITHIN_SETTLEMENT, fetch_json, sql
+from geo.analysis.common import (
+    HOUSEHOLDS_OF_T,
+    VERIFIED_HOUSEHOLD,
+    VERIFIED_STRUCTURE,
+    WITHIN_SETTLEMENT,
+    fetch_json,
+    sql,
+)
 from geo.core.db import Database
 from geo.core.errors import NotFound
 from geo.core.privacy import Suppressor, sees_raw_counts
 from geo.core.settings import Settings
+from geo.layers.as_of import AS_OF_TABLES
 
 __all__ = ["BASIS", "summary"]
 
@@ -49,17 +58,21 @@ BASIS: dict[str, str] = {
     "facilities_by_condition": "counted",
 }
 
-_SUMMARY = sql(
+# Without a WITH: :func:`summary` puts it in front, after the past tables for ``as_of``.
+_SUMMARY_CTES = (
     """
-WITH s AS MATERIALIZED (
+s AS MATERIALIZED (
     SELECT id, name, status, geom, ST_Area(geom::geography) AS area_m2
     FROM settlements
     WHERE id = :id AND deleted_at IS NULL
 ),
 st AS MATERIALIZED (
-    SELECT t.id, t.use, t.households
+    SELECT t.id, t.use, """,
+    HOUSEHOLDS_OF_T,
+    """ AS households
     FROM s JOIN structures t ON """,
     WITHIN_SETTLEMENT,
+    VERIFIED_STRUCTURE,
     """
 ),
 hh AS (
@@ -67,7 +80,9 @@ hh AS (
            coalesce(sum(h.members), 0) AS people,
            avg(h.members)::float8 AS mean_size
     FROM households h JOIN st ON h.structure_id = st.id
-    WHERE h.deleted_at IS NULL
+    WHERE h.deleted_at IS NULL""",
+    VERIFIED_HOUSEHOLD,
+    """
 ),
 counts AS (
     SELECT count(*) AS structures,
@@ -103,6 +118,8 @@ SELECT json_build_object(
 FROM s, counts, hh
 """,
 )
+_SUMMARY = sql("WITH ", *_SUMMARY_CTES)
+_SUMMARY_AS_OF = sql("WITH ", AS_OF_TABLES, ",\n", *_SUMMARY_CTES)
 
 
 def _ratio(top: float | None, bottom: float | None) -> float | None:
@@ -135,9 +152,19 @@ def _round(value: Any, places: int) -> Any:
 
 
 def summary(
-    db: Database, *, settlement_id: int, settings: Settings, role: str | None
+    db: Database,
+    *,
+    settlement_id: int,
+    settings: Settings,
+    role: str | None,
+    verified: bool = False,
+    as_of: datetime | None = None,
 ) -> dict[str, Any]:
     """The profile of one settlement, suppressed for ``role`` as :mod:`geo.core.privacy` rules.
+
+    ``verified`` counts only structures and households whose ``review_state``
+    is ``verified``; ``as_of`` counts the layers as they were at that moment
+    (:mod:`geo.layers.as_of`).
 
     Raises
     ------
@@ -146,9 +173,15 @@ def summary(
     """
     if not -(2**63) <= settlement_id < 2**63:
         raise NotFound(f"id: no settlement {settlement_id}", field="id")
-    row = fetch_json(db, _SUMMARY, {"id": settlement_id}, timeout_ms=settings.analysis_timeout_ms)
+    row = fetch_json(
+        db,
+        _SUMMARY if as_of is None else _SUMMARY_AS_OF,
+        {"id": settlement_id, "verified": verified, "as_of": as_of},
+        timeout_ms=settings.analysis_timeout_ms,
+    )
     if row is None:
-        raise NotFound(f"id: no settlement {settlement_id}", field="id")
+        when = f" as of {as_of.isoformat()}" if as_of is not None else ""
+        raise NotFound(f"id: no settlement {settlement_id}{when}", field="id")
     derived = _compute(row)
     hide = Suppressor(active=not sees_raw_counts(role))
     counts = hide.counts(
@@ -211,5 +244,7 @@ def summary(
         "facilities_by_type": hide.breakdown(row["facilities_by_type"], "facilities_by_type"),
         "facilities_by_condition": by_condition,
         "basis": BASIS,
+        "verified_only": verified,
+        "as_of": as_of.isoformat() if as_of is not None else None,
         "suppressed": hide.suppressed,
     }

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         (:func:`default_data_dir` unless set).
     public_read
         Whether anonymous clients may read public layers.
+    public_verified_only
+        Whether anonymous summaries, profiles and analyses count only rows whose
+        ``review_state`` is ``verified`` (as ``?verified=true`` does).
     """
 
     model_config = SettingsConfigDict(env_prefix="MAKAZI_", extra="ignore")
@@ -67,6 +70,7 @@ class Settings(BaseSettings):
     database_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     data_dir: Path = Field(default_factory=default_data_dir)
     public_read: bool = True
+    public_verified_only: bool = False
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
     shutdown_timeout_s: int = Field(default=10, ge=1)
@@ -119,6 +123,8 @@ class Settings(BaseSettings):
     # exports (geo/exports): GDAL worker processes per server process; statement time
     export_workers: int = Field(default=2, ge=1, le=32)
     export_timeout_ms: int = Field(default=600_000, ge=1_000)
+    atlas_timeout_s: float = Field(default=120.0, gt=0)
+    atlas_max_structures: int = Field(default=10_000, ge=1)
 
     demo_structures: int = Field(default=20_000, ge=0)
     demo_seed: int = 7

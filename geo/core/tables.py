@@ -33,6 +33,7 @@ __all__ = [
     "import_files",
     "imports",
     "metadata",
+    "settlement_profiles",
     "settlements",
     "structures",
     "trace_files",
@@ -106,6 +107,8 @@ structures = Table(
     Column("roof_material", Text),
     Column("storeys", Integer),
     Column("households", Integer, nullable=False),
+    Column("review_state", Text, nullable=False),
+    Column("review_note", Text),
     _geom("GEOMETRY"),
     *_imported(),
     *_bookkeeping(),
@@ -123,6 +126,16 @@ households = Table(
     Column("rent_kes", Integer),
     Column("years_in_settlement", Integer),
     *_imported(),
+    Column("review_state", Text, nullable=False),
+    Column("review_note", Text),
+    *_bookkeeping(),
+)
+
+settlement_profiles = Table(
+    "settlement_profiles",
+    metadata,
+    Column("settlement_id", BigInteger, primary_key=True),
+    Column("fields", JSONB, nullable=False),
     *_bookkeeping(),
 )
 

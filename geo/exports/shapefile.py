@@ -22,6 +22,8 @@ SHORT_NAMES: dict[str, str] = {
     "settlement_id": "settl_id",
     "wall_material": "wall_mat",
     "roof_material": "roof_mat",
+    "review_state": "review",
+    "review_note": "review_nt",
 }
 
 _LONG_NAMES = {short: long for long, short in SHORT_NAMES.items()}

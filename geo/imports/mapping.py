@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from geo.core.errors import BadRequest
+from geo.exports.shapefile import SHORT_NAMES
 from geo.imports.sources import text_value
 from geo.layers.registry import Collection, Property
 
@@ -206,9 +207,11 @@ def _guess(name: str, by_fold: dict[str, str], used: set[str], *, shapefile: boo
         if column is not None and column not in used:
             return column
     if shapefile and len(name) > SHAPEFILE_NAME:
-        column = by_fold.get(_name_key(name[:SHAPEFILE_NAME]))
-        if column is not None and column not in used:
-            return column
+        # Makazi's own Shapefile names (struct_no, wall_mat...), then GDAL's cut ones
+        for short in (SHORT_NAMES.get(name), name[:SHAPEFILE_NAME]):
+            column = by_fold.get(_name_key(short)) if short else None
+            if column is not None and column not in used:
+                return column
     return None
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from geo.core.documents import Document
 from geo.core.errors import InvalidInput, NotFound, PreconditionFailed
 from geo.core.tables import households, structures
-from geo.layers.registry import ENUMS, Property
+from geo.layers.registry import ENUMS, REVIEW_PROPERTIES, Property
 from geo.layers.writes import check_values
 
 __all__ = [
@@ -38,6 +38,7 @@ HOUSEHOLD_PROPERTIES: tuple[Property, ...] = (
     Property("tenure", enum=ENUMS["tenure"]),
     Property("rent_kes", "integer", minimum=0, maximum=10_000_000),
     Property("years_in_settlement", "integer", minimum=0, maximum=150),
+    *REVIEW_PROPERTIES,
     Property("structure_id", "integer", writable=False),
     Property("version", "integer", writable=False),
     Property("updated_at", "datetime", writable=False),
@@ -51,6 +52,8 @@ _COLUMNS = (
     households.c.tenure,
     households.c.rent_kes,
     households.c.years_in_settlement,
+    households.c.review_state,
+    households.c.review_note,
     households.c.version,
     households.c.updated_at,
 )
@@ -70,6 +73,8 @@ class Household(Document):
     tenure: Literal["owner", "tenant", "structure_owner", "other"] | None
     rent_kes: int | None = Field(ge=0, le=10_000_000)
     years_in_settlement: int | None = Field(ge=0, le=150)
+    review_state: Literal["collected", "read_out", "verified", "disputed"]
+    review_note: str | None = Field(max_length=2000)
     version: int = Field(description="Also the ETag; name it in If-Match to change the record")
     updated_at: datetime
 

@@ -22,7 +22,15 @@ from geo.core.auth import Principal
 from geo.core.privacy import PERSONAL_HOUSEHOLD_FIELDS, Visibility
 from geo.core.tables import facilities, settlements, structures, traces
 
-__all__ = ["COLLECTIONS", "ENUMS", "Collection", "Property", "TileZoom", "get_collection"]
+__all__ = [
+    "COLLECTIONS",
+    "ENUMS",
+    "REVIEW_PROPERTIES",
+    "Collection",
+    "Property",
+    "TileZoom",
+    "get_collection",
+]
 
 ENUMS: dict[str, tuple[str, ...]] = {
     "status": ("surveyed", "contested", "proposed", "recognised"),
@@ -41,6 +49,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "condition": ("working", "needs_repair", "broken"),
     "tenure": ("owner", "tenant", "structure_owner", "other"),
     "visibility": tuple(Visibility),
+    "review_state": ("collected", "read_out", "verified", "disputed"),
 }
 
 
@@ -206,6 +215,19 @@ _BOOKKEEPING = (
     Property("updated_at", "datetime", writable=False, description="Time of the last change"),
 )
 
+REVIEW_PROPERTIES = (
+    Property(
+        "review_state",
+        enum=ENUMS["review_state"],
+        default="collected",
+        description="Community verification: collected, read_out (read out at a forum), "
+        "verified, or disputed (say why in review_note); a replace without it starts again "
+        "at collected",
+    ),
+    Property("review_note", max_length=2000, description="Why a record is disputed"),
+)
+"""Review state and note, shared by structures and households."""
+
 SETTLEMENTS = Collection(
     name="settlements",
     title="Settlements",
@@ -249,6 +271,7 @@ STRUCTURES = Collection(
         Property("roof_material", max_length=100),
         Property("storeys", "integer", minimum=1, maximum=100),
         Property("households", "integer", writable=False, description="Enumerated households"),
+        *REVIEW_PROPERTIES,
         *_BOOKKEEPING,
     ),
     geometry_types=("POLYGON", "MULTIPOLYGON", "POINT"),
@@ -263,6 +286,7 @@ STRUCTURES = Collection(
             "households",
             "wall_material",
             "roof_material",
+            "review_state",
         ),
         overview_fields=("use",),
         detail_zoom=15,

@@ -59,6 +59,10 @@ OPERATIONS: list[tuple[str, str, str | None]] = [  # every operation /api lists
     ("PATCH", "/households/{h}", "enumerator"),
     ("DELETE", "/households/{h}", "enumerator"),
     ("GET", "/settlements/{s}/summary", None),
+    ("GET", "/settlements/{s}/profile", None),
+    ("PUT", "/settlements/{s}/profile", "planner"),
+    ("POST", "/settlements/{s}/review", "planner"),
+    ("GET", "/settlements/{s}/atlas.pdf", "viewer"),
     ("POST", "/analysis/impact", "viewer"),
     ("GET", "/analysis/access?facility_type=water_point&max_distance_m=100", "viewer"),
     ("GET", "/analysis/overlaps", "viewer"),
@@ -105,6 +109,10 @@ def body_for(method: str, path: str) -> dict[str, Any]:
         return {
             "json": {"geometry": {"type": "Point", "coordinates": [36.787, -1.313]}, "buffer_m": 50}
         }
+    if path.endswith("/profile"):
+        return {"json": {"fields": {"hazards": {"value": "floods", "basis": "reported"}}}}
+    if path.endswith("/review"):
+        return {"json": {"to": "read_out", "block": "ZZ-99"}}
     if path == "/tokens":
         return {"json": {"name": "matrix-new", "role": "viewer"}}
     if path == "/traces":

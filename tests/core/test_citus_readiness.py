@@ -24,6 +24,7 @@ DISTRIBUTED = {
     "structures": ("settlement", "settlement_id"),
     "facilities": ("settlement", "settlement_id"),
     "households": ("settlement", "settlement_id"),
+    "settlement_profiles": ("settlement", "settlement_id"),
     "traces": ("trace", "id"),
     "trace_points": ("trace", "trace_id"),
     "trace_segments": ("trace", "trace_id"),

@@ -138,6 +138,10 @@ def test_read_back_with_gdal(
     ids = [int(r["id"]) for r in records]
     assert sorted(ids) == sorted(expected)
     names = [p.name for p in collection.properties]
+    if fmt == "kml":
+        # KML has no null: an empty value is left out, so a property empty in every row
+        # (review_note before anyone writes one) has no field to read back
+        names = [n for n in names if any(row[n] is not None for row in expected.values())]
     assert records and set(names) <= set(records[0]) and "version" in names
     for record, geometry in zip(records, geometries, strict=True):
         row = expected[int(record["id"])]
@@ -259,6 +263,12 @@ def test_flatgeobuf_from_postgis_when_it_encodes_right(
             {"n": AWKWARD_NUMBER},
         ).one()
         assert awkward != plain
+    with engine.begin() as conn:  # nobody has written a review note in the demo: write them
+        conn.execute(
+            text("UPDATE structures SET review_note = 'read out' WHERE settlement_id = :s"),
+            {"s": plain},
+        )
+    with engine.connect() as conn:
 
         def worker(settlement: int) -> bool:
             return needs_worker(

@@ -111,7 +111,7 @@ def test_structure_attributes_are_those_of_the_row(
     rows = connection.execute(
         text(
             "SELECT id, version, settlement_id, structure_number, use, storeys, households, "
-            "wall_material, roof_material FROM structures WHERE id = ANY(:ids)"
+            "wall_material, roof_material, review_state FROM structures WHERE id = ANY(:ids)"
         ),
         {"ids": list(by_id)},
     ).mappings()

@@ -1,0 +1,298 @@
+"""The printable atlas: opens, holds a block's numbers and the profile's counts, no names."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, text
+
+from app.main import create_app
+from geo.core.settings import Settings
+from geo.demo.generator import generate
+from geo.demo.loader import load
+from tests.profiles.conftest import (
+    E0,
+    N0,
+    SECRET_NAME,
+    SECRET_PHONE,
+    Kisima,
+    backdate,
+    insert_settlement,
+    insert_structure,
+)
+from tests.support.db import BoundDatabase
+
+Headers = Callable[..., dict[str, str]]
+
+needs_poppler = pytest.mark.skipif(
+    shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
+    reason="pdftotext/pdftoppm missing: install the Debian package poppler-utils",
+)
+
+
+def _atlas(
+    client: TestClient, sid: int, headers: dict[str, str], path: Path, **params: str
+) -> Path:
+    answer = client.get(f"/settlements/{sid}/atlas.pdf", headers=headers, params=params)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/pdf"
+    assert "attachment" in answer.headers["content-disposition"]
+    path.write_bytes(answer.content)
+    return path
+
+
+def _pages(pdf: Path) -> list[str]:
+    out = subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True
+    ).stdout
+    return out.split("\f")[:-1]
+
+
+def _png_pages(pdf: Path) -> list[Path]:
+    prefix = pdf.with_suffix("")
+    subprocess.run(["pdftoppm", "-r", "60", "-png", str(pdf), str(prefix)], check=True)
+    return sorted(pdf.parent.glob(f"{prefix.name}-*.png"))
+
+
+@needs_poppler
+def test_atlas_pages_numbers_counts_and_nothing_personal(
+    client: TestClient, token_for: Headers, kisima: Kisima, tmp_path: Path
+) -> None:
+    planner = token_for("planner")
+    pdf = _atlas(client, kisima.settlement, planner, tmp_path / "kisima.pdf")
+    pages = _pages(pdf)
+    # cover, then per block one map page and one sheet
+    assert len(pages) == 5
+    assert len(_png_pages(pdf)) == 5
+    for k, page in enumerate(pages, start=1):
+        assert "prepared for role planner" in page
+        assert "data as of" in page
+        assert f"page {k} of 5" in page
+    cover = pages[0]
+    profile = client.get(f"/settlements/{kisima.settlement}/profile", headers=planner).json()
+    for name in ("structures", "households", "people_counted", "water_points"):
+        line = next(line for line in cover.splitlines() if name.replace("_", " ") in line)
+        assert str(profile["fields"][name]["value"]) in line, (name, line)
+    sheet = next(page for page in pages if "Block KS-02: verification sheet" in page)
+    for tid in kisima.blocks["KS-02"]:
+        assert kisima.numbers[tid] in sheet
+    assert not any(kisima.numbers[tid] in sheet for tid in kisima.blocks["KS-01"])
+    map_page = next(page for page in pages if "Block KS-01: map" in page)
+    for number in ("001", "008"):
+        assert number in map_page
+    everything = "\n".join(pages)
+    assert SECRET_NAME not in everything and SECRET_PHONE not in everything
+    assert "Wanjiru" not in everything and "0999" not in everything
+
+
+@needs_poppler
+def test_suppressed_counts_print_as_suppressed(
+    client: TestClient, token_for: Headers, tiny: int, tmp_path: Path
+) -> None:
+    pages = _pages(_atlas(client, tiny, token_for("viewer"), tmp_path / "tiny.pdf"))
+    cover = pages[0]
+    assert "prepared for role viewer" in cover
+    households = next(line for line in cover.splitlines() if "households" in line)
+    assert "suppressed" in households
+    assert "TN-01-1" in "\n".join(pages)  # a sheet still lists the numbers
+
+
+def test_atlas_needs_a_token_and_a_settlement(
+    client: TestClient, token_for: Headers, kisima: Kisima
+) -> None:
+    assert client.get(f"/settlements/{kisima.settlement}/atlas.pdf").status_code == 401
+    missing = client.get("/settlements/999999/atlas.pdf", headers=token_for("viewer"))
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    bad = client.get(
+        f"/settlements/{kisima.settlement}/atlas.pdf",
+        params={"paper": "A5"},
+        headers=token_for("viewer"),
+    )
+    assert bad.status_code == 400 and "paper" in bad.text
+
+
+@needs_poppler
+def test_as_of_before_an_edit_shows_the_old_boundary_and_changes(
+    client: TestClient,
+    connection: Connection,
+    token_for: Headers,
+    kisima: Kisima,
+    tmp_path: Path,
+) -> None:
+    backdate(connection, 30)  # mapped a month ago
+    # now the boundary grows to take in a new row of structures, one old structure goes
+    connection.execute(
+        text(
+            "UPDATE settlements SET geom = ST_Multi(ST_Transform(ST_MakeEnvelope("
+            ":x0, :y0, :x1, :y1, 32737), 4326)) WHERE id = :id"
+        ),
+        {
+            "x0": 262_000.0,
+            "y0": 9_858_000.0,
+            "x1": 262_200.0,
+            "y1": 9_858_200.0,
+            "id": kisima.settlement,
+        },
+    )
+    insert_structure(connection, "KS-03-001", "residential", 20, 150)
+    gone = kisima.blocks["KS-01"][1]
+    connection.execute(
+        text("UPDATE structures SET deleted_at = now() WHERE id = :id"), {"id": gone}
+    )
+    then = connection.execute(text("SELECT (now() - interval '10 days')::date")).scalar_one()
+    viewer = token_for("viewer")
+    old = client.get(
+        f"/settlements/{kisima.settlement}/summary", params={"as_of": str(then)}, headers=viewer
+    ).json()
+    new = client.get(f"/settlements/{kisima.settlement}/summary", headers=viewer).json()
+    assert old["area_m2"] == pytest.approx(24_000, rel=0.01)
+    assert new["area_m2"] == pytest.approx(40_000, rel=0.01)
+    assert (old["structures"], new["structures"]) == (16, 16)
+    planner = token_for("planner")
+    pages = _pages(
+        _atlas(client, kisima.settlement, planner, tmp_path / "then.pdf", as_of=str(then))
+    )
+    assert f"data as of {then}" in pages[0]
+    assert not any("KS-03" in page for page in pages)
+    assert any(kisima.numbers[gone] in page for page in pages)
+    pages = _pages(
+        _atlas(client, kisima.settlement, planner, tmp_path / "now.pdf", since=str(then))
+    )
+    changes = pages[1]
+    assert "Changes since" in changes
+    assert "1 structures added, 1 removed" in changes
+    assert "KS-03-001" in changes and kisima.numbers[gone] in changes
+
+
+@needs_poppler
+def test_dense_demo_settlement_labels_every_number(
+    client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
+) -> None:
+    load(connection, generate(1200, seed=3))
+    sid, name = connection.execute(
+        text("SELECT id, name FROM settlements ORDER BY id DESC LIMIT 1")
+    ).one()
+    out = Path(os.environ.get("MAKAZI_ATLAS_LOOK", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    pdf = _atlas(client, sid, token_for("planner"), out / "demo.pdf", paper="A4")
+    pages = _pages(pdf)
+    numbers = (
+        connection.execute(
+            text("SELECT structure_number FROM structures WHERE settlement_id = :id"), {"id": sid}
+        )
+        .scalars()
+        .all()
+    )
+    text_all = "\n".join(pages)
+    assert all(number in text_all for number in numbers)
+    assert name in pages[0]
+
+
+def _words(pdf: Path, page: int) -> list[tuple[str, float, float, float, float]]:
+    html = subprocess.run(
+        ["pdftotext", "-bbox", "-f", str(page), "-l", str(page), str(pdf), "-"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    pattern = re.compile(
+        r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>'
+    )
+    return [(w, float(a), float(b), float(c), float(d)) for a, b, c, d, w in pattern.findall(html)]
+
+
+@needs_poppler
+def test_crowded_block_numbers_do_not_overlap(
+    client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
+) -> None:
+    sid = insert_settlement(connection, "Dense", 0, 0, 200, 130)
+    rows = [
+        {
+            "n": f"DN-01-{i * 25 + j + 1:04d}",
+            "x0": E0 + 5 + i * 4,
+            "y0": N0 + 5 + j * 4,
+            "x1": E0 + 8.5 + i * 4,
+            "y1": N0 + 8.5 + j * 4,
+        }
+        for i in range(40)
+        for j in range(25)
+    ]
+    connection.execute(
+        text(
+            "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
+            "ST_Transform(ST_MakeEnvelope(:x0, :y0, :x1, :y1, 32737), 4326))"
+        ),
+        rows,
+    )
+    pdf = _atlas(client, sid, token_for("planner"), tmp_path / "dense.pdf")
+    pages = _pages(pdf)
+    map_pages = [k for k, page in enumerate(pages, start=1) if "Block DN-01: map" in page]
+    assert len(map_pages) > 1  # too dense for one legible page: tiled
+    seen: set[str] = set()
+    for page in map_pages:
+        assert "scale 1:" in pages[page - 1]
+        labels = [w for w in _words(pdf, page) if re.fullmatch(r"\d{4}", w[0])]
+        seen.update(w[0] for w in labels)
+        for k, (_t, x0, y0, x1, y1) in enumerate(labels):
+            for _u, a0, b0, a1, b1 in labels[k + 1 :]:
+                overlap = min(x1, a1) - max(x0, a0) > 0.3 and min(y1, b1) - max(y0, b0) > 0.3
+                assert not overlap, (page, _t, _u)
+    assert seen == {row["n"][-4:] for row in rows}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "status", "named"),
+    [
+        ("atlas_max_structures", 10, 413, "MAKAZI_ATLAS_MAX_STRUCTURES"),
+        ("atlas_timeout_s", 0.001, 503, ""),
+    ],
+)
+def test_atlas_limits(
+    settings: Settings,
+    db: BoundDatabase,
+    token_for: Headers,
+    kisima: Kisima,
+    setting: str,
+    value: float,
+    status: int,
+    named: str,
+) -> None:
+    limited = settings.model_copy(update={setting: value})
+    with TestClient(create_app(limited, database=db), raise_server_exceptions=False) as client:
+        answer = client.get(
+            f"/settlements/{kisima.settlement}/atlas.pdf", headers=token_for("planner")
+        )
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert named in answer.json()["detail"]
+
+
+@needs_poppler
+def test_point_structures_and_an_empty_settlement(
+    client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
+) -> None:
+    planner = token_for("planner")
+    empty = insert_settlement(connection, "Empty", 5000, 0, 50, 50)
+    pages = _pages(_atlas(client, empty, planner, tmp_path / "empty.pdf"))
+    assert len(pages) == 1 and "Empty: settlement atlas" in pages[0]
+    points = insert_settlement(connection, "Points", 6000, 0, 60, 60)
+    for k in range(7):
+        connection.execute(
+            text(
+                "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
+                "ST_Transform(ST_SetSRID(ST_MakePoint(:x, :y), 32737), 4326))"
+            ),
+            {"n": f"P{k + 1}", "x": E0 + 6010 + 6 * k, "y": N0 + 30},
+        )
+    pages = _pages(_atlas(client, points, planner, tmp_path / "points.pdf"))
+    # numbers without a prefix: one grid cell, its map and its sheet
+    assert any("Block Grid A1: map" in page for page in pages)
+    assert all(f"P{k}" in pages[-1] for k in range(1, 8))
