@@ -35,6 +35,7 @@ __all__ = [
     "metadata",
     "settlement_profiles",
     "settlements",
+    "settlements_export",
     "structures",
     "trace_files",
     "trace_points",
@@ -137,6 +138,22 @@ settlement_profiles = Table(
     Column("settlement_id", BigInteger, primary_key=True),
     Column("fields", JSONB, nullable=False),
     *_bookkeeping(),
+)
+
+def _view_column(column: Column[Any]) -> Column[Any]:
+    """A view's copy of ``column`` (a view's columns are all nullable)."""
+    kind = column.type
+    if isinstance(kind, Geometry):
+        kind = Geometry(kind.geometry_type, srid=kind.srid, spatial_index=False, nullable=True)
+    return Column(column.name, kind, nullable=True)
+
+
+settlements_export = Table(
+    "settlements_export",
+    metadata,
+    *(_view_column(column) for column in settlements.columns),
+    Column("profile", Text),
+    comment="a view (migration 0016): settlements with their reported profile, for exports",
 )
 
 facilities = Table(

@@ -9,6 +9,7 @@ date-times as RFC 3339 UTC with microseconds, string lists as JSON arrays.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +28,15 @@ from sqlalchemy import (
 )
 
 from geo.core.auth import Principal
+from geo.core.tables import settlements_export
 from geo.layers.registry import Collection, Property
 
 __all__ = [
     "batches",
     "GEOMETRY_DIGITS",
     "ExportRows",
+    "PROFILE",
+    "for_export",
     "limit_statement_time",
     "property_values",
     "settlement_condition",
@@ -70,6 +74,29 @@ def property_values(collection: Collection) -> list[ColumnElement[Any]]:
     ]
 
 
+PROFILE = Property(
+    "profile",
+    writable=False,
+    description="The settlement's reported profile fields ({name: value}) as JSON text",
+)
+
+
+def for_export(collection: Collection) -> Collection:
+    """What an export of ``collection`` writes: settlements also carry their ``profile``.
+
+    The profile comes from the ``settlements_export`` view (migration 0016), so
+    every format reads it as one more column.
+    """
+    if collection.name != "settlements" or collection.table is settlements_export:
+        return collection
+    return dataclasses.replace(
+        collection,
+        table=settlements_export,
+        properties=(*collection.properties, PROFILE),
+        _by_name={},
+    )
+
+
 @dataclass(frozen=True)
 class ExportRows:
     """The rows one export takes: a collection's live rows ``user`` may see, maybe one settlement's.
@@ -84,6 +111,9 @@ class ExportRows:
     user: Principal | None
     settlement_id: int | None = None
     batch: int = 5_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "collection", for_export(self.collection))
 
     def select(self, columns: Sequence[ColumnElement[Any]]) -> Select[Any]:
         """``SELECT columns`` over these rows, in ``id`` order."""

@@ -331,3 +331,34 @@ def test_nothing_to_export_is_an_empty_file(
     assert len(pyogrio.read_dataframe(source)) == 0
     if fmt not in ("geojson", "kml"):  # no features: GDAL cannot tell their fields
         assert "id" in list(pyogrio.read_info(source)["fields"])
+
+
+@pytest.mark.parametrize("fmt", ["geojson", "csv", "gpkg"])
+def test_settlements_carry_their_profile(
+    export_server: ExportServer, tmp_path: Path, fmt: str
+) -> None:
+    """A settlement's reported profile fields travel with it, in every format."""
+    engine = create_engine(export_server.database_url)
+    with engine.connect() as conn:
+        settlement = conn.execute(text("SELECT min(id) FROM settlements")).scalar_one()
+        stored = conn.execute(
+            text("SELECT fields FROM settlement_profiles WHERE settlement_id = :s"),
+            {"s": settlement},
+        ).scalar()
+    engine.dispose()
+    if stored is None:
+        written = httpx.put(
+            f"{export_server.base_url}/settlements/{settlement}/profile",
+            json={"fields": {"population_reported": 41_000, "forum_date": "2026-03-14"}},
+            headers={**export_server.headers, "If-Match": '"0"'},
+            timeout=60,
+        )
+        assert written.status_code == 200, written.text
+    path = download(export_server, "settlements", fmt, tmp_path / f"settlements.{fmt}")
+    records, _geometries, _crs = read_back(path, COLLECTIONS["settlements"], fmt)
+    by_id = {int(r["id"]): r for r in records}
+    profile = json.loads(by_id[settlement]["profile"])
+    assert profile["population_reported"] == 41_000
+    assert profile["forum_date"] == "2026-03-14"
+    others = [r["profile"] for i, r in by_id.items() if i != settlement]
+    assert all(not isinstance(p, str) or p == "" for p in others)  # null (None or NaN)
