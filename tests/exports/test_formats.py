@@ -362,3 +362,24 @@ def test_settlements_carry_their_profile(
     assert profile["forum_date"] == "2026-03-14"
     others = [r["profile"] for i, r in by_id.items() if i != settlement]
     assert all(not isinstance(p, str) or p == "" for p in others)  # null (None or NaN)
+
+
+def test_an_exported_shapefile_maps_back_field_for_field(
+    export_server: ExportServer, tmp_path: Path
+) -> None:
+    """Import's guesses read Makazi's own 10-character Shapefile names back (a dry run)."""
+    path = download(export_server, "structures", "shp", tmp_path / "structures.zip")
+    with zipfile.ZipFile(path) as archive:
+        layers = sorted(n for n in archive.namelist() if n.endswith(".shp"))
+    answer = httpx.post(
+        f"{export_server.base_url}/imports",
+        files={"file": ("structures.zip", path.read_bytes(), "application/zip")},
+        data={"collection": "structures", "dry_run": "true", "layer": layers[0][:-4]},
+        headers=export_server.headers,
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    fields = answer.json()["mapping"]["fields"]
+    for prop in COLLECTIONS["structures"].properties:
+        if prop.writable:
+            assert fields.get(prop.name) == short_name(prop.name), (prop.name, fields)
