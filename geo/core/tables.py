@@ -140,6 +140,7 @@ settlement_profiles = Table(
     *_bookkeeping(),
 )
 
+
 def _view_column(column: Column[Any]) -> Column[Any]:
     """A view's copy of ``column`` (a view's columns are all nullable)."""
     kind = column.type
