@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -88,3 +89,48 @@ def test_a_client_that_hangs_up_frees_its_connection(big_server: LiveServer, pat
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
         sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
         assert sock.recv(64).startswith(b"HTTP/1.1 200")
+
+
+def test_an_upload_cut_off_midway_writes_nothing(live_server: LiveServer) -> None:
+    """A phone that loses signal halfway through a GPX upload leaves no trace and no session."""
+    url = urlparse(live_server.base_url)
+    points = "".join(
+        f'<trkpt lat="{-1.313 + i * 1e-6:.7f}" lon="36.787"><time>2026-01-01T00:00:00Z</time>'
+        "</trkpt>"
+        for i in range(2000)
+    )
+    body = (
+        '<?xml version="1.0"?><gpx version="1.1" creator="t" '
+        f'xmlns="http://www.topografix.com/GPX/1/1"><trk><trkseg>{points}</trkseg></trk></gpx>'
+    ).encode()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"POST /traces?name=cut-off-walk HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Authorization: Bearer {live_server.tokens['mapper']}\r\n"
+                f"Content-Type: application/gpx+xml\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body[: len(body) // 2]
+        )
+        time.sleep(0.5)  # the server is reading the body
+    deadline = time.monotonic() + 15
+    while busy_sessions(live_server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert busy_sessions(live_server) == 0
+    engine = create_engine(live_server.database_url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT count(*) FROM traces WHERE name = 'cut-off-walk'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert stored == 0
+    # the same bytes sent whole make a trace: the cut, not the file, stopped it
+    whole = httpx.post(
+        f"{live_server.base_url}/traces?name=whole-walk",
+        content=body,
+        headers={**live_server.headers("mapper"), "Content-Type": "application/gpx+xml"},
+        timeout=60,
+    )
+    assert whole.status_code == 201, whole.text
