@@ -19,7 +19,8 @@ __all__ = ["add_parsers"]
 
 def cmd_export(args: argparse.Namespace) -> int:
     from geo.core.auth import Principal
-    from geo.exports.query import ExportRows, limit_statement_time
+    from geo.core.db import set_statement_timeout
+    from geo.exports.query import ExportRows
     from geo.exports.stream import export_format, stream_export
     from geo.layers.registry import COLLECTIONS
 
@@ -35,7 +36,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     partial = output.with_name(f".{output.name}.part")
     try:
         with open_engine(settings, migrated=False) as engine, engine.connect() as conn:
-            limit_statement_time(conn, settings.export_timeout_ms)
+            set_statement_timeout(conn, settings.export_timeout_ms)
             rows = ExportRows(collection, everyone, args.settlement)
             written = write_chunks(stream_export(conn, rows, fmt), partial)
         os.replace(partial, output)

@@ -21,9 +21,9 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import DbDep, PlannerUser, SettingsDep
 from app.preconditions import NO_STORE
 from app.streaming import ClosingStreamingResponse, HeldRead
-from geo.core.db import Database
+from geo.core.db import Database, set_statement_timeout
 from geo.core.errors import NotFound
-from geo.exports.query import ExportRows, limit_statement_time
+from geo.exports.query import ExportRows
 from geo.exports.stream import (
     FORMATS,
     ExportFormat,
@@ -70,7 +70,7 @@ def _start_streaming(
 ) -> tuple[Generator[bytes, None, None], bytes, HeldRead] | None:
     """Open the read and the first chunk (errors surface here), or None if GDAL must write it."""
     with HeldRead(db) as held:
-        limit_statement_time(held.conn, timeout_ms)
+        set_statement_timeout(held.conn, timeout_ms)
         if needs_worker(held.conn, rows, fmt):
             held.close()
             return None

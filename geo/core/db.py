@@ -30,6 +30,7 @@ __all__ = [
     "migrate",
     "normalise_url",
     "resolve_url",
+    "set_statement_timeout",
 ]
 
 
@@ -179,3 +180,11 @@ class Database:
         self.engine.dispose()
         for replica in self.replicas:
             replica.dispose()
+
+
+def set_statement_timeout(conn: Connection, timeout_ms: int) -> None:
+    """Give the rest of this transaction's statements ``timeout_ms`` (a long export, import
+    or upload outlasts the ordinary per-statement timeout; still bounded)."""
+    conn.execute(
+        text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(int(timeout_ms))}
+    )

@@ -24,7 +24,6 @@ from sqlalchemy import (
     cast,
     func,
     select,
-    text,
 )
 
 from geo.core.auth import Principal
@@ -37,7 +36,6 @@ __all__ = [
     "ExportRows",
     "PROFILE",
     "for_export",
-    "limit_statement_time",
     "property_values",
     "settlement_condition",
     "text_value",
@@ -122,13 +120,6 @@ class ExportRows:
         if self.settlement_id is not None:
             statement = statement.where(settlement_condition(self.collection, self.settlement_id))
         return statement.order_by(table.c.id)
-
-
-def limit_statement_time(conn: Connection, timeout_ms: int) -> None:
-    """Give this transaction's statements ``timeout_ms`` (an export outlasts a page read)."""
-    conn.execute(
-        text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(int(timeout_ms))}
-    )
 
 
 def batches(conn: Connection, statement: Select[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -68,8 +68,9 @@ def run_task(task: ExportTask, workdir: Path, parent_pid: int) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
+    from geo.core.db import set_statement_timeout
     from geo.exports.gdal import write_file
-    from geo.exports.query import ExportRows, limit_statement_time
+    from geo.exports.query import ExportRows
     from geo.layers.registry import COLLECTIONS
 
     def parent_alive() -> None:
@@ -85,7 +86,7 @@ def run_task(task: ExportTask, workdir: Path, parent_pid: int) -> None:
             connect_args={"connect_timeout": 5, "application_name": "makazi-export"},
         )
         with engine.connect() as conn:
-            limit_statement_time(conn, task.timeout_ms)
+            set_statement_timeout(conn, task.timeout_ms)
             rows = ExportRows(
                 COLLECTIONS[task.collection], task.user, task.settlement_id, task.batch
             )

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
+from geo.core.db import set_statement_timeout
 from geo.core.errors import BadRequest
 from geo.core.settings import Settings
 from geo.core.tables import households as households_table
@@ -117,9 +118,7 @@ def run_import(
             )
         fixed["settlement_id"] = options.settlement_id
     mapping = Mapping.parse(options.mapping)
-    conn.execute(
-        text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(limits.timeout_ms)}
-    )
+    set_statement_timeout(conn, limits.timeout_ms)
     source = open_source(
         file,
         filename=filename,

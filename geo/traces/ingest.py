@@ -40,6 +40,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, text
 
 from geo.core import idempotency
+from geo.core.db import set_statement_timeout
 from geo.core.errors import BadRequest, InvalidInput
 from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
@@ -295,9 +296,7 @@ class _Rows(contextlib.ExitStack):
             return
         # The COPY lasts as long as the parse: a 1M-point upload outlives the
         # ordinary statement timeout, so a staged ingest has its own (still bounded) one.
-        self.conn.execute(
-            text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(self.timeout_ms)}
-        )
+        set_statement_timeout(self.conn, self.timeout_ms)
         for statement in _STAGE.split(";"):
             self.conn.execute(text(statement))
         cursor = self.enter_context(_driver(self.conn).cursor())
