@@ -49,6 +49,7 @@ from geo.core.errors import BadRequest
 
 __all__ = [
     "GPX_NAMESPACES",
+    "NUMERIC_FIELDS",
     "BadPoint",
     "Container",
     "GpxError",
@@ -69,8 +70,8 @@ CHUNK = 64 * 1024
 MAX_EXTENSION_KEYS = 64
 MAX_TEXT = 500
 
-# Point children kept in the extensions JSON, as numbers / as text.
-_NUMERIC_FIELDS = frozenset(
+#: Point children kept in the extensions JSON, as numbers / as text.
+NUMERIC_FIELDS = frozenset(
     {"hdop", "vdop", "pdop", "speed", "course", "sat", "magvar", "geoidheight",
      "ageofdgpsdata", "dgpsid"}
 )  # fmt: skip
@@ -510,7 +511,7 @@ class GpxReader:
                             ext = {}
                         if len(ext) < MAX_EXTENSION_KEYS:
                             ext[_local(sub.tag)] = _value(sub_text.strip())
-            elif local in _NUMERIC_FIELDS:
+            elif local in NUMERIC_FIELDS:
                 number = _number(text)
                 if number is not None:
                     if ext is None:

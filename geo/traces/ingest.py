@@ -46,13 +46,14 @@ from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
 from geo.layers.placement import far_note
 from geo.traces.cleaning import Cleaner, Dropped
-from geo.traces.gpx import BadPoint, Container, GpxReader, Point
+from geo.traces.gpx import NUMERIC_FIELDS, BadPoint, Container, GpxReader, Point
 from geo.traces.reads import FILE_CHUNK, summary_json, trace_summary
 
 __all__ = [
     "CONTENT_TYPES",
     "DIRECT_MAX_BYTES",
     "DIRECT_MAX_ROWS",
+    "extensions_json",
     "ingest_trace",
     "IngestResult",
     "NoPoints",
@@ -161,7 +162,9 @@ class _Stats:
 
 # Parsed rows are (kind, seq, track, segment, lon, lat, ele, time, name,
 # extensions): track/route/waypoint points, plus one row per track segment
-# ("trkseg") and route ("rte") so that empty ones are stored too.
+# ("trkseg") and route ("rte") so that empty ones are stored too.  The
+# extensions travel as JSON text (cast to jsonb when stored): binary COPY
+# sends text as is, where a jsonb column would make psycopg encode it again.
 _STAGE_TYPES = (
     ("kind", "text"),
     ("seq", "integer"),
@@ -172,7 +175,7 @@ _STAGE_TYPES = (
     ("ele", "float8"),
     ("time", "timestamptz"),
     ("name", "text"),
-    ("extensions", "jsonb"),
+    ("extensions", "text"),
 )
 _STAGE_COLUMNS = ", ".join(column for column, _ in _STAGE_TYPES)
 
@@ -181,10 +184,12 @@ DROP TABLE IF EXISTS pg_temp.trace_stage;
 CREATE TEMP TABLE trace_stage (
     kind text NOT NULL, seq integer, track integer, segment integer,
     lon double precision, lat double precision, ele double precision,
-    time timestamptz, name text, extensions jsonb
+    time timestamptz, name text, extensions text
 ) ON COMMIT DROP
 """
-_STAGE_COPY = f"COPY trace_stage ({_STAGE_COLUMNS}) FROM STDIN"
+# Binary: the client formats no numbers or times as text, the server parses none.
+_STAGE_COPY = f"COPY trace_stage ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = [kind for _, kind in _STAGE_TYPES]
 
 # Where the store statement reads the rows: the staging table (inlined, as if
 # the statement named it) or one array parameter per column (unnested once).
@@ -235,7 +240,8 @@ WITH stage AS {source}, lines AS (
     INSERT INTO trace_points (trace_id, kind, seq, track, segment, geom, ele, time, name,
                               extensions)
     SELECT t.id, s.kind, s.seq, s.track, s.segment,
-           ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), s.ele, s.time, s.name, s.extensions
+           ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), s.ele, s.time, s.name,
+           CAST(s.extensions AS jsonb)
     FROM stage s CROSS JOIN trace t
     WHERE s.kind IN ('trkpt', 'rtept', 'wpt')
 ){file}
@@ -301,6 +307,7 @@ class _Rows(contextlib.ExitStack):
             self.conn.execute(text(statement))
         cursor = self.enter_context(_driver(self.conn).cursor())
         copy = self.enter_context(cursor.copy(_STAGE_COPY))
+        copy.set_types(_COPY_TYPES)
         for row in self.rows:
             copy.write_row(row)
         self.rows = []
@@ -322,6 +329,24 @@ class _Rows(contextlib.ExitStack):
             f"stage_{column}": list(values) if any(v is not None for v in values) else None
             for (column, _), values in zip(_STAGE_TYPES, columns, strict=True)
         }
+
+
+def extensions_json(ext: dict[str, Any]) -> str:
+    """A point's extensions as compact JSON.
+
+    The usual case (GPX's own numeric children such as ``hdop``: safe names,
+    finite floats) is written directly, as ``json.dumps`` would write it (a
+    float's ``repr``); anything else goes through ``json.dumps``.
+
+    >>> extensions_json({"hdop": 4.0, "sat": 7.0}), extensions_json({"fix": "3d"})
+    ('{"hdop":4.0,"sat":7.0}', '{"fix":"3d"}')
+    """
+    parts = []
+    for key, value in ext.items():
+        if type(value) is not float or key not in NUMERIC_FIELDS:
+            return json.dumps(ext, separators=(",", ":"))
+        parts.append(f'"{key}":{value!r}')
+    return "{" + ",".join(parts) + "}"
 
 
 def _parse(
@@ -349,7 +374,7 @@ def _parse(
                 point.ele,
                 point.time,
                 point.name,
-                json.dumps(ext, separators=(",", ":")) if ext else None,
+                extensions_json(ext) if ext else None,
             )
         )
 
