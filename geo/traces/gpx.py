@@ -187,8 +187,18 @@ class BadPoint:
 Item = Container | Point | BadPoint
 
 
+_LOCAL_NAMES: dict[str, str] = {}
+_LOCAL_NAMES_MAX = 512
+
+
 def _local(tag: str) -> str:
-    return tag[tag.rfind("}") + 1 :]
+    """The tag without its namespace (remembered for the first few hundred tags)."""
+    local = _LOCAL_NAMES.get(tag)
+    if local is None:
+        local = tag[tag.rfind("}") + 1 :]
+        if len(_LOCAL_NAMES) < _LOCAL_NAMES_MAX:
+            _LOCAL_NAMES[tag] = local
+    return local
 
 
 def _coordinate(text: str | None, name: str, bound: float) -> tuple[float, str | None]:
@@ -359,12 +369,13 @@ class GpxReader:
 
     # ----------------------------------------------------------------- helpers
     def _events(self, events: Iterable[tuple[str, Any]], state: _State) -> Iterator[Item]:
+        max_depth = self.max_depth
         for event, element in events:
             if event == "start":
                 state.depth += 1
-                if state.depth > self.max_depth:
+                if state.depth > max_depth:
                     raise XmlError(
-                        f"excessive depth: elements nest deeper than {self.max_depth} levels",
+                        f"excessive depth: elements nest deeper than {max_depth} levels",
                         line=element.sourceline,
                         member=state.member,
                     )

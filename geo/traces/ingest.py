@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -606,17 +607,34 @@ def _trace_params(
     }
 
 
+#: PostgreSQL's binary COPY framing: signature, flags and header extension; end of data.
+_BINARY_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_BINARY_COPY_TRAILER = struct.pack("!h", -1)
+
+
 def _store_file(conn: Connection, trace_id: int, body: SpooledBody, content_type: str) -> None:
-    """Stream the original bytes into ``trace_files`` (COPY, hex bytea, in chunks)."""
+    """Stream the original bytes into ``trace_files`` (binary COPY of one row, in chunks).
+
+    Binary, so the bytes go as they are: half the traffic of hex text and no
+    decoding on the server.
+    """
     raw = _driver(conn)
+    label = content_type.encode()
     body.file.seek(0)
     with (
         raw.cursor() as cursor,
         cursor.copy(
-            "COPY trace_files (trace_id, content_type, size_bytes, content) FROM STDIN"
+            "COPY trace_files (trace_id, content_type, size_bytes, content) FROM STDIN "
+            "(FORMAT BINARY)"
         ) as copy,
     ):
-        copy.write(f"{trace_id}\t{content_type}\t{body.size}\t\\\\x".encode())
+        copy.write(
+            _BINARY_COPY_HEADER
+            + struct.pack("!hiq", 4, 8, trace_id)
+            + struct.pack("!i", len(label))
+            + label
+            + struct.pack("!iqi", 8, body.size, body.size)
+        )
         while chunk := body.file.read(FILE_CHUNK):
-            copy.write(chunk.hex().encode())
-        copy.write(b"\n")
+            copy.write(chunk)
+        copy.write(_BINARY_COPY_TRAILER)

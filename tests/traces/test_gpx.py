@@ -300,3 +300,26 @@ def test_real_files_parse() -> None:
     found = points(items)
     assert len(found) == 988
     assert found[0].extensions and "hr" in found[0].extensions
+
+
+def test_extensions_json_reads_back_as_json_dumps_would_write_it() -> None:
+    import json
+    import random
+
+    from geo.traces.gpx import NUMERIC_FIELDS
+    from geo.traces.ingest import extensions_json
+
+    rng = random.Random(5)
+    names = [*sorted(NUMERIC_FIELDS), "fix", "speed", 'weird"key', "ünï"]
+    for _ in range(2_000):
+        ext: dict[str, object] = {}
+        for name in rng.sample(names, rng.randint(1, 4)):
+            roll = rng.random()
+            ext[name] = (
+                rng.uniform(-1e6, 1e6) if roll < 0.6
+                else float(rng.randint(-5, 5)) if roll < 0.8
+                else rng.choice(["3d", 'a "b"', "ünï", "1e999"])
+            )  # fmt: skip
+        text = extensions_json(ext)
+        assert json.loads(text) == ext
+        assert text == json.dumps(ext, separators=(",", ":"))
