@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import httpx
 import psycopg
 from sqlalchemy import create_engine, text
 
-from bench.common import BenchContext, makazi_process, markdown_table, peak_rss_mb
+from bench.common import BenchContext, makazi_process, markdown_table
 from geo.core.auth import create_token, revoke_token
 from geo.core.errors import NotFound
 from geo.demo.walks import gpx_bytes, phone_walk
@@ -64,10 +65,7 @@ def make_files(out: Path) -> tuple[Path, list[Path], list[Path]]:
 
 def _peak_mb() -> float:
     """This process's peak RSS (VmHWM; ``ru_maxrss`` survives ``exec``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _rss_mb(os.getpid(), "VmHWM")
 
 
 def _gpxpy_worker(paths: list[str], warmup: list[str]) -> dict[str, float]:
@@ -186,11 +184,20 @@ def _makazi_http(ctx: BenchContext, paths: list[Path], warmup: list[Path]) -> di
         with engine.begin() as conn:
             conn.execute(text("ANALYZE traces, trace_segments, trace_points, trace_files"))
         engine.dispose()
+        before = _rss_mb(proc.pid, "VmRSS")
         start = time.perf_counter()
         points = sum(_upload(client, base, tokens[OWNER], path) for path in paths)
         seconds = time.perf_counter() - start
-        rss = peak_rss_mb(proc.pid)
-    return {"seconds": seconds, "points": points, "rss_mb": rss}
+        rss = _rss_mb(proc.pid, "VmHWM")
+    return {"seconds": seconds, "points": points, "rss_mb": rss, "rss_before_mb": before}
+
+
+def _rss_mb(pid: int, field: str) -> float:
+    """``field`` (VmRSS, VmHWM) of a live process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run(ctx: BenchContext) -> str:
@@ -229,7 +236,9 @@ def run(ctx: BenchContext) -> str:
             f"- {label}: makazi through HTTP is **{theirs['seconds'] / ours['seconds']:.2f}x** "
             f"gpxpy's parse-only speed; it takes {ours['seconds'] / parse['seconds']:.1f}x "
             f"the lxml parse and {ours['seconds'] / copy['seconds']:.1f}x the COPY limit "
-            f"({ours['seconds'] / (parse['seconds'] + copy['seconds']):.2f}x their sum)"
+            f"({ours['seconds'] / (parse['seconds'] + copy['seconds']):.2f}x their sum); "
+            f"the server held {ours['rss_before_mb']:.0f} MB before it (warmed up) and "
+            f"peaked at {ours['rss_mb']:.0f} MB"
         )
     table = markdown_table(
         ["workload", "what", "points (kept)", "seconds", "points/s", "peak RSS MB"], rows

@@ -29,23 +29,24 @@ __all__ = [
     "swap_hint",
 ]
 
-# The nearest live settlement to a geometry and to the same geometry with x and y
-# swapped, in metres (geography); KNN on the index finds the candidate.
+# The nearest live settlement to a geometry, in metres (geography); KNN on the
+# index finds the candidate, and the distance is measured for it alone.  :flip
+# swaps the geometry's x and y first (a swapped geometry outside the latitude
+# range has no nearest settlement).
 _NEAREST_SQL = text(
     """
-    WITH g AS (SELECT ST_SetSRID(ST_GeomFromEWKB(:wkb), 4326) AS geom),
-    f AS (SELECT ST_FlipCoordinates(geom) AS geom FROM g)
-    SELECT
-      (SELECT s.name FROM settlements s, g WHERE s.deleted_at IS NULL
-        ORDER BY s.geom <-> g.geom LIMIT 1) AS name,
-      (SELECT ST_Distance(s.geom::geography, g.geom::geography) FROM settlements s, g
-        WHERE s.deleted_at IS NULL ORDER BY s.geom <-> g.geom LIMIT 1) AS distance_m,
-      (SELECT s.name FROM settlements s, f WHERE s.deleted_at IS NULL
-        AND ST_YMin(f.geom) >= -90 AND ST_YMax(f.geom) <= 90
-        ORDER BY s.geom <-> f.geom LIMIT 1) AS flipped_name,
-      (SELECT ST_Distance(s.geom::geography, f.geom::geography) FROM settlements s, f
-        WHERE s.deleted_at IS NULL AND ST_YMin(f.geom) >= -90 AND ST_YMax(f.geom) <= 90
-        ORDER BY s.geom <-> f.geom LIMIT 1) AS flipped_distance_m
+    WITH g AS MATERIALIZED (
+        SELECT CASE WHEN :flip THEN ST_FlipCoordinates(geom) ELSE geom END AS geom
+        FROM (SELECT ST_SetSRID(ST_GeomFromEWKB(:wkb), 4326) AS geom) AS given
+    ), nearest AS MATERIALIZED (
+        SELECT s.name, s.geom, g.geom AS given
+        FROM settlements s, g
+        WHERE s.deleted_at IS NULL
+          AND (NOT :flip OR (ST_YMin(g.geom) >= -90 AND ST_YMax(g.geom) <= 90))
+        ORDER BY s.geom <-> g.geom
+        LIMIT 1
+    )
+    SELECT name, ST_Distance(geom::geography, given::geography) AS distance_m FROM nearest
     """
 )
 
@@ -72,15 +73,24 @@ class Nearest:
         )
 
 
-def nearest_settlement(conn: Connection, wkb: bytes) -> Nearest:
-    """The live settlement nearest to ``wkb`` (WKB or EWKB in EPSG:4326), as given and swapped."""
-    row = conn.execute(_NEAREST_SQL, {"wkb": wkb}).one()
-    given, flipped = row.distance_m, row.flipped_distance_m
+def nearest_settlement(conn: Connection, wkb: bytes, *, beyond_km: float = 0.0) -> Nearest:
+    """The live settlement nearest to ``wkb`` (WKB or EWKB in EPSG:4326), as given and swapped.
+
+    The swapped geometry is only looked up when the given one lies farther
+    than ``beyond_km`` from every settlement (nothing asks for it otherwise:
+    :meth:`Nearest.swapped` needs :meth:`Nearest.far`), so the usual geometry,
+    among the settlements, costs one index look-up and one distance.
+    """
+    given = conn.execute(_NEAREST_SQL, {"wkb": wkb, "flip": False}).first()
+    distance = None if given is None or given.distance_m is None else float(given.distance_m)
+    flipped = None
+    if distance is not None and distance > beyond_km * 1000:
+        flipped = conn.execute(_NEAREST_SQL, {"wkb": wkb, "flip": True}).first()
     return Nearest(
-        name=row.name,
-        distance_m=None if given is None else float(given),
-        flipped_name=row.flipped_name,
-        flipped_distance_m=None if flipped is None else float(flipped),
+        name=None if given is None else given.name,
+        distance_m=distance,
+        flipped_name=None if flipped is None else flipped.name,
+        flipped_distance_m=None if flipped is None else float(flipped.distance_m),
     )
 
 
@@ -102,7 +112,7 @@ def check_placement(conn: Connection, wkb: bytes, *, max_km: float, field: str) 
     """
     if max_km <= 0:
         return
-    nearest = nearest_settlement(conn, wkb)
+    nearest = nearest_settlement(conn, wkb, beyond_km=max_km)
     if not nearest.far(max_km):
         return
     assert nearest.distance_m is not None
@@ -132,7 +142,7 @@ def far_note(conn: Connection, wkb: bytes, *, what: str, max_km: float) -> str |
     """A warning for something stored although it lies far from every settlement, or None."""
     if max_km <= 0:
         return None
-    nearest = nearest_settlement(conn, wkb)
+    nearest = nearest_settlement(conn, wkb, beyond_km=max_km)
     if not nearest.far(max_km):
         return None
     assert nearest.distance_m is not None
@@ -149,7 +159,7 @@ def swap_hint(conn: Connection, wkb: bytes, *, what: str, max_km: float) -> str 
     """
     if max_km <= 0:
         return None
-    nearest = nearest_settlement(conn, wkb)
+    nearest = nearest_settlement(conn, wkb, beyond_km=max_km)
     if not nearest.swapped(max_km):
         return None
     return (
