@@ -164,8 +164,9 @@ class _Stats:
 # Parsed rows are (kind, seq, track, segment, lon, lat, ele, time, name,
 # extensions): track/route/waypoint points, plus one row per track segment
 # ("trkseg") and route ("rte") so that empty ones are stored too.  The
-# extensions travel as JSON text (cast to jsonb when stored): binary COPY
-# sends text as is, where a jsonb column would make psycopg encode it again.
+# extensions are JSON text; the binary COPY sends them as jsonb's binary form
+# (a version byte, then the text), which the server reads while the client
+# parses on, rather than psycopg encoding them to JSON a second time.
 _STAGE_TYPES = (
     ("kind", "text"),
     ("seq", "integer"),
@@ -176,7 +177,7 @@ _STAGE_TYPES = (
     ("ele", "float8"),
     ("time", "timestamptz"),
     ("name", "text"),
-    ("extensions", "text"),
+    ("extensions", "jsonb"),
 )
 _STAGE_COLUMNS = ", ".join(column for column, _ in _STAGE_TYPES)
 
@@ -185,12 +186,13 @@ DROP TABLE IF EXISTS pg_temp.trace_stage;
 CREATE TEMP TABLE trace_stage (
     kind text NOT NULL, seq integer, track integer, segment integer,
     lon double precision, lat double precision, ele double precision,
-    time timestamptz, name text, extensions text
+    time timestamptz, name text, extensions jsonb
 ) ON COMMIT DROP
 """
 # Binary: the client formats no numbers or times as text, the server parses none.
 _STAGE_COPY = f"COPY trace_stage ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-_COPY_TYPES = [kind for _, kind in _STAGE_TYPES]
+_COPY_TYPES = [kind for _, kind in _STAGE_TYPES[:-1]] + ["bytea"]  # jsonb as built bytes
+_JSONB_VERSION = b"\x01"
 
 # Where the store statement reads the rows: the staging table (inlined, as if
 # the statement named it) or one array parameter per column (unnested once).
@@ -241,8 +243,7 @@ WITH stage AS {source}, lines AS (
     INSERT INTO trace_points (trace_id, kind, seq, track, segment, geom, ele, time, name,
                               extensions)
     SELECT t.id, s.kind, s.seq, s.track, s.segment,
-           ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), s.ele, s.time, s.name,
-           CAST(s.extensions AS jsonb)
+           ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), s.ele, s.time, s.name, s.extensions
     FROM stage s CROSS JOIN trace t
     WHERE s.kind IN ('trkpt', 'rtept', 'wpt')
 ){file}
@@ -291,7 +292,7 @@ class _Rows(contextlib.ExitStack):
     def write(self, row: tuple[Any, ...]) -> None:
         """Take one row."""
         if self._copy is not None:
-            self._copy.write_row(row)
+            self._send(row)
             return
         self.rows.append(row)
         if len(self.rows) > self.max_rows:
@@ -309,11 +310,19 @@ class _Rows(contextlib.ExitStack):
         cursor = self.enter_context(_driver(self.conn).cursor())
         copy = self.enter_context(cursor.copy(_STAGE_COPY))
         copy.set_types(_COPY_TYPES)
+        self._copy = copy
         for row in self.rows:
-            copy.write_row(row)
+            self._send(row)
         self.rows = []
         self.staged = True
-        self._copy = copy
+
+    def _send(self, row: tuple[Any, ...]) -> None:
+        """One row into the COPY, its extensions (the last column) as binary jsonb."""
+        assert self._copy is not None
+        extensions = row[-1]
+        if extensions is not None:
+            row = (*row[:-1], _JSONB_VERSION + extensions.encode())
+        self._copy.write_row(row)
 
     def finish(self) -> None:
         """End the COPY, if there is one (the rows are then in the table)."""
