@@ -74,7 +74,7 @@ def uvicorn_argv(python: str, app: str, port: int, *, factory: bool = False) -> 
 
 @contextlib.contextmanager
 def makazi_on(
-    database_url: str, *, workers: int = 1, **settings: str
+    database_url: str, *, workers: int | str = 1, **settings: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """This service on a free port against ``database_url``: (base URL, process).
 
@@ -87,7 +87,7 @@ def makazi_on(
         **{f"MAKAZI_{k.upper()}": v for k, v in settings.items()},
     }
     argv = uvicorn_argv(sys.executable, "app.main:create_app", port, factory=True)
-    if workers > 1:
+    if int(workers) > 1:
         argv += ["--workers", str(workers)]
     with running_server(argv, port, env, health="/healthz") as proc:
         yield f"http://127.0.0.1:{port}", proc
