@@ -88,18 +88,21 @@ def make_engine(url: str, settings: Settings, *, pool_size: int | None = None) -
     discards every pooled connection, that one request gets a 503 and the next
     ones reconnect.
     """
+    connect_args: dict[str, object] = {
+        "connect_timeout": 5,
+        "options": f"-c statement_timeout={settings.statement_timeout_ms} "
+        f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}",
+        "application_name": "makazi",
+    }
+    if not settings.database_prepared_statements:
+        connect_args["prepare_threshold"] = None
     return create_engine(
         normalise_url(url),
         pool_pre_ping=False,
         pool_size=pool_size or settings.pool_size,
         max_overflow=settings.pool_size,
         pool_timeout=10,
-        connect_args={
-            "connect_timeout": 5,
-            "options": f"-c statement_timeout={settings.statement_timeout_ms} "
-            f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}",
-            "application_name": "makazi",
-        },
+        connect_args=connect_args,
     )
 
 
@@ -150,8 +153,10 @@ class Database:
         max_lag_s: float = 10.0,
         check_s: float = 2.0,
         read_after_write_s: float = 5.0,
+        listen_url: str = "",
     ) -> None:
         self.engine = engine
+        self.listen_url = listen_url
         self.replicas = ReplicaSet(list(replicas), max_lag_s=max_lag_s, check_s=check_s)
         self.writers = RecentWriters(read_after_write_s)
 
@@ -166,6 +171,7 @@ class Database:
             max_lag_s=settings.replica_max_lag_s,
             check_s=settings.replica_check_s,
             read_after_write_s=settings.read_after_write_s,
+            listen_url=settings.database_listen_url,
         )
 
     @contextmanager
@@ -241,7 +247,17 @@ class Database:
         self.writers.mark(client)
 
     def notifications_url(self) -> str | None:
-        """The libpq URL to ``LISTEN`` on for committed changes (the primary's)."""
+        """The libpq URL to ``LISTEN`` on for committed changes (the primary's).
+
+        ``MAKAZI_DATABASE_LISTEN_URL`` when set (the primary behind a pooler, which
+        cannot hold a ``LISTEN`` in transaction mode), else the primary's own URL.
+        """
+        if self.listen_url:
+            return (
+                make_url(normalise_url(self.listen_url))
+                .set(drivername="postgresql")
+                .render_as_string(hide_password=False)
+            )
         url = self.engine.url.set(drivername="postgresql")
         return url.render_as_string(hide_password=False)
 
