@@ -14,7 +14,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from geo.core.cluster import EmbeddedCluster
@@ -27,6 +27,7 @@ __all__ = [
     "act_as",
     "current_revision",
     "downgrade",
+    "libpq_conninfo",
     "make_engine",
     "migrate",
     "normalise_url",
@@ -67,6 +68,40 @@ def normalise_url(url: str) -> str:
     if parsed.drivername in {"postgresql", "postgresql+psycopg2", "postgresql+psycopg"}:
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+def libpq_conninfo(url: str | URL) -> str:
+    """The libpq connection string of a SQLAlchemy URL, several hosts included.
+
+    SQLAlchemy spells a multi-host URL ``?host=h1:p1&host=h2:p2``; libpq wants
+    ``host=h1,h2 port=p1,p2``.
+
+    >>> libpq_conninfo("postgresql://u@/db?host=a:1&host=b:2&target_session_attrs=read-write")
+    'user=u dbname=db host=a,b port=1,2 target_session_attrs=read-write'
+    """
+    from psycopg.conninfo import make_conninfo
+
+    parsed = make_url(normalise_url(url) if isinstance(url, str) else url)
+    params: dict[str, str] = {}
+    for key, value in (
+        ("user", parsed.username),
+        ("password", parsed.password),
+        ("dbname", parsed.database),
+        ("host", parsed.host),
+        ("port", str(parsed.port) if parsed.port else None),
+    ):
+        if value:
+            params[key] = str(value)
+    for key, raw in parsed.query.items():
+        values = [raw] if isinstance(raw, str) else list(raw)
+        if key == "host":
+            pairs = [item.rpartition(":") if ":" in item else (item, "", "") for item in values]
+            params["host"] = ",".join(host for host, _, _ in pairs)
+            if any(port for _, _, port in pairs):
+                params["port"] = ",".join(port or "5432" for _, _, port in pairs)
+        else:
+            params[key] = ",".join(values)
+    return make_conninfo(**params)
 
 
 def resolve_url(settings: Settings) -> str:
@@ -252,14 +287,7 @@ class Database:
         ``MAKAZI_DATABASE_LISTEN_URL`` when set (the primary behind a pooler, which
         cannot hold a ``LISTEN`` in transaction mode), else the primary's own URL.
         """
-        if self.listen_url:
-            return (
-                make_url(normalise_url(self.listen_url))
-                .set(drivername="postgresql")
-                .render_as_string(hide_password=False)
-            )
-        url = self.engine.url.set(drivername="postgresql")
-        return url.render_as_string(hide_password=False)
+        return libpq_conninfo(self.listen_url or self.engine.url)
 
     def dispose(self) -> None:
         """Close every pooled connection (and stop checking the replicas)."""

@@ -70,7 +70,7 @@ class Pair:
     def resume(self) -> None:
         """Resume replay and wait until the replica has replayed all the primary wrote."""
         self.sql("SELECT pg_wal_replay_resume()", on_replica=True)
-        target = self.sql("SELECT pg_current_wal_lsn()::text")
+        target = self.sql("SELECT pg_current_wal_insert_lsn()::text")  # commits are async here
         wait_for(
             lambda: self.sql(
                 f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn", on_replica=True
@@ -285,3 +285,51 @@ def test_replica_remove_deletes_it(pair: Pair) -> None:
     assert [r.number for r in embedded_replicas(pair.primary)] == [1]
     bad = makazi("db", "replica", "remove", "9", data_dir=pair.data_dir)
     assert bad.returncode != 0 and "no replica 9" in bad.stderr
+
+
+def test_failover_promoted_replica_takes_writes_without_an_app_restart(pair: Pair) -> None:
+    # last in this module: it stops the primary for good
+    added = makazi("db", "replica", "add", data_dir=pair.data_dir)
+    assert added.returncode == 0, added.stderr
+    standby = embedded_replicas(pair.primary)[-1]
+    password = pair.primary.password
+    both = (
+        f"postgresql://makazi:{password}@/makazi?host=127.0.0.1:{pair.primary.port}"
+        f"&host=127.0.0.1:{standby.port}&target_session_attrs=read-write"
+    )
+    fid = structure_id(pair)
+    mapper = bearer(pair, "mapper")
+    with makazi_on(both) as (base, process), httpx.Client(base_url=base, timeout=30) as http:
+
+        def edit(value: int) -> int:
+            url = f"/collections/structures/items/{fid}"
+            current = http.get(url, headers=mapper)
+            if current.status_code != 200:
+                return current.status_code
+            answer = http.patch(
+                url,
+                json={"properties": {"storeys": value}},
+                headers={**mapper, "If-Match": current.headers["etag"]},
+            )
+            return answer.status_code
+
+        assert edit(11) == 200
+        pair.primary.stop()
+        engine = create_engine(standby.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_promote()")).scalar() is True
+        engine.dispose()
+        statuses: list[int] = []
+        deadline = time.monotonic() + 30
+        while not statuses or statuses[-1] != 200:
+            assert time.monotonic() < deadline, statuses
+            statuses.append(edit(12))
+            time.sleep(0.2)
+        assert set(statuses) <= {200, 503}  # a dead pooled connection costs a 503, never a 500
+        assert process.poll() is None  # the same server process
+        item = http.get(f"/collections/structures/items/{fid}", headers=mapper)
+        assert item.json()["properties"]["storeys"] == 12
+    engine = create_engine(standby.url())
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_is_in_recovery()")).scalar() is False
+    engine.dispose()
