@@ -27,6 +27,9 @@ from tests.support.server import makazi_on
 __all__ = ["scaling_run"]
 
 DATABASE = "makazi_load"
+WARM_UP_S = 15
+"""Unmeasured load first, so neither set-up is timed with cold caches (the replica's
+buffers, each worker's own caches)."""
 
 
 def scaling_run(users: int = 50, seconds: int = 60) -> str:
@@ -40,6 +43,7 @@ def scaling_run(users: int = 50, seconds: int = 60) -> str:
     replica = next(iter(embedded_replicas(ctx.cluster)), None) or add_replica(ctx.cluster)
     env = {**os.environ, **prepare_load(ctx), "LOAD_READ_ONLY": "1"}
     with makazi_process(ctx, token_failures_per_minute="0") as (base, _):
+        run_locust(base, env, ctx.out / "scaling-warm", users=users, seconds=WARM_UP_S)
         single = run_locust(base, env, ctx.out / "scaling-1", users=users, seconds=seconds)
     with (
         makazi_on(
@@ -50,6 +54,7 @@ def scaling_run(users: int = 50, seconds: int = 60) -> str:
         ) as (base, _),
         nginx_in_front([base.removeprefix("http://")], ctx.out / "scaling-nginx") as proxy,
     ):
+        run_locust(proxy, env, ctx.out / "scaling-warm", users=users, seconds=WARM_UP_S)
         scaled = run_locust(proxy, env, ctx.out / "scaling-2", users=users, seconds=seconds)
     by_name = {row["Name"]: row for row in scaled}
     rows: list[list[object]] = []
@@ -81,10 +86,11 @@ def scaling_run(users: int = 50, seconds: int = 60) -> str:
         rows,
     )
     return (
-        f"{users} users for {seconds} s each, reads only (tiles, item pages, summaries, "
-        f"access analysis), {ctx.structures:,} demo structures; A: one uvicorn worker on the "
-        "primary, no replica, no proxy; B: two workers reading from one streaming replica, "
-        "behind nginx with deploy/nginx.conf's cache. One 2-core machine runs PostgreSQL "
-        "(primary and replica), the app, nginx and Locust.\n\n"
+        f"{users} users for {seconds} s each after {WARM_UP_S} s unmeasured, reads only "
+        f"(tiles, item pages, summaries, access analysis), {ctx.structures:,} demo structures; "
+        "A: one uvicorn worker on the primary, no replica, no proxy; "
+        "B: two workers reading from one streaming replica, "
+        "behind nginx with deploy/nginx.conf's cache. "
+        "One 2-core machine runs PostgreSQL (primary and replica), the app, nginx and Locust.\n\n"
         f"{table}\n"
     )
