@@ -14,6 +14,7 @@ import pwd
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -51,9 +52,7 @@ def pgbouncer_version() -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def bouncer(
-    cluster: EmbeddedCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, str, int, str]]:
+def bouncer(cluster: EmbeddedCluster) -> Iterator[tuple[str, str, int, str]]:
     """pgbouncer with the shipped file before a fresh database: (app URL, direct URL,
     pgbouncer port, mapper token)."""
     assert PGBOUNCER is not None
@@ -65,7 +64,9 @@ def bouncer(
         token = create_token(conn, name="bouncer-mapper", role="mapper")
     engine.dispose()
 
-    root = tmp_path_factory.mktemp("pgbouncer")
+    # not under pytest's temporary root, which other pytest sessions close to other users
+    root = Path(tempfile.mkdtemp(prefix="makazi-pgbouncer-"))
+    root.chmod(0o755)
     port = free_port()
     ini = INI.read_text()
     for old, new in (
@@ -113,6 +114,7 @@ def bouncer(
         proc.terminate()
         proc.wait(timeout=10)
         cluster.drop_database(DATABASE)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def transactions_through(port: int, password: str) -> int:

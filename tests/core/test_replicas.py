@@ -8,9 +8,12 @@ the primary, an old value from the replica.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +90,12 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+def pair() -> Iterator[Pair]:
+    # Not under pytest's temporary root: every new pytest session on the machine takes the
+    # others' access to /tmp/pytest-of-<user> away, and pg_basebackup runs as the service
+    # user when the tests run as root.
     ensure_postgis(install=os.geteuid() == 0, quiet=True)
-    made = Pair(tmp_path_factory.mktemp("replicated"))
+    made = Pair(Path(tempfile.mkdtemp(prefix="makazi-replicas-")))
     made.primary.start()
     try:
         migrate(made.primary.url())
@@ -110,6 +116,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         for replica in embedded_replicas(made.primary):
             replica.stop()
         made.primary.stop()
+        shutil.rmtree(made.data_dir, ignore_errors=True)
 
 
 def bearer(pair: Pair, role: str) -> dict[str, str]:
@@ -134,6 +141,14 @@ def set_storeys(client: TestClient, fid: int, value: int, headers: dict[str, str
     assert answer.status_code == 200, answer.text
 
 
+@contextmanager
+def serving(pair: Pair, **values: Any) -> Iterator[TestClient]:
+    """The app on the pair with ``values`` as settings, once its replica counts as healthy."""
+    with TestClient(create_app(pair.settings(**values))) as client:
+        wait_for(lambda: replica_healthy(client))
+        yield client
+
+
 def replica_healthy(client: TestClient) -> bool:
     db: Database = client.app.state.db  # type: ignore[attr-defined]
     db.read_engine()  # starts the checks
@@ -152,10 +167,8 @@ def test_replica_list_shows_a_running_replica_with_its_lag(pair: Pair) -> None:
 
 def test_reads_go_to_the_replica_and_the_writer_reads_its_write(pair: Pair) -> None:
     fid = structure_id(pair)
-    settings = pair.settings(replica_max_lag_s=3600, read_after_write_s=2)
     mapper, viewer = bearer(pair, "mapper"), bearer(pair, "viewer")
-    with TestClient(create_app(settings)) as client:
-        wait_for(lambda: replica_healthy(client))
+    with serving(pair, replica_max_lag_s=3600, read_after_write_s=2) as client:
         before = storeys(client, fid, viewer)
         pair.pause()
         try:
@@ -173,10 +186,8 @@ def test_reads_go_to_the_replica_and_the_writer_reads_its_write(pair: Pair) -> N
 
 def test_a_replica_lagging_too_far_is_skipped(pair: Pair) -> None:
     fid = structure_id(pair)
-    settings = pair.settings(replica_max_lag_s=1, read_after_write_s=0)
     mapper, viewer = bearer(pair, "mapper"), bearer(pair, "viewer")
-    with TestClient(create_app(settings)) as client:
-        wait_for(lambda: replica_healthy(client))
+    with serving(pair, replica_max_lag_s=1, read_after_write_s=0) as client:
         before = storeys(client, fid, viewer)
         pair.pause()
         try:
@@ -202,10 +213,8 @@ def test_tiles_drawn_on_a_lagging_replica_are_not_cached_as_new(pair: Pair) -> N
         f" FROM (SELECT ST_Centroid(geom) AS c FROM structures WHERE id = {fid}) s"
     ).split(",")
     url = f"/tiles/16/{x}/{y}.mvt"
-    settings = pair.settings(replica_max_lag_s=3600, read_after_write_s=0)
     mapper = bearer(pair, "mapper")
-    with TestClient(create_app(settings)) as client:
-        wait_for(lambda: replica_healthy(client))
+    with serving(pair, replica_max_lag_s=3600, read_after_write_s=0) as client:
         feed = client.app.state.change_feed  # type: ignore[attr-defined]
         wait_for(lambda: feed.counters() is not None)
         first = client.get(url)
