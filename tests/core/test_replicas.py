@@ -202,6 +202,24 @@ def test_a_replica_lagging_too_far_is_skipped(pair: Pair) -> None:
         wait_for(lambda: replica_healthy(client))
 
 
+def test_an_idle_primary_is_not_lag(pair: Pair) -> None:
+    # nothing committed for longer than the limit: the age of the replica's last replayed
+    # commit grows, yet it has everything, so it stays in use
+    with serving(pair, replica_max_lag_s=1) as client:
+        pair.sql("CREATE TABLE IF NOT EXISTS replayed (id int)")
+        pair.sql("INSERT INTO replayed VALUES (1)")
+        pair.resume()
+        time.sleep(2.5)
+        age = pair.sql(
+            "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())", on_replica=True
+        )
+        assert age > 1
+        db: Database = client.app.state.db  # type: ignore[attr-defined]
+        db.replicas.check()
+        state = db.replicas.states()[0]
+        assert state.healthy and state.lag_s == 0.0, state
+
+
 def test_tiles_drawn_on_a_lagging_replica_are_not_cached_as_new(pair: Pair) -> None:
     # the change feed (from the primary) moves the counters before the replica has the edit;
     # a tile drawn there must not be kept under the new counters
