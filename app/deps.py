@@ -15,6 +15,7 @@ from geo.core.auth import ROLES, Principal, hash_token, principal_for
 from geo.core.db import Database
 from geo.core.errors import Forbidden, Unauthorised
 from geo.core.feed import ChangeFeed
+from geo.core.replicas import ROUTE
 from geo.core.settings import Settings
 from geo.core.throttle import FailureThrottle
 
@@ -82,7 +83,7 @@ async def optional_user(
     cached = cache.get(key)
     now = time.monotonic()
     if cached and cached[0] > now and cached[1] == generation:
-        return cached[2]
+        return _routed(cached[2])
     # Only uncached tokens are throttled: a team behind one address keeps working with
     # the tokens it used a moment ago while a guesser from that address waits.
     throttle: FailureThrottle = request.app.state.token_throttle
@@ -99,6 +100,14 @@ async def optional_user(
         if principal.expires_at is not None:
             lifetime = min(lifetime, (principal.expires_at - datetime.now(UTC)).total_seconds())
         cache[key] = (now + lifetime, generation, principal)
+    return _routed(principal)
+
+
+def _routed(principal: Principal) -> Principal:
+    """Name the caller in the request's read route (read-your-writes keys on the token)."""
+    route = ROUTE.get()
+    if route is not None:
+        route.client = str(principal.token_id)
     return principal
 
 

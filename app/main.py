@@ -13,6 +13,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from app import problems
 from app.headers import SecurityHeaders
 from app.openapi import install_openapi30
+from app.read_routing import ReadRouting
 from app.routers import (
     analysis,
     exports,
@@ -59,7 +60,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         feed = None
         listen_url = db.notifications_url()
         if settings.tile_change_feed and listen_url is not None:
-            feed = ChangeFeed(listen_url).start()
+            on_write = db.note_write if db.replicas else None
+            feed = ChangeFeed(listen_url, on_write=on_write).start()
         app.state.change_feed = feed
         # Queued imports run in this process too (not on a test's bound database).
         worker = None
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     # level 4: most of level 9's saving on GeoJSON at a fraction of its CPU
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=4)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(ReadRouting)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

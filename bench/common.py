@@ -37,15 +37,18 @@ class BenchContext:
     out: Path
 
 
-def bench_context(structures: int | None = None, database: str = DATABASE) -> BenchContext:
-    """Start the bench cluster (``bench/out/data``) and fill ``database`` with demo data once.
+def bench_context(
+    structures: int | None = None, database: str = DATABASE, data_dir: Path | None = None
+) -> BenchContext:
+    """Start the bench cluster (``bench/out/data``, or ``data_dir``) and fill ``database``
+    with demo data once.
 
     ``MAKAZI_BENCH_STRUCTURES`` (default 1,000,000) sets the size.
     """
     wanted = structures or int(os.environ.get("MAKAZI_BENCH_STRUCTURES", "1000000"))
     ensure_postgis(install=os.geteuid() == 0, quiet=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    cluster = EmbeddedCluster(OUT / "data")
+    cluster = EmbeddedCluster(data_dir or OUT / "data")
     cluster.start()
     url = cluster.create_database(database)
     migrate(url)

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -53,7 +54,8 @@ def _rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def _setup(ctx: BenchContext) -> dict[str, str]:
+def prepare_load(ctx: BenchContext) -> dict[str, str]:
+    """Tokens, the mapped area and the settlements for the Locust users (environment)."""
     engine = create_engine(ctx.url)
     with engine.begin() as conn:
         stamp = str(int(time.time()))
@@ -70,6 +72,46 @@ def _setup(ctx: BenchContext) -> dict[str, str]:
     }
 
 
+def run_locust(
+    base: str, env: dict[str, str], prefix: Path, *, users: int, seconds: int
+) -> list[dict[str, str]]:
+    """Drive ``base`` with ``bench/locustfile.py``; Locust's rows per request name."""
+    Path(f"{prefix}_stats.csv").unlink(missing_ok=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(HERE / "locustfile.py"),
+            "--headless",
+            "--host",
+            base,
+            "-u",
+            str(users),
+            "-r",
+            str(max(1, users // 5)),
+            "--run-time",
+            f"{seconds}s",
+            "--stop-timeout",
+            "5",
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+    )
+    if not Path(f"{prefix}_stats.csv").exists():
+        raise RuntimeError(f"locust did not run: {result.stderr[-2000:]}")
+    with open(f"{prefix}_stats.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def run(
     ctx: BenchContext | None = None,
     *,
@@ -81,7 +123,7 @@ def run(
     users = int(os.environ.get("MAKAZI_LOAD_USERS", users))
     seconds = int(os.environ.get("MAKAZI_LOAD_SECONDS", seconds))
     ctx = ctx or bench_context(structures=20_000, database="makazi_load")
-    env = {**os.environ, **_setup(ctx)}
+    env = {**os.environ, **prepare_load(ctx)}
     prefix = ctx.out / section
     samples: list[tuple[float, float, int]] = []
     with makazi_process(ctx, token_failures_per_minute="0") as (base, proc):
@@ -99,35 +141,7 @@ def run(
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "locust",
-                "-f",
-                str(HERE / "locustfile.py"),
-                "--headless",
-                "--host",
-                base,
-                "-u",
-                str(users),
-                "-r",
-                str(max(1, users // 5)),
-                "--run-time",
-                f"{seconds}s",
-                "--stop-timeout",
-                "5",
-                "--csv",
-                str(prefix),
-                "--only-summary",
-                "--loglevel",
-                "WARNING",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=seconds + 120,
-        )
+        stats = run_locust(base, env, prefix, users=users, seconds=seconds)
         stop.set()
         sampler.join(timeout=5)
         time.sleep(2)  # the last answers are sent; nothing should be left open
@@ -137,23 +151,19 @@ def run(
                 "AND state = 'idle in transaction'"
             ).fetchone()
         idle_after = int(left[0]) if left else 0
-    if not Path(f"{prefix}_stats.csv").exists():
-        raise RuntimeError(f"locust did not run: {result.stderr[-2000:]}")
-    rows = []
-    with open(f"{prefix}_stats.csv", newline="") as handle:
-        for stat in csv.DictReader(handle):
-            rows.append(
-                [
-                    stat["Name"],
-                    f"{int(stat['Request Count']):,}",
-                    stat["Failure Count"],
-                    f"{float(stat['Requests/s']):.1f}",
-                    stat["50%"],
-                    stat["95%"],
-                    stat["99%"],
-                    stat["Max Response Time"].split(".")[0],
-                ]
-            )
+    rows: list[list[object]] = [
+        [
+            stat["Name"],
+            f"{int(stat['Request Count']):,}",
+            stat["Failure Count"],
+            f"{float(stat['Requests/s']):.1f}",
+            stat["50%"],
+            stat["95%"],
+            stat["99%"],
+            stat["Max Response Time"].split(".")[0],
+        ]
+        for stat in stats
+    ]
     rss = [s[1] for s in samples] or [0.0]
     idle = max((s[2] for s in samples), default=0)
     table = markdown_table(
@@ -169,10 +179,23 @@ def run(
 
 
 def main(argv: list[str]) -> int:
-    section = "soak" if "--soak" in argv else "loadtest"
-    body = run(users=20, seconds=1800, section=section) if section == "soak" else run()
-    print(body)
-    write_section(section, body)
+    """``--soak``: the 30-minute run; ``--scaling``: only the scaling run; else both runs."""
+    from bench.scaling import scaling_run
+
+    def soak() -> str:
+        return run(users=20, seconds=1800, section="soak")
+
+    sections: dict[str, Callable[[], str]]
+    if "--soak" in argv:
+        sections = {"soak": soak}
+    elif "--scaling" in argv:
+        sections = {"scaling": scaling_run}
+    else:
+        sections = {"loadtest": run, "scaling": scaling_run}
+    for section, make in sections.items():
+        body = make()
+        print(body)
+        write_section(section, body)
     return 0
 
 

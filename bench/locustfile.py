@@ -19,6 +19,8 @@ WEST, SOUTH, EAST, NORTH = (float(v) for v in os.environ["LOAD_BOUNDS"].split(",
 VIEWER = {"Authorization": f"Bearer {os.environ['LOAD_VIEWER_TOKEN']}"}
 MAPPER = {"Authorization": f"Bearer {os.environ['LOAD_MAPPER_TOKEN']}"}
 SETTLEMENTS = [int(v) for v in os.environ["LOAD_SETTLEMENTS"].split(",")]
+READ_ONLY = os.environ.get("LOAD_READ_ONLY") == "1"
+"""The scaling run compares read capacity: no uploads then."""
 
 
 def _tile(z: int) -> str:
@@ -80,6 +82,8 @@ class FieldDay(HttpUser):
 
     @task(1)
     def upload(self) -> None:
+        if READ_ONLY:
+            return
         headers: dict[str, Any] = {**MAPPER, "Content-Type": "application/gpx+xml"}
         self.client.post(
             "/traces?visibility=private", data=_walk(), headers=headers, name="trace upload"

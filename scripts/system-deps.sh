@@ -22,6 +22,8 @@ case "$what" in
     command -v ogrinfo >/dev/null || missing+=(gdal-bin)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+    # the connection pooler in front of the primary (tests/core/test_pgbouncer.py)
+    command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
     # pdftotext and pdftoppm read the atlas PDF back
     command -v pdftotext >/dev/null || missing+=(poppler-utils)
     # QGIS's own Python bindings, for the client tests (its OAPIF provider)

@@ -15,6 +15,8 @@ from app.cli.common import (
     migrate,
     start_cluster,
 )
+from geo.core.cluster import EmbeddedCluster
+from geo.core.standby import EmbeddedReplica, start_replicas, stop_replicas
 
 __all__ = ["add_parsers"]
 
@@ -35,11 +37,16 @@ def cmd_db(args: argparse.Namespace) -> int:
             "the embedded cluster)"
         )
     cluster = cluster_of(settings)
+    if args.action == "replica":
+        return _replica(args, cluster)
     if args.action == "start":
         ensure_postgis(install=os.geteuid() == 0, quiet=True)
         started = start_cluster(cluster)
         print(("started" if started else "already running") + f" on port {cluster.port}")
+        for replica in start_replicas(cluster):
+            print(f"started replica {replica.number} on port {replica.port}")
     elif args.action == "stop":
+        stop_replicas(cluster)
         print("stopped" if cluster.stop() else "not running")
     elif args.action == "status":
         status = cluster.status()
@@ -58,6 +65,48 @@ def cmd_db(args: argparse.Namespace) -> int:
         else:
             print(cluster.url())
     return 0
+
+
+def _replica(args: argparse.Namespace, cluster: EmbeddedCluster) -> int:
+    """``db replica add|list|remove N``: streaming replicas of the embedded cluster."""
+    from geo.core.standby import add_replica, embedded_replicas, remove_replica
+
+    what = args.file
+    if what == "add":
+        replica = add_replica(cluster)
+        print(replica.url())
+    elif what == "list":
+        for replica in embedded_replicas(cluster):
+            lag = replica_lag(replica)
+            state = "running" if replica.running() else "stopped"
+            shown = "-" if lag is None else ("inf" if lag == float("inf") else f"{lag:.1f}")
+            print(f"{replica.number} {replica.url()} {state} {shown}")
+    elif what == "remove":
+        if args.number is None or not args.number.isdigit():
+            raise CommandError("db replica remove needs the replica's number N (see replica list)")
+        remove_replica(cluster, int(args.number))
+        print(f"removed replica {args.number}")
+    else:
+        raise CommandError("db replica needs one of: add, list, remove N")
+    return 0
+
+
+def replica_lag(replica: EmbeddedReplica) -> float | None:
+    """The running replica's lag in seconds (:func:`geo.core.replicas.measure_lag`), or None."""
+    from sqlalchemy import create_engine
+
+    from geo.core.replicas import measure_lag
+
+    if not replica.running():
+        return None
+    engine = create_engine(replica.url(), connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            return measure_lag(conn)
+    except Exception:
+        return None
+    finally:
+        engine.dispose()
 
 
 def _backup(args: argparse.Namespace, settings: Any) -> int:
@@ -94,9 +143,13 @@ def add_parsers(sub: Any) -> None:
     """``db`` and ``migrate``."""
     db = sub.add_parser("db", help="the embedded PostgreSQL/PostGIS cluster")
     db.add_argument(
-        "action", choices=["start", "stop", "status", "url", "ensure", "dump", "restore"]
+        "action",
+        choices=["start", "stop", "status", "url", "ensure", "dump", "restore", "replica"],
     )
-    db.add_argument("file", nargs="?", help="restore: the dump file to restore")
+    db.add_argument(
+        "file", nargs="?", help="restore: the dump file to restore; replica: add, list or remove"
+    )
+    db.add_argument("number", nargs="?", help="replica remove: the replica's number N")
     db.add_argument("-o", "--output", help="dump: the file to write (pg_dump custom format)")
     db.set_defaults(func=cmd_db)
 

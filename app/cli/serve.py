@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import socket
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from app.cli.common import (
     CommandError,
+    cluster_of,
     database_url,
     engine_for,
     load_settings,
     migrate,
 )
+
+if TYPE_CHECKING:
+    from geo.core.settings import Settings
 
 __all__ = ["add_parsers"]
 
@@ -32,6 +39,31 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def embedded_replicas_serving(settings: Settings) -> Iterator[None]:
+    """Start the embedded cluster's replicas for the server's life, and read from them.
+
+    Only with the embedded cluster (no ``MAKAZI_DATABASE_URL``).  When
+    ``MAKAZI_DATABASE_REPLICA_URLS`` is unset, it is set to the embedded replicas'
+    URLs for the server's workers.  Replicas this call started are stopped after.
+    """
+    from geo.core.standby import embedded_replicas, start_replicas, stop_replicas
+
+    if settings.database_url:
+        yield
+        return
+    primary = cluster_of(settings)
+    started = start_replicas(primary)
+    replicas = embedded_replicas(primary)
+    if replicas and not settings.database_replica_urls:
+        os.environ["MAKAZI_DATABASE_REPLICA_URLS"] = ",".join(r.url() for r in replicas)
+        print(f"reading from {len(replicas)} embedded replica(s)", flush=True)
+    try:
+        yield
+    finally:
+        stop_replicas(primary, only=started)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -41,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     if _port_in_use(args.host, args.port):
         raise CommandError(f"port {args.port} on {args.host} is in use; pick another with --port")
-    with database_url(settings) as url:
+    with database_url(settings) as url, embedded_replicas_serving(settings):
         migrate(url)
         if args.demo:
             engine = engine_for(settings, url)

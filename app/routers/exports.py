@@ -126,7 +126,7 @@ async def get_export(
         body = _sent_then_closed(chunks, first, held.close)
         return ClosingStreamingResponse(body, media_type=fmt.media_type, headers=headers)
 
-    engine = db.replicas[0] if db.replicas else db.engine
+    engine = db.read_engine()
     task = ExportTask(
         database_url=engine.url.render_as_string(hide_password=False),
         collection=collection.name,

@@ -100,6 +100,8 @@ async def get_tile(
 
         def render() -> Tile:
             with db.read() as conn:
+                # The feed's counters are the primary's; a replica may not have replayed
+                # those edits yet, so a tile drawn there is keyed by the replica's own.
                 return cached_tile(
                     conn,
                     z=zi,
@@ -108,7 +110,7 @@ async def get_tile(
                     cache=cache,
                     max_zoom=settings.tiles_max_zoom,
                     wait_s=settings.statement_timeout_ms / 1000,
-                    counters=counters,
+                    counters=counters if db.on_primary(conn) else None,
                 )
 
         tile = await run_in_threadpool(render)

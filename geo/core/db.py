@@ -7,7 +7,6 @@ The only place that turns settings into a SQLAlchemy engine.  With no
 from __future__ import annotations
 
 import importlib.util
-import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +14,11 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from geo.core.cluster import EmbeddedCluster
+from geo.core.replicas import ROUTE, WRITES_CHANNEL, RecentWriters, ReplicaSet
 from geo.core.settings import Settings
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "act_as",
     "current_revision",
     "downgrade",
+    "libpq_conninfo",
     "make_engine",
     "migrate",
     "normalise_url",
@@ -68,6 +70,40 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def libpq_conninfo(url: str | URL) -> str:
+    """The libpq connection string of a SQLAlchemy URL, several hosts included.
+
+    SQLAlchemy spells a multi-host URL ``?host=h1:p1&host=h2:p2``; libpq wants
+    ``host=h1,h2 port=p1,p2``.
+
+    >>> libpq_conninfo("postgresql://u@/db?host=a:1&host=b:2&target_session_attrs=read-write")
+    'user=u dbname=db host=a,b port=1,2 target_session_attrs=read-write'
+    """
+    from psycopg.conninfo import make_conninfo
+
+    parsed = make_url(normalise_url(url) if isinstance(url, str) else url)
+    params: dict[str, str] = {}
+    for key, value in (
+        ("user", parsed.username),
+        ("password", parsed.password),
+        ("dbname", parsed.database),
+        ("host", parsed.host),
+        ("port", str(parsed.port) if parsed.port else None),
+    ):
+        if value:
+            params[key] = str(value)
+    for key, raw in parsed.query.items():
+        values = [raw] if isinstance(raw, str) else list(raw)
+        if key == "host":
+            pairs = [item.rpartition(":") if ":" in item else (item, "", "") for item in values]
+            params["host"] = ",".join(host for host, _, _ in pairs)
+            if any(port for _, _, port in pairs):
+                params["port"] = ",".join(port or "5432" for _, _, port in pairs)
+        else:
+            params[key] = ",".join(values)
+    return make_conninfo(**params)
+
+
 def resolve_url(settings: Settings) -> str:
     """The database URL the settings point at (the embedded cluster by default)."""
     if settings.database_url:
@@ -87,18 +123,21 @@ def make_engine(url: str, settings: Settings, *, pool_size: int | None = None) -
     discards every pooled connection, that one request gets a 503 and the next
     ones reconnect.
     """
+    connect_args: dict[str, object] = {
+        "connect_timeout": 5,
+        "options": f"-c statement_timeout={settings.statement_timeout_ms} "
+        f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}",
+        "application_name": "makazi",
+    }
+    if not settings.database_prepared_statements:
+        connect_args["prepare_threshold"] = None
     return create_engine(
         normalise_url(url),
         pool_pre_ping=False,
         pool_size=pool_size or settings.pool_size,
         max_overflow=settings.pool_size,
         pool_timeout=10,
-        connect_args={
-            "connect_timeout": 5,
-            "options": f"-c statement_timeout={settings.statement_timeout_ms} "
-            f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}",
-            "application_name": "makazi",
-        },
+        connect_args=connect_args,
     )
 
 
@@ -137,49 +176,136 @@ class Database:
     """The primary engine and, when configured, read replicas.
 
     Writes go to the primary inside one transaction that names its actor;
-    reads go to a replica when there is one (round robin), else the primary.
+    reads go to a healthy replica when there is one, else the primary, by the
+    rule in :mod:`geo.core.replicas` (read-your-writes, lag, failures).
     """
 
-    def __init__(self, engine: Engine, replicas: Sequence[Engine] = ()) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        replicas: Sequence[Engine] = (),
+        *,
+        max_lag_s: float = 10.0,
+        check_s: float = 2.0,
+        read_after_write_s: float = 5.0,
+        listen_url: str = "",
+    ) -> None:
         self.engine = engine
-        self.replicas = list(replicas)
-        self._next = itertools.count()
+        self.listen_url = listen_url
+        self.replicas = ReplicaSet(list(replicas), max_lag_s=max_lag_s, check_s=check_s)
+        self.writers = RecentWriters(read_after_write_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         """Engines for the configured (or embedded) database and its replicas."""
         primary = make_engine(resolve_url(settings), settings)
         replicas = [make_engine(url, settings) for url in settings.database_replica_urls]
-        return cls(primary, replicas)
+        return cls(
+            primary,
+            replicas,
+            max_lag_s=settings.replica_max_lag_s,
+            check_s=settings.replica_check_s,
+            read_after_write_s=settings.read_after_write_s,
+            listen_url=settings.database_listen_url,
+        )
 
     @contextmanager
     def begin(self, actor: str | None = None) -> Iterator[Connection]:
-        """A connection in a transaction on the primary, committed on success."""
+        """A connection in a transaction on the primary, committed on success.
+
+        Inside a request by a signed-in client that writes, the commit also tells
+        every process (``NOTIFY``) that this client's next reads belong on the primary.
+        """
+        route = ROUTE.get()
+        writer = route.client if route is not None and route.writes and self.replicas else None
         with self.engine.begin() as conn:
             if actor:
                 act_as(conn, actor)
+            if writer is not None:
+                conn.execute(
+                    text("SELECT pg_notify(:channel, :client)"),
+                    {"channel": WRITES_CHANNEL, "client": writer},
+                )
             yield conn
+        if writer is not None:
+            self.writers.mark(writer)
+
+    def read_engine(self) -> Engine:
+        """The engine the current read should use (see :mod:`geo.core.replicas`)."""
+        if not self.replicas:
+            return self.engine
+        route = ROUTE.get()
+        if route is not None and (
+            route.primary
+            or route.writes
+            or (route.client is not None and self.writers.recent(route.client))
+        ):
+            return self.engine
+        return self.replicas.pick() or self.engine
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reading (a replica when configured)."""
-        engine = self.engine
-        if self.replicas:
-            engine = self.replicas[next(self._next) % len(self.replicas)]
-        with engine.connect() as conn:
-            yield conn
-            conn.rollback()
+        """A connection for reading (a healthy replica when there is one).
+
+        A replica that refuses the connection is skipped and the primary answers.
+        A replica lost during the read marks the request's route ``lost`` (the
+        app retries the request on the primary) and the error propagates.
+        """
+        engine = self.read_engine()
+        try:
+            conn = engine.connect()
+        except DBAPIError as exc:
+            if engine is self.engine:
+                raise
+            self.replicas.mark_down(engine, exc)
+            engine = self.engine
+            conn = engine.connect()
+        with conn:
+            try:
+                yield conn
+                conn.rollback()
+            except DBAPIError as exc:
+                if engine is not self.engine and _replica_failure(exc):
+                    if exc.connection_invalidated:
+                        self.replicas.mark_down(engine, exc)
+                    route = ROUTE.get()
+                    if route is not None:
+                        route.lost = True
+                raise
+
+    def on_primary(self, conn: Connection) -> bool:
+        """Whether ``conn`` (from :meth:`read` or :meth:`begin`) is on the primary."""
+        return conn.engine is self.engine
+
+    def note_write(self, client: str) -> None:
+        """Another process committed a write by ``client`` (from the change feed)."""
+        self.writers.mark(client)
 
     def notifications_url(self) -> str | None:
-        """The libpq URL to ``LISTEN`` on for committed changes (the primary's)."""
-        url = self.engine.url.set(drivername="postgresql")
-        return url.render_as_string(hide_password=False)
+        """The libpq URL to ``LISTEN`` on for committed changes (the primary's).
+
+        ``MAKAZI_DATABASE_LISTEN_URL`` when set (the primary behind a pooler, which
+        cannot hold a ``LISTEN`` in transaction mode), else the primary's own URL.
+        """
+        return libpq_conninfo(self.listen_url or self.engine.url)
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and stop checking the replicas)."""
         self.engine.dispose()
-        for replica in self.replicas:
-            replica.dispose()
+        self.replicas.stop()
+
+
+def _replica_failure(exc: DBAPIError) -> bool:
+    """Whether a read that failed on a replica should be answered again by the primary.
+
+    A lost connection, a server shutting down, or a query cancelled because of a
+    conflict with recovery, yes; a statement timeout, no (the primary would be as slow).
+    """
+    import psycopg.errors as pg
+
+    if exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError) and not isinstance(exc.orig, pg.QueryCanceled)
 
 
 def set_statement_timeout(conn: Connection, timeout_ms: int) -> None:

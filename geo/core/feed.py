@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from geo.core.auth import TOKENS_CHANNEL
+from geo.core.replicas import WRITES_CHANNEL
 
 log = logging.getLogger("makazi.feed")
 
@@ -18,7 +20,9 @@ class ChangeFeed:
     * ``makazi_tile_changes``: the layers' tile change counters (migration
       0011), so a cached tile is answered without asking the database;
     * ``makazi_tokens``: a token was revoked (migration 0012), so cached
-      tokens are dropped in every worker.
+      tokens are dropped in every worker;
+    * ``makazi_writes``: a client wrote, so its next reads go to the primary in
+      every worker (:mod:`geo.core.replicas`), passed to ``on_write``.
 
     One background thread per process holds its own connection, reads the
     counters once, then applies every notification sent at commit.  While it
@@ -30,12 +34,15 @@ class ChangeFeed:
     ----------
     conninfo
         libpq connection string of the database (the primary).
+    on_write
+        Called with the client's key for every ``makazi_writes`` notification.
     """
 
     CHANNEL = "makazi_tile_changes"
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, on_write: Callable[[str], None] | None = None) -> None:
         self._conninfo = conninfo
+        self._on_write = on_write
         self._counters: dict[str, int] | None = None
         self._tokens: int | None = None
         self._generation = 0
@@ -83,6 +90,8 @@ class ChangeFeed:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {self.CHANNEL}")
                     conn.execute(f"LISTEN {TOKENS_CHANNEL}")
+                    if self._on_write is not None:
+                        conn.execute(f"LISTEN {WRITES_CHANNEL}")
                     rows = conn.execute("SELECT collection, counter FROM tile_changes").fetchall()
                     self._set({str(name): int(counter) for name, counter in rows})
                     backoff = 0.5
@@ -93,6 +102,10 @@ class ChangeFeed:
                                     self._generation += 1
                                     if self._tokens is not None:
                                         self._tokens = self._generation
+                                continue
+                            if note.channel == WRITES_CHANNEL:
+                                if self._on_write is not None:
+                                    self._on_write(note.payload)
                                 continue
                             name, _, counter = note.payload.partition(" ")
                             with self._lock:

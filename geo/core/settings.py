@@ -53,7 +53,20 @@ class Settings(BaseSettings):
         SQLAlchemy URL of an existing PostGIS database.  Empty means: run the
         embedded cluster in ``data_dir/pg``.
     database_replica_urls
-        Read-only replicas; read queries are routed there when set.
+        Read-only replicas; read queries are routed there when set (see
+        :mod:`geo.core.replicas` for the rule).
+    database_listen_url
+        Where the change feed ``LISTEN``s (the primary itself, not a pooler in
+        transaction mode); empty means ``database_url``.
+    database_prepared_statements
+        Let psycopg prepare statements it runs often; switch off behind a pooler in
+        transaction mode that cannot keep them (pgbouncer before 1.21).
+    replica_max_lag_s
+        A replica further behind the primary than this is skipped until it catches up.
+    replica_check_s
+        How often each process checks its replicas' health and lag.
+    read_after_write_s
+        For this long after a client's write, that client's reads go to the primary.
     data_dir
         Folder for the embedded cluster and other runtime state
         (:func:`default_data_dir` unless set).
@@ -68,6 +81,11 @@ class Settings(BaseSettings):
 
     database_url: str = ""
     database_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    database_listen_url: str = ""
+    database_prepared_statements: bool = True
+    replica_max_lag_s: float = Field(default=10.0, ge=0)
+    replica_check_s: float = Field(default=2.0, gt=0)
+    read_after_write_s: float = Field(default=5.0, ge=0)
     data_dir: Path = Field(default_factory=default_data_dir)
     public_read: bool = True
     public_verified_only: bool = False

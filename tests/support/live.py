@@ -41,11 +41,13 @@ def live_server_running(
     *,
     structures: int = 400,
     database: str = "makazi_live",
+    workers: int = 1,
     **settings: str,
 ) -> Iterator[LiveServer]:
     """Create and fill ``database``, serve it on a free port, stop and drop it afterwards.
 
-    ``settings`` are ``MAKAZI_*`` settings of the server (``tile_max_age_s="2"``).
+    ``settings`` are ``MAKAZI_*`` settings of the server (``tile_max_age_s="2"``);
+    ``workers`` the number of uvicorn worker processes.
     """
     url = cluster.create_database(database, drop=True)
     migrate(url)
@@ -57,7 +59,7 @@ def live_server_running(
             tokens[role] = create_token(conn, name=f"live-{role}", role=role)
     engine.dispose()
     try:
-        with makazi_on(url, **settings) as (base_url, process):
+        with makazi_on(url, workers=workers, **settings) as (base_url, process):
             yield LiveServer(base_url=base_url, database_url=url, process=process, tokens=tokens)
     finally:
         cluster.drop_database(database)

@@ -73,8 +73,13 @@ def uvicorn_argv(python: str, app: str, port: int, *, factory: bool = False) -> 
 
 
 @contextlib.contextmanager
-def makazi_on(database_url: str, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """This service on a free port against ``database_url``: (base URL, process)."""
+def makazi_on(
+    database_url: str, *, workers: int | str = 1, **settings: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """This service on a free port against ``database_url``: (base URL, process).
+
+    ``workers`` > 1 runs that many uvicorn worker processes behind the one port.
+    """
     port = free_port()
     env = {
         "MAKAZI_DATABASE_URL": database_url,
@@ -82,5 +87,7 @@ def makazi_on(database_url: str, **settings: str) -> Iterator[tuple[str, subproc
         **{f"MAKAZI_{k.upper()}": v for k, v in settings.items()},
     }
     argv = uvicorn_argv(sys.executable, "app.main:create_app", port, factory=True)
+    if int(workers) > 1:
+        argv += ["--workers", str(workers)]
     with running_server(argv, port, env, health="/healthz") as proc:
         yield f"http://127.0.0.1:{port}", proc

@@ -11,12 +11,8 @@ into the cache.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,10 +20,7 @@ from sqlalchemy import create_engine, text
 
 from geo.core.cluster import EmbeddedCluster
 from tests.support.live import LiveServer, live_server_running
-from tests.support.server import free_port
-
-SITE = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+from tests.support.nginx import NGINX, nginx_in_front
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (Debian package nginx; system-deps.sh test)"
@@ -45,51 +38,9 @@ def served(cluster: EmbeddedCluster) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def proxy(served: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """nginx with the shipped site file, in front of the live server; its base URL."""
-    assert NGINX is not None
-    root = tmp_path_factory.mktemp("nginx")
-    port = free_port()
     upstream = served.base_url.removeprefix("http://")
-    site = SITE.read_text()
-    for old, new in (
-        ("listen 80;", f"listen 127.0.0.1:{port};"),
-        ("server 127.0.0.1:8000;", f"server {upstream};"),
-        ("/var/cache/nginx/makazi", str(root / "cache")),
-    ):
-        assert old in site, f"deploy/nginx.conf no longer says {old!r}"
-        site = site.replace(old, new)
-    (root / "site.conf").write_text(site)
-    temp = "\n".join(
-        f"{kind}_temp_path {root / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    user = "user root;" if os.geteuid() == 0 else ""
-    (root / "nginx.conf").write_text(
-        f"{user}\nworker_processes 1;\ndaemon off;\npid {root / 'nginx.pid'};\n"
-        f"error_log {root / 'error.log'} warn;\nevents {{}}\n"
-        f"http {{\naccess_log off;\n{temp}\ninclude {root / 'site.conf'};\n}}\n"
-    )
-    process = subprocess.Popen(
-        [NGINX, "-p", str(root), "-c", str(root / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                err = process.stderr.read().decode() if process.stderr else ""
-                raise RuntimeError(f"nginx did not start: {err}")
-            time.sleep(0.2)
+    with nginx_in_front([upstream], tmp_path_factory.mktemp("nginx")) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def tile_url(lon: float, lat: float, z: int = 16) -> str:
