@@ -47,7 +47,6 @@ _FILES = {
     "icon-512.png": "image/png",
 }
 SettlementId = Annotated[int, Path(ge=1, le=2**62)]
-_PACKAGES = PackageCache()
 
 
 @router.get("/field", include_in_schema=False)
@@ -86,9 +85,13 @@ def field_me(user: ViewerUser) -> JSONResponse:
     return JSONResponse({"name": user.name, "role": user.role}, headers=NO_STORE)
 
 
-def _package(db: DbDep, settlement_id: int) -> Package:
+def _package(request: Request, db: DbDep, settlement_id: int) -> Package:
+    """The settlement's package from the app's cache (one cache per app)."""
+    cache = getattr(request.app.state, "field_packages", None)
+    if cache is None:
+        cache = request.app.state.field_packages = PackageCache()
     with db.read() as conn:
-        return _PACKAGES.get(conn, settlement_id)
+        return cache.get(conn, settlement_id)
 
 
 @router.get(
@@ -99,7 +102,7 @@ async def package_info(
     settlement_id: SettlementId, request: Request, db: DbDep, user: PublicReader
 ) -> JSONResponse:
     """``bytes``, ``structures``, ``facilities``, ``bbox``, ``etag`` and ``href``."""
-    package = await run_in_threadpool(_package, db, settlement_id)
+    package = await run_in_threadpool(_package, request, db, settlement_id)
     return JSONResponse(
         {
             "id": package.settlement_id,
@@ -122,12 +125,13 @@ async def package_info(
 )
 async def package_body(
     settlement_id: SettlementId,
+    request: Request,
     db: DbDep,
     user: PublicReader,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The package; ``ETag`` changes with any change to the settlement's features."""
-    package = await run_in_threadpool(_package, db, settlement_id)
+    package = await run_in_threadpool(_package, request, db, settlement_id)
     headers = {"ETag": package.etag, "Cache-Control": "no-cache"}
     if none_match(if_none_match, package.etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)

@@ -5,7 +5,8 @@ phone can draw, tap and edit the settlement's features with no network.  Postgre
 writes every Feature as text (:func:`geo.layers.items.feature_sql`, the same
 properties and versions as ``/collections/{c}/items``); Python only joins them.
 Built packages are kept in a small in-process cache keyed by a cheap *stamp* of
-the settlement (row counts and the latest change of each layer), so the size
+the settlement (each layer's row count, sum of versions and latest change: every
+edit bumps a version), so the size
 shown before a download and the download itself cost one build.
 """
 
@@ -49,9 +50,11 @@ def package_stamp(conn: Connection, settlement_id: int) -> str | None:
         text(
             """
             SELECT s.version, s.deleted_at IS NOT NULL,
-                   (SELECT count(*) || '/' || coalesce(max(updated_at)::text, '')
+                   (SELECT count(*) || '/' || coalesce(sum(version), 0) || '/'
+                           || coalesce(max(updated_at)::text, '')
                       FROM structures WHERE settlement_id = s.id),
-                   (SELECT count(*) || '/' || coalesce(max(updated_at)::text, '')
+                   (SELECT count(*) || '/' || coalesce(sum(version), 0) || '/'
+                           || coalesce(max(updated_at)::text, '')
                       FROM facilities WHERE settlement_id = s.id)
             FROM settlements s WHERE s.id = :id
             """

@@ -10,7 +10,6 @@ check the server's side through the API.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -70,9 +69,20 @@ class Phone:
     errors: list[str]
     live: LiveServer
 
-    def api(self, method: str, path: str, role: str = "admin", **kwargs: Any) -> httpx.Response:
+    def api(
+        self,
+        method: str,
+        path: str,
+        role: str = "admin",
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """A request to the live server as ``role`` (plus ``headers``)."""
         return httpx.request(
-            method, self.live.base_url + path, headers=self.live.headers(role), **kwargs
+            method,
+            self.live.base_url + path,
+            headers={**self.live.headers(role), **(headers or {})},
+            **kwargs,
         )
 
     def shot(self, name: str) -> None:
@@ -235,8 +245,10 @@ def test_page_at_phone_size_installs_and_logs_no_error(phone: Phone) -> None:
     page.get_by_role("button", name="New structure").click()
     for name in ("Structure number", "Use", "Wall material", "Roof material", "Storeys"):
         expect(page.get_by_label(name, exact=True)).to_be_visible()
-    uses = page.get_by_label("Use", exact=True).locator("option").evaluate_all(
-        "options => options.map(o => o.value).filter(Boolean)"
+    uses = (
+        page.get_by_label("Use", exact=True)
+        .locator("option")
+        .evaluate_all("options => options.map(o => o.value).filter(Boolean)")
     )
     assert uses == [
         "residential",
@@ -256,7 +268,7 @@ def test_page_at_phone_size_installs_and_logs_no_error(phone: Phone) -> None:
 def test_offline_after_one_visit_and_saved_work_survives_reloads(phone: Phone) -> None:
     page = phone.page
     sign_in(page, phone.live.tokens["mapper"])
-    sid, name = download(phone)
+    sid, _ = download(phone)
     phone.shot("field-ready")
     phone.context.set_offline(True)
     page.reload()
@@ -360,7 +372,7 @@ def test_a_conflicting_edit_is_kept_and_keep_mine_wins(phone: Phone) -> None:
         "PATCH",
         f"/collections/structures/items/{fid}",
         role="planner",
-        headers={**phone.live.headers("planner"), "If-Match": f'"{version}"'},
+        headers={"If-Match": f'"{version}"'},
         json={"type": "Feature", "properties": {"wall_material": "theirs: brick"}},
     )
     assert theirs.status_code == 200, theirs.text
@@ -406,7 +418,8 @@ def test_keep_theirs_drops_the_local_edit(phone: Phone) -> None:
     theirs = phone.api(
         "PATCH",
         f"/collections/structures/items/{fid}",
-        headers={**phone.live.headers("planner"), "If-Match": f'"{version}"'},
+        role="planner",
+        headers={"If-Match": f'"{version}"'},
         json={"type": "Feature", "properties": {"storeys": 3}},
     )
     assert theirs.status_code == 200, theirs.text
@@ -476,9 +489,9 @@ def test_households_personal_fields_leave_the_phone_after_sync(phone: Phone) -> 
     households = phone.api(
         "GET", f"/structures/{target['id']}/households", role="enumerator"
     ).json()["households"]
-    assert [(h["head_name"], h["phone"], h["members"]) for h in households if h["head_name"] == head] == [
-        (head, tel, 4)
-    ]
+    assert [
+        (h["head_name"], h["phone"], h["members"]) for h in households if h["head_name"] == head
+    ] == [(head, tel, 4)]
 
 
 def test_a_mapper_sees_no_household_form(phone: Phone) -> None:
@@ -536,7 +549,3 @@ def test_a_rough_fix_is_flagged_before_saving(phone: Phone) -> None:
         params={"filter": "position_accuracy_m > 20", "limit": 1000},
     ).json()["features"]
     assert number in [f["properties"]["structure_number"] for f in rough]
-
-
-def _unused() -> str:
-    return json.dumps({})

@@ -146,6 +146,7 @@
     $("signin").hidden = signedIn;
     $("signed-in").hidden = !signedIn;
     $("who").textContent = signedIn && state.role ? state.role : "";
+    $("signed-as").textContent = signedIn ? "Signed in" + (state.role ? " as " + state.role : "") + ". " : "";
     $("households-part").hidden = !(state.editing && atLeast("enumerator"));
   }
   function atLeast(role) { return state.role !== null && ROLES.indexOf(state.role) >= ROLES.indexOf(role); }
@@ -353,7 +354,12 @@
             paint: { "fill-color": useColour(), "fill-outline-color": "#5c4a32" } },
           { id: "structures-point", type: "circle", source: "structures", filter: ["==", ["geometry-type"], "Point"],
             paint: { "circle-color": useColour(), "circle-radius": 6, "circle-stroke-color": "#222", "circle-stroke-width": 1 } },
-          { id: "structures-pending", type: "circle", source: "structures", filter: ["==", ["get", "pending"], true],
+          // waiting in the outbox: an orange outline (polygons) or ring (points)
+          { id: "structures-pending-line", type: "line", source: "structures",
+            filter: ["all", ["==", ["geometry-type"], "Polygon"], ["==", ["get", "pending"], true]],
+            paint: { "line-color": "#f59f00", "line-width": 3 } },
+          { id: "structures-pending", type: "circle", source: "structures",
+            filter: ["all", ["==", ["geometry-type"], "Point"], ["==", ["get", "pending"], true]],
             paint: { "circle-color": "rgba(0,0,0,0)", "circle-radius": 10, "circle-stroke-color": "#f59f00", "circle-stroke-width": 3 } },
           { id: "facilities", type: "circle", source: "facilities", paint: { "circle-color": "#0b7285", "circle-radius": 5 } },
           { id: "walk", type: "line", source: "walk", paint: { "line-color": "#9c36b5", "line-width": 3 } },
@@ -442,6 +448,7 @@
     $("household-form").hidden = true;
     say("position", feature ? "" : "No position yet.", "muted");
     $("structure-form").hidden = false;
+    $("structure-form").scrollIntoView({ block: "start" });
     state.picking = !feature;
     $("map").classList.toggle("picking", state.picking);
     showSignedIn();
@@ -582,6 +589,7 @@
   function onAddHousehold() {
     $("household-form").hidden = false;
     $("household-form").reset();
+    $("household-form").scrollIntoView({ block: "start" });
     $("h-head").focus();
   }
 
