@@ -46,7 +46,7 @@ _FILES = {
     "icon-192.png": "image/png",
     "icon-512.png": "image/png",
 }
-SettlementId = Annotated[int, Path(ge=1, le=2**62)]
+ObjectId = Annotated[int, Path(ge=1, le=2**62)]
 
 
 @router.get("/field", include_in_schema=False)
@@ -99,7 +99,7 @@ def _package(request: Request, db: DbDep, settlement_id: int) -> Package:
     summary="A settlement's offline package: its size and counts, before downloading it",
 )
 async def package_info(
-    settlement_id: SettlementId, request: Request, db: DbDep, user: PublicReader
+    settlement_id: ObjectId, request: Request, db: DbDep, user: PublicReader
 ) -> JSONResponse:
     """``bytes``, ``structures``, ``facilities``, ``bbox``, ``etag`` and ``href``."""
     package = await run_in_threadpool(_package, request, db, settlement_id)
@@ -124,7 +124,7 @@ async def package_info(
     name="package_body",
 )
 async def package_body(
-    settlement_id: SettlementId,
+    settlement_id: ObjectId,
     request: Request,
     db: DbDep,
     user: PublicReader,
@@ -189,7 +189,7 @@ def get_conflicts(
     summary="Record which side was kept (mine or theirs)",
 )
 async def post_resolution(
-    conflict_id: SettlementId, user: MapperUser, body: JsonBody, db: DbDep
+    conflict_id: ObjectId, user: MapperUser, body: JsonBody, db: DbDep
 ) -> JSONResponse:
     """Body ``{"resolution": "mine" | "theirs"}``; by who reported it, or a planner+."""
     fields = parse_json(body)
