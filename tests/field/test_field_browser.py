@@ -85,10 +85,14 @@ class Phone:
             **kwargs,
         )
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, selector: str | None = None) -> None:
+        """Keep a screenshot (of the page, or of ``selector`` scrolled into view)."""
         if SHOTS:
             Path(SHOTS).mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+            path = str(Path(SHOTS) / f"{name}.png")
+            if selector:
+                self.page.locator(selector).scroll_into_view_if_needed()
+            self.page.screenshot(path=path)
 
 
 @pytest.fixture
@@ -279,7 +283,7 @@ def test_offline_after_one_visit_and_saved_work_survives_reloads(phone: Phone) -
     number = f"F-{uuid.uuid4().hex[:8]}"
     new_structure(page, number)
     waiting(page, 1)
-    phone.shot("field-offline-waiting")
+    phone.shot("field-offline-waiting", "#outbox-list")
     page.reload()
     ready(page)
     waiting(page, 1)
@@ -381,7 +385,7 @@ def test_a_conflicting_edit_is_kept_and_keep_mine_wins(phone: Phone) -> None:
     conflict = page.locator(".conflict")
     expect(conflict).to_contain_text("mine: stone")
     expect(conflict).to_contain_text("theirs: brick")
-    phone.shot("field-conflict")
+    phone.shot("field-conflict", "#conflicts-section")
     waiting(page, 0)
     records = phone.api("GET", "/conflicts", role="planner", params={"feature_id": fid}).json()
     (record,) = records["conflicts"]

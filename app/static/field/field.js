@@ -299,7 +299,7 @@
       pkg.etag = etag;
       pkg.bytes = bytes;
       pkg.downloaded_at = new Date().toISOString();
-      return put("packages", pkg).then(function () { return pkg; });
+      return withPending(pkg).then(function () { return put("packages", pkg); }).then(function () { return pkg; });
     }).then(function (pkg) {
       if (navigator.storage && navigator.storage.persist) { navigator.storage.persist(); }
       // the app's own files: make sure the service worker holds them
@@ -317,6 +317,22 @@
     }).catch(function (error) {
       say("offline-status", "Download failed: " + error.message, "error");
     }).then(function () { $("download").disabled = false; });
+  }
+
+  /** Work still in the outbox drawn on a fresh package, so a new download hides none of it. */
+  function withPending(pkg) {
+    return getAll("outbox").then(function (items) {
+      var list = pkg.structures.features;
+      items.forEach(function (item) {
+        if (item.kind === "create") {
+          list.push({ type: "Feature", id: item.local, geometry: item.feature.geometry,
+            properties: Object.assign({ pending: true }, item.feature.properties) });
+        } else if (item.kind === "edit") {
+          var feature = list.find(function (f) { return f.id === item.feature_id; });
+          if (feature) { Object.assign(feature.properties, item.mine, { pending: true }); }
+        }
+      });
+    });
   }
 
   function onFree() {
