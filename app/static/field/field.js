@@ -30,6 +30,8 @@
   };
   var FIELDS = ["structure_number", "use", "wall_material", "roof_material", "storeys"];
   var USES = Object.keys(USE_COLOURS);
+  var LABELS = { structure_number: "Structure number", use: "Use", wall_material: "Wall material",
+    roof_material: "Roof material", storeys: "Storeys" };
   var ROLES = ["viewer", "mapper", "enumerator", "planner", "admin"];
 
   var $ = function (id) { return document.getElementById(id); };
@@ -942,7 +944,7 @@
         });
         Object.keys(c.mine).forEach(function (name) {
           var row = table.insertRow();
-          [name, show(c.base[name]), show(c.theirs[name]), show(c.mine[name])].forEach(function (v, i) {
+          [LABELS[name] || name, show(c.base[name]), show(c.theirs[name]), show(c.mine[name])].forEach(function (v, i) {
             var cell = row.insertCell(); cell.textContent = v;
             if (i === 2 && c.theirs[name] !== c.base[name]) { cell.className = "changed"; }
           });
