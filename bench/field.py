@@ -20,7 +20,6 @@ cluster, not the 1M-structure database ``make bench`` loads); ``make bench`` run
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Any
 
@@ -34,7 +33,7 @@ from geo.core.db import migrate
 from geo.core.settings import Settings
 from geo.demo.generator import generate
 from geo.demo.loader import load
-from tests.support.browser import wait_until
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until
 from tests.support.server import makazi_on
 
 DATABASE = "makazi_bench_field"
@@ -70,12 +69,9 @@ def _largest(base: str) -> tuple[int, str]:
 def _drive(base: str, token: str, sid: int) -> dict[str, Any]:
     from playwright.sync_api import expect, sync_playwright
 
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
     figures: dict[str, Any] = {}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         info = httpx.get(f"{base}/field/settlements/{sid}").json()
         lon = (info["bbox"][0] + info["bbox"][2]) / 2
         lat = (info["bbox"][1] + info["bbox"][3]) / 2

@@ -11,7 +11,6 @@ check the server's side through the API.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,14 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.browser import wait_until
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until
 from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None and Path("/usr/bin/chromium").exists():
-    CHROMIUM = "/usr/bin/chromium"
 if CHROMIUM is None:
     pytest.skip(
         "Chromium is not installed (Debian package `chromium`; scripts/system-deps.sh test "
@@ -39,15 +35,6 @@ if CHROMIUM is None:
 
 from playwright.sync_api import Page, Route, expect, sync_playwright  # noqa: E402
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PHONE = {"width": 360, "height": 740}
 SHOTS = os.environ.get("MAKAZI_FIELD_SCREENSHOTS")  # a folder: keep the screenshots there
 
@@ -361,26 +348,41 @@ def test_walk_positions_become_a_trace_with_their_accuracy(phone: Phone) -> None
     assert trace["settlement_id"] == sid
 
 
-def test_a_conflicting_edit_is_kept_and_keep_mine_wins(phone: Phone) -> None:
+def conflicting_edit(
+    phone: Phone, skip: int, label: str, mine: str, theirs: dict[str, Any]
+) -> dict[str, Any]:
+    """Edit a structure on the phone, have a planner change it through the API, then Sync.
+
+    Returns the structure as it was before both edits.
+    """
     page = phone.page
     sign_in(page, phone.live.tokens["mapper"])
     sid, _ = download(phone)
-    target = a_structure_in(phone, sid, skip=1)
+    target = a_structure_in(phone, sid, skip=skip)
     fid, version = target["id"], target["properties"]["version"]
     tap_structure(phone, fid)
-    page.get_by_label("Wall material").fill("mine: stone")
+    page.get_by_label(label).fill(mine)
     page.get_by_role("button", name="Save", exact=True).click()
     waiting(page, 1)
     # meanwhile someone edits the same structure through the API
-    theirs = phone.api(
+    response = phone.api(
         "PATCH",
         f"/collections/structures/items/{fid}",
         role="planner",
         headers={"If-Match": f'"{version}"'},
-        json={"type": "Feature", "properties": {"wall_material": "theirs: brick"}},
+        json={"type": "Feature", "properties": theirs},
     )
-    assert theirs.status_code == 200, theirs.text
+    assert response.status_code == 200, response.text
     page.get_by_role("button", name="Sync").click()
+    return target
+
+
+def test_a_conflicting_edit_is_kept_and_keep_mine_wins(phone: Phone) -> None:
+    page = phone.page
+    target = conflicting_edit(
+        phone, 1, "Wall material", "mine: stone", {"wall_material": "theirs: brick"}
+    )
+    fid, version = target["id"], target["properties"]["version"]
     expect(page.get_by_role("heading", name="Conflicts")).to_be_visible()
     conflict = page.locator(".conflict")
     expect(conflict).to_contain_text("mine: stone")
@@ -411,23 +413,8 @@ def test_a_conflicting_edit_is_kept_and_keep_mine_wins(phone: Phone) -> None:
 
 def test_keep_theirs_drops_the_local_edit(phone: Phone) -> None:
     page = phone.page
-    sign_in(page, phone.live.tokens["mapper"])
-    sid, _ = download(phone)
-    target = a_structure_in(phone, sid, skip=2)
+    target = conflicting_edit(phone, 2, "Storeys", "7", {"storeys": 3})
     fid, version = target["id"], target["properties"]["version"]
-    tap_structure(phone, fid)
-    page.get_by_label("Storeys").fill("7")
-    page.get_by_role("button", name="Save", exact=True).click()
-    waiting(page, 1)
-    theirs = phone.api(
-        "PATCH",
-        f"/collections/structures/items/{fid}",
-        role="planner",
-        headers={"If-Match": f'"{version}"'},
-        json={"type": "Feature", "properties": {"storeys": 3}},
-    )
-    assert theirs.status_code == 200, theirs.text
-    page.get_by_role("button", name="Sync").click()
     page.get_by_role("button", name="Keep theirs").click()
     waiting(page, 1)  # the resolution, for reviewers
     page.get_by_role("button", name="Sync").click()
