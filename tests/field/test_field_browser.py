@@ -283,8 +283,8 @@ def test_offline_after_one_visit_and_saved_work_survives_reloads(phone: Phone) -
     waiting(page, 1)
     assert structures_numbered(phone, number) == []
     phone.context.set_offline(False)  # the app syncs by itself when the network returns
-    page.get_by_role("button", name="Sync").click()
     waiting(page, 0)
+    expect(page.locator("#sync-status")).to_contain_text("Synced 1 item")
     created = structures_numbered(phone, number)
     assert len(created) == 1
     props = created[0]["properties"]
