@@ -18,6 +18,7 @@ from app.routers import (
     analysis,
     exports,
     features,
+    field,
     households,
     meta,
     profiles,
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(exports.router)
     app.include_router(tiles.router)
     app.include_router(web.router)
+    app.include_router(field.router)
     app.include_router(tokens.router)
     app.include_router(traces_router.router)
     app.include_router(imports_router.router)

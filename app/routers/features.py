@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import Connection
 from starlette.datastructures import URL
@@ -496,6 +495,7 @@ async def write_item(
     user: MapperUser,
     collection: WritableCollection,
     expected: ExpectedVersion,
+    idempotency_key: IdempotencyKey,
     body: JsonBody,
     feature_id: FeatureId,
     request: Request,
@@ -504,26 +504,34 @@ async def write_item(
 ) -> Response:
     """PUT replaces properties and geometry; PATCH is a JSON merge patch (null clears).
 
-    Both need ``If-Match`` with the version read (428 without, 412 when stale).
+    Both need ``If-Match`` with the version read (428 without, 412 when stale).  With an
+    ``Idempotency-Key`` a retried edit whose first answer was lost gets that answer again
+    rather than a 412 from its own change (the field app's sync relies on it).
     """
 
-    def work() -> Response:
+    def work(conn: Connection) -> Response:
         feature = parse_feature_body(body, allow_collection=False)[0]
-        with db.begin(actor=user.name) as conn:
-            version = update_feature(
-                conn,
-                collection,
-                feature_id,
-                feature,
-                merge=request.method == "PATCH",
-                expected_version=expected,
-                rules=rules,
-            )
-            found = fetch_feature(conn, collection, feature_id, user=user)
+        version = update_feature(
+            conn,
+            collection,
+            feature_id,
+            feature,
+            merge=request.method == "PATCH",
+            expected_version=expected,
+            rules=rules,
+        )
+        found = fetch_feature(conn, collection, feature_id, user=user)
         assert found is not None
         return _feature_response(request, collection, feature_id, found[0], version, CRS84.uri)
 
-    return await run_in_threadpool(work)
+    return await idempotent_write(
+        db,
+        actor=user.name,
+        key=idempotency_key,
+        scope=f"{request.method} /collections/{collection.name}/items/{feature_id}",
+        fingerprint=request_hash(body, str(request.query_params), rules.crs.uri, str(expected)),
+        write=work,
+    )
 
 
 # OPTIONS answers which methods a resource takes (Allow): QGIS 3.32 and later ask it before

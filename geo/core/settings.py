@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     atlas_timeout_s: float = Field(default=120.0, gt=0)
     atlas_max_structures: int = Field(default=10_000, ge=1)
 
+    # the field app (/field): a phone fix worse than this (metres) is flagged before saving
+    field_max_accuracy_m: float = Field(default=20.0, gt=0)
+
     demo_structures: int = Field(default=20_000, ge=0)
     demo_seed: int = 7
 

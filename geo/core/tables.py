@@ -110,6 +110,7 @@ structures = Table(
     Column("households", Integer, nullable=False),
     Column("review_state", Text, nullable=False),
     Column("review_note", Text),
+    Column("position_accuracy_m", Float),
     _geom("GEOMETRY"),
     *_imported(),
     *_bookkeeping(),
@@ -242,6 +243,25 @@ feature_history = Table(
     Column("changed_by", Text),
     Column("changes", JSONB, nullable=False),
     Column("snapshot", JSONB),
+)
+
+edit_conflicts = Table(
+    "edit_conflicts",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("collection", Text, nullable=False),
+    Column("feature_id", BigInteger, nullable=False),
+    Column("base_version", Integer, nullable=False),
+    Column("theirs_version", Integer, nullable=False),
+    Column("base", JSONB, nullable=False),
+    Column("theirs", JSONB, nullable=False),
+    Column("mine", JSONB, nullable=False),
+    Column("fields", JSONB, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("resolution", Text),
+    Column("resolved_by", Text),
+    Column("resolved_at", DateTime(timezone=True)),
 )
 
 idempotency_keys = Table(

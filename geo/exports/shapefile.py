@@ -24,6 +24,7 @@ SHORT_NAMES: dict[str, str] = {
     "roof_material": "roof_mat",
     "review_state": "review",
     "review_note": "review_nt",
+    "position_accuracy_m": "pos_acc_m",
 }
 
 _LONG_NAMES = {short: long for long, short in SHORT_NAMES.items()}

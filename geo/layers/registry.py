@@ -271,6 +271,13 @@ STRUCTURES = Collection(
         Property("roof_material", max_length=100),
         Property("storeys", "integer", minimum=1, maximum=100),
         Property("households", "integer", writable=False, description="Enumerated households"),
+        Property(
+            "position_accuracy_m",
+            "number",
+            minimum=0,
+            maximum=100_000,
+            description="Accuracy (m) the phone reported when the structure was placed",
+        ),
         *REVIEW_PROPERTIES,
         *_BOOKKEEPING,
     ),

@@ -85,6 +85,13 @@ OPERATIONS: list[tuple[str, str, str | None]] = [  # every operation /api lists
     ("DELETE", "/traces/{t}", "owner"),
     ("POST", "/imports", "mapper"),
     ("GET", "/imports/{i}", "owner"),
+    ("GET", "/field/config.json", "open"),
+    ("GET", "/field/me", "viewer"),
+    ("GET", "/field/settlements/{s}", None),
+    ("GET", "/field/settlements/{s}/package", None),
+    ("POST", "/conflicts", "mapper"),
+    ("GET", "/conflicts", "planner"),
+    ("POST", "/conflicts/{f}/resolution", "mapper"),
 ]
 
 CALLERS = ["anonymous", "wrong token", "revoked token", *ROLES]

@@ -265,7 +265,10 @@ def test_flatgeobuf_from_postgis_when_it_encodes_right(
         assert awkward != plain
     with engine.begin() as conn:  # nobody has written a review note in the demo: write them
         conn.execute(
-            text("UPDATE structures SET review_note = 'read out' WHERE settlement_id = :s"),
+            text(
+                "UPDATE structures SET review_note = 'read out', position_accuracy_m = 5 "
+                "WHERE settlement_id = :s"
+            ),
             {"s": plain},
         )
     with engine.connect() as conn:

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
-__all__ = ["wait_until"]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "wait_until"]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+"""Debian's Chromium, which Playwright drives (no browser is ever downloaded); None if absent."""
+if CHROMIUM is None and Path("/usr/bin/chromium").exists():
+    CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def wait_until(page: Any, expression: str, timeout_ms: float = 30_000) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +22,11 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support.browser import wait_until
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until
 from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None and Path("/usr/bin/chromium").exists():
-    CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 VIEWPORT = {"width": 1200, "height": 800}
 
 if CHROMIUM is None:
