@@ -9,17 +9,20 @@ from the server beyond the public API is here:
 * ``GET /field/me``: who a token belongs to and their role (the sign-in check);
 * ``GET /field/settlements/{id}``: a settlement's package size, before download;
 * ``GET /field/settlements/{id}/package``: the package itself (ETag, 304);
+* ``GET /field/settlements/{id}/tiles.pmtiles``: its offline map, the vector tiles of
+  zooms 14..18 as one PMTiles archive (:mod:`geo.field.tiles`; ETag, 304, Range);
 * ``POST /conflicts``, ``GET /conflicts``, ``POST /conflicts/{id}/resolution``:
   edits refused with 412, kept field by field (:mod:`geo.field.conflicts`).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy import Connection
 
 from app.bodies import JsonBody
@@ -29,8 +32,10 @@ from app.preconditions import NO_STORE, none_match
 from app.routers.web import STATIC, _serve
 from geo.core.errors import NotFound
 from geo.core.idempotency import request_hash
+from geo.core.settings import Settings
 from geo.field.conflicts import list_conflicts, parse_report, record_conflict, resolve_conflict
 from geo.field.package import Package, PackageCache
+from geo.field.tiles import TileArchive, TileArchiveStore
 from geo.layers.registry import STRUCTURES
 from geo.layers.writes import parse_json
 
@@ -94,15 +99,38 @@ def _package(request: Request, db: DbDep, settlement_id: int) -> Package:
         return cache.get(conn, settlement_id)
 
 
+_store_lock = threading.Lock()
+
+
+def _archive(request: Request, db: DbDep, settings: Settings, settlement_id: int) -> TileArchive:
+    """The settlement's tile archive from the app's store (built when its data changed)."""
+    with _store_lock:
+        store = getattr(request.app.state, "field_tiles", None)
+        if store is None:
+            store = request.app.state.field_tiles = TileArchiveStore(
+                settings.data_dir / "field-tiles",
+                max_zoom=settings.field_tiles_max_zoom,
+                max_tiles=settings.field_tiles_max,
+            )
+    with db.read() as conn:
+        return store.get(conn, settlement_id)
+
+
 @router.get(
     "/field/settlements/{settlement_id}",
     summary="A settlement's offline package: its size and counts, before downloading it",
 )
 async def package_info(
-    settlement_id: ObjectId, request: Request, db: DbDep, user: PublicReader
+    settlement_id: ObjectId, request: Request, db: DbDep, settings: SettingsDep, user: PublicReader
 ) -> JSONResponse:
-    """``bytes``, ``structures``, ``facilities``, ``bbox``, ``etag`` and ``href``."""
+    """Sizes and counts of what *Download for offline* fetches: the features and the map.
+
+    ``bytes``, ``etag``, ``href``: the features (the JSON package); ``tiles_bytes``,
+    ``tiles``, ``tiles_etag``, ``tiles_href``, ``zooms``: the tile archive;
+    ``total_bytes``: both.
+    """
     package = await run_in_threadpool(_package, request, db, settlement_id)
+    archive = await run_in_threadpool(_archive, request, db, settings, settlement_id)
     return JSONResponse(
         {
             "id": package.settlement_id,
@@ -113,9 +141,47 @@ async def package_info(
             "bbox": package.bbox,
             "etag": package.etag,
             "href": str(request.url_for("package_body", settlement_id=settlement_id)),
+            "tiles_bytes": archive.bytes,
+            "tiles": archive.tiles,
+            "zooms": [archive.min_zoom, archive.max_zoom],
+            "tiles_etag": archive.etag,
+            "tiles_href": str(request.url_for("package_tiles", settlement_id=settlement_id)),
+            "total_bytes": len(package.body) + archive.bytes,
         },
         headers={"Cache-Control": "no-cache"},
     )
+
+
+@router.get(
+    "/field/settlements/{settlement_id}/tiles.pmtiles",
+    summary="A settlement's offline map: its vector tiles of zooms 14-18 as one PMTiles archive",
+    name="package_tiles",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/vnd.pmtiles": {}}, "description": "The archive"},
+        206: {"description": "The bytes a Range asked for"},
+        304: {"description": "Not modified (If-None-Match)"},
+    },
+)
+async def package_tiles(
+    settlement_id: ObjectId,
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    user: PublicReader,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The same tiles as ``/tiles/{z}/{x}/{y}.mvt`` over the settlement's extent.
+
+    Built once per state of the data (the tile change counters); the ``ETag`` is a
+    hash of the file.  ``Range`` requests get 206, so a PMTiles reader can read it
+    in place.
+    """
+    archive = await run_in_threadpool(_archive, request, db, settings, settlement_id)
+    headers = {"ETag": archive.etag, "Cache-Control": "no-cache"}
+    if none_match(if_none_match, archive.etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return FileResponse(archive.path, media_type="application/vnd.pmtiles", headers=headers)
 
 
 @router.get(

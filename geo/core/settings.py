@@ -146,6 +146,9 @@ class Settings(BaseSettings):
 
     # the field app (/field): a phone fix worse than this (metres) is flagged before saving
     field_max_accuracy_m: float = Field(default=20.0, gt=0)
+    # its offline map: the settlement's tiles from zoom 14 to this one, at most this many
+    field_tiles_max_zoom: int = Field(default=18, ge=14, le=22)
+    field_tiles_max: int = Field(default=20_000, ge=1)
 
     demo_structures: int = Field(default=20_000, ge=0)
     demo_seed: int = 7

@@ -19,7 +19,7 @@ from geo.tiles.cache import TileCache
 from geo.tiles.feed import change_counters
 from geo.tiles.render import LAYERS
 
-__all__ = ["data_bounds", "tilejson"]
+__all__ = ["data_bounds", "tilejson", "vector_layers"]
 
 _BOXES = "\n    UNION ALL ".join(
     f"SELECT ST_Extent(t.geom) AS box FROM {layer.table} t "  # noqa: S608 (registry names)
@@ -99,14 +99,19 @@ def tilejson(
         "maxzoom": max_zoom,
         "bounds": [west, south, east, north],
         "center": [round((west + east) / 2, 6), round((south + north) / 2, 6), centre_zoom],
-        "vector_layers": [
-            {
-                "id": layer.name,
-                "description": layer.description,
-                "minzoom": layer.minzoom,
-                "maxzoom": max_zoom,
-                "fields": {prop: kind for prop, _, kind in layer.columns},
-            }
-            for layer in LAYERS
-        ],
+        "vector_layers": vector_layers(max_zoom),
     }
+
+
+def vector_layers(max_zoom: int) -> list[dict[str, Any]]:
+    """TileJSON's ``vector_layers``: each layer's fields and zoom range."""
+    return [
+        {
+            "id": layer.name,
+            "description": layer.description,
+            "minzoom": layer.minzoom,
+            "maxzoom": max_zoom,
+            "fields": {prop: kind for prop, _, kind in layer.columns},
+        }
+        for layer in LAYERS
+    ]
