@@ -31,14 +31,20 @@ postgis: $(STAMP)
 
 # Vendored in app/static/vendor and shipped in the package, so serve and test need no npm
 # and no page loads anything from another host: MapLibre GL JS (BSD-3, LICENSE.txt) for
-# the web map, and Swagger UI (swagger-ui-dist, Apache-2.0, LICENSE and NOTICE) for /docs
-# in app/static/vendor/swagger-ui.  `make vendor` refreshes both from the npm registry at
+# the web map, Swagger UI (swagger-ui-dist, Apache-2.0, LICENSE and NOTICE) for /docs
+# in app/static/vendor/swagger-ui, and the PMTiles reader (npm `pmtiles`, BSD-3, which
+# bundles fflate, MIT) for the field app's offline map in app/static/vendor/pmtiles.  The
+# pmtiles npm package ships no licence file: its BSD-3 text (Protomaps' LICENSE) is kept
+# as app/static/vendor/pmtiles/LICENSE.txt, and fflate's LICENSE is taken from its package.  `make vendor` refreshes both from the npm registry at
 # the versions pinned here, records them in the VERSION files and drops source-map links;
 # commit the result.
 MAPLIBRE_VERSION := 5.24.1
 SWAGGER_UI_VERSION := 5.35.0
+PMTILES_VERSION := 4.5.0
+FFLATE_VERSION := 0.8.2
 VENDOR := app/static/vendor
 SWAGGER_UI := $(VENDOR)/swagger-ui
+PMTILES := $(VENDOR)/pmtiles
 # what /docs loads (app/routers/web.py serves exactly these), and the licence texts
 SWAGGER_UI_FILES := swagger-ui-bundle.js swagger-ui.css favicon-32x32.png \
 	LICENSE NOTICE swagger-ui-bundle.js.LICENSE.txt
@@ -46,9 +52,16 @@ NO_SOURCE_MAP := sed -e '/^\/\/\# sourceMappingURL=/d' -e '/^\/\*\# sourceMappin
 
 vendor:
 	@scripts/system-deps.sh web
-	@rm -rf build/npm && mkdir -p build/npm/maplibre build/npm/swagger-ui $(VENDOR) $(SWAGGER_UI)
+	@rm -rf build/npm && mkdir -p build/npm/maplibre build/npm/swagger-ui build/npm/pmtiles \
+		build/npm/fflate $(VENDOR) $(SWAGGER_UI) $(PMTILES)
 	cd build/npm && npm pack --silent --loglevel=error maplibre-gl@$(MAPLIBRE_VERSION) \
-		swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null
+		swagger-ui-dist@$(SWAGGER_UI_VERSION) pmtiles@$(PMTILES_VERSION) \
+		fflate@$(FFLATE_VERSION) >/dev/null
+	tar -xzf build/npm/pmtiles-$(PMTILES_VERSION).tgz -C build/npm/pmtiles package/dist/pmtiles.js
+	tar -xzf build/npm/fflate-$(FFLATE_VERSION).tgz -C build/npm/fflate package/LICENSE
+	$(NO_SOURCE_MAP) build/npm/pmtiles/package/dist/pmtiles.js > $(PMTILES)/pmtiles.js
+	cp build/npm/fflate/package/LICENSE $(PMTILES)/fflate-LICENSE
+	echo "pmtiles $(PMTILES_VERSION) (bundles fflate $(FFLATE_VERSION))" > $(PMTILES)/VERSION
 	tar -xzf build/npm/maplibre-gl-$(MAPLIBRE_VERSION).tgz -C build/npm/maplibre \
 		package/dist/maplibre-gl.js package/dist/maplibre-gl.css package/LICENSE.txt
 	$(NO_SOURCE_MAP) build/npm/maplibre/package/dist/maplibre-gl.js > $(VENDOR)/maplibre-gl.js

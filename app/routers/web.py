@@ -41,6 +41,11 @@ _FILES: dict[str, dict[str, str]] = {
         "maplibre-gl.css": "text/css; charset=utf-8",
         "LICENSE.txt": "text/plain; charset=utf-8",
     },
+    "vendor/pmtiles": {
+        "pmtiles.js": "text/javascript; charset=utf-8",
+        "LICENSE.txt": "text/plain; charset=utf-8",
+        "fflate-LICENSE": "text/plain; charset=utf-8",
+    },
     SWAGGER_UI: {
         "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
         "swagger-ui.css": "text/css; charset=utf-8",
