@@ -2,8 +2,9 @@
 
 When a phone's edit of a feature is refused because someone changed the
 feature meanwhile (``If-Match`` stale), the app posts what it knew (``base``:
-the properties at the version it edited, ``mine``: the properties it wanted)
-and the server adds ``theirs`` (the properties now) itself, so the record shows
+the properties at the version it edited, ``mine``: the properties it wanted;
+a move adds ``geometry`` to both) and the server adds ``theirs`` (the properties
+now, and the geometry for a move) itself, so the record shows
 the three side by side for each field the phone changed.  Nothing is merged
 here: the person on the phone chooses *Keep mine* (a new edit on top of theirs)
 or *Keep theirs*, and the choice is written back as ``resolution`` for a
@@ -79,7 +80,10 @@ def record_conflict(
     current, version = found
     if version == base_version:
         raise Conflict(f"{collection.name} {feature_id} is still at version {base_version}")
-    theirs = {k: v for k, v in json.loads(current)["properties"].items() if k in _names(collection)}
+    now = json.loads(current)
+    theirs = {k: v for k, v in now["properties"].items() if k in _names(collection)}
+    if "geometry" in mine:  # a move: the position is one more field, side by side
+        theirs["geometry"] = now.get("geometry")
     fields = {
         name: {"base": base.get(name), "theirs": theirs.get(name), "mine": value}
         for name, value in mine.items()

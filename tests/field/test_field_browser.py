@@ -540,3 +540,82 @@ def test_a_rough_fix_is_flagged_before_saving(phone: Phone) -> None:
         params={"filter": "position_accuracy_m > 20", "limit": 1000},
     ).json()["features"]
     assert number in [f["properties"]["structure_number"] for f in rough]
+
+
+def centre_of(feature: dict[str, Any]) -> tuple[float, float]:
+    """The mean of a structure's outer ring (or its point)."""
+    ring = feature["geometry"]["coordinates"]
+    while isinstance(ring[0][0], list):
+        ring = ring[0]
+    points = ring if isinstance(ring[0], list) else [ring]
+    return sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)
+
+
+def view(page: Page, lon: float, lat: float, zoom: float) -> None:
+    """Move the map and wait until every tile of the view is drawn."""
+    page.evaluate(
+        """([lon, lat, zoom]) => new Promise((resolve) => {
+            const map = window.makaziMap;
+            map.once('idle', resolve);
+            map.jumpTo({center: [lon, lat], zoom: zoom});
+        })""",
+        [lon, lat, zoom],
+    )
+
+
+# The structures MapLibre drew from the tile archive (not from the GeoJSON features)
+TILE_STRUCTURES = """() => window.makaziMap.queryRenderedFeatures({layers: ['tiles-structures']})
+    .filter(f => f.source === 'tiles' && f.sourceLayer === 'structures')
+    .map(f => f.properties.id)"""
+
+
+def test_the_offline_map_draws_vector_tiles_from_the_package(phone: Phone) -> None:
+    page = phone.page
+    sign_in(page, phone.live.tokens["mapper"])
+    sid, _ = download(phone)
+    info = phone.api("GET", f"/field/settlements/{sid}").json()
+    expect(page.locator("#package-size")).to_contain_text("map ")
+    expect(page.locator("#offline-status")).to_contain_text("map ")
+    kept = page.evaluate(
+        """() => new Promise((ok) => {
+            const r = indexedDB.open('makazi-field');
+            r.onsuccess = () => {
+                const get = r.result.transaction('tiles').objectStore('tiles').getAll();
+                get.onsuccess = () => ok(get.result.map(t => [t.id, t.bytes, t.etag]));
+            };
+        })"""
+    )
+    assert kept == [[sid, info["tiles_bytes"], info["tiles_etag"]]]
+    target = a_structure_in(phone, sid, skip=4)
+    lon, lat = centre_of(target)
+    phone.context.set_offline(True)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.reload()
+    ready(page)
+    expect(page.get_by_text("Ready offline")).to_be_visible()
+    wait_until(page, "window.makaziMap.getSource('tiles') !== undefined")
+    for zoom in (16, 18):
+        view(page, lon, lat, zoom)
+        assert page.evaluate("window.makaziMap.isSourceLoaded('tiles')")
+        drawn = page.evaluate(TILE_STRUCTURES)
+        assert len(drawn) > 0, zoom
+        phone.shot(f"field-offline-map-z{zoom}")
+    assert target["id"] in drawn  # at z18, the structure under the centre is in the view
+    # nothing went to the network for tiles: they came from the archive on the phone
+    assert not [url for url in asked if "/tiles" in url], asked
+    assert phone.errors == []
+    # freeing it removes the archive too
+    page.get_by_role("button", name="Remove offline copy").click()
+    expect(page.locator("#offline-status")).to_contain_text("Offline copy removed")
+    assert page.evaluate("window.makaziMap.getSource('tiles') === undefined")
+    count = page.evaluate(
+        """() => new Promise((ok) => {
+            const r = indexedDB.open('makazi-field');
+            r.onsuccess = () => {
+                const c = r.result.transaction('tiles').objectStore('tiles').count();
+                c.onsuccess = () => ok(c.result);
+            };
+        })"""
+    )
+    assert count == 0

@@ -12,9 +12,13 @@
  *
  * A settlement downloaded for offline use (its boundary, structures and facilities,
  * GET /field/settlements/{id}/package) is kept in IndexedDB and drawn from there;
- * the service worker (/field/sw.js) keeps the app's own files.  Household personal
- * fields (head_name, phone) are stored only in their outbox item, which is deleted
- * as soon as the server has the household.
+ * so is its map, the vector tiles of zooms 14-18 as one PMTiles archive
+ * (GET /field/settlements/{id}/tiles.pmtiles), kept whole as a Blob and read by the
+ * PMTiles reader through a File source (each tile is a slice of the Blob: no network,
+ * no service worker involved).  The service worker (/field/sw.js) keeps the app's own
+ * files.  Household personal fields (head_name, phone) are stored only in their
+ * outbox item, which is deleted as soon as the server has the household; a
+ * structure's households listed from the server are shown and never stored.
  */
 (function () {
   "use strict";
@@ -40,6 +44,8 @@
     config: { max_accuracy_m: 20, uses: USES },
     role: null,
     pkg: null,          // the selected settlement's package (from IndexedDB)
+    tiles: null,        // its tile archive {id, etag, bytes, blob} (from IndexedDB)
+    protocol: null,     // the PMTiles protocol registered with MapLibre
     editing: null,      // the feature being edited, or null for a new structure
     position: null,     // {lon, lat, accuracy} chosen for a new structure
     picking: false,
@@ -53,13 +59,17 @@
 
   function openDb() {
     return new Promise(function (resolve, reject) {
-      var request = indexedDB.open(DB_NAME, 1);
-      request.onupgradeneeded = function () {
+      var request = indexedDB.open(DB_NAME, 2);
+      request.onupgradeneeded = function (event) {
         var db = request.result;
-        db.createObjectStore("outbox", { keyPath: "seq", autoIncrement: true });
-        db.createObjectStore("packages", { keyPath: "id" });
-        db.createObjectStore("conflicts", { keyPath: "id" });
-        db.createObjectStore("meta");
+        if (event.oldVersion < 1) {
+          db.createObjectStore("outbox", { keyPath: "seq", autoIncrement: true });
+          db.createObjectStore("packages", { keyPath: "id" });
+          db.createObjectStore("conflicts", { keyPath: "id" });
+          db.createObjectStore("meta");
+        }
+        // version 2: a settlement's tile archive, {id, etag, bytes, blob}
+        if (event.oldVersion < 2) { db.createObjectStore("tiles", { keyPath: "id" }); }
       };
       request.onsuccess = function () { resolve(request.result); };
       request.onerror = function () { reject(request.error); };
@@ -154,7 +164,8 @@
   function atLeast(role) { return state.role !== null && ROLES.indexOf(state.role) >= ROLES.indexOf(role); }
 
   function checkSignIn() {
-    if (!token()) { return Promise.resolve(); }
+    // offline: keep the remembered role (asking would only log a failed request)
+    if (!token() || !navigator.onLine) { return Promise.resolve(); }
     return call("GET", "/field/me").then(function (response) {
       if (response.ok) {
         return response.json().then(function (me) {
@@ -237,17 +248,21 @@
       return call("GET", "/field/settlements/" + id).then(function (response) {
         if (!response.ok) { return; }
         return response.json().then(function (info) {
-          var stored = state.pkg && state.pkg.etag === info.etag ? " (the copy on this phone is current)" : "";
-          say("package-size", "Download size: " + formatBytes(info.bytes) + " (" + info.structures +
-            " structures, " + info.facilities + " facilities)" + stored, "muted");
+          var current = state.pkg && state.pkg.etag === info.etag &&
+            state.tiles && state.tiles.etag === info.tiles_etag;
+          say("package-size", "Download size: " + formatBytes(info.total_bytes) + " (map " +
+            formatBytes(info.tiles_bytes) + ", " + info.structures + " structures, " +
+            info.facilities + " facilities)" + (current ? "; the copy on this phone is current" : ""), "muted");
         });
       }, function () { /* offline */ });
     });
   }
 
   function showPackage(id) {
-    if (!id) { state.pkg = null; $("free").hidden = true; draw(); return Promise.resolve(); }
-    return get("packages", Number(id)).then(function (pkg) {
+    if (!id) { state.pkg = null; showTiles(null); $("free").hidden = true; draw(); return Promise.resolve(); }
+    return Promise.all([get("packages", Number(id)), get("tiles", Number(id))]).then(function (found) {
+      var pkg = found[0];
+      showTiles(found[1] || null);
       state.pkg = pkg || null;
       $("free").hidden = !pkg;
       if (pkg) {
@@ -268,8 +283,9 @@
         return;
       }
       return storageUse().then(function (use) {
+        var map = state.tiles ? ", map " + formatBytes(state.tiles.bytes) : ", no map tiles";
         say("offline-status", "Ready offline: " + state.pkg.settlement.name + ", " +
-          state.pkg.structures.features.length + " structures" + use, "good");
+          state.pkg.structures.features.length + " structures" + map + use, "good");
       });
     });
   }
@@ -290,7 +306,17 @@
     $("download").disabled = true;
     var etag = null;
     var bytes = 0;
-    call("GET", "/field/settlements/" + id + "/package").then(function (response) {
+    var tiles = null;
+    // the map first (the larger part): a failure leaves the phone's current copy whole
+    call("GET", "/field/settlements/" + id + "/tiles.pmtiles").then(function (response) {
+      if (!response.ok) { return problem(response).then(function (d) { throw new Error(d); }); }
+      var tag = response.headers.get("ETag");
+      return response.blob().then(function (blob) {
+        tiles = { id: Number(id), etag: tag, bytes: blob.size, blob: blob, downloaded_at: new Date().toISOString() };
+      });
+    }).then(function () {
+      return call("GET", "/field/settlements/" + id + "/package");
+    }).then(function (response) {
       if (!response.ok) { return problem(response).then(function (d) { throw new Error(d); }); }
       etag = response.headers.get("ETag");
       return response.text();
@@ -301,21 +327,25 @@
       pkg.etag = etag;
       pkg.bytes = bytes;
       pkg.downloaded_at = new Date().toISOString();
-      return withPending(pkg).then(function () { return put("packages", pkg); }).then(function () { return pkg; });
+      return withPending(pkg).then(function () {
+        return tx(["packages", "tiles"], "readwrite", function (packages, store) { store.put(tiles); return packages.put(pkg); });
+      }).then(function () { return pkg; });
     }).then(function (pkg) {
       if (navigator.storage && navigator.storage.persist) { navigator.storage.persist(); }
       // the app's own files: make sure the service worker holds them
-      return (window.caches ? caches.open("makazi-field-shell-v1").then(function (cache) {
+      return (window.caches ? caches.open("makazi-field-shell-v2").then(function (cache) {
         return cache.match("/field/field.js").then(function (hit) { return hit ? null : cache.add("/field/field.js"); });
       }) : Promise.resolve()).catch(function () { return null; }).then(function () { return pkg; });
     }).then(function (pkg) {
       state.pkg = pkg;
+      showTiles(tiles);
       $("free").hidden = false;
       fit(pkg.settlement.bbox);
       draw();
       return readyOffline();
     }).then(function () {
-      window.makaziField.lastDownload = { bytes: bytes, ms: performance.now() - started };
+      window.makaziField.lastDownload = { bytes: bytes + tiles.bytes, features_bytes: bytes,
+        tiles_bytes: tiles.bytes, ms: performance.now() - started };
     }).catch(function (error) {
       say("offline-status", "Download failed: " + error.message, "error");
     }).then(function () { $("download").disabled = false; });
@@ -339,8 +369,9 @@
 
   function onFree() {
     var id = Number($("settlement").value);
-    del("packages", id).then(function () {
+    tx(["packages", "tiles"], "readwrite", function (packages, tiles) { tiles.delete(id); return packages.delete(id); }).then(function () {
       state.pkg = null;
+      showTiles(null);
       $("free").hidden = true;
       draw();
       return storageUse();
@@ -351,8 +382,43 @@
 
   function emptyFc() { return { type: "FeatureCollection", features: [] }; }
 
+  // The offline map's layers, drawn from the settlement's tile archive under the
+  // features kept in IndexedDB (which carry the phone's own waiting edits): neighbouring
+  // settlements, structures and facilities, and public walks, in muted colours.
+  var TILE_LAYERS = [
+    { id: "tiles-settlements", type: "line", source: "tiles", "source-layer": "settlements",
+      paint: { "line-color": "#5c7cfa", "line-width": 1.5, "line-dasharray": [2, 2] } },
+    { id: "tiles-traces", type: "line", source: "tiles", "source-layer": "traces",
+      paint: { "line-color": "#9c36b5", "line-width": 1.5, "line-opacity": 0.5 } },
+    { id: "tiles-structures", type: "fill", source: "tiles", "source-layer": "structures",
+      paint: { "fill-color": "#ddd3c2", "fill-outline-color": "#8a7b62" } },
+    { id: "tiles-facilities", type: "circle", source: "tiles", "source-layer": "facilities",
+      paint: { "circle-color": "#0b7285", "circle-radius": 3, "circle-opacity": 0.6 } }
+  ];
+
+  /** Draw (or stop drawing) a settlement's tile archive: record = {id, etag, bytes, blob} or null. */
+  function showTiles(record) {
+    state.tiles = record;
+    var map = state.map;
+    if (!map || !state.mapLoaded || !state.protocol) { return; }  // drawn once the map loads
+    TILE_LAYERS.forEach(function (layer) { if (map.getLayer(layer.id)) { map.removeLayer(layer.id); } });
+    if (map.getSource("tiles")) { map.removeSource("tiles"); }
+    if (!record) { return; }
+    // one name per archive version: the reader keeps each archive's directory by name
+    var name = "settlement-" + record.id + "-" + String(record.etag || "").replace(/[^0-9a-z]/gi, "") + ".pmtiles";
+    if (!state.protocol.get(name)) {
+      state.protocol.add(new pmtiles.PMTiles(new pmtiles.FileSource(new File([record.blob], name))));
+    }
+    map.addSource("tiles", { type: "vector", url: "pmtiles://" + name });
+    TILE_LAYERS.forEach(function (layer) { map.addLayer(layer, "boundary-fill"); });
+  }
+
   function initMap() {
     if (!window.maplibregl) { return; }
+    if (window.pmtiles) {
+      state.protocol = new pmtiles.Protocol();
+      maplibregl.addProtocol("pmtiles", state.protocol.tile);
+    }
     var map = new maplibregl.Map({
       container: "map",
       style: {
@@ -392,7 +458,7 @@
     map.on("click", onMapClick);
     state.map = map;
     window.makaziMap = map;
-    map.on("load", function () { state.mapLoaded = true; draw(); });
+    map.on("load", function () { state.mapLoaded = true; showTiles(state.tiles); draw(); });
   }
 
   function useColour() {

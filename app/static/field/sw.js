@@ -1,15 +1,15 @@
 /* Makazi field app service worker: keeps the app's files so /field opens with no network.
  *
  * Scope /field (the server sends Service-Worker-Allowed).  Only the app shell is
- * cached here (the page, its script and style, MapLibre, the icons, the settings);
- * settlement data lives in IndexedDB, and API answers (households above all) are
- * never put in Cache Storage.  Shell files are served from the cache at once and
+ * cached here (the page, its script and style, MapLibre and the PMTiles reader, the
+ * icons, the settings); settlement data (features and the tile archive, a Blob) lives
+ * in IndexedDB, and API answers (households above all) are never put in Cache Storage.  Shell files are served from the cache at once and
  * refreshed in the background, so a slow or expensive connection never delays the
  * start; a new version of the app is picked up on the next start.
  */
 "use strict";
 
-var SHELL = "makazi-field-shell-v1";
+var SHELL = "makazi-field-shell-v2";
 var FILES = [
   "/field",
   "/field/field.js",
@@ -20,7 +20,8 @@ var FILES = [
   "/field/icon-512.png",
   "/field/config.json",
   "/static/vendor/maplibre-gl.js",
-  "/static/vendor/maplibre-gl.css"
+  "/static/vendor/maplibre-gl.css",
+  "/static/vendor/pmtiles/pmtiles.js"
 ];
 
 self.addEventListener("install", function (event) {
