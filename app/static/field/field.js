@@ -35,7 +35,7 @@
   var FIELDS = ["structure_number", "use", "wall_material", "roof_material", "storeys"];
   var USES = Object.keys(USE_COLOURS);
   var LABELS = { structure_number: "Structure number", use: "Use", wall_material: "Wall material",
-    roof_material: "Roof material", storeys: "Storeys" };
+    roof_material: "Roof material", storeys: "Storeys", position_accuracy_m: "GPS accuracy (m)" };
   var ROLES = ["viewer", "mapper", "enumerator", "planner", "admin"];
 
   var $ = function (id) { return document.getElementById(id); };
@@ -47,6 +47,7 @@
     tiles: null,        // its tile archive {id, etag, bytes, blob} (from IndexedDB)
     protocol: null,     // the PMTiles protocol registered with MapLibre
     editing: null,      // the feature being edited, or null for a new structure
+    moving: false,      // whether the edit moves it (its new place is state.position)
     position: null,     // {lon, lat, accuracy} chosen for a new structure
     picking: false,
     walk: null,         // {started, points: [...]} while walking
@@ -526,6 +527,9 @@
     $("f-roof").value = props.roof_material || "";
     $("f-storeys").value = props.storeys || "";
     $("place").hidden = Boolean(feature);
+    $("place-hint").hidden = true;
+    $("move-part").hidden = !feature;
+    state.moving = false;
     $("rough").checked = false;
     $("rough-label").hidden = true;
     $("form-error").hidden = true;
@@ -536,14 +540,54 @@
     state.picking = !feature;
     $("map").classList.toggle("picking", state.picking);
     showSignedIn();
+    listHouseholds(feature);
     draw();
     $("f-number").focus();
+  }
+
+  /** Move the structure being edited: its new place comes from Use my location or a tap. */
+  function onMove() {
+    state.moving = true;
+    state.position = null;
+    state.picking = true;
+    $("map").classList.add("picking");
+    $("move-part").hidden = true;
+    $("place").hidden = false;
+    $("place-hint").hidden = false;
+    $("structure-title").textContent = "Move " + $("structure-title").textContent;
+    say("position", "No new position yet.", "muted");
+    $("place").scrollIntoView({ block: "nearest" });
+  }
+
+  /** The feature's geometry moved so that its centre lands on p (a point, or a footprint shifted whole). */
+  function movedTo(geometry, p) {
+    if (!geometry || geometry.type === "Point") {
+      return { type: "Point", coordinates: [round7(p.lon), round7(p.lat)] };
+    }
+    var centre = centreOf(geometry);
+    var dx = p.lon - centre[0];
+    var dy = p.lat - centre[1];
+    function shift(c) { return typeof c[0] === "number" ? [round7(c[0] + dx), round7(c[1] + dy)] : c.map(shift); }
+    return { type: geometry.type, coordinates: shift(geometry.coordinates) };
+  }
+
+  /** The mean of a geometry's first ring (without its closing vertex), or its point. */
+  function centreOf(geometry) {
+    var ring = geometry.coordinates;
+    if (typeof ring[0] === "number") { return ring; }
+    while (typeof ring[0][0] !== "number") { ring = ring[0]; }
+    var n = ring.length > 1 && ring[0][0] === ring[ring.length - 1][0] && ring[0][1] === ring[ring.length - 1][1] ? ring.length - 1 : ring.length;
+    var x = 0, y = 0;
+    for (var i = 0; i < n; i++) { x += ring[i][0]; y += ring[i][1]; }
+    return [x / n, y / n];
   }
 
   function closeForm() {
     $("structure-form").hidden = true;
     $("household-form").hidden = true;
+    listHouseholds(null);  // names leave the screen with the form
     state.editing = null;
+    state.moving = false;
     state.position = null;
     state.picking = false;
     $("map").classList.remove("picking");
@@ -602,15 +646,17 @@
       formError("Storeys must be a whole number from 1 to 100."); return;
     }
     var work;
-    if (state.editing) {
-      work = queueEdit(state.editing, values);
-    } else {
-      var p = state.position;
-      if (!p) { formError("Place the structure: Use my location, or tap the map."); return; }
+    var p = state.position;
+    if (!state.editing || state.moving) {
+      if (!p) { formError((state.moving ? "Choose where it stands now" : "Place the structure") + ": Use my location, or tap the map."); return; }
       if (rough(p.accuracy) && !$("rough").checked) {
         formError("The position is only good to ±" + Math.round(p.accuracy) + " m. Tick 'Keep this rough position' to save it anyway.");
         return;
       }
+    }
+    if (state.editing) {
+      work = queueEdit(state.editing, values, state.moving ? p : null);
+    } else {
       work = queueCreate(values, p);
     }
     formError("");
@@ -637,38 +683,107 @@
 
   function round7(x) { return Math.round(x * 1e7) / 1e7; }
 
-  /** An edit: merged into a waiting create or edit of the same structure, else a new item. */
-  function queueEdit(feature, values) {
+  /** An edit (and a move to p, when given): merged into a waiting create or edit of the
+   * same structure, else a new item carrying the version it started from (If-Match). */
+  function queueEdit(feature, values, p) {
     var changed = {};
     FIELDS.forEach(function (name) {
       var before = feature.properties[name] === undefined ? null : feature.properties[name];
       if (values[name] !== before) { changed[name] = values[name]; }
     });
+    var geometry = p ? movedTo(feature.geometry, p) : null;
+    if (geometry) {
+      // a tap has no GPS accuracy: the old figure would no longer describe the position
+      changed.position_accuracy_m = p.accuracy === null ? null : Math.round(p.accuracy * 10) / 10;
+    }
     if (!Object.keys(changed).length) { return Promise.resolve(); }
     return getAll("outbox").then(function (items) {
       var waiting = items.find(function (item) {
         return (item.kind === "create" && item.local === feature.id) ||
           (item.kind === "edit" && item.feature_id === feature.id && !item.refused);
       });
+      var what = (geometry ? "Move" : "Edit") + " of structure " + (feature.properties.structure_number || feature.id);
       if (waiting && waiting.kind === "create") {
         Object.assign(waiting.feature.properties, changed);
+        if (geometry) { waiting.feature.geometry = geometry; }
       } else if (waiting) {
+        Object.keys(changed).forEach(function (name) {
+          if (!(name in waiting.base)) { waiting.base[name] = feature.properties[name] === undefined ? null : feature.properties[name]; }
+        });
         Object.assign(waiting.mine, changed);
+        if (geometry) { waiting.geometry = geometry; waiting.label = what; }
       } else {
         var base = {};
-        FIELDS.forEach(function (name) { base[name] = feature.properties[name] === undefined ? null : feature.properties[name]; });
+        FIELDS.concat(Object.keys(changed)).forEach(function (name) { base[name] = feature.properties[name] === undefined ? null : feature.properties[name]; });
         waiting = { kind: "edit", key: uuid(), collection: "structures", feature_id: feature.id,
           base_version: feature.properties.version, base: base, mine: changed,
-          label: "Edit of structure " + (feature.properties.structure_number || feature.id), saved_at: new Date().toISOString() };
+          geometry: geometry, base_geometry: geometry ? feature.geometry : null,
+          label: what, saved_at: new Date().toISOString() };
       }
       return put("outbox", waiting);
     }).then(function () {
       Object.assign(feature.properties, changed, { pending: true });
+      if (geometry) { feature.geometry = geometry; }
       if (state.pkg) { return put("packages", state.pkg); }
     });
   }
 
   // ---------------------------------------------------------------- households
+
+  /** A structure's households in the form: enumerators get the list from the server when
+   * online (on screen only: never written to storage, gone when the form closes); everyone
+   * else, and anyone offline, the count the structure carries. */
+  function listHouseholds(feature) {
+    var list = $("households-list");
+    list.textContent = "";
+    var part = $("households-list-part");
+    part.hidden = !feature || typeof feature.id !== "number";
+    if (part.hidden) { say("households-status", ""); return Promise.resolve(); }
+    var count = feature.properties.households;
+    var counted = count === null || count === undefined ? "Households: not counted yet" :
+      count + (count === 1 ? " household" : " households");
+    var queued = getAll("outbox").then(function (items) {
+      var n = items.filter(function (item) { return item.kind === "household" && item.structure === feature.id; }).length;
+      return n ? "; " + n + " more waiting in the outbox" : "";
+    });
+    if (!atLeast("enumerator")) {
+      return queued.then(function (more) { if (state.editing === feature) { say("households-status", counted + more + ".", "muted"); } });
+    }
+    if (!navigator.onLine) {
+      return queued.then(function (more) {
+        if (state.editing === feature) {
+          say("households-status", counted + more + ". Names are listed when you are online (never kept on this phone).", "muted");
+        }
+      });
+    }
+    say("households-status", "Loading households…", "muted");
+    return Promise.all([call("GET", "/structures/" + feature.id + "/households"), queued]).then(function (r) {
+      var response = r[0];
+      if (!response.ok) {
+        return problem(response).then(function (detail) {
+          if (state.editing === feature) { say("households-status", counted + r[1] + " (list unavailable: " + detail + ").", "muted"); }
+        });
+      }
+      return response.json().then(function (doc) {
+        if (state.editing !== feature) { return; }  // the form moved on meanwhile
+        var households = doc.households || [];
+        list.textContent = "";
+        households.forEach(function (h) {
+          var li = document.createElement("li");
+          var parts = [h.head_name || "(no name)"];
+          if (h.members !== null && h.members !== undefined) { parts.push(h.members + (h.members === 1 ? " member" : " members")); }
+          if (h.tenure) { parts.push(h.tenure.replace("_", " ")); }
+          if (h.phone) { parts.push(h.phone); }
+          li.textContent = parts.join(" · ");
+          list.appendChild(li);
+        });
+        say("households-status", households.length + (households.length === 1 ? " household" : " households") +
+          " on the server" + r[1] + ". Shown here only, never kept on this phone.", "muted");
+      });
+    }, function () {
+      if (state.editing === feature) { say("households-status", counted + ". No connection: names could not be listed.", "muted"); }
+    });
+  }
 
   function onAddHousehold() {
     $("household-form").hidden = false;
@@ -696,7 +811,7 @@
       $("household-form").reset();
       $("household-form").hidden = true;
       say("sync-status", "Household saved to the outbox; it leaves this phone at the next Sync.");
-      return refresh();
+      return Promise.all([refresh(), listHouseholds(feature)]);
     });
   }
 
@@ -833,7 +948,9 @@
       if (fid === null) { return Promise.resolve({ skip: true }); }
       headers["Content-Type"] = "application/geo+json";
       headers["If-Match"] = '"' + item.base_version + '"';
-      return call("PATCH", "/collections/structures/items/" + fid, { headers: headers, body: JSON.stringify({ type: "Feature", properties: item.mine }) })
+      var patch = { type: "Feature", properties: item.mine };
+      if (item.geometry) { patch.geometry = item.geometry; }
+      return call("PATCH", "/collections/structures/items/" + fid, { headers: headers, body: JSON.stringify(patch) })
         .then(function (response) {
           if (response.status === 200) {
             return response.json().then(function (feature) { return replaceLocal(item.feature_id, feature, true); })
@@ -913,9 +1030,16 @@
       var conflict = { id: uuid(), collection: "structures", feature_id: fid, local_id: item.feature_id,
         base_version: item.base_version, theirs_version: theirs.properties.version,
         base: item.base, mine: item.mine, theirs: theirs.properties, theirs_feature: theirs,
+        mine_geometry: item.geometry || null, base_geometry: item.base_geometry || null,
         label: item.label, server_id: null };
+      var base = item.base;
+      var mine = item.mine;
+      if (item.geometry) {  // a move: the position is one more field for the reviewers
+        base = Object.assign({ geometry: item.base_geometry }, item.base);
+        mine = Object.assign({ geometry: item.geometry }, item.mine);
+      }
       var report = { kind: "report", key: uuid(), conflict: conflict.id, label: "Conflict report: " + item.label,
-        report: { collection: "structures", feature_id: fid, base_version: item.base_version, base: item.base, mine: item.mine } };
+        report: { collection: "structures", feature_id: fid, base_version: item.base_version, base: base, mine: mine } };
       return tx(["conflicts", "outbox"], "readwrite", function (conflicts, outbox) {
         conflicts.put(conflict);
         outbox.put(report);
@@ -1008,11 +1132,18 @@
         ["Field", "Was", "Theirs", "Mine"].forEach(function (h) {
           var th = document.createElement("th"); th.textContent = h; head.appendChild(th);
         });
-        Object.keys(c.mine).forEach(function (name) {
+        var rows = Object.keys(c.mine).map(function (name) {
+          return [LABELS[name] || name, show(c.base[name]), show(c.theirs[name]), show(c.mine[name]), c.theirs[name] !== c.base[name]];
+        });
+        if (c.mine_geometry) {
+          var theirsMoved = JSON.stringify(c.theirs_feature.geometry) !== JSON.stringify(c.base_geometry);
+          rows.unshift(["Place", "as it was", theirsMoved ? "moved" : "as it was", "moved", theirsMoved]);
+        }
+        rows.forEach(function (r) {
           var row = table.insertRow();
-          [LABELS[name] || name, show(c.base[name]), show(c.theirs[name]), show(c.mine[name])].forEach(function (v, i) {
+          r.slice(0, 4).forEach(function (v, i) {
             var cell = row.insertCell(); cell.textContent = v;
-            if (i === 2 && c.theirs[name] !== c.base[name]) { cell.className = "changed"; }
+            if (i === 2 && r[4]) { cell.className = "changed"; }
           });
         });
         div.appendChild(table);
@@ -1040,7 +1171,9 @@
       var base = {};
       Object.keys(c.mine).forEach(function (name) { base[name] = c.theirs[name] === undefined ? null : c.theirs[name]; });
       items.unshift({ kind: "edit", key: uuid(), collection: "structures", feature_id: c.feature_id,
-        base_version: c.theirs_version, base: base, mine: c.mine, label: c.label + " (kept mine)", saved_at: new Date().toISOString() });
+        base_version: c.theirs_version, base: base, mine: c.mine, label: c.label + " (kept mine)",
+        geometry: c.mine_geometry || null, base_geometry: c.mine_geometry ? c.theirs_feature.geometry : null,
+        saved_at: new Date().toISOString() });
     }
     return tx(["outbox", "conflicts"], "readwrite", function (outbox, conflicts) {
       items.forEach(function (item) { outbox.put(item); });
@@ -1048,7 +1181,8 @@
     }).then(function () {
       var theirs = c.theirs_feature;
       var props = side === "mine" ? Object.assign({}, theirs.properties, c.mine, { pending: true }) : theirs.properties;
-      return replaceLocal(c.local_id, { id: c.feature_id, geometry: theirs.geometry, properties: props });
+      var geometry = side === "mine" && c.mine_geometry ? c.mine_geometry : theirs.geometry;
+      return replaceLocal(c.local_id, { id: c.feature_id, geometry: geometry, properties: props });
     }).then(refresh).then(function () {
       say("sync-status", side === "mine" ? "Your version will be sent at the next Sync." : "Their version kept; your edit was dropped.");
     });
@@ -1082,6 +1216,7 @@
     $("download").addEventListener("click", onDownload);
     $("free").addEventListener("click", onFree);
     $("new-structure").addEventListener("click", function () { openForm(null); });
+    $("move").addEventListener("click", onMove);
     $("locate").addEventListener("click", onLocate);
     $("structure-form").addEventListener("submit", onSave);
     $("cancel").addEventListener("click", closeForm);
