@@ -175,6 +175,34 @@ def test_a_conflict_is_kept_field_by_field_for_reviewers(
     assert settled["resolution"] == "mine" and settled["resolved_by"] == "otieno"
 
 
+def test_a_conflicting_move_keeps_the_three_places(
+    client: TestClient, token_for: Headers, settlement_id: int
+) -> None:
+    mapper, planner = token_for("mapper"), token_for("planner")
+    fid = create(client, mapper)["id"]
+    theirs = {"type": "Point", "coordinates": [36.786, -1.305]}
+    moved = client.patch(
+        f"/collections/structures/items/{fid}",
+        content=json.dumps({"type": "Feature", "geometry": theirs, "properties": {}}),
+        headers={**planner, "If-Match": '"1"'},
+    )
+    assert moved.status_code == 200, moved.text
+    base = {"type": "Point", "coordinates": [36.785, -1.305]}
+    mine = {"type": "Point", "coordinates": [36.7851, -1.3052]}
+    report = {
+        "collection": "structures",
+        "feature_id": fid,
+        "base_version": 1,
+        "base": {"geometry": base, "position_accuracy_m": None},
+        "mine": {"geometry": mine, "position_accuracy_m": 4.5},
+    }
+    posted = client.post("/conflicts", json=report, headers={**mapper, "Idempotency-Key": "mv-1"})
+    assert posted.status_code == 201, posted.text
+    fields = posted.json()["fields"]
+    assert fields["geometry"] == {"base": base, "theirs": theirs, "mine": mine}
+    assert fields["position_accuracy_m"] == {"base": None, "theirs": None, "mine": 4.5}
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
