@@ -646,6 +646,7 @@ def test_moving_a_structure_to_the_phone_position_is_sent_with_if_match(phone: P
     fid, version = target["id"], target["properties"]["version"]
     lon, lat = centre_of(target)
     tap_structure(phone, fid)
+    assert fid in page.evaluate(TILE_STRUCTURES)  # the archive draws it where it stood
     expect(page.get_by_role("button", name="Use my location")).to_be_hidden()
     page.get_by_role("button", name="Move", exact=True).click()
     there = (lon + 0.0001, lat + 0.00005)
@@ -656,6 +657,8 @@ def test_moving_a_structure_to_the_phone_position_is_sent_with_if_match(phone: P
     page.get_by_role("button", name="Save", exact=True).click()
     waiting(page, 1)
     expect(page.locator("#outbox-list")).to_contain_text("Move of structure")
+    view(page, lon, lat, 19)
+    assert fid not in page.evaluate(TILE_STRUCTURES)  # no ghost left at the old place
     # the phone's copy moved at once (drawn from the package, which survives a reload)
     page.reload()
     ready(page)

@@ -363,6 +363,10 @@
         } else if (item.kind === "edit") {
           var feature = list.find(function (f) { return f.id === item.feature_id; });
           if (feature) { Object.assign(feature.properties, item.mine, { pending: true }); }
+          if (feature && item.geometry) {
+            feature.geometry = item.geometry;
+            pkg.moved_ids = (pkg.moved_ids || []).concat([feature.id]);
+          }
         }
       });
     });
@@ -394,6 +398,7 @@
     { id: "tiles-structures", type: "fill", source: "tiles", "source-layer": "structures",
       paint: { "fill-color": "#ddd3c2", "fill-outline-color": "#8a7b62" } },
     { id: "tiles-facilities", type: "circle", source: "tiles", "source-layer": "facilities",
+      filter: ["==", ["geometry-type"], "Point"],
       paint: { "circle-color": "#0b7285", "circle-radius": 3, "circle-opacity": 0.6 } }
   ];
 
@@ -446,9 +451,19 @@
           { id: "structures-pending", type: "circle", source: "structures",
             filter: ["all", ["==", ["geometry-type"], "Point"], ["==", ["get", "pending"], true]],
             paint: { "circle-color": "rgba(0,0,0,0)", "circle-radius": 10, "circle-stroke-color": "#f59f00", "circle-stroke-width": 3 } },
-          { id: "facilities", type: "circle", source: "facilities", paint: { "circle-color": "#0b7285", "circle-radius": 5 } },
+          { id: "facilities-line", type: "line", source: "facilities", filter: ["==", ["geometry-type"], "LineString"],
+            paint: { "line-color": "#0b7285", "line-width": 3, "line-opacity": 0.7 } },
+          { id: "facilities", type: "circle", source: "facilities", filter: ["==", ["geometry-type"], "Point"],
+            paint: { "circle-color": "#0b7285", "circle-radius": 5 } },
+          // the structure open in the form, and where a move will put it
+          { id: "selected-line", type: "line", source: "structures", filter: ["==", ["get", "fid"], ""],
+            paint: { "line-color": "#1c7ed6", "line-width": 3 } },
+          { id: "selected-point", type: "circle", source: "structures", filter: ["==", ["get", "fid"], ""],
+            paint: { "circle-color": "rgba(0,0,0,0)", "circle-radius": 11, "circle-stroke-color": "#1c7ed6", "circle-stroke-width": 3 } },
+          { id: "pick-outline", type: "line", source: "pick", filter: ["==", ["geometry-type"], "Polygon"],
+            paint: { "line-color": "#f59f00", "line-width": 3, "line-dasharray": [2, 1] } },
           { id: "walk", type: "line", source: "walk", paint: { "line-color": "#9c36b5", "line-width": 3 } },
-          { id: "pick", type: "circle", source: "pick", paint: { "circle-color": "#f59f00", "circle-radius": 8, "circle-stroke-color": "#fff", "circle-stroke-width": 2 } }
+          { id: "pick", type: "circle", source: "pick", filter: ["==", ["geometry-type"], "Point"], paint: { "circle-color": "#f59f00", "circle-radius": 8, "circle-stroke-color": "#fff", "circle-stroke-width": 2 } }
         ]
       },
       center: [36.8, -1.3],
@@ -484,7 +499,19 @@
     state.map.getSource("structures").setData({ type: "FeatureCollection", features: structures });
     state.map.getSource("facilities").setData(pkg ? pkg.facilities : emptyFc());
     var pick = state.position ? [{ type: "Feature", geometry: { type: "Point", coordinates: [state.position.lon, state.position.lat] }, properties: {} }] : [];
+    if (state.moving && state.position && state.editing) {  // a preview of the footprint at its new place
+      pick.unshift({ type: "Feature", geometry: movedTo(state.editing.geometry, state.position), properties: {} });
+    }
     state.map.getSource("pick").setData({ type: "FeatureCollection", features: pick });
+    var selected = ["==", ["get", "fid"], state.editing ? String(state.editing.id) : ""];
+    state.map.setFilter("selected-line", ["all", ["!=", ["geometry-type"], "Point"], selected]);
+    state.map.setFilter("selected-point", ["all", ["==", ["geometry-type"], "Point"], selected]);
+    if (state.map.getLayer("tiles-structures")) {
+      // structures moved on this phone (or in a conflict) are drawn from the features only:
+      // the archive still has them where they stood when it was downloaded
+      var moved = pkg && pkg.moved_ids && pkg.moved_ids.length ? pkg.moved_ids : null;
+      state.map.setFilter("tiles-structures", moved ? ["!", ["in", ["get", "id"], ["literal", moved]]] : null);
+    }
     var walk = state.walk && state.walk.points.length > 1 ? [{ type: "Feature", properties: {},
       geometry: { type: "LineString", coordinates: state.walk.points.map(function (p) { return [p.lon, p.lat]; }) } }] : [];
     state.map.getSource("walk").setData({ type: "FeatureCollection", features: walk });
@@ -683,6 +710,14 @@
 
   function round7(x) { return Math.round(x * 1e7) / 1e7; }
 
+  /** Note that a structure of the package no longer stands where the tile archive has it. */
+  function markMoved(id) {
+    var pkg = state.pkg;
+    if (!pkg || typeof id !== "number") { return; }
+    pkg.moved_ids = pkg.moved_ids || [];
+    if (pkg.moved_ids.indexOf(id) < 0) { pkg.moved_ids.push(id); }
+  }
+
   /** An edit (and a move to p, when given): merged into a waiting create or edit of the
    * same structure, else a new item carrying the version it started from (If-Match). */
   function queueEdit(feature, values, p) {
@@ -723,7 +758,7 @@
       return put("outbox", waiting);
     }).then(function () {
       Object.assign(feature.properties, changed, { pending: true });
-      if (geometry) { feature.geometry = geometry; }
+      if (geometry) { feature.geometry = geometry; markMoved(feature.id); }
       if (state.pkg) { return put("packages", state.pkg); }
     });
   }
@@ -1182,6 +1217,7 @@
       var theirs = c.theirs_feature;
       var props = side === "mine" ? Object.assign({}, theirs.properties, c.mine, { pending: true }) : theirs.properties;
       var geometry = side === "mine" && c.mine_geometry ? c.mine_geometry : theirs.geometry;
+      markMoved(c.feature_id);  // either side may stand elsewhere than in the tile archive
       return replaceLocal(c.local_id, { id: c.feature_id, geometry: geometry, properties: props });
     }).then(refresh).then(function () {
       say("sync-status", side === "mine" ? "Your version will be sent at the next Sync." : "Their version kept; your edit was dropped.");
