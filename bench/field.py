@@ -4,10 +4,13 @@ A database like ``makazi serve --demo`` (``MAKAZI_DEMO_STRUCTURES``, default 20,
 structures, seed 7) is made in the bench cluster, served by uvicorn, and driven in
 headless Chromium at phone size (360x740) exactly as a person would:
 
+* **tile archive**: the settlement's offline map (PMTiles, zooms 14-18) is built by
+  the first `GET /field/settlements/{id}` (timed: that request, cold) and then served
+  from disk (the same request again, warm); its size and tile count.
 * **download**: sign in as a mapper, choose the settlement with the most structures,
   `Download for offline`; bytes are the response bodies Chromium received for the
-  first visit plus the download (the app's files, MapLibre, the package; as sent,
-  gzip-compressed), and the package alone, raw and as sent; the time runs from the
+  first visit plus the download (the app's files, MapLibre, the package and the tile
+  archive; as sent), and the package alone, raw and as sent; the time runs from the
   click to the page saying `Ready offline`.
 * **sync**: 100 structures saved with `New structure` (each its own outbox item and
   `Idempotency-Key`), then one `Sync`; the time runs from the click to `0 waiting`.
@@ -52,7 +55,8 @@ def _database(ctx: BenchContext, structures: int) -> tuple[str, str]:
     return url, token
 
 
-def _largest(base: str) -> tuple[int, str]:
+def _largest(base: str) -> tuple[int, str, dict[str, float]]:
+    """The settlement with the most structures, its name, and the archive's build times."""
     features = httpx.get(
         f"{base}/collections/structures/items",
         params={"limit": 10_000, "skipGeometry": "true"},
@@ -63,7 +67,12 @@ def _largest(base: str) -> tuple[int, str]:
         sid = f["properties"]["settlement_id"]
         counts[sid] = counts.get(sid, 0) + 1
     sid = max(counts, key=lambda k: counts[k])
-    return sid, str(httpx.get(f"{base}/field/settlements/{sid}").json()["name"])
+    times = {}
+    for name in ("cold_s", "warm_s"):
+        start = time.perf_counter()
+        info = httpx.get(f"{base}/field/settlements/{sid}", timeout=600).json()
+        times[name] = time.perf_counter() - start
+    return sid, str(info["name"]), times
 
 
 def _drive(base: str, token: str, sid: int) -> dict[str, Any]:
@@ -95,6 +104,11 @@ def _drive(base: str, token: str, sid: int) -> dict[str, Any]:
         expect(page.get_by_text("Ready offline")).to_be_visible(timeout=300_000)
         figures["ready_s"] = time.perf_counter() - start
         figures["package_bytes"] = info["bytes"]
+        figures["tiles_bytes"] = info["tiles_bytes"]
+        figures["tiles"] = info["tiles"]
+        figures["page_download_bytes"] = page.evaluate(
+            "() => window.makaziField.lastDownload.bytes"
+        )
         with httpx.stream("GET", f"{base}/field/settlements/{sid}/package") as wire:
             figures["package_wire_bytes"] = sum(len(c) for c in wire.iter_raw())
         figures["structures"] = info["structures"]
@@ -125,7 +139,7 @@ def run(ctx: BenchContext) -> str:
     url, token = _database(ctx, structures)
     try:
         with makazi_on(url) as (base, _process):
-            sid, name = _largest(base)
+            sid, name, built = _largest(base)
             f = _drive(base, token, sid)
             created = httpx.get(
                 f"{base}/collections/structures/items",
@@ -140,6 +154,13 @@ def run(ctx: BenchContext) -> str:
             ["settlement (the demo's largest)", f"{name}: {f['structures']:,} structures"],
             ["package (boundary, structures, facilities JSON)", f"{f['package_bytes']:,} B"],
             ["  the same on the wire (gzip)", f"{f['package_wire_bytes']:,} B"],
+            [
+                "tile archive (PMTiles, z14-18, gzipped MVT inside)",
+                f"{f['tiles_bytes']:,} B, {f['tiles']:,} tiles",
+            ],
+            ["  built by the first size request (cold)", f"{built['cold_s']:.2f} s"],
+            ["  the same request again (archive on disk)", f"{built['warm_s']:.3f} s"],
+            ["bytes the page stored: package + archive", f"{f['page_download_bytes']:,} B"],
             [
                 "bytes received by the page: first visit + download (gzip)",
                 f"{f['first_visit_bytes']:,} B",

@@ -26,7 +26,7 @@ from geo.core.errors import NotFound
 from geo.layers.items import feature_sql
 from geo.layers.registry import FACILITIES, SETTLEMENTS, STRUCTURES, Collection
 
-__all__ = ["Package", "PackageCache", "build_package", "package_stamp"]
+__all__ = ["Package", "PackageCache", "build_package", "package_stamp", "settlement_head"]
 
 FORMAT = "makazi-field-package/1"
 
@@ -77,6 +77,28 @@ def _features(conn: Connection, collection: Collection, where: str, sid: int) ->
     return str(row[0]), int(row[1])
 
 
+def settlement_head(
+    conn: Connection, settlement_id: int
+) -> tuple[str, tuple[float, float, float, float]]:
+    """A live settlement's name and bounding box (west, south, east, north).
+
+    Raises
+    ------
+    NotFound
+        When the settlement does not exist (or was deleted).
+    """
+    row = conn.execute(
+        text(
+            "SELECT name, ST_XMin(geom), ST_YMin(geom), ST_XMax(geom), ST_YMax(geom) "
+            "FROM settlements WHERE id = :id AND deleted_at IS NULL"
+        ),
+        {"id": settlement_id},
+    ).first()
+    if row is None:
+        raise NotFound(f"settlement {settlement_id} does not exist")
+    return str(row[0]), (float(row[1]), float(row[2]), float(row[3]), float(row[4]))
+
+
 def build_package(conn: Connection, settlement_id: int) -> Package:
     """The package of one settlement.
 
@@ -85,23 +107,13 @@ def build_package(conn: Connection, settlement_id: int) -> Package:
     NotFound
         When the settlement does not exist (or was deleted).
     """
-    head = conn.execute(
-        text(
-            "SELECT name, ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) "
-            "FROM (SELECT name, ST_Extent(geom) AS e FROM settlements "
-            "WHERE id = :id AND deleted_at IS NULL GROUP BY name) x"
-        ),
-        {"id": settlement_id},
-    ).first()
-    if head is None:
-        raise NotFound(f"settlement {settlement_id} does not exist")
+    name, bbox = settlement_head(conn, settlement_id)
     boundary, _ = _features(conn, SETTLEMENTS, "t.id = :id", settlement_id)
     structures, n_structures = _features(conn, STRUCTURES, "t.settlement_id = :id", settlement_id)
     facilities, n_facilities = _features(conn, FACILITIES, "t.settlement_id = :id", settlement_id)
-    bbox = (float(head[1]), float(head[2]), float(head[3]), float(head[4]))
     meta: dict[str, Any] = {
         "format": FORMAT,
-        "settlement": {"id": settlement_id, "name": head[0], "bbox": bbox},
+        "settlement": {"id": settlement_id, "name": name, "bbox": bbox},
     }
     prefix = json.dumps(meta, separators=(",", ":"))[:-1]
     body = (
@@ -112,7 +124,7 @@ def build_package(conn: Connection, settlement_id: int) -> Package:
     digest = hashlib.sha256(body).hexdigest()[:32]
     return Package(
         settlement_id=settlement_id,
-        name=str(head[0]),
+        name=name,
         body=body,
         etag=f'"{digest}"',
         structures=n_structures,

@@ -34,9 +34,10 @@ from pathlib import Path
 from pmtiles.reader import MmapSource, Reader
 from pmtiles.tile import Compression, TileType, zxy_to_tileid
 from pmtiles.writer import Writer
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
-from geo.core.errors import NotFound, TooLarge
+from geo.core.errors import TooLarge
+from geo.field.package import settlement_head
 from geo.tiles.cache import make_tile
 from geo.tiles.feed import change_counters
 from geo.tiles.render import LAYERS, render_tile
@@ -102,26 +103,6 @@ def count_tiles(bbox: tuple[float, float, float, float], min_zoom: int, max_zoom
     return total
 
 
-def settlement_bbox(conn: Connection, settlement_id: int) -> tuple[float, float, float, float]:
-    """West, south, east, north of a live settlement's boundary.
-
-    Raises
-    ------
-    NotFound
-        When the settlement does not exist (or was deleted).
-    """
-    row = conn.execute(
-        text(
-            "SELECT ST_XMin(geom), ST_YMin(geom), ST_XMax(geom), ST_YMax(geom) "
-            "FROM settlements WHERE id = :id AND deleted_at IS NULL"
-        ),
-        {"id": settlement_id},
-    ).first()
-    if row is None:
-        raise NotFound(f"settlement {settlement_id} does not exist")
-    return (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
-
-
 def _e7(value: float) -> int:
     return round(value * 10_000_000)
 
@@ -144,7 +125,7 @@ def build_archive(
     TooLarge
         When its extent needs more than ``max_tiles`` tiles over the zooms.
     """
-    bbox = settlement_bbox(conn, settlement_id)
+    _, bbox = settlement_head(conn, settlement_id)
     needed = count_tiles(bbox, min_zoom, max_zoom)
     if needed > max_tiles:
         raise TooLarge(
@@ -252,7 +233,7 @@ class TileArchiveStore:
         The counters are read on ``conn`` before the tiles, so an archive is never
         filed under counters newer than the data it holds.
         """
-        settlement_bbox(conn, settlement_id)  # NotFound first, before any work
+        settlement_head(conn, settlement_id)  # NotFound first, before any work
         key = self.key(change_counters(conn))
         with self._lock:
             held = self._known.get(settlement_id)

@@ -173,13 +173,7 @@ def structures_numbered(phone: Phone, number: str) -> list[dict[str, Any]]:
 def tap_structure(phone: Phone, fid: int) -> None:
     """Tap the structure ``fid`` on the map (zoomed in on it)."""
     page = phone.page
-    feature = phone.api("GET", f"/collections/structures/items/{fid}").json()
-    ring = feature["geometry"]["coordinates"]
-    while isinstance(ring[0][0], list):
-        ring = ring[0]
-    points = ring if isinstance(ring[0], list) else [ring]
-    lon = sum(p[0] for p in points) / len(points)
-    lat = sum(p[1] for p in points) / len(points)
+    lon, lat = centre_of(phone.api("GET", f"/collections/structures/items/{fid}").json())
     page.evaluate(
         """([lon, lat]) => new Promise((resolve) => {
             const map = window.makaziMap;
@@ -770,9 +764,10 @@ def test_households_are_listed_for_enumerators_and_never_kept(phone: Phone) -> N
     tap_structure(phone, target["id"])
     expect(page.locator("#households-status")).to_contain_text("household")
     count = phone.api("GET", f"/collections/structures/items/{target['id']}").json()
-    assert f"{count['properties']['households']} household" in page.locator(
-        "#households-status"
-    ).inner_text()
+    assert (
+        f"{count['properties']['households']} household"
+        in page.locator("#households-status").inner_text()
+    )
     expect(households).to_be_empty()
     assert head not in page.content()
     stored = page.evaluate(STORED_TEXT)
