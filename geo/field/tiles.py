@@ -14,7 +14,8 @@ An archive is built once per settlement and state of the data: it is keyed by
 the layers' change counters (``tile_changes``, bumped at each commit that edits
 a tiled collection, the counters the tile cache uses), kept on disk under
 ``data_dir/field-tiles`` as ``{settlement}-{key}.pmtiles`` (so it outlives a
-restart), and replaced (the older file deleted) when a counter moves.  Its
+restart), and replaced when a counter moves (the one before is kept until the next
+change, so a download running meanwhile is not cut; older ones are deleted).  Its
 strong ETag is a hash of its bytes, so a rebuild that changed nothing in the
 settlement's area keeps the ETag and the phone's copy stays current.
 """
@@ -260,8 +261,11 @@ class TileArchiveStore:
                     Path(tmp).unlink(missing_ok=True)
             archive = _describe(settlement_id, path)
             with self._lock:
+                previous = self._known.get(settlement_id)
                 self._known[settlement_id] = (key, archive)
+            # the previous file stays until the next change: a download of it may be running
+            keep = {path, previous[1].path if previous else path}
             for old in self.folder.glob(f"{settlement_id}-*.pmtiles"):
-                if old != path:
+                if old not in keep:
                     old.unlink(missing_ok=True)
             return archive

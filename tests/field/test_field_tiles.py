@@ -145,6 +145,14 @@ def test_an_edit_in_the_settlement_makes_a_new_archive(
     assert archive(client, settlement_id).headers["etag"] == after["tiles_etag"]
     stale = archive(client, settlement_id, **{"If-None-Match": first["tiles_etag"]})
     assert stale.status_code == 200
+    # on disk: the current file and the one before (a download of it may be running)
+    folder = client.app.state.field_tiles.folder  # type: ignore[attr-defined]
+    kept = set(folder.glob(f"{settlement_id}-*.pmtiles"))
+    assert len(kept) == 2
+    connection.execute(text("UPDATE structures SET storeys = 5 WHERE structure_number = 'T-2'"))
+    client.get(f"/field/settlements/{settlement_id}")
+    now = set(folder.glob(f"{settlement_id}-*.pmtiles"))
+    assert len(now) == 2 and len(now & kept) == 1  # the oldest one is gone
 
 
 def test_an_unknown_or_too_large_settlement_is_refused(
