@@ -173,7 +173,9 @@ def run(ctx: BenchContext) -> str:
     )
     return (
         f"The field app (`/field`) in headless Chromium at 360x740 on loopback, against the "
-        f"demo's {structures:,} structures (seed 7).\n\n{table}\n"
+        f"demo's {structures:,} structures (seed 7). The machine (2 cores) was shared with "
+        f"other sessions' tests while this ran: times vary from run to run, bytes do not.\n\n"
+        f"{table}\n"
     )
 
 
