@@ -177,6 +177,21 @@ def test_vendored_maplibre_is_the_makefiles_version() -> None:
     assert "Redistribution and use" in (vendor / "LICENSE.txt").read_text()
 
 
+def test_vendored_pmtiles_is_the_makefiles_version() -> None:
+    folder = ROOT / "app" / "static" / "vendor" / "pmtiles"
+    makefile = (ROOT / "Makefile").read_text()
+    pinned = re.search(r"^PMTILES_VERSION := (\S+)$", makefile, re.M)
+    fflate = re.search(r"^FFLATE_VERSION := (\S+)$", makefile, re.M)
+    assert pinned and fflate, "PMTILES_VERSION / FFLATE_VERSION are not set in the Makefile"
+    assert (folder / "VERSION").read_text().strip() == (
+        f"pmtiles {pinned[1]} (bundles fflate {fflate[1]})"
+    )
+    assert (folder / "pmtiles.js").read_text().startswith('"use strict";var pmtiles=')
+    assert "sourceMappingURL" not in (folder / "pmtiles.js").read_text()
+    assert "Protomaps" in (folder / "LICENSE.txt").read_text()
+    assert "MIT" in (folder / "fflate-LICENSE").read_text()
+
+
 def test_wheel_holds_migrations_and_web_assets(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     migrations = {
@@ -188,6 +203,8 @@ def test_wheel_holds_migrations_and_web_assets(installed: Installed) -> None:
     assert any(n.startswith("migrations/versions/0001_") for n in migrations)
     assert migrations <= names, sorted(migrations - names)
     assert {f"app/static/vendor/{n}" for n in VENDOR} <= names
+    pmtiles = {f"app/static/vendor/pmtiles/{n}" for n in ("pmtiles.js", "LICENSE.txt", "VERSION")}
+    assert pmtiles <= names, sorted(pmtiles - names)
     swagger_ui = {f"app/static/vendor/swagger-ui/{n}" for n in SWAGGER_UI}
     assert swagger_ui <= names, sorted(swagger_ui - names)
     assert {f"app/static/map/{n}" for n in ("index.html", "map.js", "map.css")} <= names
