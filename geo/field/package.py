@@ -6,8 +6,8 @@ writes every Feature as text (:func:`geo.layers.items.feature_sql`, the same
 properties and versions as ``/collections/{c}/items``); Python only joins them.
 Built packages are kept in a small in-process cache keyed by a cheap *stamp* of
 the settlement (each layer's row count, sum of versions and latest change: every
-edit bumps a version), so the size
-shown before a download and the download itself cost one build.
+edit bumps a version; its structures' households too, whose number each structure
+carries), so the size shown before a download and the download itself cost one build.
 """
 
 from __future__ import annotations
@@ -55,7 +55,12 @@ def package_stamp(conn: Connection, settlement_id: int) -> str | None:
                       FROM structures WHERE settlement_id = s.id),
                    (SELECT count(*) || '/' || coalesce(sum(version), 0) || '/'
                            || coalesce(max(updated_at)::text, '')
-                      FROM facilities WHERE settlement_id = s.id)
+                      FROM facilities WHERE settlement_id = s.id),
+                   -- a structure's ``households`` count changes with its households only
+                   (SELECT count(*) || '/' || coalesce(sum(h.version), 0) || '/'
+                           || coalesce(max(h.updated_at)::text, '')
+                      FROM households h JOIN structures st ON st.id = h.structure_id
+                     WHERE st.settlement_id = s.id)
             FROM settlements s WHERE s.id = :id
             """
         ),
@@ -63,7 +68,7 @@ def package_stamp(conn: Connection, settlement_id: int) -> str | None:
     ).first()
     if row is None or row[1]:
         return None
-    return f"{row[0]}:{row[2]}:{row[3]}"
+    return f"{row[0]}:{row[2]}:{row[3]}:{row[4]}"
 
 
 def _features(conn: Connection, collection: Collection, where: str, sid: int) -> tuple[str, int]:

@@ -12,7 +12,8 @@ one file and the server streams it with Range requests.
 
 An archive is built once per settlement and state of the data: it is keyed by
 the layers' change counters (``tile_changes``, bumped at each commit that edits
-a tiled collection, the counters the tile cache uses), kept on disk under
+a tiled collection, the counters the tile cache uses) with the settlement's own
+stamp and the database's identity, kept on disk under
 ``data_dir/field-tiles`` as ``{settlement}-{key}.pmtiles`` (so it outlives a
 restart), and replaced when a counter moves (the one before is kept until the next
 change, so a download running meanwhile is not cut; older ones are deleted).  Its
@@ -35,10 +36,10 @@ from pathlib import Path
 from pmtiles.reader import MmapSource, Reader
 from pmtiles.tile import Compression, TileType, zxy_to_tileid
 from pmtiles.writer import Writer
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
-from geo.core.errors import TooLarge
-from geo.field.package import settlement_head
+from geo.core.errors import NotFound, TooLarge
+from geo.field.package import package_stamp, settlement_head
 from geo.tiles.cache import make_tile
 from geo.tiles.feed import change_counters
 from geo.tiles.render import LAYERS, render_tile
@@ -222,10 +223,16 @@ class TileArchiveStore:
         self._lock = threading.Lock()
         self._building: dict[int, threading.Lock] = {}
 
-    def key(self, counters: Mapping[str, int]) -> str:
-        """The file key for the layers' change counters (and the zooms and format)."""
+    def key(self, counters: Mapping[str, int], settlement: str, database: str) -> str:
+        """The file key: the layers' change counters, the settlement's own stamp, the database.
+
+        The counters alone restart with a new database, which may share ``data_dir``
+        with the old one (a demo loaded again); the settlement's stamp (row counts,
+        versions and latest change of its features) and the database's identity keep
+        an archive of other data from ever matching.
+        """
         stamp = ",".join(f"{layer.name}={counters.get(layer.name, 0)}" for layer in LAYERS)
-        stamp += f";{self.min_zoom}-{self.max_zoom};{FORMAT}"
+        stamp += f";{settlement};{database};{self.min_zoom}-{self.max_zoom};{FORMAT}"
         return hashlib.blake2b(stamp.encode(), digest_size=8).hexdigest()
 
     def get(self, conn: Connection, settlement_id: int) -> TileArchive:
@@ -234,8 +241,13 @@ class TileArchiveStore:
         The counters are read on ``conn`` before the tiles, so an archive is never
         filed under counters newer than the data it holds.
         """
-        settlement_head(conn, settlement_id)  # NotFound first, before any work
-        key = self.key(change_counters(conn))
+        own = package_stamp(conn, settlement_id)
+        if own is None:
+            raise NotFound(f"settlement {settlement_id} does not exist")
+        database = conn.execute(
+            text("SELECT oid || '@' || datname FROM pg_database WHERE datname = current_database()")
+        ).scalar_one()
+        key = self.key(change_counters(conn), own, str(database))
         with self._lock:
             held = self._known.get(settlement_id)
             if held is not None and held[0] == key and held[1].path.exists():

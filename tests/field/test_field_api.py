@@ -118,6 +118,26 @@ def test_package_has_the_settlements_features_and_changes_with_them(
     assert client.get("/field/settlements/987654321").status_code == 404
 
 
+def test_a_new_household_makes_a_new_package_with_its_count(
+    client: TestClient, token_for: Headers, settlement_id: int
+) -> None:
+    enumerator = token_for("enumerator")
+    fid = create(client, enumerator)["id"]
+    before = client.get(f"/field/settlements/{settlement_id}").json()
+    added = client.post(
+        f"/structures/{fid}/households",
+        json={"head_name": "Achieng", "members": 3},
+        headers=enumerator,
+    )
+    assert added.status_code == 201, added.text
+    after = client.get(f"/field/settlements/{settlement_id}").json()
+    assert after["etag"] != before["etag"]
+    body = client.get(f"/field/settlements/{settlement_id}/package").json()
+    (structure,) = [f for f in body["structures"]["features"] if f["id"] == fid]
+    assert structure["properties"]["households"] == 1
+    assert "Achieng" not in json.dumps(body)
+
+
 def test_a_retried_patch_with_its_key_is_not_a_conflict_with_itself(
     client: TestClient, token_for: Headers, settlement_id: int
 ) -> None:

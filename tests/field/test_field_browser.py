@@ -566,7 +566,8 @@ def view(page: Page, lon: float, lat: float, zoom: float) -> None:
 
 
 # The structures MapLibre drew from the tile archive (not from the GeoJSON features)
-TILE_STRUCTURES = """() => window.makaziMap.queryRenderedFeatures({layers: ['tiles-structures']})
+TILE_STRUCTURES = """() => window.makaziMap.queryRenderedFeatures({
+        layers: ['tiles-structures', 'tiles-structures-point']})
     .filter(f => f.source === 'tiles' && f.sourceLayer === 'structures')
     .map(f => f.properties.id)"""
 

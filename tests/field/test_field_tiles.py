@@ -165,3 +165,22 @@ def test_an_unknown_or_too_large_settlement_is_refused(
     with pytest.raises(TooLarge, match="MAKAZI_FIELD_TILES_MAX=3"):
         store.get(connection, settlement_id)
     assert list(tmp_path.iterdir()) == []  # nothing half-written is left
+
+
+def test_the_same_counters_over_other_data_never_match(
+    connection: Connection, settlement_id: int, tmp_path: Path
+) -> None:
+    store = TileArchiveStore(tmp_path)
+    first = store.get(connection, settlement_id)
+    counters = connection.execute(text("SELECT sum(counter) FROM tile_changes")).scalar()
+    # The counters move at commit, never inside this test's transaction: they stay the
+    # same here, as they restart when a database is made afresh beside the same data_dir.
+    connection.execute(
+        text(
+            "UPDATE structures SET version = version + 1, geom = ST_Translate(geom, 0.001, 0) "
+            "WHERE structure_number = 'T-0'"
+        )
+    )
+    assert connection.execute(text("SELECT sum(counter) FROM tile_changes")).scalar() == counters
+    second = store.get(connection, settlement_id)
+    assert second.path != first.path and second.etag != first.etag

@@ -396,7 +396,11 @@
     { id: "tiles-traces", type: "line", source: "tiles", "source-layer": "traces",
       paint: { "line-color": "#9c36b5", "line-width": 1.5, "line-opacity": 0.5 } },
     { id: "tiles-structures", type: "fill", source: "tiles", "source-layer": "structures",
+      filter: ["!=", ["geometry-type"], "Point"],
       paint: { "fill-color": "#ddd3c2", "fill-outline-color": "#8a7b62" } },
+    { id: "tiles-structures-point", type: "circle", source: "tiles", "source-layer": "structures",
+      filter: ["==", ["geometry-type"], "Point"],
+      paint: { "circle-color": "#ddd3c2", "circle-radius": 5, "circle-stroke-color": "#8a7b62", "circle-stroke-width": 1 } },
     { id: "tiles-facilities", type: "circle", source: "tiles", "source-layer": "facilities",
       filter: ["==", ["geometry-type"], "Point"],
       paint: { "circle-color": "#0b7285", "circle-radius": 3, "circle-opacity": 0.6 } }
@@ -509,8 +513,9 @@
     if (state.map.getLayer("tiles-structures")) {
       // structures moved on this phone (or in a conflict) are drawn from the features only:
       // the archive still has them where they stood when it was downloaded
-      var moved = pkg && pkg.moved_ids && pkg.moved_ids.length ? pkg.moved_ids : null;
-      state.map.setFilter("tiles-structures", moved ? ["!", ["in", ["get", "id"], ["literal", moved]]] : null);
+      var moved = pkg && pkg.moved_ids && pkg.moved_ids.length ? ["!", ["in", ["get", "id"], ["literal", pkg.moved_ids]]] : true;
+      state.map.setFilter("tiles-structures", ["all", ["!=", ["geometry-type"], "Point"], moved]);
+      state.map.setFilter("tiles-structures-point", ["all", ["==", ["geometry-type"], "Point"], moved]);
     }
     var walk = state.walk && state.walk.points.length > 1 ? [{ type: "Feature", properties: {},
       geometry: { type: "LineString", coordinates: state.walk.points.map(function (p) { return [p.lon, p.lat]; }) } }] : [];
