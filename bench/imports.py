@@ -2,7 +2,8 @@
 
 A generated GeoPackage of ``MAKAZI_BENCH_IMPORT_FEATURES`` (default 1,000,000)
 structure footprints in Nairobi, each with a number, use, storeys and wall
-material, is loaded into a fresh database of the bench cluster:
+material, is loaded into a fresh database of the bench cluster holding a grid of
+100 settlements (so every footprint is placed in one):
 
 * ``makazi import`` (a process of its own): read in batches, mapped, COPY into a
   stage, checked and merged in SQL, with versions, history rows, settlement
@@ -23,10 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
+
 from bench.common import BenchContext, machine_line, markdown_table, peak_rss_mb
 from geo.core.db import migrate
 
 DATABASE = "makazi_bench_imports"
+#: The demo structures of the shared bench database are not needed here.
+OWN_DATABASE = True
 
 
 def make_gpkg(out: Path, features: int) -> Path:
@@ -57,6 +62,17 @@ def make_gpkg(out: Path, features: int) -> Path:
     return target
 
 
+def _settlements(conninfo: str) -> None:
+    """A 10 x 10 grid of settlements over the footprints, so every feature is placed."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(
+            "INSERT INTO settlements (name, geom) "
+            "SELECT format('Grid %s-%s', i, j), ST_Multi(ST_MakeEnvelope("
+            "36.70 + i * 0.02, -1.40 + j * 0.02, 36.72 + i * 0.02, -1.38 + j * 0.02, 4326)) "
+            "FROM generate_series(0, 9) i, generate_series(0, 9) j"
+        )
+
+
 def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """(seconds, peak RSS MiB, last output line) of a command run to its end."""
     start = time.perf_counter()
@@ -83,6 +99,7 @@ def run(ctx: BenchContext) -> str:
     gpkg = make_gpkg(ctx.out, features)
     url = ctx.cluster.create_database(DATABASE, drop=True)
     migrate(url)
+    _settlements(ctx.cluster.conninfo(DATABASE))
     env = {"MAKAZI_DATABASE_URL": url}
     command = [sys.executable, "-m", "app.cli", "import", str(gpkg), "--collection", "structures"]
     rows: list[list[object]] = []
