@@ -24,9 +24,10 @@ ROWS = {
         " 4326))",
     ),
     "structures": (
-        "structure_number, use, storeys, wall_material, geom, source_id",
-        "'KB-ü-1', 'residential', NULL, 'mabati', ST_GeomFromText('POLYGON((36.123456789012345 "
-        "-1.3, 36.2 -1.3, 36.2 -1.2, 36.123456789012345 -1.3))', 4326), 'src-{n}'",
+        "structure_number, use, storeys, position_accuracy_m, review_note, geom, source_id",
+        "'KB-ü-1', 'residential', NULL, 2.25, '<b>a&amp;b</b>', "
+        "ST_GeomFromText('POLYGON((36.123456789012345 -1.3, 36.2 -1.3, 36.2 -1.2, "
+        "36.123456789012345 -1.3))', 4326), 'src-{n}'",
     ),
     "facilities": (
         "type, name, geom",
