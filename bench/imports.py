@@ -62,7 +62,7 @@ def make_gpkg(out: Path, features: int) -> Path:
     return target
 
 
-def _settlements(conninfo: str) -> None:
+def settlements_grid(conninfo: str) -> None:
     """A 10 x 10 grid of settlements over the footprints, so every feature is placed."""
     with psycopg.connect(conninfo) as conn:
         conn.execute(
@@ -73,7 +73,7 @@ def _settlements(conninfo: str) -> None:
         )
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+def run_timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """(seconds, peak RSS MiB, last output line) of a command run to its end."""
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -99,15 +99,15 @@ def run(ctx: BenchContext) -> str:
     gpkg = make_gpkg(ctx.out, features)
     url = ctx.cluster.create_database(DATABASE, drop=True)
     migrate(url)
-    _settlements(ctx.cluster.conninfo(DATABASE))
+    settlements_grid(ctx.cluster.conninfo(DATABASE))
     env = {"MAKAZI_DATABASE_URL": url}
     command = [sys.executable, "-m", "app.cli", "import", str(gpkg), "--collection", "structures"]
     rows: list[list[object]] = []
-    first = _timed([*command, "--quiet"], env)
-    again = _timed([*command, "--quiet"], env)
+    first = run_timed([*command, "--quiet"], env)
+    again = run_timed([*command, "--quiet"], env)
     ogr = None
     if shutil.which("ogr2ogr"):
-        ogr = _timed(
+        ogr = run_timed(
             [
                 "ogr2ogr",
                 "-f",
