@@ -489,11 +489,24 @@ def _kind_of(head: bytes, filename: str) -> str:
     )
 
 
+#: The parts of one layer a Shapefile export splits by geometry family (geo/exports/gdal.py).
+_FAMILY_PART = re.compile(r"^(?P<layer>.+)_(?:points|lines|polygons)$")
+
+
 def _one_of(found: list[Path], layer: str | None) -> Path:
-    """The dataset of an archive that holds several of one kind (``layer`` names it)."""
+    """The dataset of an archive that holds several of one kind (``layer`` names it).
+
+    The ``<layer>_points``/``_lines``/``_polygons`` Shapefiles of one export, side
+    by side, are read together: their folder is the dataset, each a layer of it.
+    """
     by_name = {path.stem: path for path in found}
     if layer is not None and layer in by_name:
         return by_name[layer]
+    parts = {m.group("layer") if (m := _FAMILY_PART.match(name)) else None for name in by_name}
+    folders = {path.parent for path in found}
+    one_export = len(folders) == 1 and len(parts) == 1 and None not in parts
+    if layer is None and found[0].suffix.lower() == ".shp" and one_export:
+        return found[0].parent
     listing = ", ".join(by_name)
     raise BadRequest(
         f"the zip archive holds {len(found)} {found[0].suffix} files; choose one with "
@@ -645,7 +658,7 @@ def open_source(
 def _open(
     folder: Path, path: Path, limits: Limits, layer: str | None, source_crs: str | None
 ) -> Source:
-    fmt = SUFFIXES[path.suffix.lower()]
+    fmt = "Shapefile" if path.is_dir() else SUFFIXES[path.suffix.lower()]
     options = dict(_CSV_OPTIONS) if fmt == "CSV" else {}
     try:
         listed = pyogrio.list_layers(str(path))
@@ -666,7 +679,7 @@ def _open(
         layers = [_layer(path, name, options) for name in names]
         if fmt == "KML":
             chosen = [lay for lay in layers if lay.features > 0] or layers[:1]
-        elif len(layers) == 1:
+        elif len(layers) == 1 or path.is_dir():  # one layer, or one export's Shapefiles
             chosen = layers
         else:
             described = [

@@ -55,7 +55,7 @@ def _cast(prop: Property, alias: str = "s") -> str:
     if prop.kind == "number":
         return f"({column})::double precision"
     if prop.kind == "string-array":
-        return f"coalesce(regexp_split_to_array({column}, '\\s*;\\s*'), '{{}}')"
+        return f"ARRAY(SELECT jsonb_array_elements_text(({column})::jsonb))"
     return column
 
 
