@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import BenchContext, markdown_table
-from bench.imports import run_timed, settlements_grid
+from bench.imports import load_line, run_timed, settlements_grid
 from geo.core.db import migrate
 from tests.support.odk import households_of, shape, submission, write_export
 
@@ -68,6 +68,7 @@ def make_export(out: Path, count: int) -> tuple[Path, int]:
 def run(ctx: BenchContext) -> str:
     """Import the export twice; the RESULTS.md section."""
     count = int(os.environ.get("MAKAZI_BENCH_ODK_SUBMISSIONS", "100000"))
+    start_load = os.getloadavg()[0]
     path, households = make_export(ctx.out, count)
     url = ctx.cluster.create_database(DATABASE, drop=True)
     migrate(url)
@@ -93,6 +94,6 @@ def run(ctx: BenchContext) -> str:
         f"{count:,} ODK Central submissions with {households:,} households in the repeat "
         f"group ({path.stat().st_size / 1e6:.0f} MB zip) into a database with 100 settlements; "
         "structures and households with versions, history, placement and the households "
-        f"count of each structure, in one transaction.\n\n{table}\n\n"
+        f"count of each structure, in one transaction; {load_line(start_load)}.\n\n{table}\n\n"
         f"- first: {first[2]}\n- again: {again[2]}\n"
     )

@@ -337,17 +337,16 @@ def reproject(
     xmin, ymin, xmax, ymax = shapely.bounds(geoms).T
     with np.errstate(invalid="ignore"):
         outside = (xmin < -180) | (xmax > 180) | (ymin < -90) | (ymax > 90)
-    kinds = np.select(
-        [
-            np.equal(raw, None),
-            shapely.is_missing(geoms),
-            shapely.is_empty(geoms),
-            not_finite,
-            outside,
-        ],
-        [1, 2, 3, 4, 5],
-        default=0,
-    )
+    masks = [
+        np.array([value is None for value in raw], dtype=bool),
+        shapely.is_missing(geoms),
+        shapely.is_empty(geoms),
+        not_finite,
+        outside,
+    ]
+    kinds = np.zeros(count, dtype=np.int64)
+    for code in range(len(masks), 0, -1):  # the first problem found is the one named
+        kinds[masks[code - 1]] = code
     problems: list[str | None] = [_GEOMETRY_PROBLEMS[k] for k in kinds.tolist()]
     if transformer is None:
         out = [None if problem else _ewkb(raw[i]) for i, problem in enumerate(problems)]

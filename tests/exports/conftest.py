@@ -121,7 +121,9 @@ def export_server(
         )
 
 
-def download(server: ExportServer, collection: str, fmt: str, path: Path, **params: object) -> Path:
+def download(
+    server: ExportServer, collection: str, fmt: str, path: Path, **params: str | int
+) -> Path:
     """``GET /exports/{collection}?format=fmt`` (and ``params``) saved to ``path``."""
     with httpx.stream(
         "GET",
