@@ -288,12 +288,24 @@ class Stage:
 
     def _fields(self) -> None:
         collection = self.collection
+        # every field's checks in one pass: a CASE takes them in order, the first match wins
+        cases = []
         for prop in self.properties:
-            column = f"s.{_column(prop)}"
             for condition, reason in _check(prop):
                 if not condition.endswith("IS NULL"):
-                    condition = f"{column} IS NOT NULL AND {condition}"
-                self._reject(condition, reason)
+                    condition = f"{_column(prop)} IS NOT NULL AND {condition}"
+                cases.append(f"WHEN {condition} THEN {reason}")
+        if cases:
+            self.conn.execute(
+                text(
+                    f"""
+                    UPDATE {STAGE} s SET reason = c.reason
+                    FROM (SELECT seq, CASE {" ".join(cases)} END AS reason
+                          FROM {STAGE} WHERE reason IS NULL) c
+                    WHERE c.seq = s.seq AND c.reason IS NOT NULL
+                    """
+                )
+            )
         if collection.find("settlement_id") is not None:
             self._settlements()
         self._reject(
