@@ -10,7 +10,10 @@ material, is loaded into a fresh database of the bench cluster holding a grid of
   placement and the source-id index, all in one transaction;
 * the same file again (every feature found unchanged);
 * ``ogr2ogr -f PostgreSQL --config PG_USE_COPY YES`` into a plain table: the
-  floor for moving the bytes, with no checks, history or indexes but its own.
+  floor for moving the bytes, with no checks, history or indexes but its own;
+* with ``MAKAZI_BENCH_IMPORT_BASELINE`` naming another tree of the code (say
+  ``git archive main app geo`` unpacked), that tree's ``makazi import`` first, into
+  a database of its own: before and after, side by side in one run.
 
 Peak RSS is each process's ``VmHWM``, polled while it runs.
 """
@@ -81,11 +84,13 @@ def load_line(start: float) -> str:
     )
 
 
-def run_timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS MiB, last output line) of a command run to its end."""
+def run_timed(
+    argv: list[str], env: dict[str, str], cwd: Path | None = None
+) -> tuple[float, float, str]:
+    """(seconds, peak RSS MiB, last output line) of a command run to its end (in ``cwd``)."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd
     )
     peak = 0.0
     while proc.poll() is None:
@@ -112,6 +117,14 @@ def run(ctx: BenchContext) -> str:
     env = {"MAKAZI_DATABASE_URL": url}
     command = [sys.executable, "-m", "app.cli", "import", str(gpkg), "--collection", "structures"]
     rows: list[list[object]] = []
+    baseline = None
+    if os.environ.get("MAKAZI_BENCH_IMPORT_BASELINE"):
+        # another tree of the code (``git archive <commit> app geo``) into its own database
+        base_url = ctx.cluster.create_database(f"{DATABASE}_baseline", drop=True)
+        migrate(base_url)
+        settlements_grid(ctx.cluster.conninfo(f"{DATABASE}_baseline"))
+        tree = Path(os.environ["MAKAZI_BENCH_IMPORT_BASELINE"])
+        baseline = run_timed([*command, "--quiet"], {"MAKAZI_DATABASE_URL": base_url}, cwd=tree)
     first = run_timed([*command, "--quiet"], env)
     again = run_timed([*command, "--quiet"], env)
     ogr = None
@@ -133,7 +146,9 @@ def run(ctx: BenchContext) -> str:
             {},
         )
     floor = ogr[0] if ogr else float("nan")
+    tree_name = os.environ.get("MAKAZI_BENCH_IMPORT_BASELINE_NAME", "baseline")
     for label, (seconds, peak, _line) in (
+        *(((f"makazi import, {tree_name} (new features)", baseline),) if baseline else ()),
         ("makazi import (new features)", first),
         ("makazi import again (all unchanged)", again),
         *((("ogr2ogr -f PostgreSQL (COPY)", ogr),) if ogr else ()),
