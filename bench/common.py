@@ -24,6 +24,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 RESULTS = HERE / "RESULTS.md"
 DATABASE = "makazi_bench"
+#: The context database of topics that do not read the demo structures.
+EMPTY_DATABASE = "makazi_bench_empty"
 
 
 @dataclass
@@ -43,9 +45,12 @@ def bench_context(
     """Start the bench cluster (``bench/out/data``, or ``data_dir``) and fill ``database``
     with demo data once.
 
-    ``MAKAZI_BENCH_STRUCTURES`` (default 1,000,000) sets the size.
+    ``MAKAZI_BENCH_STRUCTURES`` (default 1,000,000) sets the size; ``structures=0``
+    leaves ``database`` without demo data (topics that build their own databases).
     """
-    wanted = structures or int(os.environ.get("MAKAZI_BENCH_STRUCTURES", "1000000"))
+    if structures is None:
+        structures = int(os.environ.get("MAKAZI_BENCH_STRUCTURES", "1000000"))
+    wanted = structures
     ensure_postgis(install=os.geteuid() == 0, quiet=True)
     OUT.mkdir(parents=True, exist_ok=True)
     cluster = EmbeddedCluster(data_dir or OUT / "data")

@@ -19,6 +19,7 @@ matched in any case with spaces or hyphens for underscores (``Water Point`` ->
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -250,7 +251,11 @@ class Plan:
                 out[name] = text_value(self.fixed[name])
                 continue
             column = self.columns.get(name)
-            value = text_value(row.get(column)) if column is not None else None
+            raw = row.get(column) if column is not None else None
+            if prop.kind == "string-array":
+                out[name] = text_list(raw, self.defaults.get(name, prop.default))
+                continue
+            value = text_value(raw)
             table = self.values.get(name)
             if table is not None and value is not None:
                 if value in table:
@@ -269,6 +274,28 @@ class Plan:
                 value = text_value(default)
             out[name] = value
         return out
+
+
+def text_list(value: Any, default: Any = None) -> str | None:
+    """A list field as the JSON array the stage takes (``None`` for no value).
+
+    A source gives a list as a list (GeoJSON, read by GDAL), as the JSON array an
+    export writes (``["Kibra", "Kibera"]``), or as text separated by semicolons.
+
+    >>> text_list('["a; b", "c"]'), text_list("a ; b"), text_list(" "), text_list(None, ("x",))
+    ('["a; b", "c"]', '["a", "b"]', None, '["x"]')
+    """
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    if isinstance(value, str):
+        value = value.split(";")
+    items = [text for text in (text_value(v) for v in value or ()) if text is not None]
+    if not items and default:
+        return text_list(default)
+    return json.dumps(items, ensure_ascii=False) if items else None
 
 
 def _lookup_folded(table: dict[str, Any], value: str) -> Any:

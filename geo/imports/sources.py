@@ -291,6 +291,13 @@ def _python_values(values: Any) -> list[Any]:
     kind = getattr(values, "dtype", None)
     if kind is not None and np.issubdtype(kind, np.datetime64):
         return [None if np.isnat(v) else str(v) for v in values]
+    if kind is not None and kind.kind in "iub":
+        return list(values.tolist())
+    if kind is not None and kind.kind == "f":
+        floats: list[Any] = values.tolist()
+        for i in np.flatnonzero(np.isnan(values)).tolist():
+            floats[i] = None
+        return floats
     for value in values.tolist() if hasattr(values, "tolist") else values:
         if isinstance(value, float) and math.isnan(value):
             out.append(None)
@@ -313,7 +320,8 @@ def reproject(
     """EPSG:4326 hex EWKB and the geometry problems of a batch of WKB (vectorised)."""
     if geometry is None:
         return [None] * count, ["geometry is missing"] * count
-    geoms = shapely.from_wkb(geometry, on_invalid="ignore")
+    raw = np.asarray(geometry, dtype=object)
+    geoms = shapely.from_wkb(raw, on_invalid="ignore")
     if transformer is not None:
 
         def move(coords: np.ndarray) -> np.ndarray:
@@ -321,32 +329,63 @@ def reproject(
             return np.column_stack([x, y])
 
         geoms = shapely.transform(geoms, move)
-    geoms = shapely.force_2d(geoms)
-    problems: list[str | None] = []
-    out: list[str | None] = []
-    bounds = shapely.bounds(geoms)
-    ewkb = shapely.to_wkb(shapely.set_srid(geoms, 4326), hex=True, include_srid=True)
-    for i in range(count):
-        raw, geom = geometry[i], geoms[i]
-        problem: str | None = None
-        if raw is None:
-            problem = "geometry is missing"
-        elif geom is None:
-            problem = "geometry cannot be read (malformed WKB)"
-        elif shapely.is_empty(geom):
-            problem = "geometry is empty"
-        elif not np.all(np.isfinite(shapely.get_coordinates(geom))):
-            problem = "geometry has coordinates that are not numbers (NaN or infinite)"
-        else:
-            xmin, ymin, xmax, ymax = bounds[i]
-            if xmin < -180 or xmax > 180 or ymin < -90 or ymax > 90:
-                problem = (
-                    "geometry lies outside longitude [-180, 180] / latitude [-90, 90] once in "
-                    "EPSG:4326: is the file's CRS right? (give source_crs)"
-                )
-        problems.append(problem)
-        out.append(None if problem else str(ewkb[i]))
+    if shapely.has_z(geoms).any():
+        geoms = shapely.force_2d(geoms)
+    coords, owner = shapely.get_coordinates(geoms, return_index=True)
+    not_finite = np.zeros(count, dtype=bool)
+    not_finite[owner[~np.isfinite(coords).all(axis=1)]] = True
+    xmin, ymin, xmax, ymax = shapely.bounds(geoms).T
+    with np.errstate(invalid="ignore"):
+        outside = (xmin < -180) | (xmax > 180) | (ymin < -90) | (ymax > 90)
+    masks = [
+        np.array([value is None for value in raw], dtype=bool),
+        shapely.is_missing(geoms),
+        shapely.is_empty(geoms),
+        not_finite,
+        outside,
+    ]
+    kinds = np.zeros(count, dtype=np.int64)
+    for code in range(len(masks), 0, -1):  # the first problem found is the one named
+        kinds[masks[code - 1]] = code
+    problems: list[str | None] = [_GEOMETRY_PROBLEMS[k] for k in kinds.tolist()]
+    if transformer is None:
+        out = [None if problem else _ewkb(raw[i]) for i, problem in enumerate(problems)]
+        redo = [i for i, value in enumerate(out) if value is None and not problems[i]]
+    else:
+        out = [None] * count
+        redo = [i for i, problem in enumerate(problems) if not problem]
+    if redo:
+        ewkb = shapely.to_wkb(shapely.set_srid(geoms[redo], 4326), hex=True, include_srid=True)
+        for i, value in zip(redo, ewkb.tolist(), strict=True):
+            out[i] = str(value)
     return out, problems
+
+
+def _ewkb(wkb: bytes) -> str | None:
+    """Little-endian 2D WKB as hex EWKB in EPSG:4326 (the SRID spliced in), else None.
+
+    Cheaper than parsing and writing it again; anything else goes through shapely.
+    """
+    if wkb[:1] != b"\x01":
+        return None
+    kind = int.from_bytes(wkb[1:5], "little")
+    if kind >= 1000 or kind & 0xE0000000:  # Z/M (ISO or EWKB flags) or an SRID already
+        return None
+    return (
+        wkb[:1] + (kind | 0x20000000).to_bytes(4, "little") + b"\xe6\x10\x00\x00" + wkb[5:]
+    ).hex()
+
+
+#: :func:`reproject`'s problems by number (0: none).
+_GEOMETRY_PROBLEMS: tuple[str | None, ...] = (
+    None,
+    "geometry is missing",
+    "geometry cannot be read (malformed WKB)",
+    "geometry is empty",
+    "geometry has coordinates that are not numbers (NaN or infinite)",
+    "geometry lies outside longitude [-180, 180] / latitude [-90, 90] once in "
+    "EPSG:4326: is the file's CRS right? (give source_crs)",
+)
 
 
 # -- unpacking -----------------------------------------------------------------------------------
@@ -449,11 +488,24 @@ def _kind_of(head: bytes, filename: str) -> str:
     )
 
 
+#: The parts of one layer a Shapefile export splits by geometry family (geo/exports/gdal.py).
+_FAMILY_PART = re.compile(r"^(?P<layer>.+)_(?:points|lines|polygons)$")
+
+
 def _one_of(found: list[Path], layer: str | None) -> Path:
-    """The dataset of an archive that holds several of one kind (``layer`` names it)."""
+    """The dataset of an archive that holds several of one kind (``layer`` names it).
+
+    The ``<layer>_points``/``_lines``/``_polygons`` Shapefiles of one export, side
+    by side, are read together: their folder is the dataset, each a layer of it.
+    """
     by_name = {path.stem: path for path in found}
     if layer is not None and layer in by_name:
         return by_name[layer]
+    parts = {m.group("layer") if (m := _FAMILY_PART.match(name)) else None for name in by_name}
+    folders = {path.parent for path in found}
+    one_export = len(folders) == 1 and len(parts) == 1 and None not in parts
+    if layer is None and found[0].suffix.lower() == ".shp" and one_export:
+        return found[0].parent
     listing = ", ".join(by_name)
     raise BadRequest(
         f"the zip archive holds {len(found)} {found[0].suffix} files; choose one with "
@@ -605,7 +657,7 @@ def open_source(
 def _open(
     folder: Path, path: Path, limits: Limits, layer: str | None, source_crs: str | None
 ) -> Source:
-    fmt = SUFFIXES[path.suffix.lower()]
+    fmt = "Shapefile" if path.is_dir() else SUFFIXES[path.suffix.lower()]
     options = dict(_CSV_OPTIONS) if fmt == "CSV" else {}
     try:
         listed = pyogrio.list_layers(str(path))
@@ -626,7 +678,7 @@ def _open(
         layers = [_layer(path, name, options) for name in names]
         if fmt == "KML":
             chosen = [lay for lay in layers if lay.features > 0] or layers[:1]
-        elif len(layers) == 1:
+        elif len(layers) == 1 or path.is_dir():  # one layer, or one export's Shapefiles
             chosen = layers
         else:
             described = [

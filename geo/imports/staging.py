@@ -3,9 +3,10 @@
 Features are streamed with ``COPY`` into a temporary table (one text column per
 field, the geometry as EPSG:4326), checked there with a few ``UPDATE``s that
 each set a feature's ``reason`` (the first thing wrong with it), and merged into
-the layer with one ``INSERT ... SELECT`` and one ``UPDATE ... FROM``.  Versions
-and history rows come from the layer's triggers (statement-level, with
-transition tables), exactly as for writes through the API.  Memory stays flat:
+the layer with one ``INSERT ... SELECT`` and one ``UPDATE ... FROM``.  Versions and the
+history rows of updates come from the layer's triggers, exactly as for writes
+through the API; the ``create`` rows of new features are written by the insert
+itself (:mod:`geo.imports.history`, the same content at a fraction of the cost).  Memory stays flat:
 Python only holds one batch at a time.
 
 The checks, in order: geometry type (per collection, from the registry);
@@ -26,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from geo.imports.history import insert_audited
 from geo.imports.mapping import Plan
 from geo.imports.report import MAX_LISTED, Report
 from geo.imports.sources import Batch, content_id, text_value
@@ -53,7 +55,7 @@ def _cast(prop: Property, alias: str = "s") -> str:
     if prop.kind == "number":
         return f"({column})::double precision"
     if prop.kind == "string-array":
-        return f"coalesce(regexp_split_to_array({column}, '\\s*;\\s*'), '{{}}')"
+        return f"ARRAY(SELECT jsonb_array_elements_text(({column})::jsonb))"
     return column
 
 
@@ -286,12 +288,24 @@ class Stage:
 
     def _fields(self) -> None:
         collection = self.collection
+        # every field's checks in one pass: a CASE takes them in order, the first match wins
+        cases = []
         for prop in self.properties:
-            column = f"s.{_column(prop)}"
             for condition, reason in _check(prop):
                 if not condition.endswith("IS NULL"):
-                    condition = f"{column} IS NOT NULL AND {condition}"
-                self._reject(condition, reason)
+                    condition = f"{_column(prop)} IS NOT NULL AND {condition}"
+                cases.append(f"WHEN {condition} THEN {reason}")
+        if cases:
+            self.conn.execute(
+                text(
+                    f"""
+                    UPDATE {STAGE} s SET reason = c.reason
+                    FROM (SELECT seq, CASE {" ".join(cases)} END AS reason
+                          FROM {STAGE} WHERE reason IS NULL) c
+                    WHERE c.seq = s.seq AND c.reason IS NOT NULL
+                    """
+                )
+            )
         if collection.find("settlement_id") is not None:
             self._settlements()
         self._reject(
@@ -419,16 +433,16 @@ class Stage:
                 """
             )
         )
-        inserted = self.conn.execute(
-            text(
-                f"""
-                INSERT INTO {table} ({", ".join(targets)}, source_id, import_id)
-                SELECT {", ".join(values)}, s.source_id, :import_id
-                FROM {STAGE} s WHERE s.reason IS NULL AND s.target_id IS NULL ORDER BY s.seq
-                """
-            ),
+        inserted = insert_audited(
+            self.conn,
+            table,
+            f"""
+            INSERT INTO {table} ({", ".join(targets)}, source_id, import_id)
+            SELECT {", ".join(values)}, s.source_id, :import_id
+            FROM {STAGE} s WHERE s.reason IS NULL AND s.target_id IS NULL ORDER BY s.seq
+            """,
             {"import_id": import_id},
-        ).rowcount
+        )
         assignments = ", ".join(f"{n} = {v}" for n, v in zip(targets, values, strict=True))
         updated = self.conn.execute(
             text(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -27,6 +28,7 @@ STRUCTURES = 20_000  # the demo size: every export outgrows the sockets' buffers
 DATABASE = "makazi_exports"
 AWKWARD_NUMBER = "A&B <\"7\"> 'x'"
 AWKWARD_MATERIAL = "Mabati \u2013 bati \u00f1 \u00fc \u6771"
+AWKWARD_NOTE = '<b>Tom &amp; Jerry</b>; "gate" &lt; 2 m \u2014 \u0645\u0646\u0632\u0644'
 
 
 @dataclass
@@ -59,9 +61,10 @@ def fill(url: str) -> tuple[str, str]:
         conn.execute(
             text(
                 "UPDATE structures SET structure_number = :number, wall_material = :wall, "
-                "roof_material = NULL, storeys = NULL WHERE id = :id"
+                "roof_material = NULL, storeys = NULL, review_note = :note, "
+                "position_accuracy_m = 2.25 WHERE id = :id"
             ),
-            {"number": AWKWARD_NUMBER, "wall": AWKWARD_MATERIAL, "id": first},
+            {"number": AWKWARD_NUMBER, "wall": AWKWARD_MATERIAL, "note": AWKWARD_NOTE, "id": first},
         )
         conn.execute(
             text(
@@ -116,6 +119,25 @@ def export_server(
             tile=tile,
             pid=proc.pid,
         )
+
+
+def download(
+    server: ExportServer, collection: str, fmt: str, path: Path, **params: str | int
+) -> Path:
+    """``GET /exports/{collection}?format=fmt`` (and ``params``) saved to ``path``."""
+    with httpx.stream(
+        "GET",
+        f"{server.base_url}/exports/{collection}",
+        params={"format": fmt, **params},
+        headers=server.headers,
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert "attachment" in response.headers["content-disposition"]
+        with path.open("wb") as out:
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+    return path
 
 
 def leftovers(tmpdir: Path) -> list[str]:

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 
 from geo.exports.shapefile import long_name, short_name
 from geo.layers.registry import COLLECTIONS, Collection
-from tests.exports.conftest import AWKWARD_MATERIAL, AWKWARD_NUMBER, ExportServer
+from tests.exports.conftest import AWKWARD_MATERIAL, AWKWARD_NUMBER, ExportServer, download
 
 FORMATS = ["geojson", "csv", "kml", "fgb", "gpkg", "shp"]
 # GDAL's LIBKML reader keeps a Placemark's own id, name and visibility in fields of those
@@ -80,22 +80,6 @@ def same(expected: Any, got: Any) -> bool:
     if isinstance(expected, int | float):
         return bool(float(got) == float(expected))
     return as_text(got) == as_text(expected)
-
-
-def download(server: ExportServer, collection: str, fmt: str, path: Path) -> Path:
-    with httpx.stream(
-        "GET",
-        f"{server.base_url}/exports/{collection}",
-        params={"format": fmt},
-        headers=server.headers,
-        timeout=120,
-    ) as response:
-        assert response.status_code == 200, response.read()
-        assert "attachment" in response.headers["content-disposition"]
-        with path.open("wb") as out:
-            for chunk in response.iter_bytes():
-                out.write(chunk)
-    return path
 
 
 def read_back(

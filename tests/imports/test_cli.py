@@ -73,6 +73,7 @@ def test_dry_run_then_import(database: str, tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "imported 7" in run.stdout
+    assert "7/7" in run.stderr and "features" in run.stderr  # the progress bar, on stderr
     assert _count(database, "structures") == 7
     again = makazi(
         "import", str(path), "--collection", "structures", "--mapping", str(mapping), **env

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,88 +11,27 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection, text
 
 from tests.imports.helpers import KIBERA, count_rows, make_settlement, post_import
+from tests.support.odk import FORM, households_of, shape, submission, write_export
 
 Headers = Callable[..., dict[str, str]]
-FORM = "structure_survey"
-HEADER = [
-    "SubmissionDate",
-    "structure-structure_number",
-    "structure-use",
-    "structure-wall_material",
-    "location-Latitude",
-    "location-Longitude",
-    "location-Altitude",
-    "location-Accuracy",
-    "footprint",
-    "meta-instanceID",
-    "KEY",
-    "ReviewState",
-]
-
-
-def _shape(x: float, y: float, size: float = 0.00005) -> str:
-    """A geoshape as ODK writes it: ``lat lon alt acc`` per vertex, latitude first, closed."""
-    ring = [(x, y), (x + size, y), (x + size, y + size), (x, y + size), (x, y)]
-    return ";".join(f"{lat} {lon} 1650.0 4.0" for lon, lat in ring)
 
 
 def _submissions(use_of_first: str = "residential") -> list[dict[str, Any]]:
     x, y = KIBERA
-    rows = [
-        {
-            "n": "E-001",
-            "use": use_of_first,
-            "shape": _shape(x, y),
-            "point": (x + 0.00002, y + 0.00002),
-        },
-        {"n": "E-002", "use": "business", "shape": "", "point": (x + 0.001, y)},
-        {
-            "n": "E-003",
-            "use": "residential",
-            "shape": "",
-            "point": (x + 0.002, y),
-            "review": "rejected",
-        },
-        {"n": "E-004", "use": "mixed", "shape": "", "point": None},
+    key = "uuid:0000000{}-aaaa-bbbb-cccc-000000000000".format
+    return [
+        submission(
+            key(0), "E-001", use_of_first, point=(x + 0.00002, y + 0.00002), footprint=shape(x, y)
+        ),
+        submission(key(1), "E-002", "business", point=(x + 0.001, y)),
+        submission(key(2), "E-003", "residential", point=(x + 0.002, y), review="rejected"),
+        submission(key(3), "E-004", "mixed", point=None),
     ]
-    out = []
-    for i, row in enumerate(rows):
-        key = f"uuid:0000000{i}-aaaa-bbbb-cccc-000000000000"
-        lon, lat = row["point"] if row["point"] else ("", "")
-        out.append(
-            {
-                "SubmissionDate": "2026-11-30T09:00:00.000Z",
-                "structure-structure_number": row["n"],
-                "structure-use": row["use"],
-                "structure-wall_material": "mabati",
-                "location-Latitude": lat,
-                "location-Longitude": lon,
-                "location-Altitude": "1650" if lat != "" else "",
-                "location-Accuracy": "4.5" if lat != "" else "",
-                "footprint": row["shape"],
-                "meta-instanceID": key,
-                "KEY": key,
-                "ReviewState": row.get("review", "approved"),
-            }
-        )
-    return out
 
 
 def _export(tmp_path: Path, rows: list[dict[str, Any]], name: str = "export.zip") -> Path:
-    main = io.StringIO()
-    writer = csv.DictWriter(main, fieldnames=HEADER)
-    writer.writeheader()
-    writer.writerows(rows)
-    repeat = io.StringIO()
-    households = csv.writer(repeat)
-    households.writerow(["head_name", "members", "tenure", "PARENT_KEY", "KEY"])
-    for row in rows:
-        households.writerow(["Amina", "4", "tenant", row["KEY"], row["KEY"] + "/households[1]"])
-    target = tmp_path / name
-    with zipfile.ZipFile(target, "w") as archive:
-        archive.writestr(f"{FORM}.csv", main.getvalue())
-        archive.writestr(f"{FORM}-households.csv", repeat.getvalue())
-    return target
+    households = (household for row in rows for household in households_of(row["KEY"]))
+    return write_export(tmp_path / name, rows, households)
 
 
 def test_odk_export_into_structures(
