@@ -17,7 +17,9 @@ The rule
 * A replica that fails to connect is skipped at once (the read goes to the primary)
   and stays skipped until a check finds it back.  A replica lost in the middle of a
   read marks the request's :class:`Route` as ``lost``; the web app then answers that
-  GET again from the primary (``app/replica_retry.py``).
+  GET again from the primary (:mod:`app.read_routing`: bounded answers are built
+  whole before their first byte goes out); a long stream (an export) carries on
+  from the primary after the last row it sent (:mod:`geo.exports.resume`).
 """
 
 from __future__ import annotations
@@ -62,12 +64,15 @@ class Route:
         Read from the primary whatever the replicas' state (a retry after ``lost``).
     lost
         A replica failed during one of this request's reads.
+    long_stream
+        The answer is sent as it is produced (an export), not built whole first.
     """
 
     client: str | None = None
     writes: bool = False
     primary: bool = False
     lost: bool = False
+    long_stream: bool = False
 
 
 ROUTE: ContextVar[Route | None] = ContextVar("makazi_route", default=None)
