@@ -31,6 +31,7 @@ __all__ = [
     "make_engine",
     "migrate",
     "normalise_url",
+    "replica_failure",
     "resolve_url",
     "set_statement_timeout",
 ]
@@ -302,7 +303,7 @@ class Database:
                 yield conn
                 conn.rollback()
             except DBAPIError as exc:
-                if engine is not self.engine and _replica_failure(exc):
+                if engine is not self.engine and replica_failure(exc):
                     if exc.connection_invalidated:
                         self.replicas.mark_down(engine, exc)
                     route = ROUTE.get()
@@ -332,7 +333,7 @@ class Database:
         self.replicas.stop()
 
 
-def _replica_failure(exc: DBAPIError) -> bool:
+def replica_failure(exc: DBAPIError) -> bool:
     """Whether a read that failed on a replica should be answered again by the primary.
 
     A lost connection, a server shutting down, or a query cancelled because of a

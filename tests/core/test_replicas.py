@@ -7,6 +7,7 @@ the primary, an old value from the replica.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -163,6 +164,33 @@ def test_replica_list_shows_a_running_replica_with_its_lag(pair: Pair) -> None:
     assert float(lag) < 5
     assert pair.sql("SELECT pg_is_in_recovery()", on_replica=True) is True
     assert pair.sql("SELECT count(*) FROM structures", on_replica=True) >= 300
+
+
+def test_db_status_lists_the_replicas_with_their_lag(pair: Pair) -> None:
+    def status() -> dict[str, Any]:
+        shown = makazi("db", "status", data_dir=pair.data_dir)
+        assert shown.returncode == 0, shown.stderr
+        report: dict[str, Any] = json.loads(shown.stdout)
+        return report
+
+    report = status()
+    assert report["running"] is True and report["port"] == pair.primary.port
+    (replica,) = report["replicas"]
+    assert replica["number"] == 1 and replica["port"] == pair.replica.port
+    assert replica["data_dir"] == str(pair.replica.pgdata)
+    assert replica["running"] is True and replica["streaming"] is True
+    assert replica["url"] == pair.replica.url()
+    assert replica["lag_bytes"] >= 0 and replica["lag_s"] is not None
+    pair.pause()
+    try:
+        pair.sql("INSERT INTO replayed SELECT generate_series(1, 1000)")
+        pair.sql("SELECT pg_switch_wal()")
+        wait_for(lambda: status()["replicas"][0]["lag_bytes"] > 0)
+        behind = status()["replicas"][0]
+        assert behind["streaming"] is True and behind["lag_s"] > 0
+    finally:
+        pair.resume()
+    wait_for(lambda: status()["replicas"][0]["lag_bytes"] == 0)
 
 
 def test_reads_go_to_the_replica_and_the_writer_reads_its_write(pair: Pair) -> None:
