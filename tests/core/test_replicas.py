@@ -277,6 +277,14 @@ def test_tiles_drawn_on_a_lagging_replica_are_not_cached_as_new(pair: Pair) -> N
             pair.resume()
         fresh = client.get(url)
         assert fresh.headers["etag"] != first.headers["etag"]
+        db: Database = client.app.state.db  # type: ignore[attr-defined]
+        assert db.replicas.states()[0].healthy  # drawn on the replica, once caught up
+    # the same tile drawn on the primary alone: the replica's is the new one, not a cached one
+    primary_only = Settings(database_url=pair.primary.url(), data_dir=pair.data_dir)
+    with TestClient(create_app(primary_only)) as alone:
+        truth = alone.get(url)
+    assert truth.status_code == 200
+    assert (fresh.headers["etag"], fresh.content) == (truth.headers["etag"], truth.content)
 
 
 def test_stopping_the_replica_loses_no_request(pair: Pair) -> None:
