@@ -287,7 +287,8 @@ class Database:
 
         A replica that refuses the connection is skipped and the primary answers.
         A replica lost during the read marks the request's route ``lost`` (the
-        app retries the request on the primary) and the error propagates.
+        app retries the request on the primary) and the error propagates.  A
+        server lost after the read, when its transaction is ended, fails nothing.
         """
         engine = self.read_engine()
         try:
@@ -301,7 +302,6 @@ class Database:
         with conn:
             try:
                 yield conn
-                conn.rollback()
             except DBAPIError as exc:
                 if engine is not self.engine and replica_failure(exc):
                     if exc.connection_invalidated:
@@ -310,6 +310,14 @@ class Database:
                     if route is not None:
                         route.lost = True
                 raise
+            try:
+                conn.rollback()
+            except DBAPIError as exc:
+                # the read is complete: a server lost only now costs its connection
+                if not exc.connection_invalidated:
+                    raise
+                if engine is not self.engine:
+                    self.replicas.mark_down(engine, exc)
 
     def on_primary(self, conn: Connection) -> bool:
         """Whether ``conn`` (from :meth:`read` or :meth:`begin`) is on the primary."""

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from geo.core.auth import create_token
 from geo.core.db import Database, make_engine
@@ -148,3 +148,31 @@ def test_a_streamed_export_is_whole_when_its_replica_stops_midway(pair: Pair, pl
             assert httpx.get(base + "/collections/structures/items?limit=1").status_code == 200
     finally:
         restart_replica(pair)
+
+
+def test_a_replica_lost_after_a_read_fails_nothing(pair: Pair) -> None:
+    # the rows are read; the server goes away before the read transaction ends
+    settings = Settings(database_url=pair.primary.url())
+    db = Database(
+        make_engine(pair.primary.url(), settings), [make_engine(pair.replica.url(), settings)]
+    )
+    try:
+        db.replicas.check()
+        assert db.replicas.states()[0].healthy
+        with db.read() as conn:
+            assert not db.on_primary(conn)
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            count = conn.execute(text("SELECT count(*) FROM structures")).scalar_one()
+            pair.sql(f"SELECT pg_terminate_backend({pid})", on_replica=True)
+            wait_for(
+                lambda: (
+                    pair.sql(
+                        f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}", on_replica=True
+                    )
+                    == 0
+                )
+            )
+        assert count > 0
+        assert db.replicas.states()[0].healthy is False  # skipped until the next check
+    finally:
+        db.dispose()
