@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +140,7 @@ def test_failover_app_serves_reads_and_writes_again_without_a_restart(
     assert made.psql("node1", "SELECT pg_is_in_recovery()") == "t"
     assert not broken, broken
     during = seen[before:]
+    print("answers during the switch:", Counter((kind, status) for kind, status, _ in during))
     assert {kind for kind, _, _ in during} == {"read", "write"}
     assert {status for _, status, _ in during} <= {200, 503}, during
     assert all(kind == "application/problem+json" for _, status, kind in during if status == 503)
