@@ -17,6 +17,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Generator
 
+import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -47,8 +48,8 @@ def resumable(
             if rows.progress.last_id != mark_id:
                 mark_id, mark_bytes = rows.progress.last_id, sent
         return
-    except DBAPIError as exc:
-        if db.on_primary(conn) or not replica_failure(exc):
+    except (DBAPIError, psycopg.OperationalError) as exc:
+        if db.on_primary(conn) or not _replica_lost(exc):
             raise
         db.replicas.mark_down(conn.engine, exc)
         log.warning(
@@ -69,3 +70,10 @@ def resumable(
             if chunk:
                 yield chunk
         primary.rollback()
+
+
+def _replica_lost(exc: DBAPIError | psycopg.OperationalError) -> bool:
+    """Whether the replica went away (CSV's ``COPY`` raises psycopg's own errors)."""
+    if isinstance(exc, DBAPIError):
+        return replica_failure(exc)
+    return not isinstance(exc, psycopg.errors.QueryCanceled)

@@ -65,6 +65,8 @@ def test_an_export_carries_on_from_the_primary_when_its_replica_dies(
     )
     rows = ExportRows(STRUCTURES, None, batch=100)
     try:
+        db.replicas.check()
+        assert db.replicas.states()[0].healthy
         with db.engine.connect() as conn:
             expected = b"".join(build(conn, rows))
         replica = db.replicas.engines[0]
@@ -77,7 +79,11 @@ def test_an_export_carries_on_from_the_primary_when_its_replica_dies(
             got.extend(chunks)
         assert len(got) > 5
         assert b"".join(got) == expected
-        assert db.replicas.states()[0].healthy is False  # marked down by the resume
+        if build is not csv_chunks:
+            # read a batch at a time from a server-side cursor: the replica died mid-export
+            # and the resume marked it down.  COPY may have sent every row to the socket
+            # before the stop, so for CSV only the bytes are checked.
+            assert db.replicas.states()[0].healthy is False
     finally:
         db.dispose()
         restart_replica(pair)
