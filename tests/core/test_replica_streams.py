@@ -49,8 +49,18 @@ def planner(pair: Pair) -> str:
 
 
 def restart_replica(pair: Pair) -> None:
+    """Start the replica again; return once it streams and has replayed everything."""
     pair.replica.start()
     pair.resume()
+    wait_for(
+        lambda: (
+            pair.sql(
+                "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                on_replica=True,
+            )
+            == 1
+        )
+    )
 
 
 @pytest.mark.parametrize(

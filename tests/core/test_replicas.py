@@ -183,8 +183,7 @@ def test_db_status_lists_the_replicas_with_their_lag(pair: Pair) -> None:
     assert replica["lag_bytes"] >= 0 and replica["lag_s"] is not None
     pair.pause()
     try:
-        pair.sql("INSERT INTO replayed SELECT generate_series(1, 1000)")
-        pair.sql("SELECT pg_switch_wal()")
+        pair.sql("INSERT INTO replayed VALUES (2)")  # one row: no autoanalyze commits later
         wait_for(lambda: status()["replicas"][0]["lag_bytes"] > 0)
         behind = status()["replicas"][0]
         assert behind["streaming"] is True and behind["lag_s"] > 0
