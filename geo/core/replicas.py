@@ -105,7 +105,7 @@ _LAG = text(
     """
     SELECT pg_is_in_recovery(),
            CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,
-           pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn(),
+           pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn(),
            EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),
            extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())
     """
@@ -118,7 +118,9 @@ def measure_lag(conn: Connection) -> float:
     * not in recovery (a primary, or a promoted replica): 0;
     * streaming, not paused, and everything received is replayed: 0.  The age of
       the last replayed commit is not used here: on an idle primary it grows
-      although nothing is missing;
+      although nothing is missing.  "Received" may lag behind "replayed" just
+      after the replica restarts (its receiver starts again at a segment's
+      start), which is caught up too;
     * otherwise (replay behind, paused, or not streaming): the age of the last
       replayed commit, an upper bound of what may be missing; infinite when nothing
       was ever replayed.

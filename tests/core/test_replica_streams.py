@@ -111,6 +111,24 @@ def raw_get(base: str, path: str, headers: dict[str, str]) -> socket.socket:
     return sock
 
 
+def export_read_from_the_replica(
+    pair: Pair, base: str, path: str, headers: dict[str, str]
+) -> tuple[socket.socket, bytes]:
+    """Start the export until one is read from the replica (its cursor open there): the
+    socket and the first bytes.  Until the app's first check, reads go to the primary."""
+    for _ in range(20):
+        sock = raw_get(base, path, headers)
+        first = sock.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if pair.sql(EXPORT_ON_REPLICA, on_replica=True) > 0:
+                return sock, first
+            time.sleep(0.1)
+        sock.close()
+    raise AssertionError("no export was read from the replica")
+
+
 def read_all(sock: socket.socket) -> bytes:
     data = bytearray()
     while chunk := sock.recv(65536):
@@ -148,13 +166,9 @@ def test_a_streamed_export_is_whole_when_its_replica_stops_midway(pair: Pair, pl
         ) as (base, _):
             httpx.get(base + "/collections/structures/items?limit=1")  # starts the checks
             wait_for(lambda: pair.sql(MAKAZI_ON_REPLICA, on_replica=True) > 0)
-            time.sleep(0.5)  # the first check is done: the replica takes reads
-            sock = raw_get(base, path, auth)
+            sock, first = export_read_from_the_replica(pair, base, path, auth)
             with sock:
-                first = sock.recv(4096)
-                assert first.startswith(b"HTTP/1.1 200")
                 # the export's cursor is open on the replica: it dies in mid-stream
-                wait_for(lambda: pair.sql(EXPORT_ON_REPLICA, on_replica=True) > 0)
                 pair.replica.stop(mode="immediate")
                 head, body = dechunk(first + read_all(sock))
             assert "transfer-encoding: chunked" in head.lower()
