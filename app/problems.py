@@ -106,7 +106,8 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
     return problem_for(kind(summary, slug="invalid-request", errors=errors), request)
 
 
-async def _on_database(request: Request, exc: Exception) -> Response:
+async def on_database(request: Request, exc: Exception) -> Response:
+    """The problem for a database error: 503 when the database is unreachable or slow."""
     assert isinstance(exc, DBAPIError)
     import psycopg.errors as pg
 
@@ -148,7 +149,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(MakaziError, _on_domain)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(DBAPIError, _on_database)
+    app.add_exception_handler(DBAPIError, on_database)
     app.add_exception_handler(Exception, _on_unexpected)
 
     app.add_middleware(RequestIdMiddleware)

@@ -1,23 +1,41 @@
 """Per-request read routing: a :class:`~geo.core.replicas.Route` for every request, and
-one more try on the primary for a GET whose replica went away.
+answers that are whole or not sent at all.
 
 The route starts here (whether the request writes) and the caller's token is added
 by :func:`app.deps.optional_user`; :meth:`geo.core.db.Database.read` follows it.
-When a replica is lost in the middle of a GET or HEAD and the answer has not
-started, the 503 it produced is dropped and the request runs again on the
-primary, so stopping a replica costs no request.  A response already streaming
-cannot be taken back.
+
+A GET or HEAD answer is bounded (an item page, a tile, a summary, an analysis):
+it is built whole before its first byte goes out.  So when the server it was read
+from goes away midway, nothing has been sent yet and
+
+* a replica lost during the read (the route is marked ``lost``): the request runs
+  again on the primary, and the client gets the whole answer;
+* another database failure (the primary itself going away, a failover): the client
+  gets a 503 problem (``database-unavailable``), never a cut-off 200.
+
+Long streams (exports) say so with :func:`long_stream`; they pass through as they
+are produced and recover by themselves (:mod:`geo.exports.resume`).
 """
 
 from __future__ import annotations
 
+from sqlalchemy.exc import DBAPIError
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.problems import on_database
 from geo.core.replicas import ROUTE, Route
 
-__all__ = ["ReadRouting"]
+__all__ = ["ReadRouting", "long_stream"]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def long_stream() -> None:
+    """The current request's answer is a long stream: send it as it is produced."""
+    route = ROUTE.get()
+    if route is not None:
+        route.long_stream = True
 
 
 class ReadRouting:
@@ -37,26 +55,56 @@ class ReadRouting:
             if method not in ("GET", "HEAD"):
                 await self.app(scope, receive, send)
                 return
-            dropped = await self._once(scope, receive, send, route)
-            if dropped:
-                route.primary, route.lost = True, False
-                await self.app(scope, _replay(receive), send)
+            if await self._whole(scope, receive, send, route):
+                route.primary, route.lost, route.long_stream = True, False, False
+                await self._whole(scope, _replay(receive), send, route)
         finally:
             ROUTE.reset(token)
 
-    async def _once(self, scope: Scope, receive: Receive, send: Send, route: Route) -> bool:
-        """Run the request; True when its answer was dropped for a retry on the primary."""
-        dropping = False
+    async def _whole(self, scope: Scope, receive: Receive, send: Send, route: Route) -> bool:
+        """Run the request, sending its answer only once complete (unless a long stream).
 
-        async def held(message: Message) -> None:
-            nonlocal dropping
-            if message["type"] == "http.response.start" and route.lost:
-                dropping = True
-            if not dropping:
+        True when nothing was sent and a replica was lost: run it again on the primary.
+        """
+        held: list[Message] = []
+        sending = False
+
+        async def hold(message: Message) -> None:
+            nonlocal sending
+            if sending:
                 await send(message)
+                return
+            held.append(message)
+            start = message["type"] == "http.response.start"
+            if (start and route.long_stream) or not (start or message.get("more_body", False)):
+                sending = True
+                for kept in _joined(held):
+                    await send(kept)
+                held.clear()
 
-        await self.app(scope, receive, held)
-        return dropping
+        try:
+            await self.app(scope, receive, hold)
+        except Exception as exc:
+            if sending:
+                raise
+            if route.lost and not route.primary:
+                return True
+            if not isinstance(exc, DBAPIError):
+                raise
+            response = await on_database(Request(scope), exc)
+            await response(scope, receive, send)
+            return False
+        return not sending and route.lost and not route.primary
+
+
+def _joined(messages: list[Message]) -> list[Message]:
+    """The start message and the bodies held so far as one body message."""
+    if len(messages) <= 2:
+        return messages
+    start, bodies = messages[0], messages[1:]
+    body = b"".join(m.get("body", b"") for m in bodies)
+    more = bool(bodies[-1].get("more_body", False))
+    return [start, {"type": "http.response.body", "body": body, "more_body": more}]
 
 
 def _replay(receive: Receive) -> Receive:

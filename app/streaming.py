@@ -93,8 +93,17 @@ class HeldRead:
             self.close()
 
     def stream(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """Yield ``chunks``, then close the connection whatever happens."""
+        """Yield ``chunks``, then close the connection whatever happens.
+
+        A failure while streaming goes through ``db.read()`` (so a lost replica
+        marks the request's route ``lost``) before it propagates.
+        """
         try:
             yield from chunks
+        except Exception as exc:
+            if self._open:
+                self._open = False
+                self._context.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         finally:
             self.close()

@@ -24,6 +24,19 @@ case "$what" in
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
     # the connection pooler in front of the primary (tests/core/test_pgbouncer.py)
     command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+    # pg_auto_failover for the HA recipe's test (tests/core/test_auto_failover.py), built for
+    # the PostgreSQL major the embedded cluster uses: the newest with PostGIS, else the newest
+    major=""
+    for dir in /usr/lib/postgresql/*/; do
+      n=$(basename "$dir")
+      [[ "$n" =~ ^[0-9]+$ ]] || continue
+      if [ -f "/usr/share/postgresql/$n/extension/postgis.control" ]; then postgis_major=$n; fi
+      major=$n
+    done
+    major=${postgis_major:-$major}
+    if [ -n "$major" ] && [ ! -f "/usr/share/postgresql/$major/extension/pgautofailover.control" ]; then
+      missing+=("postgresql-$major-auto-failover")
+    fi
     # pdftotext and pdftoppm read the atlas PDF back
     command -v pdftotext >/dev/null || missing+=(poppler-utils)
     # QGIS's own Python bindings, for the client tests (its OAPIF provider)

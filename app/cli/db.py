@@ -16,7 +16,7 @@ from app.cli.common import (
     start_cluster,
 )
 from geo.core.cluster import EmbeddedCluster
-from geo.core.standby import EmbeddedReplica, start_replicas, stop_replicas
+from geo.core.standby import embedded_replicas, start_replicas, stop_replicas
 
 __all__ = ["add_parsers"]
 
@@ -50,6 +50,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         print("stopped" if cluster.stop() else "not running")
     elif args.action == "status":
         status = cluster.status()
+        status["replicas"] = [replica.status() for replica in embedded_replicas(cluster)]
         print(json.dumps(status))
         return 0 if status["running"] else 3
     elif args.action == "url":
@@ -69,7 +70,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def _replica(args: argparse.Namespace, cluster: EmbeddedCluster) -> int:
     """``db replica add|list|remove N``: streaming replicas of the embedded cluster."""
-    from geo.core.standby import add_replica, embedded_replicas, remove_replica
+    from geo.core.standby import add_replica, remove_replica
 
     what = args.file
     if what == "add":
@@ -77,7 +78,7 @@ def _replica(args: argparse.Namespace, cluster: EmbeddedCluster) -> int:
         print(replica.url())
     elif what == "list":
         for replica in embedded_replicas(cluster):
-            lag = replica_lag(replica)
+            lag = replica.lag_s()
             state = "running" if replica.running() else "stopped"
             shown = "-" if lag is None else ("inf" if lag == float("inf") else f"{lag:.1f}")
             print(f"{replica.number} {replica.url()} {state} {shown}")
@@ -89,24 +90,6 @@ def _replica(args: argparse.Namespace, cluster: EmbeddedCluster) -> int:
     else:
         raise CommandError("db replica needs one of: add, list, remove N")
     return 0
-
-
-def replica_lag(replica: EmbeddedReplica) -> float | None:
-    """The running replica's lag in seconds (:func:`geo.core.replicas.measure_lag`), or None."""
-    from sqlalchemy import create_engine
-
-    from geo.core.replicas import measure_lag
-
-    if not replica.running():
-        return None
-    engine = create_engine(replica.url(), connect_args={"connect_timeout": 5})
-    try:
-        with engine.connect() as conn:
-            return measure_lag(conn)
-    except Exception:
-        return None
-    finally:
-        engine.dispose()
 
 
 def _backup(args: argparse.Namespace, settings: Any) -> int:

@@ -1,11 +1,13 @@
 """Streaming exports of a collection (planner+).
 
 Formats PostgreSQL builds stream from the request's connection, each chunk read
-in the thread pool.  GeoPackage and Shapefile are written by GDAL in a worker
-process (at most ``MAKAZI_EXPORT_WORKERS`` at once, else 503 with Retry-After)
-while this handler waits without blocking the event loop; the file is then
-streamed.  However the response ends (sent, client gone, server stopping) the
-connection goes back to the pool and the worker and its files are removed.
+in the thread pool; from a read replica that fails midway they carry on from the
+primary after the last row sent (:mod:`geo.exports.resume`).  GeoPackage and
+Shapefile are written by GDAL in a worker process (at most ``MAKAZI_EXPORT_WORKERS``
+at once, else 503 with Retry-After) while this handler waits without blocking the
+event loop; the file is then streamed.  However the response ends (sent, client
+gone, server stopping) the connection goes back to the pool and the worker and its
+files are removed.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import DbDep, PlannerUser, SettingsDep
 from app.preconditions import NO_STORE
+from app.read_routing import long_stream
 from app.streaming import ClosingStreamingResponse, HeldRead
 from geo.core.db import Database, set_statement_timeout
 from geo.core.errors import NotFound
 from geo.exports.query import ExportRows
+from geo.exports.resume import resumable
 from geo.exports.stream import (
     FORMATS,
     ExportFormat,
@@ -75,7 +79,7 @@ def _start_streaming(
             held.close()
             return None
         assert fmt.built_by_postgis is not None
-        chunks = fmt.built_by_postgis(held.conn, rows)
+        chunks = resumable(db, held.conn, rows, fmt.built_by_postgis, timeout_ms=timeout_ms)
         try:
             first = next(chunks, b"")
         except BaseException:
@@ -119,7 +123,8 @@ async def get_export(
         **NO_STORE,
     }
     timeout_ms = settings.export_timeout_ms
-    rows = ExportRows(collection, user, settlement_id)
+    long_stream()  # sent as it is produced; a lost replica is resumed from (geo.exports.resume)
+    rows = ExportRows(collection, user, settlement_id, batch=settings.export_batch_rows)
     started = await run_in_threadpool(_start_streaming, db, rows, fmt, timeout_ms)
     if started is not None:
         chunks, first, held = started

@@ -17,6 +17,7 @@ from app.bodies import JsonBody
 from app.deps import DbDep, PlannerUser, PublicReader, SettingsDep, ViewerUser
 from app.preconditions import NO_STORE, ExpectedVersion, etag
 from app.problems import validation_errors
+from app.read_routing import long_stream
 from geo.analysis.common import require_settlement
 from geo.atlas.build import build_atlas
 from geo.atlas.pdf import AtlasRequest
@@ -167,6 +168,7 @@ async def get_atlas(
     except BaseException:
         spool.close()
         raise
+    long_stream()  # a finished file: sent as read, not held whole a second time
     slug = re.sub(r"[^A-Za-z0-9]+", "-", str(settlement_id)).strip("-")
     day = (request.as_of or request.made_at).strftime("%Y-%m-%d")
     return StreamingResponse(

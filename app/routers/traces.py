@@ -20,6 +20,7 @@ from app.deps import CurrentUser, DbDep, MapperUser, PublicReader, SettingsDep
 from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
 from app.preconditions import NO_STORE, OptionalVersion, etag, expected_version
+from app.read_routing import long_stream
 from app.streaming import ClosingStreamingResponse
 from geo.core.errors import Unauthorised, UnsupportedMediaType
 from geo.core.privacy import Visibility
@@ -247,6 +248,7 @@ def get_one(request: Request, trace_id: int, user: PublicReader, db: DbDep) -> R
 )
 def download_gpx(trace_id: int, user: PublicReader, db: DbDep) -> Response:
     """The bytes as uploaded (GPX, or the gzip/zip it came in), streamed."""
+    long_stream()  # up to MAKAZI_MAX_UPLOAD_MB: sent as read, not held whole
     with db.read() as conn:
         meta = trace_file(conn, trace_id=trace_id, user=user)
 

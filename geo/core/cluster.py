@@ -532,8 +532,8 @@ class EmbeddedCluster:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
-    def stop(self, timeout: float = 60.0) -> bool:
-        """Stop the cluster with a fast shutdown.
+    def stop(self, timeout: float = 60.0, *, mode: str = "fast") -> bool:
+        """Stop the cluster (``pg_ctl stop -m mode``: a fast shutdown unless told).
 
         Returns
         -------
@@ -550,7 +550,7 @@ class EmbeddedCluster:
                 "-D",
                 str(self.pgdata),
                 "-m",
-                "fast",
+                mode,
                 "-w",
                 "-t",
                 str(int(timeout)),

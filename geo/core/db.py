@@ -13,8 +13,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from geo.core.cluster import EmbeddedCluster
@@ -31,6 +31,7 @@ __all__ = [
     "make_engine",
     "migrate",
     "normalise_url",
+    "replica_failure",
     "resolve_url",
     "set_statement_timeout",
 ]
@@ -58,13 +59,34 @@ def _migrations_dir() -> Path:
 MIGRATIONS_DIR = _migrations_dir()
 
 
+def _hosts_as_query(url: str) -> str:
+    """libpq's multi-host URL (``h1:p1,h2:p2`` in the authority) in SQLAlchemy's spelling.
+
+    pg_auto_failover (``pg_autoctl show uri``) and Patroni hand out the libpq form;
+    SQLAlchemy wants ``/db?host=h1:p1&host=h2:p2``.
+
+    >>> _hosts_as_query("postgres://u@a:1,b:2/db?target_session_attrs=read-write")
+    'postgres://u@/db?host=a:1&host=b:2&target_session_attrs=read-write'
+    """
+    scheme, found, rest = url.partition("://")
+    authority, _, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not found or "," not in hosts:
+        return url
+    database, _, query = tail.partition("?")
+    params = "&".join(f"host={host}" for host in hosts.split(",") if host)
+    return f"{scheme}://{userinfo}{at}/{database}?{params}" + (f"&{query}" if query else "")
+
+
 def normalise_url(url: str) -> str:
     """Make a ``postgres://`` or ``postgresql://`` URL use the psycopg 3 driver.
+
+    A libpq multi-host URL (``h1:p1,h2:p2``) is accepted too.
 
     >>> normalise_url("postgresql://u@h/db")
     'postgresql+psycopg://u@h/db'
     """
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    parsed = make_url(_hosts_as_query(url).replace("postgres://", "postgresql://", 1))
     if parsed.drivername in {"postgresql", "postgresql+psycopg2", "postgresql+psycopg"}:
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
@@ -131,7 +153,7 @@ def make_engine(url: str, settings: Settings, *, pool_size: int | None = None) -
     }
     if not settings.database_prepared_statements:
         connect_args["prepare_threshold"] = None
-    return create_engine(
+    engine = create_engine(
         normalise_url(url),
         pool_pre_ping=False,
         pool_size=pool_size or settings.pool_size,
@@ -139,6 +161,22 @@ def make_engine(url: str, settings: Settings, *, pool_size: int | None = None) -
         pool_timeout=10,
         connect_args=connect_args,
     )
+    event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    return engine
+
+
+def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
+    """Treat "read-only transaction" as a lost connection: the server was demoted.
+
+    After a failover a pooled connection may still reach the old primary, now a
+    standby.  Marking the error a disconnect makes SQLAlchemy drop every pooled
+    connection, that request gets a 503, and the next connections find the new
+    primary (``target_session_attrs=read-write``).
+    """
+    import psycopg.errors as pg
+
+    if isinstance(context.original_exception, pg.ReadOnlySqlTransaction):
+        context.is_disconnect = True
 
 
 def _alembic_config(url: str) -> Config:
@@ -249,7 +287,8 @@ class Database:
 
         A replica that refuses the connection is skipped and the primary answers.
         A replica lost during the read marks the request's route ``lost`` (the
-        app retries the request on the primary) and the error propagates.
+        app retries the request on the primary) and the error propagates.  A
+        server lost after the read, when its transaction is ended, fails nothing.
         """
         engine = self.read_engine()
         try:
@@ -263,15 +302,22 @@ class Database:
         with conn:
             try:
                 yield conn
-                conn.rollback()
             except DBAPIError as exc:
-                if engine is not self.engine and _replica_failure(exc):
+                if engine is not self.engine and replica_failure(exc):
                     if exc.connection_invalidated:
                         self.replicas.mark_down(engine, exc)
                     route = ROUTE.get()
                     if route is not None:
                         route.lost = True
                 raise
+            try:
+                conn.rollback()
+            except DBAPIError as exc:
+                # the read is complete: a server lost only now costs its connection
+                if not exc.connection_invalidated:
+                    raise
+                if engine is not self.engine:
+                    self.replicas.mark_down(engine, exc)
 
     def on_primary(self, conn: Connection) -> bool:
         """Whether ``conn`` (from :meth:`read` or :meth:`begin`) is on the primary."""
@@ -295,7 +341,7 @@ class Database:
         self.replicas.stop()
 
 
-def _replica_failure(exc: DBAPIError) -> bool:
+def replica_failure(exc: DBAPIError) -> bool:
     """Whether a read that failed on a replica should be answered again by the primary.
 
     A lost connection, a server shutting down, or a query cancelled because of a

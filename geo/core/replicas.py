@@ -17,7 +17,9 @@ The rule
 * A replica that fails to connect is skipped at once (the read goes to the primary)
   and stays skipped until a check finds it back.  A replica lost in the middle of a
   read marks the request's :class:`Route` as ``lost``; the web app then answers that
-  GET again from the primary (``app/replica_retry.py``).
+  GET again from the primary (:mod:`app.read_routing`: bounded answers are built
+  whole before their first byte goes out); a long stream (an export) carries on
+  from the primary after the last row it sent (:mod:`geo.exports.resume`).
 """
 
 from __future__ import annotations
@@ -62,12 +64,15 @@ class Route:
         Read from the primary whatever the replicas' state (a retry after ``lost``).
     lost
         A replica failed during one of this request's reads.
+    long_stream
+        The answer is sent as it is produced (an export), not built whole first.
     """
 
     client: str | None = None
     writes: bool = False
     primary: bool = False
     lost: bool = False
+    long_stream: bool = False
 
 
 ROUTE: ContextVar[Route | None] = ContextVar("makazi_route", default=None)
@@ -100,7 +105,7 @@ _LAG = text(
     """
     SELECT pg_is_in_recovery(),
            CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,
-           pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn(),
+           pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn(),
            EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),
            extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())
     """
@@ -113,7 +118,9 @@ def measure_lag(conn: Connection) -> float:
     * not in recovery (a primary, or a promoted replica): 0;
     * streaming, not paused, and everything received is replayed: 0.  The age of
       the last replayed commit is not used here: on an idle primary it grows
-      although nothing is missing;
+      although nothing is missing.  "Received" may lag behind "replayed" just
+      after the replica restarts (its receiver starts again at a segment's
+      start), which is caught up too;
     * otherwise (replay behind, paused, or not streaming): the age of the last
       replayed commit, an upper bound of what may be missing; infinite when nothing
       was ever replayed.

@@ -141,6 +141,8 @@ class Settings(BaseSettings):
     # exports (geo/exports): GDAL worker processes per server process; statement time
     export_workers: int = Field(default=2, ge=1, le=32)
     export_timeout_ms: int = Field(default=600_000, ge=1_000)
+    # rows read from the server-side cursor per chunk of a streamed export
+    export_batch_rows: int = Field(default=5_000, ge=1)
     atlas_timeout_s: float = Field(default=120.0, gt=0)
     atlas_max_structures: int = Field(default=10_000, ge=1)
 

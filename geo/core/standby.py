@@ -92,6 +92,63 @@ class EmbeddedReplica(EmbeddedCluster):
             conf.write("hot_standby = on\n")
         self._save_state({"port": port, "password": self.primary.password, "major": pg.major})
 
+    def lag_s(self) -> float | None:
+        """Its lag in seconds (:func:`geo.core.replicas.measure_lag`); None when not running
+        or not answering."""
+        from sqlalchemy import create_engine
+
+        from geo.core.replicas import measure_lag
+
+        if not self.running():
+            return None
+        engine = create_engine(self.url(), connect_args={"connect_timeout": 5})
+        try:
+            with engine.connect() as conn:
+                return measure_lag(conn)
+        except Exception:
+            return None
+        finally:
+            engine.dispose()
+
+    def wal_behind(self) -> tuple[int | None, bool]:
+        """(bytes of WAL the primary wrote that this replica has not replayed, streaming now).
+
+        Read on the primary from its slot and ``pg_stat_replication``; (None, False)
+        when the primary is not running or has no slot for it.
+        """
+        if not self.primary.running():
+            return None, False
+        import psycopg
+
+        with psycopg.connect(self.primary.conninfo("postgres"), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), "
+                "coalesce(r.replay_lsn, s.restart_lsn))::bigint, "
+                "coalesce(r.state = 'streaming', false) "
+                "FROM pg_replication_slots s LEFT JOIN pg_stat_replication r "
+                "ON r.pid = s.active_pid WHERE s.slot_name = %s",
+                (self.slot,),
+            ).fetchone()
+        if row is None:
+            return None, False
+        return (int(row[0]) if row[0] is not None else None), bool(row[1])
+
+    def status(self) -> dict[str, object]:
+        """The cluster's report plus its number, lag (seconds, and bytes of WAL) and
+        whether it is streaming from the primary.  ``lag_s`` is null when unknown
+        (stopped, not answering, or never replayed a commit)."""
+        report = super().status()
+        lag = self.lag_s()
+        behind, streaming = self.wal_behind()
+        report.update(
+            number=self.number,
+            url=self.url() if self.initialised else None,
+            streaming=streaming,
+            lag_s=lag if lag is not None and lag != float("inf") else None,
+            lag_bytes=behind,
+        )
+        return report
+
     def destroy(self) -> None:
         """Stop it, drop its slot on the primary and delete its files."""
         self.stop()

@@ -73,10 +73,13 @@ def geojson_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None,
         + cast(func.json_build_object(*pairs), Text)
         + "}"
     )
-    statement = rows.select([feature.label("feature")])
-    yield b'{"type":"FeatureCollection","features":['
-    separator = b""
+    statement = rows.select([feature.label("feature"), table.c.id])
+    separator = b","
+    if rows.after is None:
+        yield b'{"type":"FeatureCollection","features":['
+        separator = b""
     for batch in batches(conn, statement, rows.batch):
+        rows.progress.last_id = batch[-1][1]
         yield separator + ",".join(row[0] for row in batch).encode()
         separator = b","
     yield b"]}"
@@ -93,7 +96,8 @@ def csv_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None, Non
     ]
     statement = rows.select(columns)
     compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    copy_sql = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER)"
+    header = ", HEADER" if rows.after is None else ""
+    copy_sql = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv{header})"
     # COPY takes no server-side parameters: psycopg binds these on the client.
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -103,9 +107,19 @@ def csv_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None, Non
         for row in copy:
             pending.append(bytes(row))
             if len(pending) >= rows.batch:
+                _note_csv_row(rows, pending[-1])
                 yield b"".join(pending)
                 pending = []
+        if pending:
+            _note_csv_row(rows, pending[-1])
         yield b"".join(pending)
+
+
+def _note_csv_row(rows: ExportRows, record: bytes) -> None:
+    """Note the id of a CSV record (its first field, an unquoted integer; not the header)."""
+    first = record.split(b",", 1)[0]
+    if first.isdigit():
+        rows.progress.last_id = int(first)
 
 
 def _label(collection: Collection) -> str:
@@ -146,13 +160,15 @@ def kml_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None, Non
     """A KML document: one Folder of Placemarks, each property as ``ExtendedData/Data``."""
     collection = rows.collection
     placemark = literal_column(_placemark_sql(collection), Text)
-    statement = rows.select([placemark.label("placemark")])
+    statement = rows.select([placemark.label("placemark"), collection.table.c.id])
     title = escape(collection.title)
-    yield (
-        f'<?xml version="1.0" encoding="UTF-8"?>\n<kml xmlns="{KML_NAMESPACE}"><Document>'
-        f"<name>{title}</name><Folder><name>{escape(collection.name)}</name>\n"
-    ).encode()
+    if rows.after is None:
+        yield (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<kml xmlns="{KML_NAMESPACE}"><Document>'
+            f"<name>{title}</name><Folder><name>{escape(collection.name)}</name>\n"
+        ).encode()
     for batch in batches(conn, statement, rows.batch):
+        rows.progress.last_id = batch[-1][1]
         yield "\n".join(row[0] for row in batch).encode() + b"\n"
     yield b"</Folder></Document></kml>\n"
 
@@ -195,8 +211,10 @@ def flatgeobuf_safe(conn: Connection, rows: ExportRows) -> bool:
 def fgb_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None, None]:
     """FlatGeobuf with a spatial index from ``ST_AsFlatGeobuf``, a megabyte at a time.
 
-    Only for rows :func:`flatgeobuf_safe` accepts.
+    Only for rows :func:`flatgeobuf_safe` accepts.  One aggregate builds the whole
+    file, so it cannot resume after a row (``rows.after`` must be None).
     """
+    assert rows.after is None, "a FlatGeobuf is built whole"
     columns = [*property_values(rows.collection), rows.collection.table.c.geom]
     layer = rows.select(columns).subquery("q")
     built = (

@@ -35,6 +35,7 @@ __all__ = [
     "GEOMETRY_DIGITS",
     "ExportRows",
     "PROFILE",
+    "Progress",
     "for_export",
     "property_values",
     "settlement_condition",
@@ -95,6 +96,17 @@ def for_export(collection: Collection) -> Collection:
     )
 
 
+@dataclass
+class Progress:
+    """How far a format's stream has got: the id of the last row in the chunks yielded.
+
+    A builder sets ``last_id`` before it yields a chunk that ends with that row's
+    bytes; None while only a header has gone (or for a format that cannot resume).
+    """
+
+    last_id: int | None = None
+
+
 @dataclass(frozen=True)
 class ExportRows:
     """The rows one export takes: a collection's live rows ``user`` may see, maybe one settlement's.
@@ -103,12 +115,19 @@ class ExportRows:
     ----------
     batch
         Rows read from the server-side cursor at a time.
+    after
+        Only rows with a greater id: the rest of an export already sent up to that
+        row.  Builders then leave out what came before (header, separator).
+    progress
+        Where the builder notes the last row it has yielded.
     """
 
     collection: Collection
     user: Principal | None
     settlement_id: int | None = None
     batch: int = 5_000
+    after: int | None = None
+    progress: Progress = dataclasses.field(default_factory=Progress, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "collection", for_export(self.collection))
@@ -119,6 +138,8 @@ class ExportRows:
         statement = select(*columns).where(self.collection.visible(self.user))
         if self.settlement_id is not None:
             statement = statement.where(settlement_condition(self.collection, self.settlement_id))
+        if self.after is not None:
+            statement = statement.where(table.c.id > bindparam(None, self.after, type_=BigInteger))
         return statement.order_by(table.c.id)
 
 

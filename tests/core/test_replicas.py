@@ -7,6 +7,7 @@ the primary, an old value from the replica.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -165,6 +166,32 @@ def test_replica_list_shows_a_running_replica_with_its_lag(pair: Pair) -> None:
     assert pair.sql("SELECT count(*) FROM structures", on_replica=True) >= 300
 
 
+def test_db_status_lists_the_replicas_with_their_lag(pair: Pair) -> None:
+    def status() -> dict[str, Any]:
+        shown = makazi("db", "status", data_dir=pair.data_dir)
+        assert shown.returncode == 0, shown.stderr
+        report: dict[str, Any] = json.loads(shown.stdout)
+        return report
+
+    report = status()
+    assert report["running"] is True and report["port"] == pair.primary.port
+    (replica,) = report["replicas"]
+    assert replica["number"] == 1 and replica["port"] == pair.replica.port
+    assert replica["data_dir"] == str(pair.replica.pgdata)
+    assert replica["running"] is True and replica["streaming"] is True
+    assert replica["url"] == pair.replica.url()
+    assert replica["lag_bytes"] >= 0 and replica["lag_s"] is not None
+    pair.pause()
+    try:
+        pair.sql("INSERT INTO replayed VALUES (2)")  # one row: no autoanalyze commits later
+        wait_for(lambda: status()["replicas"][0]["lag_bytes"] > 0)
+        behind = status()["replicas"][0]
+        assert behind["streaming"] is True and behind["lag_s"] > 0
+    finally:
+        pair.resume()
+    wait_for(lambda: status()["replicas"][0]["lag_bytes"] == 0)
+
+
 def test_reads_go_to_the_replica_and_the_writer_reads_its_write(pair: Pair) -> None:
     fid = structure_id(pair)
     mapper, viewer = bearer(pair, "mapper"), bearer(pair, "viewer")
@@ -249,6 +276,14 @@ def test_tiles_drawn_on_a_lagging_replica_are_not_cached_as_new(pair: Pair) -> N
             pair.resume()
         fresh = client.get(url)
         assert fresh.headers["etag"] != first.headers["etag"]
+        db: Database = client.app.state.db  # type: ignore[attr-defined]
+        assert db.replicas.states()[0].healthy  # drawn on the replica, once caught up
+    # the same tile drawn on the primary alone: the replica's is the new one, not a cached one
+    primary_only = Settings(database_url=pair.primary.url(), data_dir=pair.data_dir)
+    with TestClient(create_app(primary_only)) as alone:
+        truth = alone.get(url)
+    assert truth.status_code == 200
+    assert (fresh.headers["etag"], fresh.content) == (truth.headers["etag"], truth.content)
 
 
 def test_stopping_the_replica_loses_no_request(pair: Pair) -> None:

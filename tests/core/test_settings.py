@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from geo.core import settings as settings_module
-from geo.core.db import normalise_url
+from geo.core.db import libpq_conninfo, normalise_url
 from geo.core.settings import Settings
 
 
@@ -53,6 +53,15 @@ def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_urls_use_psycopg3() -> None:
     assert normalise_url("postgres://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
     assert normalise_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+def test_libpq_multi_host_urls_are_accepted() -> None:
+    # as `pg_autoctl show uri` and Patroni print them
+    url = "postgres://u:p@a:5433,b:5434/db?target_session_attrs=read-write&sslmode=prefer"
+    assert libpq_conninfo(normalise_url(url)) == (
+        "user=u password=p dbname=db host=a,b port=5433,5434 "
+        "sslmode=prefer target_session_attrs=read-write"
+    )
 
 
 def test_readme_documents_every_setting() -> None:
