@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     # level 4: most of level 9's saving on GeoJSON at a fraction of its CPU
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=4)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(ReadRouting)
+    app.add_middleware(ReadRouting, max_held_bytes=int(settings.held_answer_max_mb * 2**20))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

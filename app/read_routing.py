@@ -14,7 +14,9 @@ from goes away midway, nothing has been sent yet and
   gets a 503 problem (``database-unavailable``), never a cut-off 200.
 
 Long streams (exports) say so with :func:`long_stream`; they pass through as they
-are produced and recover by themselves (:mod:`geo.exports.resume`).
+are produced and recover by themselves (:mod:`geo.exports.resume`).  Memory stays
+bounded: an answer that grows past ``max_held_bytes`` (``MAKAZI_HELD_ANSWER_MAX_MB``)
+is sent on as it comes, like a long stream, and loses the retry.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def long_stream() -> None:
 class ReadRouting:
     """ASGI middleware that gives each HTTP request its read route."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_held_bytes: int = 16 * 2**20) -> None:
         self.app = app
+        self.max_held_bytes = max_held_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,16 +70,19 @@ class ReadRouting:
         True when nothing was sent and a replica was lost: run it again on the primary.
         """
         held: list[Message] = []
+        held_bytes = 0
         sending = False
 
         async def hold(message: Message) -> None:
-            nonlocal sending
+            nonlocal sending, held_bytes
             if sending:
                 await send(message)
                 return
             held.append(message)
+            held_bytes += len(message.get("body", b""))
             start = message["type"] == "http.response.start"
-            if (start and route.long_stream) or not (start or message.get("more_body", False)):
+            last = not (start or message.get("more_body", False))
+            if (start and route.long_stream) or last or held_bytes > self.max_held_bytes:
                 sending = True
                 for kept in _joined(held):
                     await send(kept)

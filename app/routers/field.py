@@ -29,6 +29,7 @@ from app.bodies import JsonBody
 from app.deps import DbDep, MapperUser, PlannerUser, PublicReader, SettingsDep, ViewerUser
 from app.idempotent import IdempotencyKey, idempotent_write
 from app.preconditions import NO_STORE, none_match
+from app.read_routing import long_stream
 from app.routers.web import STATIC, _serve
 from geo.core.errors import NotFound
 from geo.core.idempotency import request_hash
@@ -181,6 +182,7 @@ async def package_tiles(
     headers = {"ETag": archive.etag, "Cache-Control": "no-cache"}
     if none_match(if_none_match, archive.etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    long_stream()  # a finished file on disk: nothing to retry, so not held in memory
     return FileResponse(archive.path, media_type="application/vnd.pmtiles", headers=headers)
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from app.headers import content_security_policy, script_hash
 from app.preconditions import none_match
+from app.read_routing import long_stream
 from geo.core.errors import NotFound
 
 __all__ = ["STATIC", "SWAGGER_UI", "router"]
@@ -69,6 +70,7 @@ def _serve(request: Request, path: Path, media_type: str) -> Response:
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if none_match(request.headers.get("if-none-match"), etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    long_stream()  # a file of the package: nothing to retry, so not held in memory
     return FileResponse(path, media_type=media_type, headers=headers)
 
 

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     export_timeout_ms: int = Field(default=600_000, ge=1_000)
     # rows read from the server-side cursor per chunk of a streamed export
     export_batch_rows: int = Field(default=5_000, ge=1)
+    # a GET answer is held whole (so a lost replica can be retried) up to this size; a larger
+    # one is sent on as it is produced
+    held_answer_max_mb: float = Field(default=16.0, gt=0)
     atlas_timeout_s: float = Field(default=120.0, gt=0)
     atlas_max_structures: int = Field(default=10_000, ge=1)
 
