@@ -6,6 +6,7 @@ announced by PostgreSQL at commit and every app process drops its cached tokens.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -162,3 +163,28 @@ class TestFailedAttempts:
         assert "too many failed token attempts" in stopped.json()["detail"]
         # anonymous reads are not attempts
         assert client.get("/collections").status_code == 200
+
+
+def test_tokens_are_never_logged(
+    client: TestClient, token_for: Auth, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every log record of token use, failure, creation and revocation: no token in any."""
+    admin = token_for("admin", name="log-root")
+    secret = admin["Authorization"].removeprefix("Bearer ")
+    with caplog.at_level(logging.DEBUG):
+        made = client.post("/tokens", json={"name": "log-team", "role": "mapper"}, headers=admin)
+        assert made.status_code == 201
+        new = made.json()["token"]
+        assert client.get("/traces", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+        wrong = f"{new[:-4]}zzzz"
+        assert (
+            client.get("/traces", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+        )
+        assert client.delete("/tokens/log-team", headers=admin).status_code == 204
+        assert client.get("/traces", headers={"Authorization": f"Bearer {new}"}).status_code == 401
+        # an error answer logs its request: still no token
+        client.get("/collections/structures/items?filter=nonsense((", headers=admin)
+    assert caplog.records, "nothing was logged: the check proves nothing"
+    logged = "\n".join(record.getMessage() for record in caplog.records) + caplog.text
+    for token in (secret, new, wrong):
+        assert token not in logged
