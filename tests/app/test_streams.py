@@ -9,6 +9,7 @@ gets round to the abandoned generator.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -134,3 +135,61 @@ def test_an_upload_cut_off_midway_writes_nothing(live_server: LiveServer) -> Non
         timeout=60,
     )
     assert whole.status_code == 201, whole.text
+
+
+def test_an_import_cut_off_midway_writes_nothing(live_server: LiveServer) -> None:
+    """A multipart import whose client goes away halfway leaves no import, no feature, no file."""
+    url = urlparse(live_server.base_url)
+    features = [
+        {
+            "type": "Feature",
+            "properties": {"structure_number": f"CUT-{i}"},
+            "geometry": {"type": "Point", "coordinates": [36.787, -1.313 + i * 1e-6]},
+        }
+        for i in range(20_000)
+    ]
+    data = json.dumps({"type": "FeatureCollection", "features": features}).encode()
+    boundary = "cut-off-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="collection"\r\n\r\n'
+            f'structures\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="cut.geojson"\r\nContent-Type: application/geo+json\r\n\r\n'
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    def imports() -> int:
+        engine = create_engine(live_server.database_url)
+        try:
+            with engine.connect() as conn:
+                return int(
+                    conn.execute(
+                        text(
+                            "SELECT (SELECT count(*) FROM imports) + (SELECT count(*) FROM "
+                            "import_files) + (SELECT count(*) FROM structures WHERE "
+                            "structure_number LIKE 'CUT-%')"
+                        )
+                    ).scalar_one()
+                )
+        finally:
+            engine.dispose()
+
+    before = imports()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"POST /imports HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Authorization: Bearer {live_server.tokens['mapper']}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body[: len(body) // 2]
+        )
+        time.sleep(0.5)  # the server is reading the body
+    deadline = time.monotonic() + 15
+    while busy_sessions(live_server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert busy_sessions(live_server) == 0
+    assert imports() == before
