@@ -71,6 +71,25 @@ def read_a_little_and_hang_up(server: LiveServer, path: str, token: str | None =
     return got
 
 
+def send_half_and_hang_up(server: LiveServer, path: str, content_type: str, body: bytes) -> None:
+    """POST half of ``body`` as a mapper, hang up, and wait until no session is left busy."""
+    url = urlparse(server.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Authorization: Bearer {server.tokens['mapper']}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body[: len(body) // 2]
+        )
+        time.sleep(0.5)  # the server is reading the body
+    deadline = time.monotonic() + 15
+    while busy_sessions(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert busy_sessions(server) == 0
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -94,7 +113,6 @@ def test_a_client_that_hangs_up_frees_its_connection(big_server: LiveServer, pat
 
 def test_an_upload_cut_off_midway_writes_nothing(live_server: LiveServer) -> None:
     """A phone that loses signal halfway through a GPX upload leaves no trace and no session."""
-    url = urlparse(live_server.base_url)
     points = "".join(
         f'<trkpt lat="{-1.313 + i * 1e-6:.7f}" lon="36.787"><time>2026-01-01T00:00:00Z</time>'
         "</trkpt>"
@@ -104,20 +122,7 @@ def test_an_upload_cut_off_midway_writes_nothing(live_server: LiveServer) -> Non
         '<?xml version="1.0"?><gpx version="1.1" creator="t" '
         f'xmlns="http://www.topografix.com/GPX/1/1"><trk><trkseg>{points}</trkseg></trk></gpx>'
     ).encode()
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(
-            (
-                f"POST /traces?name=cut-off-walk HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                f"Authorization: Bearer {live_server.tokens['mapper']}\r\n"
-                f"Content-Type: application/gpx+xml\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            + body[: len(body) // 2]
-        )
-        time.sleep(0.5)  # the server is reading the body
-    deadline = time.monotonic() + 15
-    while busy_sessions(live_server) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert busy_sessions(live_server) == 0
+    send_half_and_hang_up(live_server, "/traces?name=cut-off-walk", "application/gpx+xml", body)
     engine = create_engine(live_server.database_url)
     try:
         with engine.connect() as conn:
@@ -139,7 +144,6 @@ def test_an_upload_cut_off_midway_writes_nothing(live_server: LiveServer) -> Non
 
 def test_an_import_cut_off_midway_writes_nothing(live_server: LiveServer) -> None:
     """A multipart import whose client goes away halfway leaves no import, no feature, no file."""
-    url = urlparse(live_server.base_url)
     features = [
         {
             "type": "Feature",
@@ -177,19 +181,7 @@ def test_an_import_cut_off_midway_writes_nothing(live_server: LiveServer) -> Non
             engine.dispose()
 
     before = imports()
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(
-            (
-                f"POST /imports HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                f"Authorization: Bearer {live_server.tokens['mapper']}\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            + body[: len(body) // 2]
-        )
-        time.sleep(0.5)  # the server is reading the body
-    deadline = time.monotonic() + 15
-    while busy_sessions(live_server) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert busy_sessions(live_server) == 0
+    send_half_and_hang_up(
+        live_server, "/imports", f"multipart/form-data; boundary={boundary}", body
+    )
     assert imports() == before
