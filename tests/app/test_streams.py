@@ -22,6 +22,9 @@ from sqlalchemy import create_engine, text
 from geo.core.cluster import EmbeddedCluster
 from tests.support.live import LiveServer, live_server_running
 
+BIG: dict[str, int] = {}
+"""Ids in the big server: ``trace``, a public walk of 80,000 points (about 8 MB of GPX)."""
+
 BUSY = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
     "AND application_name = 'makazi' AND state IN ('idle in transaction', 'active')"
@@ -44,6 +47,23 @@ def big_server(cluster: EmbeddedCluster) -> Iterator[LiveServer]:
                 )
             )
         engine.dispose()
+        points = "".join(
+            f'<trkpt lat="{-1.31 + i * 2e-7:.7f}" lon="36.78"><time>2026-01-01T'
+            f"{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z</time></trkpt>"
+            for i in range(80_000)
+        )
+        walk = (
+            '<?xml version="1.0"?><gpx version="1.1" creator="t" '
+            f'xmlns="http://www.topografix.com/GPX/1/1"><trk><trkseg>{points}</trkseg></trk></gpx>'
+        ).encode()
+        uploaded = httpx.post(
+            f"{server.base_url}/traces?visibility=public",
+            content=walk,
+            headers={**server.headers("mapper"), "Content-Type": "application/gpx+xml"},
+            timeout=300,
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        BIG["trace"] = uploaded.json()["id"]
         yield server
 
 
@@ -95,9 +115,13 @@ def send_half_and_hang_up(server: LiveServer, path: str, content_type: str, body
     [
         "/collections/structures/items?limit=10000",
         "/analysis/access?facility_type=water_point&max_distance_m=100&f=geojson",
+        "/traces/{trace}/gpx",
+        "/traces/{trace}/geojson",
+        "/exports/structures?format=geojson",
     ],
 )
 def test_a_client_that_hangs_up_frees_its_connection(big_server: LiveServer, path: str) -> None:
+    path = path.format(**BIG)
     head = read_a_little_and_hang_up(big_server, path, big_server.tokens["planner"])
     assert head.startswith(b"HTTP/1.1 200")
     deadline = time.monotonic() + 15  # liveness bound, not a speed target
