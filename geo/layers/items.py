@@ -338,7 +338,9 @@ def feature_sql(collection: Collection, crs: Crs, *, skip_geometry: bool = False
 @cache
 def _aliased(table: Table) -> Any:
     """``table AS t``, built once per table: its column proxies cost CPU on every request."""
-    return table.alias("t")
+    alias = table.alias("t")
+    _ = alias.c  # build the proxies now, before threads share the alias
+    return alias
 
 
 def base_statement(request: ItemsRequest) -> Select[Any]:
