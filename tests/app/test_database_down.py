@@ -145,13 +145,17 @@ def _client(
             )
 
 
-def _wait_for(answers: list[Answer], enough: object, what: str) -> None:
+def _wait_for(
+    answers: list[Answer], enough: object, what: str, failures: list[BaseException]
+) -> None:
     """Wait until ``enough(answers)`` holds; fail (not hang) after a generous bound."""
     deadline = time.monotonic() + 120
     while not enough(answers):  # type: ignore[operator]
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or len(failures) == CLIENTS:
             kinds = sorted({(a.kind, a.sent, a.status) for a in answers})
-            raise AssertionError(f"never saw {what}; answers so far: {kinds}")
+            raise AssertionError(
+                f"never saw {what}; answers so far: {kinds}; clients failed: {failures!r}"
+            )
         time.sleep(0.1)
 
 
@@ -160,11 +164,11 @@ def test_database_stopped_under_load(server: LiveServer, own_cluster: EmbeddedCl
     phase = Phase()
     answers: list[Answer] = []
     numbers = itertools.count()
+    failures: list[BaseException] = []
     threads = [
         threading.Thread(target=_client, args=(server, area, phase, numbers, answers), daemon=True)
         for _ in range(CLIENTS)
     ]
-    failures: list[BaseException] = []
 
     def guarded(thread: threading.Thread) -> threading.Thread:
         run = thread.run
@@ -192,7 +196,7 @@ def test_database_stopped_under_load(server: LiveServer, own_cluster: EmbeddedCl
 
             return check
 
-        _wait_for(answers, served({"items", "tile", "write"}, "up"), "every kind served")
+        _wait_for(answers, served({"items", "tile", "write"}, "up"), "every kind served", failures)
         phase.state = "stopping"
         own_cluster.stop()
         phase.state = "down"
@@ -203,11 +207,14 @@ def test_database_stopped_under_load(server: LiveServer, own_cluster: EmbeddedCl
                 for k in ("items", "tile", "write")
             ),
             "five answers of each kind while the database was down",
+            failures,
         )
         phase.state = "starting"
         own_cluster.start()
         phase.state = "restarted"
-        _wait_for(answers, served({"items", "tile", "write"}, "restarted", 5), "served again")
+        _wait_for(
+            answers, served({"items", "tile", "write"}, "restarted", 5), "served again", failures
+        )
     finally:
         phase.stop.set()
         for thread in threads:
