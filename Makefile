@@ -99,14 +99,15 @@ test: lint pytest
 bench: postgis
 	$(BIN)/python -m bench
 
-# Load runs (Locust, loopback only, stop by themselves); MAKAZI_LOAD_USERS / _SECONDS override.
+# Load runs (Locust, loopback only, stop by themselves); MAKAZI_LOAD_USERS / _SECONDS override;
+# `make soak SOAK_MINUTES=3` for a short soak.
 loadtest: postgis
 	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
 	$(BIN)/python -m bench.loadtest
 
 soak: postgis
 	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
-	$(BIN)/python -m bench.loadtest --soak
+	$(BIN)/python -m bench.loadtest --soak $(if $(SOAK_MINUTES),--minutes $(SOAK_MINUTES))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

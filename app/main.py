@@ -32,6 +32,7 @@ from geo.core.db import Database
 from geo.core.feed import ChangeFeed
 from geo.core.settings import Settings, get_settings
 from geo.core.throttle import FailureThrottle
+from geo.core.uploads import use_spool_dir
 from geo.imports.jobs import ImportWorker
 
 __all__ = ["create_app"]
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     """
     settings = settings or get_settings()
     logging.getLogger("makazi").setLevel(settings.log_level.upper())
+    use_spool_dir(settings.spool_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from geo.core.errors import BadRequest, InvalidInput, MakaziError, Unavailable
+from geo.core.uploads import no_space, out_of_space
 
 log = logging.getLogger("makazi.http")
 
@@ -129,6 +130,9 @@ async def on_database(request: Request, exc: Exception) -> Response:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    if no_space(exc):
+        log.error("no space left on device while answering %s %s", request.method, request.url)
+        return problem_for(out_of_space(), request)
     request_id = getattr(request.state, "request_id", "-")
     log.error(
         "unhandled error in request %s %s [%s]",

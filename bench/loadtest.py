@@ -125,18 +125,16 @@ def run(
     ctx = ctx or bench_context(structures=20_000, database="makazi_load")
     env = {**os.environ, **prepare_load(ctx)}
     prefix = ctx.out / section
-    samples: list[tuple[float, float, int]] = []
+    samples: list[tuple[float, float, int, int]] = []
     with makazi_process(ctx, token_failures_per_minute="0") as (base, proc):
         stop = threading.Event()
 
         def sample() -> None:
             with psycopg.connect(ctx.conninfo, autocommit=True) as conn:
                 while not stop.is_set():
-                    row = conn.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'makazi' "
-                        "AND state = 'idle in transaction'"
-                    ).fetchone()
-                    samples.append((time.monotonic(), _rss_mb(proc.pid), int(row[0]) if row else 0))
+                    row = conn.execute(IDLE_IN_TRANSACTION).fetchone()
+                    idle, stale = (int(row[0]), int(row[1])) if row else (0, 0)
+                    samples.append((time.monotonic(), _rss_mb(proc.pid), idle, stale))
                     stop.wait(1.0)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -146,10 +144,7 @@ def run(
         sampler.join(timeout=5)
         time.sleep(2)  # the last answers are sent; nothing should be left open
         with psycopg.connect(ctx.conninfo, autocommit=True) as conn:
-            left = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'makazi' "
-                "AND state = 'idle in transaction'"
-            ).fetchone()
+            left = conn.execute(IDLE_IN_TRANSACTION).fetchone()
         idle_after = int(left[0]) if left else 0
     rows: list[list[object]] = [
         [
@@ -166,30 +161,69 @@ def run(
     ]
     rss = [s[1] for s in samples] or [0.0]
     idle = max((s[2] for s in samples), default=0)
+    stale = max((s[3] for s in samples), default=0)
     table = markdown_table(
         ["request", "count", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows
     )
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    half = samples[len(samples) // 2 :]
     return (
         f"{users} users for {seconds} s against {ctx.structures:,} demo structures, one uvicorn "
-        f"worker, loopback, Locust on the same 2-core machine.\n\n{table}\n\n"
-        f"Server memory (RSS): {rss[0]:.0f} MB at the start, {rss[-1]:.0f} MB at the end, "
-        f"{max(rss):.0f} MB at most. Sessions idle in transaction: {idle_after} after the run "
-        f"({idle} at most at a busy moment, between the statements of a request).\n"
+        f"worker, loopback, Locust on the same 2-core machine (load average at the end "
+        f"{load} over 1/5/15 min).\n\n{table}\n\n"
+        f"Server memory (RSS, sampled every second): {rss[0]:.0f} MB at the start, "
+        f"{rss[-1]:.0f} MB at the end, {max(rss):.0f} MB at most; trend "
+        f"{rss_slope(samples):+.1f} MB/hour over the run, {rss_slope(half):+.1f} MB/hour over "
+        f"its second half (after warm-up). Sessions idle in transaction: {idle_after} after "
+        f"the run, {idle} at most at one moment (between the statements of a request), "
+        f"{stale} at most idle in a transaction for more than {STALE_S} s (a leak would show "
+        "here).\n"
     )
 
 
+STALE_S = 10
+IDLE_IN_TRANSACTION = (
+    "SELECT count(*), count(*) FILTER (WHERE state_change < now() - interval "
+    f"'{STALE_S} seconds') FROM pg_stat_activity WHERE application_name = 'makazi' "
+    "AND state = 'idle in transaction'"
+)
+"""Sessions idle in a transaction now, and those idle in one for more than STALE_S."""
+
+
+def rss_slope(samples: list[tuple[float, float, int, int]]) -> float:
+    """Least-squares slope of RSS over time, in MB per hour (0 with fewer than 2 samples)."""
+    if len(samples) < 2:
+        return 0.0
+    times = [s[0] for s in samples]
+    rss = [s[1] for s in samples]
+    t_mean = sum(times) / len(times)
+    r_mean = sum(rss) / len(rss)
+    spread = sum((t - t_mean) ** 2 for t in times)
+    if spread == 0:
+        return 0.0
+    slope = sum((t - t_mean) * (r - r_mean) for t, r in zip(times, rss, strict=True)) / spread
+    return slope * 3600
+
+
 def main(argv: list[str]) -> int:
-    """``--soak``: the 30-minute run; ``--scaling``: only the scaling run; else both runs."""
+    """``--soak [--minutes N]``: the soak (30 minutes unless told); ``--scaling``: only the
+    scaling run; ``--loadtest``: only the load run; else the load and scaling runs."""
     from bench.scaling import scaling_run
 
+    minutes = 30.0
+    if "--minutes" in argv:
+        minutes = float(argv[argv.index("--minutes") + 1])
+
     def soak() -> str:
-        return run(users=20, seconds=1800, section="soak")
+        return run(users=20, seconds=int(minutes * 60), section="soak")
 
     sections: dict[str, Callable[[], str]]
     if "--soak" in argv:
         sections = {"soak": soak}
     elif "--scaling" in argv:
         sections = {"scaling": scaling_run}
+    elif "--loadtest" in argv:
+        sections = {"loadtest": run}
     else:
         sections = {"loadtest": run, "scaling": scaling_run}
     for section, make in sections.items():

@@ -238,8 +238,11 @@ def get_items(
             held.close()
             not_modified = {"ETag": tag, **_cache_headers(user)}
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=not_modified)
-        matched = count_if_cheap(held.conn, parsed) if parsed.first_page else None
         page = open_page(held.conn, parsed)
+        # a first page holding every match counts them itself; only a longer one needs a count
+        matched = (
+            count_if_cheap(held.conn, parsed) if parsed.first_page and page.overflows else None
+        )
         hint = None
         if not page.first and parsed.first_page:
             hint = empty_bbox_hint(held.conn, parsed, max_km=settings.max_km_from_settlements)
@@ -317,6 +320,14 @@ def get_items(
         ),
         **_cache_headers(user),
     }
+    if page.complete:
+        # the page is all in memory already: answer it whole and give the connection back now,
+        # rather than hop to the thread pool for every chunk of a stream
+        try:
+            content = b"".join(body())
+        finally:
+            held.close()
+        return Response(content, media_type=GEOJSON, headers=headers)
     return ClosingStreamingResponse(held.stream(body()), media_type=GEOJSON, headers=headers)
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidInput",
     "MakaziError",
     "MethodNotAllowed",
@@ -172,4 +173,14 @@ class Unavailable(MakaziError):
     slug = "unavailable"
 
     def __init__(self, detail: str, *, retry_after_s: int = 5, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)
+
+
+class InsufficientStorage(MakaziError):
+    """The server has no room left to stage the upload (disk full): retry later (507)."""
+
+    status = 507
+    slug = "insufficient-storage"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 60, **extra: Any) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)

@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     analysis_max_cells: int = Field(default=10_000, ge=1)
 
     max_upload_mb: int = Field(default=50, ge=1)
+    spool_dir: Path | None = None
     max_trace_points: int = Field(default=1_000_000, ge=1)
     max_feature_vertices: int = Field(default=100_000, ge=4)
     max_json_body_mb: int = Field(default=20, ge=1)

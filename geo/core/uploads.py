@@ -28,6 +28,8 @@ The module knows nothing about GPX or HTTP frameworks, so any importer
 from __future__ import annotations
 
 import bz2
+import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -36,6 +38,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, BinaryIO, Literal
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -54,9 +57,12 @@ __all__ = [
     "TooLarge",
     "UploadError",
     "members",
+    "no_space",
+    "out_of_space",
     "read_all",
     "spool_stream",
     "sniff",
+    "use_spool_dir",
 ]
 
 #: Bodies up to this size stay in memory; larger ones are spooled to a temp file.
@@ -100,6 +106,32 @@ class TooLarge(errors.TooLarge):
         super().__init__(message, limit_bytes=limit)
         self.limit = limit
         self.what = what
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is the disk (or the user's quota) being full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space() -> errors.InsufficientStorage:
+    """The 507 answer to a full staging area, naming the cause and the setting."""
+    return errors.InsufficientStorage(
+        "the server has no space left to stage this upload (insufficient storage in "
+        f"{tempfile.gettempdir()}); nothing was kept: retry later, or ask the operator to free "
+        "space or point MAKAZI_SPOOL_DIR at a larger disk",
+        slug="insufficient-storage",
+    )
+
+
+def use_spool_dir(folder: Path | None) -> None:
+    """Stage uploads, unpacked archives and exports' work files in ``folder``.
+
+    ``None`` keeps the system's temporary folder (``TMPDIR``).  Every temporary
+    file of the process goes there, so one setting bounds where they can fill.
+    """
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(folder)
 
 
 class BadArchive(UploadError):
@@ -148,13 +180,28 @@ class BodySpool:
         if self.size + len(chunk) > self.limit:
             self._file.close()
             raise TooLarge(self.limit)
+        try:
+            self._file.write(chunk)
+        except OSError as exc:
+            self._fail(exc)
         self.size += len(chunk)
         self._hash.update(chunk)
-        self._file.write(chunk)
+
+    def _fail(self, exc: OSError) -> None:
+        """Drop the spool after a failed write; a full disk becomes a 507."""
+        with contextlib.suppress(OSError):  # closing flushes, and may fail the same way
+            self._file.close()  # an unnamed temporary file: closing frees its space
+        if no_space(exc):
+            raise out_of_space() from exc
+        raise exc
 
     def finish(self) -> SpooledBody:
-        """The collected body, rewound."""
-        self._file.seek(0)
+        """The collected body, rewound (buffered bytes reach the disk here)."""
+        try:
+            self._file.flush()
+            self._file.seek(0)
+        except OSError as exc:
+            self._fail(exc)
         return SpooledBody(file=self._file, size=self.size, sha256=self._hash.hexdigest())
 
     def abort(self) -> None:
@@ -260,7 +307,7 @@ class MultipartFile:
             raise TooLarge(self.body_limit)
         try:
             self._parser.write(chunk)
-        except UploadError:
+        except errors.MakaziError:  # too large, or no space left to stage it
             raise
         except Exception as exc:  # python-multipart raises its own error types
             raise MultipartError(f"malformed multipart/form-data body: {exc}") from exc

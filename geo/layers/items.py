@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -23,6 +23,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    Table,
     Text,
     bindparam,
     func,
@@ -90,6 +91,8 @@ class ItemsRequest:
     offset: int = 0
     skip_geometry: bool = False
     bbox_area: ColumnElement[Any] | None = None
+    bbox_wkb: bytes | None = None
+    """The bbox as WKB when it came in EPSG:4326 (the empty page's hint needs no round trip)."""
 
     @property
     def first_page(self) -> bool:
@@ -141,6 +144,17 @@ def _bbox_area(raw: str, crs: Crs) -> ColumnElement[Any]:
     if crs.srid != 4326:
         envelope = func.ST_Transform(envelope, 4326)
     return envelope
+
+
+def _bbox_wkb(raw: str, crs: Crs) -> bytes:
+    """An EPSG:4326 bbox (already checked by :func:`_bbox_area`) as a WKB polygon."""
+    import shapely
+
+    values = _numbers(raw, "bbox")
+    x1, y1, x2, y2 = (values[0], values[1], values[3], values[4]) if len(values) == 6 else values
+    if crs.swap_axes:
+        x1, y1, x2, y2 = y1, x1, y2, x2
+    return bytes(shapely.to_wkb(shapely.box(x1, y1, x2, y2)))
 
 
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt ].*)?$")
@@ -246,7 +260,10 @@ def parse_items_request(
         raise _bad(f"f={fmt!r} is not offered for items; use f=json")
     request.skip_geometry = seen.get("skipGeometry", "false").lower() == "true"
     if "bbox" in seen:
-        request.bbox_area = _bbox_area(seen["bbox"], _crs(seen.get("bbox-crs"), "bbox-crs"))
+        bbox_crs = _crs(seen.get("bbox-crs"), "bbox-crs")
+        request.bbox_area = _bbox_area(seen["bbox"], bbox_crs)
+        if bbox_crs.srid == 4326:
+            request.bbox_wkb = _bbox_wkb(seen["bbox"], bbox_crs)
         request.where.append(func.ST_Intersects(collection.table.c.geom, request.bbox_area))
     elif "bbox-crs" in seen:
         raise _bad("bbox-crs given without bbox")
@@ -318,9 +335,17 @@ def feature_sql(collection: Collection, crs: Crs, *, skip_geometry: bool = False
     )
 
 
+@cache
+def _aliased(table: Table) -> Any:
+    """``table AS t``, built once per table: its column proxies cost CPU on every request."""
+    alias = table.alias("t")
+    _ = alias.c  # build the proxies now, before threads share the alias
+    return alias
+
+
 def base_statement(request: ItemsRequest) -> Select[Any]:
     """``SELECT id, feature`` over the rows the request may see, unordered and unpaged."""
-    table = request.collection.table.alias("t")
+    table = _aliased(request.collection.table)
     feature = literal_column(
         feature_sql(request.collection, request.crs, skip_geometry=request.skip_geometry), Text
     )
@@ -370,10 +395,17 @@ class Page:
     rows: Any
     first: list[tuple[int, str]]
     reverse_paged: bool
+    complete: bool = False
+    """Whether ``first`` holds every row of the query (fewer than were asked for came)."""
     returned: int = 0
     first_id: int | None = None
     last_id: int | None = None
     more: bool = False
+
+    @property
+    def overflows(self) -> bool:
+        """Whether the query may match more rows than this page shows."""
+        return not self.complete or len(self.first) > self.limit
 
     def chunks(self, size: int = 5000) -> Iterator[str]:
         """Feature texts joined by commas, a chunk at a time."""
@@ -412,7 +444,11 @@ def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 1000) 
     result = conn.execute(statement)
     first = [(int(row[0]), str(row[1])) for row in result.fetchmany(prefetch)]
     return Page(
-        limit=request.limit, rows=result, first=first, reverse_paged=request.before is not None
+        limit=request.limit,
+        rows=result,
+        first=first,
+        reverse_paged=request.before is not None,
+        complete=len(first) < prefetch,
     )
 
 
@@ -420,8 +456,10 @@ def empty_bbox_hint(conn: Connection, request: ItemsRequest, *, max_km: float) -
     """Why an empty page's bbox may have found nothing (swapped axes), or None."""
     if request.bbox_area is None:
         return None
-    wkb = conn.execute(select(func.ST_AsEWKB(request.bbox_area))).scalar_one()
-    return swap_hint(conn, bytes(wkb), what="bbox", max_km=max_km)
+    wkb = request.bbox_wkb
+    if wkb is None:
+        wkb = bytes(conn.execute(select(func.ST_AsEWKB(request.bbox_area))).scalar_one())
+    return swap_hint(conn, wkb, what="bbox", max_km=max_km)
 
 
 def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg.errors
 from sqlalchemy import Connection, bindparam, func, insert, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from geo.core.crs import Crs
 from geo.core.errors import (
@@ -311,6 +311,8 @@ def _prepare_geometry(
                 },
             ).one()
     except DBAPIError as exc:
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            raise  # the database went away or timed out: a 503, not the client's geometry
         message = str(exc.orig).splitlines()[0] if exc.orig else "unreadable geometry"
         raise InvalidInput(f"geometry cannot be read: {message}", field="geometry") from exc
     if not row.valid and not repair:

@@ -6,7 +6,10 @@ import base64
 import hashlib
 import re
 
+import pytest
 from fastapi.testclient import TestClient
+
+from geo.core.settings import Settings
 
 
 def test_pages_carry_a_policy_and_refuse_framing(client: TestClient) -> None:
@@ -35,3 +38,46 @@ def test_api_answers_are_not_sniffed(client: TestClient) -> None:
         response = client.get(path)
         assert response.headers["x-content-type-options"] == "nosniff", path
         assert "content-security-policy" not in response.headers, path
+
+
+def test_cors_is_off_by_default(client: TestClient) -> None:
+    origin = {"Origin": "https://elsewhere.example"}
+    plain = client.get("/collections", headers=origin)
+    assert "access-control-allow-origin" not in plain.headers
+    preflight = client.options(
+        "/collections/structures/items",
+        headers={**origin, "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+class TestCorsAllowList:
+    @pytest.fixture
+    def app_settings(self, settings: Settings) -> Settings:
+        return settings.model_copy(update={"cors_origins": ["https://atlas.example"]})
+
+    def test_only_listed_origins_are_allowed(self, client: TestClient) -> None:
+        allowed = client.get("/collections", headers={"Origin": "https://atlas.example"})
+        assert allowed.headers["access-control-allow-origin"] == "https://atlas.example"
+        assert "ETag" in allowed.headers["access-control-expose-headers"]
+        other = client.get("/collections", headers={"Origin": "https://elsewhere.example"})
+        assert "access-control-allow-origin" not in other.headers
+        preflight = client.options(
+            "/collections/structures/items",
+            headers={
+                "Origin": "https://atlas.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "Authorization, If-Match",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://atlas.example"
+        refused = client.options(
+            "/collections/structures/items",
+            headers={
+                "Origin": "https://elsewhere.example",
+                "Access-Control-Request-Method": "POST",
+            },
+        )
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers

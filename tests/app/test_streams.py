@@ -9,6 +9,7 @@ gets round to the abandoned generator.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from sqlalchemy import create_engine, text
 
 from geo.core.cluster import EmbeddedCluster
 from tests.support.live import LiveServer, live_server_running
+
+BIG: dict[str, int] = {}
+"""Ids in the big server: ``trace``, a public walk of 80,000 points (about 8 MB of GPX)."""
 
 BUSY = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -43,6 +47,23 @@ def big_server(cluster: EmbeddedCluster) -> Iterator[LiveServer]:
                 )
             )
         engine.dispose()
+        points = "".join(
+            f'<trkpt lat="{-1.31 + i * 2e-7:.7f}" lon="36.78"><time>2026-01-01T'
+            f"{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z</time></trkpt>"
+            for i in range(80_000)
+        )
+        walk = (
+            '<?xml version="1.0"?><gpx version="1.1" creator="t" '
+            f'xmlns="http://www.topografix.com/GPX/1/1"><trk><trkseg>{points}</trkseg></trk></gpx>'
+        ).encode()
+        uploaded = httpx.post(
+            f"{server.base_url}/traces?visibility=public",
+            content=walk,
+            headers={**server.headers("mapper"), "Content-Type": "application/gpx+xml"},
+            timeout=300,
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        BIG["trace"] = uploaded.json()["id"]
         yield server
 
 
@@ -70,14 +91,37 @@ def read_a_little_and_hang_up(server: LiveServer, path: str, token: str | None =
     return got
 
 
+def send_half_and_hang_up(server: LiveServer, path: str, content_type: str, body: bytes) -> None:
+    """POST half of ``body`` as a mapper, hang up, and wait until no session is left busy."""
+    url = urlparse(server.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Authorization: Bearer {server.tokens['mapper']}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body[: len(body) // 2]
+        )
+        time.sleep(0.5)  # the server is reading the body
+    deadline = time.monotonic() + 15
+    while busy_sessions(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert busy_sessions(server) == 0
+
+
 @pytest.mark.parametrize(
     "path",
     [
         "/collections/structures/items?limit=10000",
         "/analysis/access?facility_type=water_point&max_distance_m=100&f=geojson",
+        "/traces/{trace}/gpx",
+        "/traces/{trace}/geojson",
+        "/exports/structures?format=geojson",
     ],
 )
 def test_a_client_that_hangs_up_frees_its_connection(big_server: LiveServer, path: str) -> None:
+    path = path.format(**BIG)
     head = read_a_little_and_hang_up(big_server, path, big_server.tokens["planner"])
     assert head.startswith(b"HTTP/1.1 200")
     deadline = time.monotonic() + 15  # liveness bound, not a speed target
@@ -93,7 +137,6 @@ def test_a_client_that_hangs_up_frees_its_connection(big_server: LiveServer, pat
 
 def test_an_upload_cut_off_midway_writes_nothing(live_server: LiveServer) -> None:
     """A phone that loses signal halfway through a GPX upload leaves no trace and no session."""
-    url = urlparse(live_server.base_url)
     points = "".join(
         f'<trkpt lat="{-1.313 + i * 1e-6:.7f}" lon="36.787"><time>2026-01-01T00:00:00Z</time>'
         "</trkpt>"
@@ -103,20 +146,7 @@ def test_an_upload_cut_off_midway_writes_nothing(live_server: LiveServer) -> Non
         '<?xml version="1.0"?><gpx version="1.1" creator="t" '
         f'xmlns="http://www.topografix.com/GPX/1/1"><trk><trkseg>{points}</trkseg></trk></gpx>'
     ).encode()
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(
-            (
-                f"POST /traces?name=cut-off-walk HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                f"Authorization: Bearer {live_server.tokens['mapper']}\r\n"
-                f"Content-Type: application/gpx+xml\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            + body[: len(body) // 2]
-        )
-        time.sleep(0.5)  # the server is reading the body
-    deadline = time.monotonic() + 15
-    while busy_sessions(live_server) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert busy_sessions(live_server) == 0
+    send_half_and_hang_up(live_server, "/traces?name=cut-off-walk", "application/gpx+xml", body)
     engine = create_engine(live_server.database_url)
     try:
         with engine.connect() as conn:
@@ -134,3 +164,48 @@ def test_an_upload_cut_off_midway_writes_nothing(live_server: LiveServer) -> Non
         timeout=60,
     )
     assert whole.status_code == 201, whole.text
+
+
+def test_an_import_cut_off_midway_writes_nothing(live_server: LiveServer) -> None:
+    """A multipart import whose client goes away halfway leaves no import, no feature, no file."""
+    features = [
+        {
+            "type": "Feature",
+            "properties": {"structure_number": f"CUT-{i}"},
+            "geometry": {"type": "Point", "coordinates": [36.787, -1.313 + i * 1e-6]},
+        }
+        for i in range(20_000)
+    ]
+    data = json.dumps({"type": "FeatureCollection", "features": features}).encode()
+    boundary = "cut-off-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="collection"\r\n\r\n'
+            f'structures\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="cut.geojson"\r\nContent-Type: application/geo+json\r\n\r\n'
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    def imports() -> int:
+        engine = create_engine(live_server.database_url)
+        try:
+            with engine.connect() as conn:
+                return int(
+                    conn.execute(
+                        text(
+                            "SELECT (SELECT count(*) FROM imports) + (SELECT count(*) FROM "
+                            "import_files) + (SELECT count(*) FROM structures WHERE "
+                            "structure_number LIKE 'CUT-%')"
+                        )
+                    ).scalar_one()
+                )
+        finally:
+            engine.dispose()
+
+    before = imports()
+    send_half_and_hang_up(
+        live_server, "/imports", f"multipart/form-data; boundary={boundary}", body
+    )
+    assert imports() == before

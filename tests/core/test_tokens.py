@@ -6,14 +6,18 @@ announced by PostgreSQL at commit and every app process drops its cached tokens.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection
 
+from app.deps import CurrentUser
 from geo.core.auth import create_token, list_tokens, principal_for, revoke_token
 from geo.core.errors import Conflict, InvalidInput, NotFound
 from geo.core.settings import Settings
@@ -162,3 +166,54 @@ class TestFailedAttempts:
         assert "too many failed token attempts" in stopped.json()["detail"]
         # anonymous reads are not attempts
         assert client.get("/collections").status_code == 200
+
+
+def test_tokens_are_never_logged(
+    client: TestClient, token_for: Auth, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every log record of token use, failure, creation and revocation: no token in any."""
+    router = APIRouter()
+
+    @router.get("/boom-after-auth")
+    def boom(user: CurrentUser) -> None:
+        raise RuntimeError(f"failed for {user.name if user else None}")
+
+    app: Any = client.app
+    app.include_router(router)
+    admin = token_for("admin", name="log-root")
+    secret = admin["Authorization"].removeprefix("Bearer ")
+    # other tests may have configured the makazi loggers not to propagate: listen on them directly
+    makazi_log = logging.getLogger("makazi")
+    makazi_log.addHandler(caplog.handler)
+    level = makazi_log.level
+    makazi_log.setLevel(logging.DEBUG)
+    try:
+        used = _use_tokens(client, admin, caplog)
+    finally:
+        makazi_log.removeHandler(caplog.handler)
+        makazi_log.setLevel(level)
+    logged = "\n".join(record.getMessage() for record in caplog.records) + caplog.text
+    assert any(r.name == "makazi.http" and r.exc_info for r in caplog.records), caplog.records
+    for token in (secret, *used):
+        assert token not in logged
+
+
+def _use_tokens(
+    client: TestClient, admin: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> list[str]:
+    """Create, use, mistype and revoke a token; the tokens used."""
+    with caplog.at_level(logging.DEBUG):
+        made = client.post("/tokens", json={"name": "log-team", "role": "mapper"}, headers=admin)
+        assert made.status_code == 201
+        new = made.json()["token"]
+        assert client.get("/traces", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+        wrong = f"{new[:-4]}zzzz"
+        assert (
+            client.get("/traces", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+        )
+        assert client.delete("/tokens/log-team", headers=admin).status_code == 204
+        assert client.get("/traces", headers={"Authorization": f"Bearer {new}"}).status_code == 401
+        # an unexpected error after the token was read is logged with its traceback
+        boomed = client.get("/boom-after-auth", headers=admin)
+        assert boomed.status_code == 500, boomed.text
+    return [new, wrong]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, text
 
+from tests.support.live import LiveServer
 from tests.traces.test_traces import upload, walk
 
 Auth = Callable[..., dict[str, str]]
@@ -92,3 +93,44 @@ def test_admin_purges_a_soft_deleted_trace(
         client.delete(f"/traces/{trace_id}?purge=true", headers=token_for("admin")).status_code
         == 404
     )
+
+
+def _trace_layer(base: str, headers: dict[str, str]) -> int:
+    """Features in the traces layer of the z16 tile around the walk of :func:`walk`."""
+    import math
+
+    import httpx
+    import mapbox_vector_tile
+
+    lat, lon, z = -1.3129, 36.7880, 16
+    x = int((lon + 180.0) / 360.0 * (1 << z))
+    y = int((1.0 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2.0 * (1 << z))
+    response = httpx.get(f"{base}/tiles/{z}/{x}/{y}.mvt", headers=headers, timeout=60)
+    assert response.status_code in (200, 204), response.text
+    if response.status_code == 204:
+        return 0
+    layers = mapbox_vector_tile.decode(response.content)
+    return len(layers.get("traces", {}).get("features", []))
+
+
+def test_a_purged_trace_leaves_the_tiles(live_server: LiveServer) -> None:
+    """Committed on a real server: the purge moves the traces layer's tile counter."""
+    import httpx
+
+    owner = live_server.headers("mapper")
+    created = httpx.post(
+        f"{live_server.base_url}/traces?visibility=public&name=tile%20walk",
+        content=walk(30),
+        headers={**owner, "Content-Type": "application/gpx+xml"},
+        timeout=60,
+    )
+    assert created.status_code == 201, created.text
+    drawn = _trace_layer(live_server.base_url, owner)
+    assert drawn >= 1
+    purged = httpx.delete(
+        f"{live_server.base_url}/traces/{created.json()['id']}?purge=true",
+        headers=owner,
+        timeout=60,
+    )
+    assert purged.status_code == 204
+    assert _trace_layer(live_server.base_url, owner) == drawn - 1

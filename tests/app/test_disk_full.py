@@ -1,0 +1,158 @@
+"""A full disk during an upload or import: a clean 507, nothing written, the spool emptied.
+
+The server's staging area (``MAKAZI_SPOOL_DIR``: spooled bodies past 4 MB,
+unpacked archives) is a 2 MB tmpfs. An import or trace larger than that is
+refused with ``507 insufficient-storage`` problem+json naming the cause; no
+import, structure or trace row is left behind, the tmpfs is empty again, and
+the same server then imports a small file as usual.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from geo.core.cluster import EmbeddedCluster
+from tests.support.live import LiveServer, live_server_running
+
+STAGING_MB = 2
+
+
+@pytest.fixture(scope="module")
+def staging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A 2 MB tmpfs, mounted for this module (tests run as root here)."""
+    folder = tmp_path_factory.mktemp("staging")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={STAGING_MB}m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture(scope="module")
+def small_disk_server(cluster: EmbeddedCluster, staging: Path) -> Iterator[LiveServer]:
+    with live_server_running(
+        cluster, structures=50, database="makazi_disk_full", spool_dir=str(staging)
+    ) as server:
+        yield server
+
+
+def _features(n: int, pad: int) -> bytes:
+    """A GeoJSON FeatureCollection of ``n`` small squares in Kibera, ``pad`` bytes of notes each."""
+    features = [
+        {
+            "type": "Feature",
+            "properties": {"structure_number": f"DF-{i:05d}", "notes": "x" * pad},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [
+                    [
+                        [36.78 + i * 1e-5, -1.315],
+                        [36.78 + i * 1e-5 + 5e-6, -1.315],
+                        [36.78 + i * 1e-5 + 5e-6, -1.315 + 5e-6],
+                        [36.78 + i * 1e-5, -1.315],
+                    ]
+                ],
+            },
+        }
+        for i in range(n)
+    ]
+    return json.dumps({"type": "FeatureCollection", "features": features}).encode()
+
+
+def _zipped(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _counts(server: LiveServer) -> dict[str, int]:
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            return {
+                table: int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+                for table in ("imports", "import_files", "structures", "traces", "trace_files")
+            }
+    finally:
+        engine.dispose()
+
+
+def _used_bytes(folder: Path) -> int:
+    stat = os.statvfs(folder)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def _import(server: LiveServer, name: str, data: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/imports",
+        files={"file": (name, data, "application/octet-stream")},
+        data={"collection": "structures"},
+        headers=server.headers("mapper"),
+        timeout=60,
+    )
+
+
+def _assert_insufficient_storage(response: httpx.Response) -> None:
+    assert response.status_code == 507, response.text[:500]
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["type"] == "/problems/insufficient-storage"
+    assert "no space left" in problem["detail"] and "insufficient storage" in problem["detail"]
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("what", "send"),
+    [
+        # 8 MB as sent: the spool passes its 4 MB in memory and rolls over to the full disk
+        ("import body", lambda s: _import(s, "big.geojson", _features(4000, 1900))),
+        # 100 kB as sent, 8 MB once unpacked into the staging folder
+        (
+            "import archive",
+            lambda s: _import(s, "big.zip", _zipped("big.geojson", _features(4000, 1900))),
+        ),
+        (
+            "trace body",
+            lambda s: httpx.post(
+                f"{s.base_url}/traces",
+                content=b"<?xml version='1.0'?><gpx version='1.1'>" + b" " * (8 << 20) + b"</gpx>",
+                headers={**s.headers("mapper"), "Content-Type": "application/gpx+xml"},
+                timeout=60,
+            ),
+        ),
+    ],
+)
+def test_a_full_staging_area_is_a_clean_507(
+    small_disk_server: LiveServer, staging: Path, what: str, send: object
+) -> None:
+    before = _counts(small_disk_server)
+    assert callable(send)
+    _assert_insufficient_storage(send(small_disk_server))
+    assert _counts(small_disk_server) == before, what
+    assert list(staging.iterdir()) == [], what
+    assert _used_bytes(staging) < 64 * 1024, what  # the unnamed spool file is gone too
+    # the server carries on: a small import goes through
+    small = _import(small_disk_server, "small.geojson", _features(3, 10))
+    assert small.status_code == 201, small.text[:500]
+    assert _counts(small_disk_server)["structures"] == before["structures"] + 3
+    engine = create_engine(small_disk_server.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM structures WHERE structure_number LIKE 'DF-%'"))
+    engine.dispose()
