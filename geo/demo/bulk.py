@@ -280,6 +280,28 @@ def _copy(conn: Connection, statement: str, data: bytes) -> None:
             copy.write(view[start : start + (8 << 20)])
 
 
+_BULK_TABLES = ["structures", "households", "facilities"]
+
+
+def _drop_indexes(conn: Connection) -> list[str]:
+    """Drop the bulk tables' indexes that back no constraint; return their definitions.
+
+    Building an index once over the loaded rows is several times faster than
+    growing it row by row (the GiST index above all).
+    """
+    rows = conn.execute(
+        text(
+            "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "WHERE i.indrelid = ANY(CAST(:tables AS regclass[])) AND NOT EXISTS "
+            "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)"
+        ),
+        {"tables": _BULK_TABLES},
+    ).all()
+    for name, _definition in rows:
+        conn.execute(text(f"DROP INDEX {name}"))  # a name from the catalog
+    return [str(definition) for _name, definition in rows]
+
+
 def load_bulk(
     conn: Connection, structures: int, seed: int = 7, *, progress: bool = False
 ) -> dict[str, int]:
@@ -288,7 +310,8 @@ def load_bulk(
     History is off for this transaction (as :func:`geo.demo.loader.load` with
     ``audited=False``); the household-count trigger is switched off while the
     households are copied and switched on again (the counts are written with
-    the structures).  Memory stays at one settlement's arrays.
+    the structures).  Into empty tables, the indexes are dropped first and built
+    once at the end (in the same transaction).  Memory stays at one settlement's arrays.
 
     Returns
     -------
@@ -301,6 +324,8 @@ def load_bulk(
     next_id = _reserve_structure_ids(conn, structures)
     totals = {"settlements": 0, "structures": 0, "households": 0, "facilities": 0}
     conn.execute(text("ALTER TABLE households DISABLE TRIGGER households_count_insert"))
+    empty = not conn.execute(text("SELECT EXISTS (SELECT 1 FROM structures)")).scalar()
+    indexes = _drop_indexes(conn) if empty else []
     for batch in batches(structures, seed):
         settlement_id = conn.execute(
             text(
@@ -363,5 +388,8 @@ def load_bulk(
         if progress:
             print(f"  {batch.place.name}: {n:,} structures", flush=True)
     conn.execute(text("ALTER TABLE households ENABLE TRIGGER households_count_insert"))
+    conn.execute(text("SELECT set_config('maintenance_work_mem', '512MB', true)"))
+    for definition in indexes:
+        conn.execute(text(definition))
     conn.execute(text("ANALYZE settlements, structures, households, facilities"))
     return totals

@@ -54,8 +54,21 @@ def test_more_settlements_as_the_count_grows_and_none_collide() -> None:
     assert gaps[~np.eye(len(centres), dtype=bool)].min() * 111_000 > 2 * 2_200
 
 
+def _indexes(connection: Connection) -> set[str]:
+    return set(
+        connection.execute(
+            text(
+                "SELECT indexdef FROM pg_indexes "
+                "WHERE tablename IN ('structures', 'households', 'facilities')"
+            )
+        ).scalars()
+    )
+
+
 def test_load_bulk_writes_consistent_rows(connection: Connection) -> None:
+    indexes = _indexes(connection)
     counts = load_bulk(connection, 2500, seed=3)
+    assert _indexes(connection) == indexes  # dropped for the load, built again
     assert counts["structures"] == 2500
     db = connection.execute(
         text(
