@@ -125,29 +125,23 @@ def measure(ctx: BenchContext) -> dict[str, tuple[float, float]]:
         makazi_server(ctx, tile_cache_mb="0", analysis_timeout_ms="3600000") as base,
         httpx.Client(timeout=3600) as client,
     ):
-        page = partial(_http, client, base + items, {"limit": 1000, "after": after})
-        out["page 50 (keyset, 1,000 items)"] = (
-            median_time(page, repeat=15, warmup=3),
-            raw_feature_time(
-                ctx.conninfo,
-                "t.id > %(after)s",
-                "ORDER BY t.id LIMIT 1000",
-                {"after": after},
-                repeat=15,
-            ),
+
+        def page(
+            params: dict[str, Any], where: str, sql_params: dict[str, Any]
+        ) -> tuple[float, float]:
+            ours = median_time(partial(_http, client, base + items, params), repeat=15, warmup=3)
+            raw = raw_feature_time(
+                ctx.conninfo, where, "ORDER BY t.id LIMIT 1000", sql_params, repeat=15
+            )
+            return ours, raw
+
+        out["page 50 (keyset, 1,000 items)"] = page(
+            {"limit": 1000, "after": after}, "t.id > %(after)s", {"after": after}
         )
-        cql_page = partial(
-            _http, client, base + items, {"filter": cql, "filter-lang": "cql2-text", "limit": 1000}
-        )
-        out["CQL2 page (1,000 items)"] = (
-            median_time(cql_page, repeat=15, warmup=3),
-            raw_feature_time(
-                ctx.conninfo,
-                "t.use = 'school' AND t.storeys >= 2",
-                "ORDER BY t.id LIMIT 1000",
-                {},
-                repeat=15,
-            ),
+        out["CQL2 page (1,000 items)"] = page(
+            {"filter": cql, "filter-lang": "cql2-text", "limit": 1000},
+            "t.use = 'school' AND t.storeys >= 2",
+            {},
         )
         z, x, y = tile
         sql = _Sql(ctx.conninfo)

@@ -46,7 +46,7 @@ from geo.demo.generator import (
     _WALL_P,
     _WALLS,
     CELL_AREA_M2,
-    _cells,
+    _enough_cells,
     _facilities,
     _footprints,
     _outline,
@@ -204,14 +204,9 @@ def batches(structures: int, seed: int = 7) -> Iterator[SettlementBatch]:
         if place.code == "MR":  # its claim overlaps Mukuru kwa Njenga's eastern edge
             exclude, offset = previous, pair_offset
             outline = shapely.affinity.translate(outline, *offset)
-        while True:
-            x, y, block, _col = _cells(rng, outline, angle, exclude)
-            if len(x) >= wanted:
-                break
-            outline = shapely.affinity.scale(outline, 1.12, 1.12, origin=(offset[0], offset[1]))
+        outline, x, y, block = _enough_cells(rng, outline, angle, exclude, wanted, offset)
         chosen = np.sort(rng.choice(len(x), size=wanted, replace=False))
         x, y, block = x[chosen], y[chosen], block[chosen]
-        del _col
         rings = _to_wgs84(to_utm, to_wgs, place.centre, _footprints(rng, x, y, angle))
         _, zone = np.unique(block, return_inverse=True)
         boundary_ring = _to_wgs84(to_utm, to_wgs, place.centre, np.asarray(outline.exterior.coords))
