@@ -18,7 +18,6 @@ from app.deps import DbDep, MapperUser, PublicReader, SettingsDep, ViewerUser
 from app.idempotent import IdempotencyKey, idempotent_write
 from app.links import href
 from app.preconditions import ExpectedVersion, etag, none_match
-from app.streaming import ClosingStreamingResponse, HeldRead
 from geo.core.auth import Principal
 from geo.core.crs import CRS84, SUPPORTED, UnknownCrs, parse_crs
 from geo.core.errors import BadRequest, MethodNotAllowed, NotFound
@@ -232,20 +231,6 @@ def get_items(
         default_limit=settings.items_default_limit,
         max_limit=settings.items_max_limit,
     )
-    with HeldRead(db) as held:
-        tag = start_page(held.conn, collection, str(request.url.query), user)
-        if none_match(if_none_match, tag):
-            held.close()
-            not_modified = {"ETag": tag, **_cache_headers(user)}
-            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=not_modified)
-        page = open_page(held.conn, parsed)
-        # a first page holding every match counts them itself; only a longer one needs a count
-        matched = (
-            count_if_cheap(held.conn, parsed) if parsed.first_page and page.overflows else None
-        )
-        hint = None
-        if not page.first and parsed.first_page:
-            hint = empty_bbox_hint(held.conn, parsed, max_km=settings.max_km_from_settlements)
     url = request.url
 
     def body() -> Iterator[bytes]:
@@ -308,6 +293,22 @@ def get_items(
         finally:
             page.close()
 
+    # A page is bounded (MAKAZI_ITEMS_MAX_LIMIT rows) and read with a client-side cursor,
+    # so its rows are in memory once the query returns: the body is assembled here, in this
+    # worker thread, and sent as one response (no thread hop per streamed chunk).
+    with db.read() as conn:
+        tag = start_page(conn, collection, str(request.url.query), user)
+        if none_match(if_none_match, tag):
+            not_modified = {"ETag": tag, **_cache_headers(user)}
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=not_modified)
+        page = open_page(conn, parsed)
+        # a first page holding every match counts them itself; only a longer one needs a count
+        matched = count_if_cheap(conn, parsed) if parsed.first_page and page.overflows else None
+        hint = None
+        if not page.first and parsed.first_page:
+            hint = empty_bbox_hint(conn, parsed, max_km=settings.max_km_from_settlements)
+        content = b"".join(body())
+
     self_link = str(url).replace(",", "%2C")
     headers = {
         "Content-Crs": f"<{parsed.crs.uri}>",
@@ -320,15 +321,7 @@ def get_items(
         ),
         **_cache_headers(user),
     }
-    if page.complete:
-        # the page is all in memory already: answer it whole and give the connection back now,
-        # rather than hop to the thread pool for every chunk of a stream
-        try:
-            content = b"".join(body())
-        finally:
-            held.close()
-        return Response(content, media_type=GEOJSON, headers=headers)
-    return ClosingStreamingResponse(held.stream(body()), media_type=GEOJSON, headers=headers)
+    return Response(content, media_type=GEOJSON, headers=headers)
 
 
 def _response_crs(value: str | None) -> Any:

@@ -204,6 +204,23 @@ def _cells(
     return x[inside][order], y[inside][order], block[inside][order], col[inside][order]
 
 
+def _enough_cells(
+    rng: np.random.Generator,
+    outline: Polygon,
+    angle: float,
+    exclude: Polygon | None,
+    wanted: int,
+    origin: NDArray[np.float64],
+) -> tuple[Polygon, NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+    """The outline, grown by 12% at a time about ``origin`` until it holds ``wanted`` plots,
+    and its plots' centres and blocks."""
+    while True:
+        x, y, block, _col = _cells(rng, outline, angle, exclude)
+        if len(x) >= wanted:
+            return outline, x, y, block
+        outline = shapely.affinity.scale(outline, 1.12, 1.12, origin=(origin[0], origin[1]))
+
+
 def _footprints(
     rng: np.random.Generator, x: NDArray[np.float64], y: NDArray[np.float64], angle: float
 ) -> NDArray[np.float64]:
@@ -274,11 +291,7 @@ def generate(structures: int, seed: int = 7) -> DemoData:
         outline = _outline(rng, radius)
         if code == "MR":
             outline = shapely.affinity.translate(outline, *offset)
-        while True:
-            x, y, block, _col = _cells(rng, outline, angle, exclude)
-            if len(x) >= wanted:
-                break
-            outline = shapely.affinity.scale(outline, 1.12, 1.12, origin=(offset[0], offset[1]))
+        outline, x, y, block = _enough_cells(rng, outline, angle, exclude, wanted, offset)
         chosen = (
             np.sort(rng.choice(len(x), size=wanted, replace=False))
             if wanted

@@ -23,7 +23,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
-    Table,
     Text,
     bindparam,
     func,
@@ -31,6 +30,13 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.selectable import NamedFromClause
+from sqlalchemy.sql.util import ClauseAdapter
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from geo.core.auth import Principal
 from geo.core.crs import CRS84, Crs, UnknownCrs, parse_crs
@@ -336,24 +342,25 @@ def feature_sql(collection: Collection, crs: Crs, *, skip_geometry: bool = False
 
 
 @cache
-def _aliased(table: Table) -> Any:
-    """``table AS t``, built once per table: its column proxies cost CPU on every request."""
-    alias = table.alias("t")
-    _ = alias.c  # build the proxies now, before threads share the alias
-    return alias
+def _aliased(collection: Collection) -> tuple[NamedFromClause, ClauseAdapter]:
+    """The collection's table as ``t`` and the adapter moving conditions onto it.
+
+    Made once per collection: aliasing a table builds a proxy of every column, which
+    cost more than the rest of a small page's SQL building together.
+    """
+    table = collection.table.alias("t")
+    _ = table.c  # build the proxies now, before threads share the alias
+    return table, ClauseAdapter(table)
 
 
 def base_statement(request: ItemsRequest) -> Select[Any]:
     """``SELECT id, feature`` over the rows the request may see, unordered and unpaged."""
-    table = _aliased(request.collection.table)
+    table, adapter = _aliased(request.collection)
     feature = literal_column(
         feature_sql(request.collection, request.crs, skip_geometry=request.skip_geometry), Text
     )
     statement = select(table.c.id.label("id"), feature.label("feature")).select_from(table)
     # conditions were built on the unaliased table: adapt them to the alias
-    from sqlalchemy.sql.util import ClauseAdapter
-
-    adapter = ClauseAdapter(table)
     conditions = [request.collection.visible(request.user), *request.where]
     for condition in conditions:
         statement = statement.where(adapter.traverse(condition))
@@ -462,6 +469,27 @@ def empty_bbox_hint(conn: Connection, request: ItemsRequest, *, max_km: float) -
     return swap_hint(conn, wkb, what="bbox", max_km=max_km)
 
 
+class ExplainJson(Executable, ClauseElement):
+    """``EXPLAIN (FORMAT JSON)`` of a statement, compiled once and then taken from
+    SQLAlchemy's statement cache like any other statement (its bind values vary)."""
+
+    inherit_cache = True
+    _traverse_internals = [("statement", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+
+    @property
+    def _all_selected_columns(self) -> Any:
+        # one result column, as the statement's: lets a cached compilation map its result
+        return self.statement.selected_columns
+
+
+@compiles(ExplainJson)
+def _explain_json(element: ExplainJson, compiler: SQLCompiler, **kw: Any) -> str:
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.statement, **kw)
+
+
 def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
     """Exact number of matches when the planner says counting is cheap, else None.
 
@@ -469,8 +497,7 @@ def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
     cost estimate for the count decides (``EXACT_COUNT_MAX_COST``).
     """
     statement = base_statement(request).with_only_columns(func.count()).order_by(None)
-    compiled = statement.compile(conn, compile_kwargs={"render_postcompile": True})
-    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params).scalar()
+    plan = conn.execute(ExplainJson(statement)).scalar()
     cost = float(plan[0]["Plan"]["Total Cost"]) if plan else float("inf")
     if cost > EXACT_COUNT_MAX_COST:
         return None
