@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from geo.core.cluster import EmbeddedCluster
 from tests.support.live import LiveServer, live_server_running
@@ -71,15 +70,10 @@ def server(own_cluster: EmbeddedCluster) -> Iterator[LiveServer]:
 
 
 def _area(server: LiveServer) -> tuple[float, float, float, float]:
-    engine = create_engine(server.database_url)
-    with engine.connect() as conn:
-        row = conn.execute(
-            text(
-                "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) "
-                "FROM (SELECT ST_Extent(geom) AS e FROM settlements) x"
-            )
-        ).one()
-    engine.dispose()
+    (row,) = server.query(
+        "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) "
+        "FROM (SELECT ST_Extent(geom) AS e FROM settlements) x"
+    )
     return float(row[0]), float(row[1]), float(row[2]), float(row[3])
 
 
@@ -250,18 +244,13 @@ def test_database_stopped_under_load(server: LiveServer, own_cluster: EmbeddedCl
     # no write half-done: each stored structure has its version-1 history, and every 201 is stored
     created = {a.number for a in answers if a.kind == "write" and a.status == 201}
     refused = {a.number for a in answers if a.kind == "write" and a.status == 503}
-    engine = create_engine(server.database_url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT s.structure_number, s.version, count(h.id) AS history "
-                "FROM structures s LEFT JOIN feature_history h "
-                "ON h.collection = 'structures' AND h.feature_id = s.id "
-                "WHERE s.structure_number LIKE :p GROUP BY s.structure_number, s.version"
-            ),
-            {"p": f"{PREFIX}%"},
-        ).all()
-    engine.dispose()
+    rows = server.query(
+        "SELECT s.structure_number, s.version, count(h.id) AS history "
+        "FROM structures s LEFT JOIN feature_history h "
+        "ON h.collection = 'structures' AND h.feature_id = s.id "
+        "WHERE s.structure_number LIKE :p GROUP BY s.structure_number, s.version",
+        p=f"{PREFIX}%",
+    )
     stored = {row.structure_number for row in rows}
     assert created <= stored, sorted(created - stored)[:5]
     # a refused write may have committed just before its connection dropped, never half

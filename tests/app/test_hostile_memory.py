@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from geo.core.cluster import EmbeddedCluster
 from geo.core.uploads import SPOOL_MEMORY_BYTES
@@ -150,15 +149,10 @@ CASES = {
 
 
 def _written(server: LiveServer) -> int:
-    engine = create_engine(server.database_url)
-    with engine.connect() as conn:
-        count = conn.execute(
-            text(
-                "SELECT (SELECT count(*) FROM structures) + (SELECT count(*) FROM imports) "
-                "+ (SELECT count(*) FROM traces) + (SELECT count(*) FROM trace_files)"
-            )
-        ).scalar_one()
-    engine.dispose()
+    ((count,),) = server.query(
+        "SELECT (SELECT count(*) FROM structures) + (SELECT count(*) FROM imports) "
+        "+ (SELECT count(*) FROM traces) + (SELECT count(*) FROM trace_files)"
+    )
     return int(count)
 
 

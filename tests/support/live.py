@@ -10,8 +10,9 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import create_engine
+from sqlalchemy import Row, create_engine, text
 
 from geo.core.auth import ROLES, create_token
 from geo.core.cluster import EmbeddedCluster
@@ -33,6 +34,15 @@ class LiveServer:
     def headers(self, role: str) -> dict[str, str]:
         """An Authorization header for ``role``."""
         return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    def query(self, sql: str, **params: Any) -> list[Row[Any]]:
+        """Rows of ``sql`` read straight from the server's database (a connection of its own)."""
+        engine = create_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(text(sql), params).all())
+        finally:
+            engine.dispose()
 
 
 @contextmanager
