@@ -89,6 +89,7 @@ OPERATIONS: list[tuple[str, str, str | None]] = [  # every operation /api lists
     ("GET", "/field/me", "viewer"),
     ("GET", "/field/settlements/{s}", None),
     ("GET", "/field/settlements/{s}/package", None),
+    ("GET", "/field/settlements/{s}/tiles.pmtiles", None),
     ("POST", "/conflicts", "mapper"),
     ("GET", "/conflicts", "planner"),
     ("POST", "/conflicts/{f}/resolution", "mapper"),
