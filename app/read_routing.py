@@ -82,6 +82,10 @@ class ReadRouting:
             held_bytes += len(message.get("body", b""))
             start = message["type"] == "http.response.start"
             last = not (start or message.get("more_body", False))
+            if last and route.lost and not route.primary:
+                # made after its replica was lost (e.g. a 503 the endpoint chose): not sent,
+                # the request runs again on the primary
+                return
             if (start and route.long_stream) or last or held_bytes > self.max_held_bytes:
                 sending = True
                 for kept in _joined(held):

@@ -7,6 +7,7 @@ import asyncio
 from starlette.types import Message, Receive, Scope, Send
 
 from app.read_routing import ReadRouting
+from geo.core.replicas import ROUTE
 
 CHUNK = b"x" * 1000
 
@@ -49,3 +50,32 @@ def test_an_answer_past_the_bound_streams_on() -> None:
     # the held part went out as soon as it passed 2,500 bytes: after the app's third chunk
     assert events[:first_out] == [("app", 0), ("app", 1), ("app", 2)]
     assert sent[0] == 3000
+
+
+def test_an_answer_made_after_a_lost_replica_is_retried_on_the_primary() -> None:
+    """An endpoint that turns the lost replica into its own 503 (``/healthz`` does) still gets
+    its request answered again from the primary; the client sees only that answer."""
+    runs: list[bool] = []
+    statuses: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        route = ROUTE.get()
+        assert route is not None
+        runs.append(route.primary)
+        if not route.primary:
+            route.lost = True  # what Database.read does when its replica goes away
+        status = 200 if route.primary else 503
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    scope: Scope = {"type": "http", "method": "GET", "path": "/healthz", "headers": []}
+    asyncio.run(ReadRouting(app)(scope, receive, send))
+    assert runs == [False, True]
+    assert statuses == [200]
