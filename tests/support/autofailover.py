@@ -90,20 +90,45 @@ class Formation:
     def monitor_uri(self) -> str:
         return f"postgres://autoctl_node@127.0.0.1:{self.ports['monitor']}/pg_auto_failover"
 
-    def start_monitor(self) -> None:
-        """``pg_autoctl create monitor``, kept running; returns once it answers."""
-        self.ports["monitor"] = _free_port()
-        self._keep_running(
-            "monitor",
-            "create",
-            "monitor",
-            "--pgdata",
-            str(self.pgdata("monitor")),
-            "--pgport",
-            str(self.ports["monitor"]),
-            *_LOOPBACK,
-        )
-        wait_until(lambda: self._answers("show", "state", "--pgdata", str(self.pgdata("monitor"))))
+    def start_monitor(self, attempts: int = 3) -> None:
+        """``pg_autoctl create monitor``, kept running; returns once it answers.
+
+        A monitor that does not come up (its port taken meanwhile by another test's
+        server, a slow first start) is stopped, wiped and created again on a new port.
+        """
+        for attempt in range(1, attempts + 1):
+            self.ports["monitor"] = _free_port()
+            self._keep_running(
+                "monitor",
+                "create",
+                "monitor",
+                "--pgdata",
+                str(self.pgdata("monitor")),
+                "--pgport",
+                str(self.ports["monitor"]),
+                *_LOOPBACK,
+            )
+            keeper = self.processes[-1]
+
+            def up(keeper: subprocess.Popen[bytes] = keeper) -> bool:
+                if keeper.poll() is not None:
+                    raise AssertionError(f"pg_autoctl monitor exited: {self.log_tail('monitor')}")
+                return self._answers("show", "state", "--pgdata", str(self.pgdata("monitor")))
+
+            try:
+                wait_until(up, 90, lambda: f"monitor not up: {self.log_tail('monitor')}")
+                return
+            except AssertionError:
+                if attempt == attempts:
+                    raise
+                self.processes.remove(keeper)
+                _end(keeper)
+                shutil.rmtree(self.pgdata("monitor"), ignore_errors=True)
+
+    def log_tail(self, name: str, size: int = 2000) -> str:
+        """The end of ``name``'s pg_autoctl log."""
+        path = self.root / "log" / f"{name}.log"
+        return path.read_bytes()[-size:].decode(errors="replace") if path.exists() else "(no log)"
 
     def add_node(self, name: str) -> None:
         """``pg_autoctl create postgres`` for node ``name``, kept running."""
@@ -189,14 +214,18 @@ class Formation:
     def stop(self) -> None:
         """Stop every node, then the monitor (``pg_autoctl stop``), and their keepers."""
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()  # pg_autoctl stops its PostgreSQL on SIGTERM
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _end(process)
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Stop a pg_autoctl keeper (it stops its PostgreSQL on SIGTERM); kill it after 30 s."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 _LOOPBACK = ("--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl")
