@@ -9,11 +9,13 @@ Ingest runs in one transaction, so a failure stores nothing:
    trace, and concurrent identical uploads queue on the lock, so exactly one
    trace is created;
 3. the upload's members (gzip/bzip2/zip or plain, see :mod:`geo.core.uploads`) are
-   parsed by :class:`geo.traces.gpx.GpxReader` and cleaned point by point
-   (:class:`Cleaner`).  A small upload's kept points stay in a list (up to
-   ``DIRECT_MAX_ROWS`` rows and ``DIRECT_MAX_BYTES`` bytes); past that they
-   stream with ``COPY`` into a temporary staging table - no per-point
-   ``INSERT``, memory flat whatever the size;
+   parsed by :class:`geo.traces.gpx.GpxReader` (its fast read first; anything
+   unusual, an error included, reads the upload again exactly, the rows so far
+   discarded) and cleaned point by point (:class:`Cleaner`).  A small upload's
+   kept points stay in a list (up to ``DIRECT_MAX_ROWS`` rows and
+   ``DIRECT_MAX_BYTES`` bytes); past that they stream with ``COPY`` into a
+   temporary staging table - no per-point ``INSERT``, memory flat whatever
+   the size;
 4. one statement builds the trace row (lines, geodesic length via
    ``geography``), its segments and points from those rows (bound as binary
    arrays, or read from the staging table) and answers the new trace's
@@ -47,7 +49,7 @@ from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
 from geo.layers.placement import far_note
 from geo.traces.cleaning import Cleaner, Dropped
-from geo.traces.gpx import NUMERIC_FIELDS, BadPoint, Container, GpxReader, Point
+from geo.traces.gpx import NUMERIC_FIELDS, BadPoint, Container, GpxReader, Point, Unusual
 from geo.traces.reads import FILE_CHUNK, summary_json, trace_summary
 
 __all__ = [
@@ -307,14 +309,25 @@ class _Rows(contextlib.ExitStack):
         set_statement_timeout(self.conn, self.timeout_ms)
         for statement in _STAGE.split(";"):
             self.conn.execute(text(statement))
-        cursor = self.enter_context(_driver(self.conn).cursor())
-        copy = self.enter_context(cursor.copy(_STAGE_COPY))
-        copy.set_types(_COPY_TYPES)
-        self._copy = copy
+        self._open_copy()
         for row in self.rows:
             self._send(row)
         self.rows = []
         self.staged = True
+
+    def _open_copy(self) -> None:
+        cursor = self.enter_context(_driver(self.conn).cursor())
+        copy = self.enter_context(cursor.copy(_STAGE_COPY))
+        copy.set_types(_COPY_TYPES)
+        self._copy = copy
+
+    def restart(self) -> None:
+        """Forget every row taken so far (the staging table, if any, stays, emptied)."""
+        self.rows = []
+        if self.staged:
+            self.close()
+            self.conn.execute(text("TRUNCATE pg_temp.trace_stage"))
+            self._open_copy()
 
     def _send(self, row: tuple[Any, ...]) -> None:
         """One row into the COPY, its extensions (the last column) as binary jsonb."""
@@ -364,8 +377,14 @@ def _parse(
     limits: TraceLimits,
     dropped: Dropped,
     write: Callable[[tuple[Any, ...]], None],
+    *,
+    fast: bool = False,
 ) -> tuple[GpxReader, _Stats]:
-    """Parse and clean every member of the upload, handing each row to ``write``."""
+    """Parse and clean every member of the upload, handing each row to ``write``.
+
+    With ``fast``, :class:`Unusual` may come instead of an error (or before
+    any): the rows handed so far are then to be discarded, see :func:`_read`.
+    """
     reader = GpxReader(max_points=limits.max_points, max_depth=limits.max_xml_depth)
     stats = _Stats()
     cleaner = Cleaner(max_speed_mps=limits.max_speed_mps, max_hdop=limits.max_hdop, dropped=dropped)
@@ -396,7 +415,7 @@ def _parse(
     )
     for member in contents:
         try:
-            for item in reader.read(member.stream, member=member.name):
+            for item in reader.read(member.stream, member=member.name, fast=fast):
                 if type(item) is Point:
                     if item.kind == "trkpt":
                         for kept in cleaner.push(item):
@@ -427,6 +446,18 @@ def _parse(
             raise
         cleaner.end_segment()
     return reader, stats
+
+
+def _read(body: SpooledBody, limits: TraceLimits, rows: _Rows) -> tuple[GpxReader, _Stats, Dropped]:
+    """Parse and clean the upload into ``rows``: the fast read, or else the exact one."""
+    dropped = Dropped()
+    try:
+        reader, stats = _parse(body, limits, dropped, rows.write, fast=True)
+    except Unusual:
+        rows.restart()
+        dropped = Dropped()
+        reader, stats = _parse(body, limits, dropped, rows.write)
+    return reader, stats, dropped
 
 
 def fingerprint(
@@ -514,11 +545,10 @@ def _store_new(
             raise InvalidInput(
                 f"settlement_id {settlement_id} does not exist", field="settlement_id"
             )
-    dropped = Dropped()
     with _Rows(conn, max_rows=limits.direct_max_rows, timeout_ms=limits.ingest_timeout_ms) as rows:
         if body.size > limits.direct_max_bytes:
             rows.spill()
-        reader, stats = _parse(body, limits, dropped, rows.write)
+        reader, stats, dropped = _read(body, limits, rows)
         rows.finish()
     if stats.kept == 0:
         if reader.points_seen == 0:
