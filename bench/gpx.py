@@ -44,8 +44,9 @@ from geo.demo.walks import gpx_bytes, phone_walk
 OWNER = "bench-gpx"
 WARMUP_OWNER = "bench-gpx-warmup"
 WARMUP_FILES = 50
-BIG_POINTS = 1_000_000
-SMALL_FILES = 1_000
+#: ``MAKAZI_BENCH_GPX_POINTS`` / ``MAKAZI_BENCH_GPX_FILES`` make a shorter run on a shared machine.
+BIG_POINTS = int(os.environ.get("MAKAZI_BENCH_GPX_POINTS", "1000000"))
+SMALL_FILES = int(os.environ.get("MAKAZI_BENCH_GPX_FILES", "1000"))
 SMALL_POINTS = 200
 
 
@@ -53,14 +54,15 @@ def make_files(out: Path) -> tuple[Path, list[Path], list[Path]]:
     """The 1M-point walk, the 1,000 small walks and the warm-up walks (generated once)."""
     folder = out / "gpx-walks"
     folder.mkdir(parents=True, exist_ok=True)
-    big = folder / "million.gpx"
+    big = folder / ("million.gpx" if BIG_POINTS == 1_000_000 else f"walk-{BIG_POINTS}.gpx")
     if not big.exists():
         big.write_bytes(gpx_bytes(phone_walk(BIG_POINTS, seed=1)))
-    small = [folder / f"small-{i:04d}.gpx" for i in range(SMALL_FILES + WARMUP_FILES)]
+    total = max(SMALL_FILES, 1_000)
+    small = [folder / f"small-{i:04d}.gpx" for i in range(total + WARMUP_FILES)]
     for i, path in enumerate(small):
         if not path.exists():
             path.write_bytes(gpx_bytes(phone_walk(SMALL_POINTS, seed=100 + i)))
-    return big, small[:SMALL_FILES], small[SMALL_FILES:]
+    return big, small[:SMALL_FILES], small[total:]
 
 
 def _peak_mb() -> float:

@@ -22,7 +22,9 @@ from geo.core.errors import InvalidInput
 
 __all__ = [
     "Nearest",
+    "NEAREST_QUERY",
     "check_placement",
+    "far_message",
     "far_note",
     "mapped_area",
     "nearest_settlement",
@@ -32,23 +34,23 @@ __all__ = [
 # The nearest live settlement to a geometry, in metres (geography); KNN on the
 # index finds the candidate, and the distance is measured for it alone.  :flip
 # swaps the geometry's x and y first (a swapped geometry outside the latitude
-# range has no nearest settlement).
-_NEAREST_SQL = text(
-    """
+# range has no nearest settlement).  In psycopg's parameter style, for callers
+# that send it in a pipeline with other statements (the trace upload).
+NEAREST_QUERY = """
     WITH g AS MATERIALIZED (
-        SELECT CASE WHEN :flip THEN ST_FlipCoordinates(geom) ELSE geom END AS geom
-        FROM (SELECT ST_SetSRID(ST_GeomFromEWKB(:wkb), 4326) AS geom) AS given
+        SELECT CASE WHEN %(flip)s THEN ST_FlipCoordinates(geom) ELSE geom END AS geom
+        FROM (SELECT ST_SetSRID(ST_GeomFromEWKB(%(wkb)s), 4326) AS geom) AS given
     ), nearest AS MATERIALIZED (
         SELECT s.name, s.geom, g.geom AS given
         FROM settlements s, g
         WHERE s.deleted_at IS NULL
-          AND (NOT :flip OR (ST_YMin(g.geom) >= -90 AND ST_YMax(g.geom) <= 90))
+          AND (NOT %(flip)s OR (ST_YMin(g.geom) >= -90 AND ST_YMax(g.geom) <= 90))
         ORDER BY s.geom <-> g.geom
         LIMIT 1
     )
     SELECT name, ST_Distance(geom::geography, given::geography) AS distance_m FROM nearest
     """
-)
+_NEAREST_SQL = text(NEAREST_QUERY.replace("%(wkb)s", ":wkb").replace("%(flip)s", ":flip"))
 
 
 @dataclass(frozen=True)
@@ -142,13 +144,19 @@ def far_note(conn: Connection, wkb: bytes, *, what: str, max_km: float) -> str |
     """A warning for something stored although it lies far from every settlement, or None."""
     if max_km <= 0:
         return None
-    nearest = nearest_settlement(conn, wkb, beyond_km=max_km)
-    if not nearest.far(max_km):
+    nearest = conn.execute(_NEAREST_SQL, {"wkb": wkb, "flip": False}).first()
+    if nearest is None:
         return None
-    assert nearest.distance_m is not None
+    return far_message(nearest.name, nearest.distance_m, what=what, max_km=max_km)
+
+
+def far_message(name: str, distance_m: float | None, *, what: str, max_km: float) -> str | None:
+    """:func:`far_note`'s warning from the nearest settlement's name and distance."""
+    if max_km <= 0 or distance_m is None or distance_m <= max_km * 1000:
+        return None
     return (
-        f"the {what} lies {_km(nearest.distance_m)} from the nearest settlement "
-        f"({nearest.name}); it is kept, but check that it was recorded where you meant"
+        f"the {what} lies {_km(float(distance_m))} from the nearest settlement "
+        f"({name}); it is kept, but check that it was recorded where you meant"
     )
 
 

@@ -21,6 +21,15 @@ Elements are matched by local name and position (``gpx/trk/trkseg/trkpt``,
 1.1, un-namespaced and prefixed files all read the same way; a foreign
 namespace on the root is read with a warning.
 
+``read(stream, fast=True)`` takes a quicker road for ordinary files: lxml
+reports only the GPX elements themselves (``gpx``, ``trk``, ``trkseg``,
+``rte`` and the points), every other element is checked in bulk when its
+part of the tree is dropped, and the items are the same.  Anything the exact
+reader would answer differently for (an XML error, a DOCTYPE, an element out
+of place or nesting too deep, a limit passed) raises :class:`Unusual`
+instead: the caller reads the upload again with ``fast=False``, so every
+error keeps its exact message, line and column.
+
 >>> import io
 >>> reader = GpxReader()
 >>> items = list(reader.read(io.BytesIO(
@@ -58,6 +67,7 @@ __all__ = [
     "NotGpx",
     "Point",
     "TooManyPoints",
+    "Unusual",
     "XmlError",
     "parse_time",
 ]
@@ -140,6 +150,10 @@ class TooManyPoints(GpxError):
         self.limit = limit
 
 
+class Unusual(Exception):
+    """The fast read met something only the exact read answers for: read again with it."""
+
+
 @dataclass(slots=True)
 class Container:
     """A ``trk``, ``trkseg`` or ``rte`` started (0-based indexes in the upload)."""
@@ -185,6 +199,19 @@ class BadPoint:
 
 
 Item = Container | Point | BadPoint
+
+_PARSER_OPTIONS: dict[str, Any] = {
+    "resolve_entities": False,
+    "no_network": True,
+    "load_dtd": False,
+    "huge_tree": False,
+    "remove_comments": True,
+    "remove_pis": True,
+    "collect_ids": False,
+}
+#: The elements the fast read is told about (any namespace or none).
+_POINT_DEPTH = {"trkpt": 4, "rtept": 3, "wpt": 2}
+_FAST_TAGS = ("{*}gpx", "{*}trk", "{*}trkseg", "{*}rte", "{*}trkpt", "{*}rtept", "{*}wpt")
 
 
 _LOCAL_NAMES: dict[str, str] = {}
@@ -320,9 +347,9 @@ class GpxReader:
         self._warnings[message] = None
 
     def read(
-        self, stream: IO[bytes] | io.RawIOBase, *, member: str | None = None
+        self, stream: IO[bytes] | io.RawIOBase, *, member: str | None = None, fast: bool = False
     ) -> Iterator[Item]:
-        """Parse one GPX document from ``stream``.
+        """Parse one GPX document from ``stream`` (``fast``: see the module doc).
 
         Raises
         ------
@@ -332,17 +359,16 @@ class GpxReader:
             The root element is not ``gpx``.
         TooManyPoints
             Past ``max_points``.
+        Unusual
+            With ``fast``, instead of any of these (and of anything the exact
+            read might answer differently): this reader is then spent.
         """
-        parser = etree.XMLPullParser(
-            events=("start", "end"),
-            resolve_entities=False,
-            no_network=True,
-            load_dtd=False,
-            huge_tree=False,
-            remove_comments=True,
-            remove_pis=True,
-            collect_ids=False,
-        )
+        if fast and self.max_depth >= 8:
+            return self._read_fast(stream, member)
+        return self._read_exact(stream, member)
+
+    def _read_exact(self, stream: IO[bytes] | io.RawIOBase, member: str | None) -> Iterator[Item]:
+        parser = etree.XMLPullParser(events=("start", "end"), **_PARSER_OPTIONS)
         state = _State(member)
         received = 0
         try:
@@ -433,6 +459,113 @@ class GpxReader:
                     parent_element = element.getparent()
                     while element.getprevious() is not None:
                         del parent_element[0]
+
+    def _read_fast(self, stream: IO[bytes] | io.RawIOBase, member: str | None) -> Iterator[Item]:
+        parser = etree.XMLPullParser(events=("start", "end"), tag=_FAST_TAGS, **_PARSER_OPTIONS)
+        state = _State(member)
+        try:
+            while chunk := stream.read(CHUNK):
+                parser.feed(chunk)
+                yield from self._fast_events(parser.read_events(), state)
+            parser.close()
+            yield from self._fast_events(parser.read_events(), state)
+        except Exception as exc:  # whatever it is, the exact read says it exactly
+            raise Unusual(str(exc)) from exc
+        if not state.ended:
+            raise Unusual("no <gpx> root")
+
+    def _fast_events(self, events: Iterable[tuple[str, Any]], state: _State) -> Iterator[Item]:
+        """The exact read's items from GPX elements only (see the module doc)."""
+        for event, element in events:
+            if event == "start":
+                if state.point is not None:
+                    raise Unusual("a GPX element inside a point")
+                local = _local(element.tag)
+                parent = element.getparent()
+                if local == "gpx":
+                    if parent is not None:
+                        raise Unusual("<gpx> below the root")
+                    self._root(element, local, state)
+                    state.root = state.container = element
+                elif parent is None or parent is not state.container:
+                    raise Unusual(f"<{local}> out of place")
+                elif local == "trk" and parent is state.root:
+                    self.tracks += 1
+                    state.track = self.tracks - 1
+                    state.segment = -1
+                    state.container = state.trk = element
+                    yield Container("trk", state.track, None)
+                elif local == "trkseg" and parent is state.trk:
+                    self.segments += 1
+                    state.segment += 1
+                    state.container = state.trkseg = element
+                    yield Container("trkseg", state.track, state.segment)
+                elif local == "rte" and parent is state.root:
+                    self.routes += 1
+                    state.route = self.routes - 1
+                    state.container = state.rte = element
+                    yield Container("rte", state.route, None)
+                elif local == "trkpt" and parent is state.trkseg:
+                    self._start_point(element, "trkpt", state)
+                elif local == "rtept" and parent is state.rte:
+                    self._start_point(element, "rtept", state)
+                elif local == "wpt" and parent is state.root:
+                    self._start_point(element, "wpt", state)
+                else:
+                    raise Unusual(f"<{local}> out of place")
+                if self.tracks + self.segments + self.routes > self.max_points:
+                    raise Unusual("too many containers")
+            elif element is state.point:
+                self._check_point(element, state)
+                yield self._point(element, state)
+                state.point = None
+                self._drop_before(element, state)
+                element.clear()
+            elif element is state.root:
+                self._check_tree(element, 1)
+                state.ended = True
+                state.container = None
+            elif element is state.container:
+                parent = element.getparent()
+                if parent is state.root:  # a trk or rte: its remaining parts, then itself
+                    self._check_tree(element, 2)
+                    self._drop_before(element, state)
+                    element.clear()
+                    state.container = state.root
+                    state.trk = state.rte = None
+                else:  # a trkseg
+                    state.container = parent
+                    state.trkseg = None
+
+    def _check_point(self, element: Any, state: _State) -> None:
+        """Unusual unless the point's children are few and shallow enough."""
+        if len(element) > self.max_point_elements:
+            raise Unusual("many point children")
+        for child in element:
+            if len(child):
+                if sum(1 for _ in element.iterdescendants()) > self.max_point_elements:
+                    raise Unusual("many point elements")
+                self._check_tree(element, _POINT_DEPTH[state.point_kind])
+                return
+
+    def _check_tree(self, element: Any, depth: int) -> None:
+        """Unusual if an element below ``element`` (at ``depth``) nests past ``max_depth``."""
+        stack = [(element, depth)]
+        while stack:
+            node, level = stack.pop()
+            if level > self.max_depth:
+                raise Unusual("deep nesting")
+            stack.extend((child, level + 1) for child in node)
+
+    def _drop_before(self, element: Any, state: _State) -> None:
+        """Free the elements before ``element``, checking those no event reported."""
+        parent = element.getparent()
+        tag = element.tag
+        depth = 2 if parent is state.root else 4 if parent is state.trkseg else 3
+        while (previous := element.getprevious()) is not None:
+            if previous.tag != tag:
+                self._check_tree(previous, depth)
+            del parent[0]
 
     def _root(self, element: Any, local: str, state: _State) -> None:
         state.started = True
@@ -553,16 +686,22 @@ class _State:
     """Where the parser is inside one document."""
 
     __slots__ = (
+        "container",
         "depth",
+        "ended",
         "member",
         "point",
         "point_elements",
         "point_kind",
+        "root",
         "route",
+        "rte",
         "segment",
         "stack",
         "started",
         "track",
+        "trk",
+        "trkseg",
     )
 
     def __init__(self, member: str | None) -> None:
@@ -576,3 +715,10 @@ class _State:
         self.segment = -1
         self.route = -1
         self.started = False
+        # the fast read: the root, the trk, trkseg and rte open now, and the innermost
+        self.root: Any = None
+        self.trk: Any = None
+        self.trkseg: Any = None
+        self.rte: Any = None
+        self.container: Any = None
+        self.ended = False

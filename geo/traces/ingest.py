@@ -7,13 +7,18 @@ Ingest runs in one transaction, so a failure stores nothing:
 2. a transaction-level advisory lock on (owner, SHA-256 of the bytes) and a
    look-up: the same bytes from the same owner answer 200 with the existing
    trace, and concurrent identical uploads queue on the lock, so exactly one
-   trace is created;
+   trace is created.  A small upload (up to ``DIRECT_MAX_BYTES``) is read
+   (step 3) before this, so that the lock, the look-up and the nearest
+   settlement (for the far-away warning) go in one round trip; a read error
+   then waits for the look-up, so the answers are those of this order;
 3. the upload's members (gzip/bzip2/zip or plain, see :mod:`geo.core.uploads`) are
-   parsed by :class:`geo.traces.gpx.GpxReader` and cleaned point by point
-   (:class:`Cleaner`).  A small upload's kept points stay in a list (up to
-   ``DIRECT_MAX_ROWS`` rows and ``DIRECT_MAX_BYTES`` bytes); past that they
-   stream with ``COPY`` into a temporary staging table - no per-point
-   ``INSERT``, memory flat whatever the size;
+   parsed by :class:`geo.traces.gpx.GpxReader` (its fast read first; anything
+   unusual, an error included, reads the upload again exactly, the rows so far
+   discarded) and cleaned point by point (:class:`Cleaner`).  A small upload's
+   kept points stay in a list (up to ``DIRECT_MAX_ROWS`` rows and
+   ``DIRECT_MAX_BYTES`` bytes); past that they stream with ``COPY`` into a
+   temporary staging table - no per-point ``INSERT``, memory flat whatever
+   the size;
 4. one statement builds the trace row (lines, geodesic length via
    ``geography``), its segments and points from those rows (bound as binary
    arrays, or read from the staging table) and answers the new trace's
@@ -36,18 +41,17 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-import shapely
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, text
 
 from geo.core import idempotency
 from geo.core.db import set_statement_timeout
-from geo.core.errors import BadRequest, InvalidInput
+from geo.core.errors import BadRequest, InvalidInput, MakaziError
 from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
-from geo.layers.placement import far_note
+from geo.layers.placement import NEAREST_QUERY, far_message, far_note
 from geo.traces.cleaning import Cleaner, Dropped
-from geo.traces.gpx import NUMERIC_FIELDS, BadPoint, Container, GpxReader, Point
+from geo.traces.gpx import NUMERIC_FIELDS, BadPoint, Container, GpxReader, Point, Unusual
 from geo.traces.reads import FILE_CHUNK, summary_json, trace_summary
 
 __all__ = [
@@ -307,14 +311,25 @@ class _Rows(contextlib.ExitStack):
         set_statement_timeout(self.conn, self.timeout_ms)
         for statement in _STAGE.split(";"):
             self.conn.execute(text(statement))
-        cursor = self.enter_context(_driver(self.conn).cursor())
-        copy = self.enter_context(cursor.copy(_STAGE_COPY))
-        copy.set_types(_COPY_TYPES)
-        self._copy = copy
+        self._open_copy()
         for row in self.rows:
             self._send(row)
         self.rows = []
         self.staged = True
+
+    def _open_copy(self) -> None:
+        cursor = self.enter_context(_driver(self.conn).cursor())
+        copy = self.enter_context(cursor.copy(_STAGE_COPY))
+        copy.set_types(_COPY_TYPES)
+        self._copy = copy
+
+    def restart(self) -> None:
+        """Forget every row taken so far (the staging table, if any, stays, emptied)."""
+        self.rows = []
+        if self.staged:
+            self.close()
+            self.conn.execute(text("TRUNCATE pg_temp.trace_stage"))
+            self._open_copy()
 
     def _send(self, row: tuple[Any, ...]) -> None:
         """One row into the COPY, its extensions (the last column) as binary jsonb."""
@@ -364,8 +379,14 @@ def _parse(
     limits: TraceLimits,
     dropped: Dropped,
     write: Callable[[tuple[Any, ...]], None],
+    *,
+    fast: bool = False,
 ) -> tuple[GpxReader, _Stats]:
-    """Parse and clean every member of the upload, handing each row to ``write``."""
+    """Parse and clean every member of the upload, handing each row to ``write``.
+
+    With ``fast``, :class:`Unusual` may come instead of an error (or before
+    any): the rows handed so far are then to be discarded, see :func:`_read`.
+    """
     reader = GpxReader(max_points=limits.max_points, max_depth=limits.max_xml_depth)
     stats = _Stats()
     cleaner = Cleaner(max_speed_mps=limits.max_speed_mps, max_hdop=limits.max_hdop, dropped=dropped)
@@ -396,7 +417,7 @@ def _parse(
     )
     for member in contents:
         try:
-            for item in reader.read(member.stream, member=member.name):
+            for item in reader.read(member.stream, member=member.name, fast=fast):
                 if type(item) is Point:
                     if item.kind == "trkpt":
                         for kept in cleaner.push(item):
@@ -427,6 +448,18 @@ def _parse(
             raise
         cleaner.end_segment()
     return reader, stats
+
+
+def _read(body: SpooledBody, limits: TraceLimits, rows: _Rows) -> tuple[GpxReader, _Stats, Dropped]:
+    """Parse and clean the upload into ``rows``: the fast read, or else the exact one."""
+    dropped = Dropped()
+    try:
+        reader, stats = _parse(body, limits, dropped, rows.write, fast=True)
+    except Unusual:
+        rows.restart()
+        dropped = Dropped()
+        reader, stats = _parse(body, limits, dropped, rows.write)
+    return reader, stats, dropped
 
 
 def fingerprint(
@@ -462,64 +495,49 @@ def ingest_trace(
         raise InvalidInput(f"visibility must be one of {', '.join(Visibility)}")
     if name is not None and not name.strip():
         name = None
-    existing = _lock_and_find(conn, owner=owner, sha256=body.sha256)
-    if existing is not None:
-        return IngestResult(False, int(existing), summary_json(conn, int(existing)))
-    return _store_new(
-        conn,
-        owner=owner,
-        body=body,
-        name=name,
-        visibility=visibility,
-        settlement_id=settlement_id,
-        limits=limits,
-    )
-
-
-def _lock_and_find(conn: Connection, *, owner: str, sha256: str) -> int | None:
-    """Lock (owner, bytes) for the transaction; the live trace with those bytes, if any.
-
-    Two statements, so that the look-up's snapshot is taken once the lock is
-    held (it sees what an earlier holder committed), sent in one round trip.
-    """
-    raw = _driver(conn)
-    with raw.pipeline(), raw.cursor() as lock, raw.cursor() as find:
-        lock.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 6))", (f"trace/{owner}/{sha256}",)
-        )
-        find.execute(
-            "SELECT id FROM traces WHERE owner = %s AND content_sha256 = %s AND deleted_at IS NULL",
-            (owner, sha256),
-        )
-        row = find.fetchone()
-    return None if row is None else int(row[0])
-
-
-def _store_new(
-    conn: Connection,
-    *,
-    owner: str,
-    body: SpooledBody,
-    name: str | None,
-    visibility: str,
-    settlement_id: int | None,
-    limits: TraceLimits,
-) -> IngestResult:
-    if settlement_id is not None:
-        live = conn.execute(
-            text("SELECT 1 FROM settlements WHERE id = :i AND deleted_at IS NULL"),
-            {"i": settlement_id},
-        ).first()
-        if live is None:
-            raise InvalidInput(
-                f"settlement_id {settlement_id} does not exist", field="settlement_id"
-            )
-    dropped = Dropped()
     with _Rows(conn, max_rows=limits.direct_max_rows, timeout_ms=limits.ingest_timeout_ms) as rows:
         if body.size > limits.direct_max_bytes:
+            # a large upload: look for the same bytes before reading them
+            existing, _ = _lock_and_find(conn, owner=owner, sha256=body.sha256)
+            if existing is not None:
+                return IngestResult(False, existing, summary_json(conn, existing))
+            _check_settlement(conn, settlement_id)
             rows.spill()
-        reader, stats = _parse(body, limits, dropped, rows.write)
-        rows.finish()
+            reader, stats, dropped = _read(body, limits, rows)
+            rows.finish()
+            note = None
+            if stats.kept:
+                note = far_note(
+                    conn, _box(stats), what="trace", max_km=limits.max_km_from_settlements
+                )
+        else:
+            # a small one is read first, so that the look-up and the placement go in
+            # one round trip; an error waits for the look-up (the same bytes stored
+            # before still answer 200, as they did)
+            failure: MakaziError | None = None
+            try:
+                reader, stats, dropped = _read(body, limits, rows)
+            except MakaziError as exc:
+                failure = exc
+            rows.finish()
+            area = _box(stats) if failure is None and stats.kept else None
+            existing, nearest = _lock_and_find(
+                conn,
+                owner=owner,
+                sha256=body.sha256,
+                near=area,
+                max_km=limits.max_km_from_settlements,
+            )
+            if existing is not None:
+                return IngestResult(False, existing, summary_json(conn, existing))
+            _check_settlement(conn, settlement_id)
+            if failure is not None:
+                raise failure
+            note = (
+                None
+                if nearest is None
+                else far_message(*nearest, what="trace", max_km=limits.max_km_from_settlements)
+            )
     if stats.kept == 0:
         if reader.points_seen == 0:
             raise NoPoints("the file has no track point, route point or waypoint")
@@ -527,8 +545,6 @@ def _store_new(
             f"no point with valid coordinates: {_describe(dropped)}",
             dropped=dropped.as_list(),
         )
-    area = shapely.box(stats.min_lon, stats.min_lat, stats.max_lon, stats.max_lat)
-    note = far_note(conn, area.wkb, what="trace", max_km=limits.max_km_from_settlements)
     if note is not None:
         reader.warn(note)
     body.file.seek(0)
@@ -553,6 +569,53 @@ def _store_new(
         file = {"content_type": content_type, "size_bytes": body.size, "content": body.file.read()}
         row = _run_store(conn, _STORE_DIRECT, {**params, **rows.arrays(), **file})
     return IngestResult(True, int(row.id), json.dumps(trace_summary(row)).encode())
+
+
+def _box(stats: _Stats) -> bytes:
+    """The kept points' bounding box as a WKB polygon (built directly: no geometry library)."""
+    x0, y0, x1, y1 = stats.min_lon, stats.min_lat, stats.max_lon, stats.max_lat
+    ring = (x1, y0, x1, y1, x0, y1, x0, y0, x1, y0)
+    return struct.pack("<BIII10d", 1, 3, 1, 5, *ring)
+
+
+def _lock_and_find(
+    conn: Connection, *, owner: str, sha256: str, near: bytes | None = None, max_km: float = 0.0
+) -> tuple[int | None, tuple[str, float | None] | None]:
+    """Lock (owner, bytes) for the transaction; the live trace with those bytes, if any,
+    and the settlement nearest to ``near`` (name, metres) when given and ``max_km`` > 0.
+
+    Two statements, so that the look-up's snapshot is taken once the lock is
+    held (it sees what an earlier holder committed), and the placement's, sent
+    in one round trip.
+    """
+    raw = _driver(conn)
+    nearest = None
+    with raw.pipeline(), raw.cursor() as lock, raw.cursor() as find, raw.cursor() as place:
+        lock.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 6))", (f"trace/{owner}/{sha256}",)
+        )
+        find.execute(
+            "SELECT id FROM traces WHERE owner = %s AND content_sha256 = %s AND deleted_at IS NULL",
+            (owner, sha256),
+        )
+        if near is not None and max_km > 0:
+            place.execute(NEAREST_QUERY, {"wkb": near, "flip": False})
+        row = find.fetchone()
+        if near is not None and max_km > 0:
+            nearest = place.fetchone()
+    return (None if row is None else int(row[0])), (None if nearest is None else tuple(nearest))
+
+
+def _check_settlement(conn: Connection, settlement_id: int | None) -> None:
+    if settlement_id is not None:
+        live = conn.execute(
+            text("SELECT 1 FROM settlements WHERE id = :i AND deleted_at IS NULL"),
+            {"i": settlement_id},
+        ).first()
+        if live is None:
+            raise InvalidInput(
+                f"settlement_id {settlement_id} does not exist", field="settlement_id"
+            )
 
 
 def _run_store(conn: Connection, statement: str, params: dict[str, Any]) -> Any:

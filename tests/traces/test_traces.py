@@ -637,11 +637,18 @@ def _stored(conn: Connection, result: IngestResult, user: Principal) -> dict[str
     }
 
 
+@pytest.mark.parametrize("odd", [False, True], ids=["fast-read", "read-again"])
 @pytest.mark.parametrize("max_rows", [0, 3], ids=["staged-from-start", "spilled-midway"])
-def test_direct_and_staged_ingest_store_the_same(db: BoundDatabase, max_rows: int) -> None:
+def test_direct_and_staged_ingest_store_the_same(
+    db: BoundDatabase, max_rows: int, odd: bool
+) -> None:
     """A small upload is stored from memory; past the row limit through the staging
-    table (from the start, or spilling the rows read so far): the same answer and rows."""
-    raw = gzip.compress(MIXED_GPX)
+    table (from the start, or spilling the rows read so far): the same answer and rows.
+
+    ``odd``: a point out of place at the end (ignored) sends the fast read back to the
+    exact one after every row was taken: the rows taken so far are forgotten."""
+    gpx = MIXED_GPX.replace(b"</gpx>", b'<trk><trkpt lat="0" lon="0"/></trk></gpx>')
+    raw = gzip.compress(gpx if odd else MIXED_GPX)
     results = {}
     for owner, limits in (
         ("direct-mapper", TraceLimits()),
