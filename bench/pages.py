@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,8 +41,8 @@ REPEAT = int(os.environ.get("MAKAZI_BENCH_PAGES_REPEAT", "60"))
 
 
 @contextmanager
-def _baseline(ctx: BenchContext, revision: str) -> Iterator[str]:
-    """The code of ``revision`` (its ``app`` and ``geo`` packages) served; its base URL."""
+def _baseline(ctx: BenchContext, revision: str) -> Iterator[tuple[str, int]]:
+    """The code of ``revision`` (its ``app`` and ``geo`` packages) served: (base URL, pid)."""
     archive = subprocess.run(
         ["git", "archive", revision, "app", "geo"], cwd=HERE.parent, capture_output=True, check=True
     ).stdout
@@ -51,17 +52,29 @@ def _baseline(ctx: BenchContext, revision: str) -> Iterator[str]:
     port = free_port()
     argv = uvicorn_argv(sys.executable, "app.main:create_app", port, factory=True)
     env = {"MAKAZI_DATABASE_URL": ctx.url, "MAKAZI_LOG_LEVEL": "warning"}
-    with running_server([*argv, "--app-dir", str(target)], port, env, health="/healthz"):
-        yield f"http://127.0.0.1:{port}"
+    with running_server([*argv, "--app-dir", str(target)], port, env, health="/healthz") as proc:
+        yield f"http://127.0.0.1:{port}", proc.pid
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _interleaved(
     contenders: dict[str, Callable[[], object]], rounds: int, warmup: int
 ) -> dict[str, float]:
-    """Median seconds of each contender, called in turn round after round."""
+    """Median seconds of each contender, called in turn round after round.
+
+    The order turns by one each round, so no contender always follows another.
+    """
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
     for index in range(warmup + rounds):
-        for name, fn in contenders.items():
+        turn = index % len(names)
+        for name in names[turn:] + names[:turn]:
+            fn = contenders[name]
             start = time.perf_counter()
             fn()
             if index >= warmup:
@@ -113,9 +126,12 @@ def run(ctx: BenchContext) -> str:
     baseline = os.environ.get("MAKAZI_BENCH_PAGES_BASELINE")
     rows: list[list[object]] = []
     with ExitStack() as stack:
-        servers = {"Makazi": stack.enter_context(makazi_on(ctx.url))[0]}
+        url, proc = stack.enter_context(makazi_on(ctx.url))
+        servers = {"Makazi": url}
+        pids = {"Makazi": proc.pid}
         if baseline:
-            servers[f"baseline {baseline}"] = stack.enter_context(_baseline(ctx, baseline))
+            name = f"baseline {baseline}"
+            servers[name], pids[name] = stack.enter_context(_baseline(ctx, baseline))
         client = stack.enter_context(httpx.Client(timeout=120))
         conn = stack.enter_context(psycopg.connect(ctx.conninfo))
         headers = {"Accept-Encoding": "identity"}
@@ -137,6 +153,7 @@ def run(ctx: BenchContext) -> str:
                     name,
                     seconds * 1000,
                     "",
+                    "",
                     f"{os.getloadavg()[0]:.1f}",
                 ]
             )
@@ -147,16 +164,25 @@ def run(ctx: BenchContext) -> str:
                 for name, base in servers.items()
             }
             contenders["raw SQL"] = partial(_fetch, conn, statement, sql_params)
+            cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
             medians = _interleaved(contenders, rounds, 5)
+            calls = rounds + 5
+            cpu = {name: (_cpu_seconds(pid) - cpu[name]) / calls for name, pid in pids.items()}
             load = f"{os.getloadavg()[0]:.1f}"
             for name, seconds in medians.items():
                 ratio = f"{seconds / medians['raw SQL']:.2f}"
-                rows.append([case, name, seconds * 1000, ratio, load])
+                used = f"{cpu[name] * 1000:.1f}" if name in cpu else ""
+                rows.append([case, name, seconds * 1000, ratio, used, load])
                 print(rows[-1], flush=True)
-    table = markdown_table(["request", "contender", "median ms", "x raw SQL", "load (1 min)"], rows)
+    table = markdown_table(
+        ["request", "contender", "median ms", "x raw SQL", "server CPU ms/request", "load (1 min)"],
+        rows,
+    )
     return (
         table + f"\n\n{ctx.structures:,} structures; median of {REPEAT} interleaved rounds "
         "(the 10k page a quarter of them) after warm-ups; uncompressed bodies; the raw SQL "
-        "reads the same Feature texts with psycopg (prepared). The machine was shared with "
+        "reads the same Feature texts with psycopg (prepared); server CPU is the uvicorn "
+        "process's user + system time over the case's calls (/proc), which a busy machine "
+        "inflates less than wall time. The machine was shared with "
         "other jobs while this ran (the load column)."
     )
