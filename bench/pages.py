@@ -11,7 +11,7 @@ figure is the median of the rounds after a warm-up, all through keep-alive
 ``httpx`` clients.
 
 ``MAKAZI_BENCH_PAGES_BASELINE=<git revision>`` adds that revision's code as
-a second server on the same database (``git archive`` into bench/out), for
+a second server on the same database (``git archive`` into a temporary directory), for
 before/after figures from one run.
 """
 
@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -33,7 +34,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.common import HERE, OUT, BenchContext, markdown_table
+from bench.common import HERE, BenchContext, markdown_table
 from bench.features import feature_statement
 from tests.support.server import free_port, makazi_on, running_server, uvicorn_argv
 
@@ -46,14 +47,15 @@ def _baseline(ctx: BenchContext, revision: str) -> Iterator[tuple[str, int]]:
     archive = subprocess.run(
         ["git", "archive", revision, "app", "geo"], cwd=HERE.parent, capture_output=True, check=True
     ).stdout
-    target = OUT / f"pages-baseline-{revision}"
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(target, filter="data")
     port = free_port()
     argv = uvicorn_argv(sys.executable, "app.main:create_app", port, factory=True)
     env = {"MAKAZI_DATABASE_URL": ctx.url, "MAKAZI_LOG_LEVEL": "warning"}
-    with running_server([*argv, "--app-dir", str(target)], port, env, health="/healthz") as proc:
-        yield f"http://127.0.0.1:{port}", proc.pid
+    # outside the worktree, so that linters and type checkers never read the copy
+    with tempfile.TemporaryDirectory(prefix=f"makazi-baseline-{revision}-") as target:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target, filter="data")
+        with running_server([*argv, "--app-dir", target], port, env, health="/healthz") as proc:
+            yield f"http://127.0.0.1:{port}", proc.pid
 
 
 def _cpu_seconds(pid: int) -> float:
