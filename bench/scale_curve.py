@@ -104,10 +104,15 @@ def _export(client: httpx.Client, url: str, token: str) -> None:
 
 
 class _Steps(dict[str, tuple[float, float, float]]):
-    """Each step's (Makazi seconds, raw SQL seconds, 1-minute load average at its end)."""
+    """Each step's (Makazi seconds, raw SQL seconds, 1-minute load average at its end),
+    printed as soon as it is measured."""
 
     def add(self, step: str, times: tuple[float, float]) -> None:
         self[step] = (*times, os.getloadavg()[0])
+        ours, raw, load = self[step]
+        print(
+            f"   {step}: {ours * 1000:.1f} ms, raw {raw * 1000:.1f} ms, load {load:.1f}", flush=True
+        )
 
 
 def measure(ctx: BenchContext) -> dict[str, tuple[float, float, float]]:
@@ -262,11 +267,6 @@ def run(ctx: BenchContext) -> str:
         )
         print(f"-- {structures:,} structures", flush=True)
         results[structures] = measure(sized)
-        for step, (ours, raw, load) in results[structures].items():
-            print(
-                f"   {step}: {ours * 1000:.1f} ms, raw {raw * 1000:.1f} ms, load {load:.1f}",
-                flush=True,
-            )
     header = ["step"]
     for n in sizes:
         header += [f"{n:,}: Makazi s", "x raw", "load"]
