@@ -32,6 +32,14 @@ from geo.layers.registry import COLLECTIONS
 REPEAT = 5
 
 
+def feature_statement(where: str, order_limit: str) -> str:
+    """The SQL that produces the structures' Feature texts, as the items endpoint writes them."""
+    feature = feature_sql(COLLECTIONS["structures"], CRS84)
+    return (
+        f"SELECT {feature} FROM structures t WHERE t.deleted_at IS NULL AND ({where}) {order_limit}"
+    )
+
+
 def raw_feature_time(
     conninfo: str,
     where: str,
@@ -41,10 +49,7 @@ def raw_feature_time(
     repeat: int = REPEAT,
 ) -> float:
     """Median time of the SQL that produces the same Feature texts."""
-    feature = feature_sql(COLLECTIONS["structures"], CRS84)
-    sql = (
-        f"SELECT {feature} FROM structures t WHERE t.deleted_at IS NULL AND ({where}) {order_limit}"
-    )
+    sql = feature_statement(where, order_limit)
     with psycopg.connect(conninfo) as conn:
 
         def run() -> None:

@@ -1,25 +1,91 @@
-"""Small pages at the HTTP floor: page 50 of a walk and a CQL2 page vs raw SQL and /conformance.
+"""Small pages at the HTTP floor: page 50 of a walk, a CQL2 page and a 10k page vs raw SQL.
 
 A small page's cost is mostly fixed cost (HTTP, routing, dependencies, the
 read transaction's round trips, assembling the tail), so it is compared with
 two limits measured in the same run, side by side: the raw SQL that yields
 the same Feature texts (psycopg, prepared after its fifth run, as the app's
 connections are) and ``GET /conformance``, the cheapest answer the app gives
-over HTTP (no database).  Each figure is the median of ``REPEAT`` calls after a
-warm-up, all through one keep-alive ``httpx`` client.
+over HTTP (no database).  Every contender is called in turn, round after
+round (interleaved, so a shared machine's load falls on all alike); each
+figure is the median of the rounds after a warm-up, all through keep-alive
+``httpx`` clients.
+
+``MAKAZI_BENCH_PAGES_BASELINE=<git revision>`` adds that revision's code as
+a second server on the same database (``git archive`` into a temporary directory), for
+before/after figures from one run.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 
-from bench.common import BenchContext, makazi_process, markdown_table, median_time
-from bench.features import raw_feature_time
+from bench.common import HERE, BenchContext, markdown_table
+from bench.features import feature_statement
+from tests.support.server import free_port, makazi_on, running_server, uvicorn_argv
 
-REPEAT = 60
+REPEAT = int(os.environ.get("MAKAZI_BENCH_PAGES_REPEAT", "60"))
+
+
+@contextmanager
+def _baseline(ctx: BenchContext, revision: str) -> Iterator[tuple[str, int]]:
+    """The code of ``revision`` (its ``app`` and ``geo`` packages) served: (base URL, pid)."""
+    archive = subprocess.run(
+        ["git", "archive", revision, "app", "geo"], cwd=HERE.parent, capture_output=True, check=True
+    ).stdout
+    port = free_port()
+    argv = uvicorn_argv(sys.executable, "app.main:create_app", port, factory=True)
+    env = {"MAKAZI_DATABASE_URL": ctx.url, "MAKAZI_LOG_LEVEL": "warning"}
+    # outside the worktree, so that linters and type checkers never read the copy
+    with tempfile.TemporaryDirectory(prefix=f"makazi-baseline-{revision}-") as target:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target, filter="data")
+        with running_server([*argv, "--app-dir", target], port, env, health="/healthz") as proc:
+            yield f"http://127.0.0.1:{port}", proc.pid
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _interleaved(
+    contenders: dict[str, Callable[[], object]], rounds: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds of each contender, called in turn round after round.
+
+    The order turns by one each round, so no contender always follows another.
+    """
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for index in range(warmup + rounds):
+        turn = index % len(names)
+        for name in names[turn:] + names[:turn]:
+            fn = contenders[name]
+            start = time.perf_counter()
+            fn()
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _fetch(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> None:
+    conn.execute(statement, params).fetchall()
 
 
 def run(ctx: BenchContext) -> str:
@@ -28,16 +94,19 @@ def run(ctx: BenchContext) -> str:
             "SELECT id FROM structures WHERE deleted_at IS NULL ORDER BY id OFFSET 48999 LIMIT 1"
         ).fetchone()
         assert after is not None
-    cases: list[tuple[str, dict[str, Any], tuple[str, str, dict[str, Any]]]] = [
+    walk = ("t.id > %(after)s", {"after": after[0]})
+    cases: list[tuple[str, dict[str, Any], tuple[str, str, dict[str, Any]], int]] = [
         (
             "page 50 of a 1,000-item walk",
             {"limit": 1000, "after": after[0]},
-            ("t.id > %(after)s", "ORDER BY t.id LIMIT 1000", {"after": after[0]}),
+            (walk[0], "ORDER BY t.id LIMIT 1000", walk[1]),
+            REPEAT,
         ),
         (
             "page 50 of a 10-item walk",
             {"limit": 10, "after": after[0]},
-            ("t.id > %(after)s", "ORDER BY t.id LIMIT 10", {"after": after[0]}),
+            (walk[0], "ORDER BY t.id LIMIT 10", walk[1]),
+            REPEAT,
         ),
         (
             "CQL2 page",
@@ -47,36 +116,75 @@ def run(ctx: BenchContext) -> str:
                 "limit": 1000,
             },
             ("t.use = 'school' AND t.storeys >= 2", "ORDER BY t.id LIMIT 1000", {}),
+            REPEAT,
+        ),
+        (
+            "10,000-feature page",
+            {"limit": 10000, "after": after[0]},
+            (walk[0], "ORDER BY t.id LIMIT 10000", walk[1]),
+            max(5, REPEAT // 4),
         ),
     ]
+    baseline = os.environ.get("MAKAZI_BENCH_PAGES_BASELINE")
     rows: list[list[object]] = []
-    with makazi_process(ctx) as (ours, _proc), httpx.Client(timeout=60) as client:
+    with ExitStack() as stack:
+        url, proc = stack.enter_context(makazi_on(ctx.url))
+        servers = {"Makazi": url}
+        pids = {"Makazi": proc.pid}
+        if baseline:
+            name = f"baseline {baseline}"
+            servers[name], pids[name] = stack.enter_context(_baseline(ctx, baseline))
+        client = stack.enter_context(httpx.Client(timeout=120))
+        conn = stack.enter_context(psycopg.connect(ctx.conninfo))
         headers = {"Accept-Encoding": "identity"}
 
-        def get(path: str, params: dict[str, Any] | None = None) -> None:
-            response = client.get(f"{ours}{path}", params=params, headers=headers)
+        def get(url: str, params: dict[str, Any] | None = None) -> None:
+            response = client.get(url, params=params, headers=headers)
             response.raise_for_status()
             _ = response.content
 
-        floor = median_time(lambda: get("/conformance"), repeat=REPEAT, warmup=10)
-        rows.append(["GET /conformance (HTTP floor)", floor * 1000, "", "", ""])
-        for name, params, (where, order, sql_params) in cases:
-            ours_s = median_time(
-                lambda p=params: get("/collections/structures/items", p),  # type: ignore[misc]
-                repeat=REPEAT,
-                warmup=10,
-            )
-            raw_s = raw_feature_time(ctx.conninfo, where, order, sql_params, repeat=REPEAT)
+        floor = _interleaved(
+            {name: partial(get, f"{base}/conformance") for name, base in servers.items()},
+            REPEAT,
+            10,
+        )
+        for name, seconds in floor.items():
             rows.append(
-                [name, ours_s * 1000, raw_s * 1000, ours_s / raw_s, (ours_s - raw_s) * 1000]
+                [
+                    "GET /conformance (HTTP floor)",
+                    name,
+                    seconds * 1000,
+                    "",
+                    "",
+                    f"{os.getloadavg()[0]:.1f}",
+                ]
             )
-            print(rows[-1], flush=True)
+        for case, params, (where, order, sql_params), rounds in cases:
+            statement = feature_statement(where, order)
+            contenders: dict[str, Callable[[], object]] = {
+                name: partial(get, f"{base}/collections/structures/items", params)
+                for name, base in servers.items()
+            }
+            contenders["raw SQL"] = partial(_fetch, conn, statement, sql_params)
+            cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+            medians = _interleaved(contenders, rounds, 5)
+            calls = rounds + 5
+            cpu = {name: (_cpu_seconds(pid) - cpu[name]) / calls for name, pid in pids.items()}
+            load = f"{os.getloadavg()[0]:.1f}"
+            for name, seconds in medians.items():
+                ratio = f"{seconds / medians['raw SQL']:.2f}"
+                used = f"{cpu[name] * 1000:.1f}" if name in cpu else ""
+                rows.append([case, name, seconds * 1000, ratio, used, load])
+                print(rows[-1], flush=True)
     table = markdown_table(
-        ["request", "Makazi ms", "raw SQL ms", "Makazi / raw", "fixed cost ms (Makazi - raw)"],
+        ["request", "contender", "median ms", "x raw SQL", "server CPU ms/request", "load (1 min)"],
         rows,
     )
     return (
-        table + f"\n\n{ctx.structures:,} structures; median of {REPEAT} after 10 warm-ups; "
-        "uncompressed bodies; the raw SQL reads the same Feature texts with psycopg "
-        "(prepared). The machine was shared with other jobs while this ran."
+        table + f"\n\n{ctx.structures:,} structures; median of {REPEAT} interleaved rounds "
+        "(the 10k page a quarter of them) after warm-ups; uncompressed bodies; the raw SQL "
+        "reads the same Feature texts with psycopg (prepared); server CPU is the uvicorn "
+        "process's user + system time over the case's calls (/proc), which a busy machine "
+        "inflates less than wall time. The machine was shared with "
+        "other jobs while this ran (the load column)."
     )

@@ -103,8 +103,24 @@ def _export(client: httpx.Client, url: str, token: str) -> None:
             pass
 
 
-def measure(ctx: BenchContext) -> dict[str, tuple[float, float]]:
-    """(Makazi seconds, raw SQL seconds) of every step on one database."""
+class _Steps(dict[str, tuple[float, float, float]]):
+    """Each step's (Makazi seconds, raw SQL seconds, 1-minute load average at its end),
+    printed as soon as it is measured."""
+
+    def add(self, step: str, times: tuple[float, float]) -> None:
+        self[step] = (*times, os.getloadavg()[0])
+        ours, raw, load = self[step]
+        print(
+            f"   {step}: {ours * 1000:.1f} ms, raw {raw * 1000:.1f} ms, load {load:.1f}", flush=True
+        )
+
+
+def measure(ctx: BenchContext) -> dict[str, tuple[float, float, float]]:
+    """(Makazi seconds, raw SQL seconds, load average) of every step on one database.
+
+    The load average is the 1-minute figure read when the step ends (the
+    machine is shared: read each time next to the load it ran under).
+    """
     big = ctx.structures >= 5_000_000
     with psycopg.connect(ctx.conninfo) as conn:
         row = conn.execute(
@@ -118,7 +134,7 @@ def measure(ctx: BenchContext) -> dict[str, tuple[float, float]]:
         token = create_token(sa_conn, name=f"bench-scale-{time.time_ns()}", role="admin")
     db = Database(engine)
     settings = Settings(database_url=ctx.url, analysis_timeout_ms=3_600_000)
-    out: dict[str, tuple[float, float]] = {}
+    out = _Steps()
     items = "/collections/structures/items"
     cql = "use = 'school' AND storeys >= 2"
     with (
@@ -135,20 +151,27 @@ def measure(ctx: BenchContext) -> dict[str, tuple[float, float]]:
             )
             return ours, raw
 
-        out["page 50 (keyset, 1,000 items)"] = page(
-            {"limit": 1000, "after": after}, "t.id > %(after)s", {"after": after}
+        out.add(
+            "page 50 (keyset, 1,000 items)",
+            page({"limit": 1000, "after": after}, "t.id > %(after)s", {"after": after}),
         )
-        out["CQL2 page (1,000 items)"] = page(
-            {"filter": cql, "filter-lang": "cql2-text", "limit": 1000},
-            "t.use = 'school' AND t.storeys >= 2",
-            {},
+        out.add(
+            "CQL2 page (1,000 items)",
+            page(
+                {"filter": cql, "filter-lang": "cql2-text", "limit": 1000},
+                "t.use = 'school' AND t.storeys >= 2",
+                {},
+            ),
         )
         z, x, y = tile
         sql = _Sql(ctx.conninfo)
         try:
-            out["densest z16 tile, cold"] = (
-                median_time(partial(_http, client, f"{base}/tiles/{z}/{x}/{y}.mvt"), repeat=9),
-                median_time(partial(sql, tile_sql(z), tile), repeat=9),
+            out.add(
+                "densest z16 tile, cold",
+                (
+                    median_time(partial(_http, client, f"{base}/tiles/{z}/{x}/{y}.mvt"), repeat=9),
+                    median_time(partial(sql, tile_sql(z), tile), repeat=9),
+                ),
             )
         finally:
             sql.close()
@@ -161,11 +184,14 @@ def measure(ctx: BenchContext) -> dict[str, tuple[float, float]]:
                 conn.execute("SET statement_timeout = 0")
                 conn.execute(statement, params).fetchall()
 
-        out["impact (5 km corridor)"] = (
-            median_time(
-                lambda: impact(db, request=request, settings=settings, role="admin"), repeat=3
+        out.add(
+            "impact (5 km corridor)",
+            (
+                median_time(
+                    lambda: impact(db, request=request, settings=settings, role="admin"), repeat=3
+                ),
+                median_time(partial(raw, RAW_IMPACT, impact_params), repeat=3),
             ),
-            median_time(partial(raw, RAW_IMPACT, impact_params), repeat=3),
         )
         deg = ACCESS_M * 1.01 / (111_320 * math.cos(math.radians(1.4)))
         access_sql = _ACCESS_TEMPLATE.format(
@@ -182,23 +208,29 @@ def measure(ctx: BenchContext) -> dict[str, tuple[float, float]]:
             )
 
         repeat = 1 if big else 3
-        out["access (all structures)"] = (
-            median_time(ours_access, repeat=repeat, warmup=0 if big else 1),
-            median_time(
-                partial(raw, access_sql, {"d": ACCESS_M, "deg": deg}),
-                repeat=repeat,
-                warmup=0 if big else 1,
+        out.add(
+            "access (all structures)",
+            (
+                median_time(ours_access, repeat=repeat, warmup=0 if big else 1),
+                median_time(
+                    partial(raw, access_sql, {"d": ACCESS_M, "deg": deg}),
+                    repeat=repeat,
+                    warmup=0 if big else 1,
+                ),
             ),
         )
-        out["whole-layer GeoJSON export"] = (
-            _once(partial(_export, client, f"{base}/exports/structures", token)),
-            _once(partial(_raw_export, ctx.conninfo)),
+        out.add(
+            "whole-layer GeoJSON export",
+            (
+                _once(partial(_export, client, f"{base}/exports/structures", token)),
+                _once(partial(_raw_export, ctx.conninfo)),
+            ),
         )
     engine.dispose()
     return out
 
 
-def _plot(sizes: list[int], results: dict[int, dict[str, tuple[float, float]]]) -> None:
+def _plot(sizes: list[int], results: dict[int, dict[str, tuple[float, float, float]]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,7 +258,7 @@ def run(ctx: BenchContext) -> str:
     sizes = sorted(
         int(s) for s in os.environ.get("MAKAZI_BENCH_SIZES", "100000,1000000").split(",")
     )
-    results: dict[int, dict[str, tuple[float, float]]] = {}
+    results: dict[int, dict[str, tuple[float, float, float]]] = {}
     for structures in sizes:
         sized = (
             ctx
@@ -235,18 +267,16 @@ def run(ctx: BenchContext) -> str:
         )
         print(f"-- {structures:,} structures", flush=True)
         results[structures] = measure(sized)
-        for step, (ours, raw) in results[structures].items():
-            print(f"   {step}: {ours * 1000:.1f} ms, raw {raw * 1000:.1f} ms", flush=True)
     header = ["step"]
     for n in sizes:
-        header += [f"{n:,}: Makazi s", "x raw"]
+        header += [f"{n:,}: Makazi s", "x raw", "load"]
     header += [f"growth {a:,} to {b:,}" for a, b in itertools.pairwise(sizes)]
     rows: list[list[object]] = []
     for step in results[sizes[0]]:
         row: list[object] = [step]
         for n in sizes:
-            ours, raw = results[n][step]
-            row += [ours, f"{ours / raw:.2f}"]
+            ours, raw, load = results[n][step]
+            row += [ours, f"{ours / raw:.2f}", f"{load:.1f}"]
         for a, b in itertools.pairwise(sizes):
             factor = (math.log10(b) - math.log10(a)) or 1.0
             growth = (results[b][step][0] / results[a][step][0]) ** (1 / factor)
@@ -257,7 +287,8 @@ def run(ctx: BenchContext) -> str:
     return (
         markdown_table(header, rows) + f"\n\n![cost by size]({Path(PLOT).name})\n\n"
         "Growth is per 10x of structures (Makazi, and raw SQL in brackets); 'x raw' is "
-        "Makazi's time over the raw SQL's, measured side by side in the same run. Each size "
+        "Makazi's time over the raw SQL's, measured side by side in the same run; 'load' is the "
+        "1-minute load average when the step ended. Each size "
         "has its own database made by geo.demo.bulk (5 settlements up to 1M, about 50 at "
         "10M). The machine was shared with other jobs while this ran."
     )
