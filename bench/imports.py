@@ -110,9 +110,9 @@ def run_timed(
 #: layer, the database's own triggers placing each structure and writing its history row.
 QGIS_MERGE = """
     INSERT INTO structures (structure_number, use, wall_material, storeys, geom, source_id)
-    SELECT structure_number || '-peer', use, wall_material, storeys, wkb_geometry,
-           'peer:' || ogc_fid
-    FROM ogr_structures ORDER BY ogc_fid
+    SELECT structure_number || '-peer', use, wall_material, storeys, geom,
+           'peer:' || fid
+    FROM ogr_structures ORDER BY fid
 """
 
 
@@ -147,9 +147,10 @@ def run(ctx: BenchContext) -> str:
     if os.environ.get("MAKAZI_BENCH_IMPORT_BASELINE"):
         # another tree of the code (``git archive <commit> app geo``) into its own database
         base_url = ctx.cluster.create_database(f"{DATABASE}_baseline", drop=True)
-        migrate(base_url)
-        settlements_grid(ctx.cluster.conninfo(f"{DATABASE}_baseline"))
         tree = Path(os.environ["MAKAZI_BENCH_IMPORT_BASELINE"])
+        migrating = f"from geo.core.db import migrate; migrate({base_url!r})"
+        run_timed([sys.executable, "-c", migrating], {}, cwd=tree)  # that tree's migrations
+        settlements_grid(ctx.cluster.conninfo(f"{DATABASE}_baseline"))
         baseline = run_timed([*command, "--quiet"], {"MAKAZI_DATABASE_URL": base_url}, cwd=tree)
     first = run_timed([*command, "--quiet"], env)
     # MAKAZI_BENCH_IMPORT_AGAIN=0 / _PEER=0 leave out the second pass / the second peer
