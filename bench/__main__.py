@@ -8,7 +8,8 @@ import sys
 
 from bench.common import EMPTY_DATABASE, bench_context, write_section
 
-SKIP = {"common", "loadtest", "locustfile"}  # load runs are `make loadtest` / `make soak`
+# load runs are `make loadtest` / `make soak`; import_steps is a profiler run on its own
+SKIP = {"common", "import_steps", "loadtest", "locustfile"}
 
 
 def main(argv: list[str]) -> int:

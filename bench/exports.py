@@ -12,11 +12,15 @@
 
 The layer size is the bench database's (``MAKAZI_BENCH_STRUCTURES``); run it
 small with ``MAKAZI_BENCH_STRUCTURES=20000 python -m bench exports``.
+``MAKAZI_BENCH_EXPORT_DATABASE`` names another database of the bench cluster to
+export from instead, such as ``makazi_bench_imports`` after a 1,000,000-feature
+imports bench (no demo data to generate).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import statistics
@@ -36,6 +40,7 @@ from geo.core.auth import create_token, revoke_token
 from geo.core.errors import NotFound
 from geo.layers.registry import COLLECTIONS
 
+#: ``MAKAZI_BENCH_EXPORT_FORMATS`` (comma-separated) runs some of them; gpkg is always run.
 FORMATS = ["geojson", "csv", "kml", "fgb", "gpkg", "shp"]
 SAMPLE_S = 0.02
 
@@ -177,8 +182,24 @@ def _fgb_backend(conninfo: str, index: bool) -> tuple[float, float, int]:
     return seconds, grown, int(size[0]) if size and size[0] is not None else 0
 
 
+def _other_database(ctx: BenchContext, name: str) -> BenchContext:
+    """``ctx`` reading the cluster's database ``name`` (one a bench has filled already)."""
+    conninfo = ctx.cluster.conninfo(name)
+    with psycopg.connect(conninfo) as conn:
+        count = conn.execute("SELECT count(*) FROM structures WHERE deleted_at IS NULL").fetchone()
+    return dataclasses.replace(
+        ctx,
+        url=ctx.cluster.url(name),
+        conninfo=conninfo,
+        structures=int(count[0]) if count else 0,
+    )
+
+
 def run(ctx: BenchContext) -> str:
     repeat = int(os.environ.get("MAKAZI_BENCH_EXPORT_REPEAT", "3"))
+    if os.environ.get("MAKAZI_BENCH_EXPORT_DATABASE"):
+        # e.g. the 1,000,000 footprints the imports bench left, instead of loading demo data
+        ctx = _other_database(ctx, os.environ["MAKAZI_BENCH_EXPORT_DATABASE"])
     engine = create_engine(ctx.url)
     with engine.begin() as conn:
         with contextlib.suppress(NotFound):  # a previous run's
@@ -192,7 +213,8 @@ def run(ctx: BenchContext) -> str:
     notes: list[str] = []
     with makazi_process(ctx) as (base, proc), httpx.Client(timeout=3600) as client:
         url = f"{base}/exports/structures"
-        for fmt in FORMATS:
+        chosen = os.environ.get("MAKAZI_BENCH_EXPORT_FORMATS", ",".join(FORMATS)).split(",")
+        for fmt in [f for f in FORMATS if f in chosen or f == "gpkg"]:
             samples = []
             size = 0
             with _peak_of(lambda: _export_workers(proc.pid)) as peak:
@@ -242,11 +264,16 @@ def run(ctx: BenchContext) -> str:
             ],
         )
     fgb_rows = []
-    for index in (True, False):
+    for index in (True, False) if "fgb" in times else ():
         seconds, grown, size = _fgb_backend(ctx.conninfo, index)
         fgb_rows.append([f"ST_AsFlatGeobuf(q, {index})", seconds, size / 1e6, grown])
-    fgb = "\n\n" + markdown_table(
-        ["FlatGeobuf in PostgreSQL", "seconds", "MB", "backend memory for it MiB"], fgb_rows
+    fgb = (
+        "\n\n"
+        + markdown_table(
+            ["FlatGeobuf in PostgreSQL", "seconds", "MB", "backend memory for it MiB"], fgb_rows
+        )
+        if fgb_rows
+        else ""
     )
     notes.append(
         f"{ctx.structures:,} structures; median of {repeat} runs; the server's peak RSS over "

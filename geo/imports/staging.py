@@ -433,15 +433,18 @@ class Stage:
                 """
             )
         )
+        # the stamp trigger's work done here, so its WHEN clause skips it (migration 0020)
+        actor = self.conn.execute(text("SELECT makazi_actor()")).scalar()
         inserted = insert_audited(
             self.conn,
             table,
             f"""
-            INSERT INTO {table} ({", ".join(targets)}, source_id, import_id)
-            SELECT {", ".join(values)}, s.source_id, :import_id
+            INSERT INTO {table} ({", ".join(targets)}, source_id, import_id,
+                                 created_by, updated_by)
+            SELECT {", ".join(values)}, s.source_id, :import_id, :actor, :actor
             FROM {STAGE} s WHERE s.reason IS NULL AND s.target_id IS NULL ORDER BY s.seq
             """,
-            {"import_id": import_id},
+            {"import_id": import_id, "actor": actor},
         )
         assignments = ", ".join(f"{n} = {v}" for n, v in zip(targets, values, strict=True))
         updated = self.conn.execute(

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, text
 
 from geo.core.db import act_as
 from geo.imports.history import insert_audited
-from tests.imports.helpers import footprints, make_settlement, post_import
+from tests.imports.helpers import KIBERA, footprints, make_settlement, post_import
 
 Headers = Callable[..., dict[str, str]]
 
@@ -113,3 +113,34 @@ def test_imported_features_have_one_history_row_each(
     ).all()
     assert len(rows) == 6
     assert {(r.changed_by, r.same, r.diff) for r in rows} == {("wanjiru", True, True)}
+
+
+def test_row_triggers_fill_only_what_a_statement_leaves_out(connection: Connection) -> None:
+    # the merge gives created_by/updated_by and settlement_id itself, so migration 0020's
+    # WHEN clauses skip the stamp and locate triggers; any other insert is stamped and placed
+    act_as(connection, "amina")
+    settlement = make_settlement(connection)
+    other = make_settlement(connection, "Elsewhere")
+    point = f"ST_SetSRID(ST_MakePoint({KIBERA[0]}, {KIBERA[1]}), 4326)"
+    rows = connection.execute(
+        text(
+            "INSERT INTO structures (structure_number, geom, created_by, updated_by, "
+            f"settlement_id) VALUES ('T-1', {point}, NULL, NULL, NULL), "
+            f"('T-2', {point}, 'import', NULL, NULL), ('T-3', {point}, 'import', 'import', :o) "
+            "RETURNING structure_number, created_by, updated_by, settlement_id"
+        ),
+        {"o": other},
+    ).all()
+    assert sorted(tuple(r) for r in rows) == [
+        ("T-1", "amina", "amina", settlement),
+        ("T-2", "import", "import", settlement),
+        ("T-3", "import", "import", other),
+    ]
+    # an update that clears the settlement places the structure again
+    placed = connection.execute(
+        text(
+            "UPDATE structures SET settlement_id = NULL WHERE structure_number = 'T-3' "
+            "RETURNING settlement_id"
+        )
+    ).scalar_one()
+    assert placed == settlement
