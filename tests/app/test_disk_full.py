@@ -13,6 +13,7 @@ import io
 import json
 import os
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,3 +157,52 @@ def test_a_full_staging_area_is_a_clean_507(
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM structures WHERE structure_number LIKE 'DF-%'"))
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def queueing_server(cluster: EmbeddedCluster, staging: Path) -> Iterator[LiveServer]:
+    """Every import queued (202) and run by the server's import worker, on the small disk."""
+    with live_server_running(
+        cluster,
+        structures=50,
+        database="makazi_disk_full_jobs",
+        spool_dir=str(staging),
+        import_async_mb="0",
+        import_poll_s="0.2",
+    ) as server:
+        yield server
+
+
+def _finished(server: LiveServer, response: httpx.Response) -> dict[str, object]:
+    """The queued import's ``GET /imports/{id}`` once it is done or failed."""
+    assert response.status_code == 202, response.text[:500]
+    url = f"{server.base_url}/imports/{response.json()['id']}"
+    for _ in range(600):  # a job that never ends fails here, not by hanging
+        job: dict[str, object] = httpx.get(url, headers=server.headers("mapper")).json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"the import never finished: {job}")
+
+
+def test_a_queued_import_that_fills_the_disk_fails_cleanly(
+    queueing_server: LiveServer, staging: Path
+) -> None:
+    before = _counts(queueing_server)
+    # 100 kB as sent and stored, 8 MB once the worker unpacks it into the staging folder
+    sent = _import(queueing_server, "big.zip", _zipped("big.geojson", _features(4000, 1900)))
+    job = _finished(queueing_server, sent)
+    assert job["status"] == "failed"
+    report = job["report"]
+    assert isinstance(report, dict)
+    assert report["type"] == "/problems/insufficient-storage" and report["status"] == 507
+    assert "insufficient storage" in report["detail"] and "MAKAZI_SPOOL_DIR" in report["detail"]
+    after = _counts(queueing_server)
+    assert after["structures"] == before["structures"]  # nothing written
+    assert after["import_files"] == before["import_files"]  # the stored upload dropped
+    assert list(staging.iterdir()) == []
+    assert _used_bytes(staging) < 64 * 1024  # the worker's temporary files are gone
+    # the worker carries on with the next job
+    small = _finished(queueing_server, _import(queueing_server, "small.geojson", _features(3, 10)))
+    assert small["status"] == "done", small
+    assert _counts(queueing_server)["structures"] == before["structures"] + 3
