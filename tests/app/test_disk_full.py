@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from geo.core.cluster import EmbeddedCluster
+from tests.support.cli import makazi
 from tests.support.live import LiveServer, live_server_running
 
 STAGING_MB = 2
@@ -206,3 +207,27 @@ def test_a_queued_import_that_fills_the_disk_fails_cleanly(
     small = _finished(queueing_server, _import(queueing_server, "small.geojson", _features(3, 10)))
     assert small["status"] == "done", small
     assert _counts(queueing_server)["structures"] == before["structures"] + 3
+
+
+def test_makazi_import_stages_in_the_spool_dir_and_says_when_it_is_full(
+    small_disk_server: LiveServer, staging: Path, tmp_path: Path
+) -> None:
+    before = _counts(small_disk_server)
+    archive = tmp_path / "big.zip"  # 100 kB here, 8 MB once unpacked into MAKAZI_SPOOL_DIR
+    archive.write_bytes(_zipped("big.geojson", _features(4000, 1900)))
+    result = makazi(
+        "import",
+        str(archive),
+        "--collection",
+        "structures",
+        "--quiet",
+        MAKAZI_DATABASE_URL=small_disk_server.database_url,
+        MAKAZI_SPOOL_DIR=str(staging),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no space left" in result.stderr and str(staging) in result.stderr
+    assert "insufficient storage" in result.stderr and "MAKAZI_SPOOL_DIR" in result.stderr
+    assert _counts(small_disk_server) == before  # nothing imported
+    assert list(staging.iterdir()) == []
+    assert _used_bytes(staging) < 64 * 1024
