@@ -202,11 +202,40 @@ def _port_free(port: int) -> bool:
     return True
 
 
+LOCAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS = range(20_000, 32_768)
+"""Where a cluster's port is chosen when the kernel's ephemeral range is unknown."""
+
+
+def listen_ports() -> range:
+    """Ports a cluster may listen on: below the kernel's ephemeral (source port) range.
+
+    The kernel gives every outgoing connection a source port from
+    ``ip_local_port_range`` (32768-60999 by default).  A cluster listening on one of
+    those leaves it free whenever it is stopped, and any client connection made
+    meanwhile (one of the server's own reconnection attempts, a pool elsewhere on the
+    machine) can take it; the restart then finds it busy and moves to another port
+    under the running server's feet, which keeps asking the old one.  Outside that
+    range only a process that binds the port on purpose can take it.
+    """
+    try:
+        low = int(LOCAL_PORT_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return LISTEN_PORTS
+    return range(max(1_024, low - 12_000), low) if low > 2_048 else LISTEN_PORTS
+
+
 def _free_port() -> int:
+    """A port nothing listens on, below the ephemeral range (see :func:`listen_ports`)."""
+    ports = listen_ports()
+    for _ in range(200):
+        port = ports.start + secrets.randbelow(len(ports))
+        if _port_free(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+        sock.bind(("127.0.0.1", 0))  # every one tried is busy: any the kernel gives
+        chosen: int = sock.getsockname()[1]
+    return chosen
 
 
 def _pid_is_postgres(pid: int) -> bool:
