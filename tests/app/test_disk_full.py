@@ -49,7 +49,11 @@ def staging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def small_disk_server(cluster: EmbeddedCluster, staging: Path) -> Iterator[LiveServer]:
     with live_server_running(
-        cluster, structures=50, database="makazi_disk_full", spool_dir=str(staging)
+        cluster,
+        structures=50,
+        database="makazi_disk_full",
+        spool_dir=str(staging),
+        import_poll_s="0.2",  # a queued import starts at once
     ) as server:
         yield server
 
@@ -101,11 +105,11 @@ def _used_bytes(folder: Path) -> int:
     return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
 
 
-def _import(server: LiveServer, name: str, data: bytes) -> httpx.Response:
+def _import(server: LiveServer, name: str, data: bytes, queued: bool = False) -> httpx.Response:
     return httpx.post(
         f"{server.base_url}/imports",
         files={"file": (name, data, "application/octet-stream")},
-        data={"collection": "structures"},
+        data={"collection": "structures", **({"async": "true"} if queued else {})},
         headers=server.headers("mapper"),
         timeout=60,
     )
@@ -160,20 +164,6 @@ def test_a_full_staging_area_is_a_clean_507(
     engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def queueing_server(cluster: EmbeddedCluster, staging: Path) -> Iterator[LiveServer]:
-    """Every import queued (202) and run by the server's import worker, on the small disk."""
-    with live_server_running(
-        cluster,
-        structures=50,
-        database="makazi_disk_full_jobs",
-        spool_dir=str(staging),
-        import_async_mb="0",
-        import_poll_s="0.2",
-    ) as server:
-        yield server
-
-
 def _finished(server: LiveServer, response: httpx.Response) -> dict[str, object]:
     """The queued import's ``GET /imports/{id}`` once it is done or failed."""
     assert response.status_code == 202, response.text[:500]
@@ -187,26 +177,31 @@ def _finished(server: LiveServer, response: httpx.Response) -> dict[str, object]
 
 
 def test_a_queued_import_that_fills_the_disk_fails_cleanly(
-    queueing_server: LiveServer, staging: Path
+    small_disk_server: LiveServer, staging: Path
 ) -> None:
-    before = _counts(queueing_server)
+    server = small_disk_server
+    before = _counts(server)
     # 100 kB as sent and stored, 8 MB once the worker unpacks it into the staging folder
-    sent = _import(queueing_server, "big.zip", _zipped("big.geojson", _features(4000, 1900)))
-    job = _finished(queueing_server, sent)
+    sent = _import(server, "big.zip", _zipped("big.geojson", _features(4000, 1900)), queued=True)
+    job = _finished(server, sent)
     assert job["status"] == "failed"
     report = job["report"]
     assert isinstance(report, dict)
     assert report["type"] == "/problems/insufficient-storage" and report["status"] == 507
     assert "insufficient storage" in report["detail"] and "MAKAZI_SPOOL_DIR" in report["detail"]
-    after = _counts(queueing_server)
+    after = _counts(server)
     assert after["structures"] == before["structures"]  # nothing written
     assert after["import_files"] == before["import_files"]  # the stored upload dropped
     assert list(staging.iterdir()) == []
     assert _used_bytes(staging) < 64 * 1024  # the worker's temporary files are gone
     # the worker carries on with the next job
-    small = _finished(queueing_server, _import(queueing_server, "small.geojson", _features(3, 10)))
+    small = _finished(server, _import(server, "small.geojson", _features(3, 10), queued=True))
     assert small["status"] == "done", small
-    assert _counts(queueing_server)["structures"] == before["structures"] + 3
+    assert _counts(server)["structures"] == before["structures"] + 3
+    engine = create_engine(server.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM structures WHERE structure_number LIKE 'DF-%'"))
+    engine.dispose()
 
 
 def test_makazi_import_stages_in_the_spool_dir_and_says_when_it_is_full(
