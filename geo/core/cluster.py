@@ -332,6 +332,7 @@ class EmbeddedCluster:
     def _run(
         self, argv: list[str], *, new_session: bool = False
     ) -> subprocess.CompletedProcess[str]:
+        self._grant_traversal()
         return subprocess.run(
             self._as_service_user(argv),
             capture_output=True,
@@ -364,15 +365,27 @@ class EmbeddedCluster:
             if result.returncode != 0 and "already exists" not in result.stderr:
                 raise ClusterError(f"cannot create system user {SERVICE_USER}: {result.stderr}")
         entry = pwd.getpwnam(SERVICE_USER)
-        for parent in self.data_dir.parents:
-            mode = parent.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                parent.chmod(mode | stat.S_IXOTH)
+        self._grant_traversal()
         for folder in (self.pgdata, self.socket_dir, self.log_file.parent):
             folder.mkdir(parents=True, exist_ok=True)
             for path in [folder, *folder.rglob("*")]:
                 os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
         self.data_dir.chmod(self.data_dir.stat().st_mode | stat.S_IXOTH)
+
+    def _grant_traversal(self) -> None:
+        """Under root: let the service user reach the data dir (every parent searchable).
+
+        Done again before each command the service user runs: someone else may have
+        taken the permission back meanwhile (every new pytest session as root makes
+        ``/tmp/pytest-of-root`` private again), and ``pg_ctl stop`` then could not
+        read the cluster's pid file, so the cluster would not stop.
+        """
+        if os.geteuid() != 0:
+            return
+        for parent in self.data_dir.parents:
+            mode = parent.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                parent.chmod(mode | stat.S_IXOTH)
 
     def _check_writable(self) -> None:
         try:

@@ -58,6 +58,18 @@ def test_a_new_cluster_listens_below_the_ephemeral_ports(cluster: EmbeddedCluste
     assert not low <= cluster.port <= high
 
 
+def test_stop_works_after_a_parent_folder_was_made_private(spare: EmbeddedCluster) -> None:
+    """Every new pytest session as root makes ``/tmp/pytest-of-root`` private (0700) again,
+    taking back the service user's way to a running cluster's files: ``pg_ctl stop`` then
+    failed with "Permission denied" (so could ``test_database_down``'s stop, whenever
+    another session started while it ran)."""
+    spare.start()
+    parent = spare.data_dir.parent
+    parent.chmod(parent.stat().st_mode & ~0o077)  # what another pytest session does
+    assert spare.stop()
+    assert not spare.running()
+
+
 def test_start_stop_restart(spare: EmbeddedCluster) -> None:
     assert spare.start() is True
     assert spare.start() is False  # already running
