@@ -14,17 +14,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import Connection
 from starlette.types import Receive, Scope, Send
 
 from geo.core.db import Database
 
-__all__ = ["ClosingStreamingResponse", "HeldRead"]
+__all__ = ["ClosingStreamingResponse", "HeldRead", "PinnedFileResponse"]
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -107,3 +108,18 @@ class HeldRead:
             raise
         finally:
             self.close()
+
+
+class PinnedFileResponse(FileResponse):
+    """A file sent from a private hard link (a pin) that is removed however the response ends.
+
+    The pin was made by the handler, so the file exists when the response opens it
+    even if the original was replaced and deleted in between; Range requests work as
+    with :class:`~starlette.responses.FileResponse`.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            Path(self.path).unlink(missing_ok=True)

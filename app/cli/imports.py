@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from app.cli.common import CommandError, load_settings, open_engine
@@ -22,13 +23,11 @@ SHOWN_ERRORS = 10
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from geo.core.db import act_as
-    from geo.core.errors import MakaziError
-    from geo.core.uploads import spool_stream
+    from geo.core.errors import InsufficientStorage, MakaziError
+    from geo.core.uploads import no_space, spool_stream, use_spool_dir
     from geo.imports.jobs import import_now
     from geo.imports.pipeline import ImportOptions, limits_from
     from geo.imports.report import ImportRefused
@@ -52,9 +51,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         layer=args.layer,
     )
     settings = load_settings()
+    use_spool_dir(settings.spool_dir)  # the copy, unpacked archives: where the server stages
     actor = args.actor or os.environ.get("USER") or "cli"
-    with path.open("rb") as handle:
-        body = spool_stream(handle, limit=max(settings.max_upload_bytes, path.stat().st_size))
+    try:
+        with path.open("rb") as handle:
+            body = spool_stream(handle, limit=max(settings.max_upload_bytes, path.stat().st_size))
+    except InsufficientStorage as exc:
+        raise _disk_full(path) from exc
     bar = tqdm(total=0, unit=" features", file=sys.stderr, disable=args.quiet, leave=False)
 
     def progress(done: int, total: int) -> None:
@@ -81,6 +84,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     except MakaziError as exc:
         bar.close()
         raise CommandError(exc.detail) from exc
+    except OSError as exc:
+        bar.close()
+        if no_space(exc):
+            raise _disk_full(path) from exc
+        raise
     finally:
         body.close()
     bar.close()
@@ -90,6 +98,17 @@ def cmd_import(args: argparse.Namespace) -> int:
         _print_errors(report.errors)
     print(report.summary() + (f" (import {import_id})" if import_id else ""))
     return 0
+
+
+def _disk_full(path: Path) -> CommandError:
+    """The error for a staging folder that filled up while importing ``path``."""
+    import tempfile
+
+    return CommandError(
+        f"no space left on device in {tempfile.gettempdir()} to stage {path.name} (insufficient "
+        "storage); nothing was imported: free space there or point MAKAZI_SPOOL_DIR at a "
+        "larger disk"
+    )
 
 
 def _print_errors(errors: list[dict[str, Any]]) -> None:

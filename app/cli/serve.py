@@ -64,6 +64,24 @@ def embedded_replicas_serving(settings: Settings) -> Iterator[None]:
         stop_replicas(primary, only=started)
 
 
+MAX_DEFAULT_WORKERS = 4
+"""Default workers at most: each holds up to 2 x ``pool_size`` connections (of 100)."""
+
+
+def worker_count(requested: int | None, settings: Settings) -> int:
+    """Worker processes to run: ``--workers``, else ``MAKAZI_WORKERS``, else one per core.
+
+    One Python process uses one core, so a single worker leaves the others to
+    PostgreSQL alone; the default is the cores this process may run on, at most
+    :data:`MAX_DEFAULT_WORKERS`.
+    """
+    if requested:
+        return requested
+    if settings.workers:
+        return settings.workers
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -83,7 +101,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     counts = load(conn, generate(settings.demo_structures, settings.demo_seed))
                     print(", ".join(f"{v} {k}" for k, v in counts.items()))
             engine.dispose()
-        print(f"Makazi on http://{args.host}:{args.port}/  (map: /map, API: /api)", flush=True)
+        workers = worker_count(args.workers, settings)
+        print(
+            f"Makazi on http://{args.host}:{args.port}/  (map: /map, API: /api; "
+            f"{workers} worker{'s' if workers > 1 else ''})",
+            flush=True,
+        )
         # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM
         # unwind like Ctrl-C so the embedded database is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -92,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             factory=True,
             host=args.host,
             port=args.port,
-            workers=args.workers,
+            workers=workers,
             log_level=settings.log_level,
             proxy_headers=True,
             # in-flight requests (a slow download, an upload that stalled) get this long to
@@ -107,6 +130,11 @@ def add_parsers(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the HTTP service (starts the embedded PostGIS)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: MAKAZI_WORKERS, else one per CPU core, at most 4)",
+    )
     serve.add_argument("--demo", action="store_true", help="load demo data into an empty DB")
     serve.set_defaults(func=cmd_serve)

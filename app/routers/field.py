@@ -18,11 +18,12 @@ from the server beyond the public API is here:
 from __future__ import annotations
 
 import threading
+from os import PathLike
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Connection
 
 from app.bodies import JsonBody
@@ -31,6 +32,7 @@ from app.idempotent import IdempotencyKey, idempotent_write
 from app.preconditions import NO_STORE, none_match
 from app.read_routing import long_stream
 from app.routers.web import STATIC, _serve
+from app.streaming import PinnedFileResponse
 from geo.core.errors import NotFound
 from geo.core.idempotency import request_hash
 from geo.core.settings import Settings
@@ -117,6 +119,31 @@ def _archive(request: Request, db: DbDep, settings: Settings, settlement_id: int
         return store.get(conn, settlement_id)
 
 
+PIN_ATTEMPTS = 3
+"""Lookups of an archive replaced (by edits) between its lookup and its pin."""
+
+
+def _pinned_archive(
+    request: Request, db: DbDep, settings: Settings, settlement_id: int, if_none_match: str | None
+) -> tuple[TileArchive, PathLike[str] | None]:
+    """The archive and a pin of its file for one download (None: the client's copy is current).
+
+    The pin (:meth:`~geo.field.tiles.TileArchiveStore.pin`) keeps the bytes of this ETag
+    until the download ends, however many times the archive is replaced meanwhile.
+    """
+    archive = _archive(request, db, settings, settlement_id)
+    for attempt in range(PIN_ATTEMPTS):
+        if none_match(if_none_match, archive.etag):
+            return archive, None
+        try:
+            return archive, request.app.state.field_tiles.pin(archive)
+        except FileNotFoundError:
+            if attempt == PIN_ATTEMPTS - 1:
+                raise
+            archive = _archive(request, db, settings, settlement_id)  # replaced meanwhile
+    return archive, None
+
+
 @router.get(
     "/field/settlements/{settlement_id}",
     summary="A settlement's offline package: its size and counts, before downloading it",
@@ -178,12 +205,14 @@ async def package_tiles(
     hash of the file.  ``Range`` requests get 206, so a PMTiles reader can read it
     in place.
     """
-    archive = await run_in_threadpool(_archive, request, db, settings, settlement_id)
+    archive, pinned = await run_in_threadpool(
+        _pinned_archive, request, db, settings, settlement_id, if_none_match
+    )
     headers = {"ETag": archive.etag, "Cache-Control": "no-cache"}
-    if none_match(if_none_match, archive.etag):
+    if pinned is None:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     long_stream()  # a finished file on disk: nothing to retry, so not held in memory
-    return FileResponse(archive.path, media_type="application/vnd.pmtiles", headers=headers)
+    return PinnedFileResponse(pinned, media_type="application/vnd.pmtiles", headers=headers)
 
 
 @router.get(

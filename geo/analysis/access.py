@@ -315,7 +315,7 @@ def access(
         verified=verified,
     )
     statement = _COUNTS_ALL if settlement_id is None else _COUNTS_SETTLEMENT
-    row = fetch_json(db, statement, params, timeout_ms=settings.analysis_timeout_ms)
+    row = fetch_json(db, statement, params, timeout_ms=settings.analysis_timeout_ms, cached=True)
     shares = {
         "share_beyond": _share(row["structures_beyond"], row["structures_total"]),
         "share_households_beyond": _share(row["households_beyond"], row["households_total"]),

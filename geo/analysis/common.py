@@ -101,11 +101,22 @@ def set_timeout(conn: Connection, timeout_ms: int) -> None:
 
 
 def fetch_json(
-    db: Database, statement: TextClause, params: Mapping[str, Any], *, timeout_ms: int
+    db: Database,
+    statement: TextClause,
+    params: Mapping[str, Any],
+    *,
+    timeout_ms: int,
+    cached: bool = False,
 ) -> Any:
-    """Run a statement that returns one JSON value (or no row: None) under the timeout."""
+    """Run a statement that returns one JSON value (or no row: None) under the timeout.
+
+    ``cached``: answer from ``db.answers`` (:mod:`geo.core.answers`) while the layers
+    the analyses read have not changed; only for statements that read nothing else.
+    """
     with db.read() as conn:
         set_timeout(conn, timeout_ms)
+        if cached:
+            return db.answers.fetch(conn, statement, params)
         value = conn.execute(statement, dict(params)).scalar_one_or_none()
     return json.loads(value) if isinstance(value, str) else value
 

@@ -178,6 +178,7 @@ def summary(
         _SUMMARY if as_of is None else _SUMMARY_AS_OF,
         {"id": settlement_id, "verified": verified, "as_of": as_of},
         timeout_ms=settings.analysis_timeout_ms,
+        cached=as_of is None,
     )
     if row is None:
         when = f" as of {as_of.isoformat()}" if as_of is not None else ""

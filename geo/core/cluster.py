@@ -202,11 +202,40 @@ def _port_free(port: int) -> bool:
     return True
 
 
+LOCAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS = range(20_000, 32_768)
+"""Where a cluster's port is chosen when the kernel's ephemeral range is unknown."""
+
+
+def listen_ports() -> range:
+    """Ports a cluster may listen on: below the kernel's ephemeral (source port) range.
+
+    The kernel gives every outgoing connection a source port from
+    ``ip_local_port_range`` (32768-60999 by default).  A cluster listening on one of
+    those leaves it free whenever it is stopped, and any client connection made
+    meanwhile (one of the server's own reconnection attempts, a pool elsewhere on the
+    machine) can take it; the restart then finds it busy and moves to another port
+    under the running server's feet, which keeps asking the old one.  Outside that
+    range only a process that binds the port on purpose can take it.
+    """
+    try:
+        low = int(LOCAL_PORT_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return LISTEN_PORTS
+    return range(max(1_024, low - 12_000), low) if low > 2_048 else LISTEN_PORTS
+
+
 def _free_port() -> int:
+    """A port nothing listens on, below the ephemeral range (see :func:`listen_ports`)."""
+    ports = listen_ports()
+    for _ in range(200):
+        port = ports.start + secrets.randbelow(len(ports))
+        if _port_free(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+        sock.bind(("127.0.0.1", 0))  # every one tried is busy: any the kernel gives
+        chosen: int = sock.getsockname()[1]
+    return chosen
 
 
 def _pid_is_postgres(pid: int) -> bool:
@@ -303,6 +332,7 @@ class EmbeddedCluster:
     def _run(
         self, argv: list[str], *, new_session: bool = False
     ) -> subprocess.CompletedProcess[str]:
+        self._grant_traversal()
         return subprocess.run(
             self._as_service_user(argv),
             capture_output=True,
@@ -335,15 +365,27 @@ class EmbeddedCluster:
             if result.returncode != 0 and "already exists" not in result.stderr:
                 raise ClusterError(f"cannot create system user {SERVICE_USER}: {result.stderr}")
         entry = pwd.getpwnam(SERVICE_USER)
-        for parent in self.data_dir.parents:
-            mode = parent.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                parent.chmod(mode | stat.S_IXOTH)
+        self._grant_traversal()
         for folder in (self.pgdata, self.socket_dir, self.log_file.parent):
             folder.mkdir(parents=True, exist_ok=True)
             for path in [folder, *folder.rglob("*")]:
                 os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
         self.data_dir.chmod(self.data_dir.stat().st_mode | stat.S_IXOTH)
+
+    def _grant_traversal(self) -> None:
+        """Under root: let the service user reach the data dir (every parent searchable).
+
+        Done again before each command the service user runs: someone else may have
+        taken the permission back meanwhile (every new pytest session as root makes
+        ``/tmp/pytest-of-root`` private again), and ``pg_ctl stop`` then could not
+        read the cluster's pid file, so the cluster would not stop.
+        """
+        if os.geteuid() != 0:
+            return
+        for parent in self.data_dir.parents:
+            mode = parent.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                parent.chmod(mode | stat.S_IXOTH)
 
     def _check_writable(self) -> None:
         try:

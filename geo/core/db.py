@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from geo.core.answers import AnswerCache
 from geo.core.cluster import EmbeddedCluster
 from geo.core.replicas import ROUTE, WRITES_CHANNEL, RecentWriters, ReplicaSet
 from geo.core.settings import Settings
@@ -237,8 +238,10 @@ class Database:
         check_s: float = 2.0,
         read_after_write_s: float = 5.0,
         listen_url: str = "",
+        answer_cache_entries: int = 0,
     ) -> None:
         self.engine = engine
+        self.answers = AnswerCache(answer_cache_entries)
         self.listen_url = listen_url
         self.replicas = ReplicaSet(list(replicas), max_lag_s=max_lag_s, check_s=check_s)
         self.writers = RecentWriters(read_after_write_s)
@@ -255,6 +258,7 @@ class Database:
             check_s=settings.replica_check_s,
             read_after_write_s=settings.read_after_write_s,
             listen_url=settings.database_listen_url,
+            answer_cache_entries=settings.answer_cache_entries,
         )
 
     @contextmanager

@@ -92,11 +92,15 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
     shutdown_timeout_s: int = Field(default=10, ge=1)
+    # ``makazi serve`` worker processes; 0: one per CPU core this process may use, at most 4
+    workers: int = Field(default=0, ge=0, le=64)
 
     pool_size: int = Field(default=10, ge=1, le=200)
     statement_timeout_ms: int = Field(default=30_000, ge=100)
     idle_in_transaction_timeout_ms: int = Field(default=300_000, ge=0)
     analysis_timeout_ms: int = Field(default=20_000, ge=100)
+    # summaries and access analyses kept per process until their data changes (0: none)
+    answer_cache_entries: int = Field(default=1_000, ge=0)
     analysis_max_buffer_m: float = Field(default=5_000.0, gt=0)
     analysis_max_distance_m: float = Field(default=5_000.0, gt=0)
     analysis_max_area_km2: float = Field(default=100.0, gt=0)

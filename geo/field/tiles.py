@@ -23,12 +23,15 @@ settlement's area keeps the ETag and the phone's copy stays current.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import math
 import os
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +202,10 @@ def _describe(settlement_id: int, path: Path) -> TileArchive:
     )
 
 
+PIN_MAX_AGE_S = 86_400
+"""A download's hard link older than this (by its last link change) was left behind."""
+
+
 class TileArchiveStore:
     """Built archives on disk, one current file per settlement, each built once.
 
@@ -281,3 +288,27 @@ class TileArchiveStore:
                 if old not in keep:
                     old.unlink(missing_ok=True)
             return archive
+
+    def pin(self, archive: TileArchive) -> Path:
+        """A hard link to ``archive``'s file that only one download uses; the caller removes it.
+
+        A rebuild deletes the archive before the last but one, and a download opens its
+        file only once the response starts: the link keeps the bytes the download was
+        promised (its ETag and length) until it ends, whatever is replaced meanwhile.
+        Links left by a process that was killed are removed after :data:`PIN_MAX_AGE_S`.
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``archive`` was replaced and deleted already (ask :meth:`get` again).
+        """
+        pins = self.folder / "downloads"
+        pins.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for old in pins.glob("*.pmtiles"):
+            with contextlib.suppress(OSError):
+                if now - old.stat().st_ctime > PIN_MAX_AGE_S:
+                    old.unlink()
+        pinned = pins / f"{uuid.uuid4().hex}.pmtiles"
+        os.link(archive.path, pinned)
+        return pinned

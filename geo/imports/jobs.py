@@ -30,7 +30,7 @@ from geo.core.auth import Principal
 from geo.core.db import Database
 from geo.core.errors import Forbidden, MakaziError, NotFound
 from geo.core.settings import Settings
-from geo.core.uploads import CHUNK, SpooledBody
+from geo.core.uploads import CHUNK, SpooledBody, no_space, out_of_space
 from geo.imports.pipeline import ImportOptions, limits_from, run_import
 from geo.imports.report import ImportRefused, Report
 from geo.imports.sources import Limits
@@ -124,12 +124,16 @@ def _load_file(conn: Connection, import_id: int) -> IO[bytes]:
     seqs = conn.execute(
         text("SELECT seq FROM import_files WHERE import_id = :id ORDER BY seq"), {"id": import_id}
     ).scalars()
-    for seq in list(seqs):
-        chunk = conn.execute(
-            text("SELECT chunk FROM import_files WHERE import_id = :id AND seq = :seq"),
-            {"id": import_id, "seq": seq},
-        ).scalar_one()
-        out.write(bytes(chunk))
+    try:
+        for seq in list(seqs):
+            chunk = conn.execute(
+                text("SELECT chunk FROM import_files WHERE import_id = :id AND seq = :seq"),
+                {"id": import_id, "seq": seq},
+            ).scalar_one()
+            out.write(bytes(chunk))
+    except BaseException:
+        out.close()  # a full disk: its space is given back at once
+        raise
     out.seek(0)
     return out
 
@@ -334,12 +338,22 @@ def run_job(db: Database, job: Job, settings: Settings) -> str:
             finish(conn, job.id, status="done", report=report.as_dict())
         return "done"
     except MakaziError as exc:
-        body = exc.report.as_dict() if isinstance(exc, ImportRefused) else Report().as_dict()
-        body.update({"status": exc.status, "type": f"/problems/{exc.slug}", "detail": exc.detail})
-        body.update({k: v for k, v in exc.extra.items() if k not in body and v is not None})
-        with db.begin() as conn:
-            finish(conn, job.id, status="failed", report=body)
-        return "failed"
+        failure = exc
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        # the staging area (MAKAZI_SPOOL_DIR) filled: the import's transaction is rolled
+        # back and its temporary files are gone; the job fails for good, as a 507 would
+        log.error("import %s: no space left to stage it (%s)", job.id, exc)
+        failure = out_of_space()
+    body = failure.report.as_dict() if isinstance(failure, ImportRefused) else Report().as_dict()
+    body.update(
+        {"status": failure.status, "type": f"/problems/{failure.slug}", "detail": failure.detail}
+    )
+    body.update({k: v for k, v in failure.extra.items() if k not in body and v is not None})
+    with db.begin() as conn:
+        finish(conn, job.id, status="failed", report=body)
+    return "failed"
 
 
 def run_next(db: Database, settings: Settings, *, worker: str | None = None) -> int | None:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from geo.core.cluster import EmbeddedCluster
+from tests.support.cli import makazi
 from tests.support.live import LiveServer, live_server_running
 
 STAGING_MB = 2
@@ -47,7 +49,11 @@ def staging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def small_disk_server(cluster: EmbeddedCluster, staging: Path) -> Iterator[LiveServer]:
     with live_server_running(
-        cluster, structures=50, database="makazi_disk_full", spool_dir=str(staging)
+        cluster,
+        structures=50,
+        database="makazi_disk_full",
+        spool_dir=str(staging),
+        import_poll_s="0.2",  # a queued import starts at once
     ) as server:
         yield server
 
@@ -99,11 +105,11 @@ def _used_bytes(folder: Path) -> int:
     return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
 
 
-def _import(server: LiveServer, name: str, data: bytes) -> httpx.Response:
+def _import(server: LiveServer, name: str, data: bytes, queued: bool = False) -> httpx.Response:
     return httpx.post(
         f"{server.base_url}/imports",
         files={"file": (name, data, "application/octet-stream")},
-        data={"collection": "structures"},
+        data={"collection": "structures", **({"async": "true"} if queued else {})},
         headers=server.headers("mapper"),
         timeout=60,
     )
@@ -156,3 +162,67 @@ def test_a_full_staging_area_is_a_clean_507(
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM structures WHERE structure_number LIKE 'DF-%'"))
     engine.dispose()
+
+
+def _finished(server: LiveServer, response: httpx.Response) -> dict[str, object]:
+    """The queued import's ``GET /imports/{id}`` once it is done or failed."""
+    assert response.status_code == 202, response.text[:500]
+    url = f"{server.base_url}/imports/{response.json()['id']}"
+    for _ in range(600):  # a job that never ends fails here, not by hanging
+        job: dict[str, object] = httpx.get(url, headers=server.headers("mapper")).json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"the import never finished: {job}")
+
+
+def test_a_queued_import_that_fills_the_disk_fails_cleanly(
+    small_disk_server: LiveServer, staging: Path
+) -> None:
+    server = small_disk_server
+    before = _counts(server)
+    # 100 kB as sent and stored, 8 MB once the worker unpacks it into the staging folder
+    sent = _import(server, "big.zip", _zipped("big.geojson", _features(4000, 1900)), queued=True)
+    job = _finished(server, sent)
+    assert job["status"] == "failed"
+    report = job["report"]
+    assert isinstance(report, dict)
+    assert report["type"] == "/problems/insufficient-storage" and report["status"] == 507
+    assert "insufficient storage" in report["detail"] and "MAKAZI_SPOOL_DIR" in report["detail"]
+    after = _counts(server)
+    assert after["structures"] == before["structures"]  # nothing written
+    assert after["import_files"] == before["import_files"]  # the stored upload dropped
+    assert list(staging.iterdir()) == []
+    assert _used_bytes(staging) < 64 * 1024  # the worker's temporary files are gone
+    # the worker carries on with the next job
+    small = _finished(server, _import(server, "small.geojson", _features(3, 10), queued=True))
+    assert small["status"] == "done", small
+    assert _counts(server)["structures"] == before["structures"] + 3
+    engine = create_engine(server.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM structures WHERE structure_number LIKE 'DF-%'"))
+    engine.dispose()
+
+
+def test_makazi_import_stages_in_the_spool_dir_and_says_when_it_is_full(
+    small_disk_server: LiveServer, staging: Path, tmp_path: Path
+) -> None:
+    before = _counts(small_disk_server)
+    archive = tmp_path / "big.zip"  # 100 kB here, 8 MB once unpacked into MAKAZI_SPOOL_DIR
+    archive.write_bytes(_zipped("big.geojson", _features(4000, 1900)))
+    result = makazi(
+        "import",
+        str(archive),
+        "--collection",
+        "structures",
+        "--quiet",
+        MAKAZI_DATABASE_URL=small_disk_server.database_url,
+        MAKAZI_SPOOL_DIR=str(staging),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no space left" in result.stderr and str(staging) in result.stderr
+    assert "insufficient storage" in result.stderr and "MAKAZI_SPOOL_DIR" in result.stderr
+    assert _counts(small_disk_server) == before  # nothing imported
+    assert list(staging.iterdir()) == []
+    assert _used_bytes(staging) < 64 * 1024

@@ -13,7 +13,13 @@ import httpx
 import psycopg
 import pytest
 
-from geo.core.cluster import ClusterError, EmbeddedCluster, find_postgres
+from geo.core.cluster import (
+    LOCAL_PORT_RANGE,
+    ClusterError,
+    EmbeddedCluster,
+    find_postgres,
+    listen_ports,
+)
 from tests.support.cli import makazi
 
 
@@ -42,6 +48,26 @@ def test_restart_keeps_the_port(spare: EmbeddedCluster) -> None:
         assert spare.port == port
     finally:
         spare.stop()
+
+
+def test_a_new_cluster_listens_below_the_ephemeral_ports(cluster: EmbeddedCluster) -> None:
+    """A stopped cluster's port cannot become some client connection's source port, so a
+    restart on a busy machine keeps it instead of moving under the running server."""
+    low, high = (int(v) for v in LOCAL_PORT_RANGE.read_text().split())
+    assert cluster.port in listen_ports()
+    assert not low <= cluster.port <= high
+
+
+def test_stop_works_after_a_parent_folder_was_made_private(spare: EmbeddedCluster) -> None:
+    """Every new pytest session as root makes ``/tmp/pytest-of-root`` private (0700) again,
+    taking back the service user's way to a running cluster's files: ``pg_ctl stop`` then
+    failed with "Permission denied" (so could ``test_database_down``'s stop, whenever
+    another session started while it ran)."""
+    spare.start()
+    parent = spare.data_dir.parent
+    parent.chmod(parent.stat().st_mode & ~0o077)  # what another pytest session does
+    assert spare.stop()
+    assert not spare.running()
 
 
 def test_start_stop_restart(spare: EmbeddedCluster) -> None:

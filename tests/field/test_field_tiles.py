@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
 import mapbox_vector_tile
 import pytest
@@ -184,3 +187,74 @@ def test_the_same_counters_over_other_data_never_match(
     assert connection.execute(text("SELECT sum(counter) FROM tile_changes")).scalar() == counters
     second = store.get(connection, settlement_id)
     assert second.path != first.path and second.etag != first.etag
+
+
+def test_a_download_completes_while_the_archive_is_replaced_twice(
+    client: TestClient, connection: Connection, settlement_id: int
+) -> None:
+    """The archive is replaced twice (its file deleted) between the response's headers
+    and its body: the download still sends the bytes its ETag and length promised."""
+    whole = archive(client, settlement_id)
+    store = client.app.state.field_tiles  # type: ignore[attr-defined]
+    first = next(store.folder.glob(f"{settlement_id}-*.pmtiles"))
+    connection.execute(text("SET CONSTRAINTS tile_changes_bump IMMEDIATE"))
+    messages: list[dict[str, Any]] = []
+
+    def replace_twice() -> None:
+        for storeys, number in ((6, "T-1"), (7, "T-2")):
+            connection.execute(
+                text(
+                    "UPDATE structures SET storeys = :s, version = version + 1, "
+                    "geom = ST_Translate(geom, 0.0002, 0) WHERE structure_number = :n"
+                ),
+                {"s": storeys, "n": number},
+            )
+            store.get(connection, settlement_id)
+
+    requested: list[bool] = []
+
+    async def receive() -> dict[str, Any]:
+        if not requested:
+            requested.append(True)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await anyio.sleep_forever()  # the client stays until the body is sent
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.start":
+            replace_twice()  # a slow client: the file goes away before the body is read
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": f"/field/settlements/{settlement_id}/tiles.pmtiles",
+        "raw_path": f"/field/settlements/{settlement_id}/tiles.pmtiles".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+        "app": client.app,
+    }
+
+    async def route() -> None:
+        # the router itself: the app's middleware (gzip) holds the start until the body's
+        # first chunk, so only here does this send run where a slow client makes it wait
+        async with AsyncExitStack() as stack:
+            scope["fastapi_middleware_astack"] = stack
+            await client.app.router(scope, receive, send)  # type: ignore[attr-defined]
+
+    anyio.run(route)
+
+    assert not first.exists()  # replaced twice: the file the download started with is gone
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    assert start["status"] == 200
+    assert dict(start["headers"])[b"etag"].decode() == whole.headers["etag"]
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    assert body == whole.content
+    assert not list((store.folder / "downloads").glob("*"))  # the download's pin is gone
