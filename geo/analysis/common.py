@@ -90,11 +90,14 @@ def set_timeout(conn: Connection, timeout_ms: int) -> None:
     (``QueryCanceled``); the HTTP layer answers 503 with a problem.  The
     transaction also asks for custom plans: an analysis's plan depends on its
     input geometry, which the planner folds to a constant only in a custom plan.
+    And an analysis's rows are all read, so a streamed one (a server-side cursor,
+    which PostgreSQL plans for its first tenth) is planned for all of them.
     """
     conn.execute(
         text(
             "SELECT set_config('statement_timeout', :ms, true), "
-            "set_config('plan_cache_mode', 'force_custom_plan', true)"
+            "set_config('plan_cache_mode', 'force_custom_plan', true), "
+            "set_config('cursor_tuple_fraction', '1', true)"
         ),
         {"ms": str(int(timeout_ms))},
     )

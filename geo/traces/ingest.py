@@ -455,10 +455,14 @@ def _read(body: SpooledBody, limits: TraceLimits, rows: _Rows) -> tuple[GpxReade
     dropped = Dropped()
     try:
         reader, stats = _parse(body, limits, dropped, rows.write, fast=True)
+        return reader, stats, dropped
     except Unusual:
-        rows.restart()
-        dropped = Dropped()
-        reader, stats = _parse(body, limits, dropped, rows.write)
+        pass
+    # outside the handler: the exception's traceback holds the fast read's frames
+    # (its parser and partial document), which must be freed before reading again
+    rows.restart()
+    dropped = Dropped()
+    reader, stats = _parse(body, limits, dropped, rows.write)
     return reader, stats, dropped
 
 
