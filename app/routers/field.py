@@ -131,17 +131,18 @@ def _pinned_archive(
     The pin (:meth:`~geo.field.tiles.TileArchiveStore.pin`) keeps the bytes of this ETag
     until the download ends, however many times the archive is replaced meanwhile.
     """
-    archive = _archive(request, db, settings, settlement_id)
-    for attempt in range(PIN_ATTEMPTS):
+    for _retry in range(PIN_ATTEMPTS - 1):
+        archive = _archive(request, db, settings, settlement_id)
         if none_match(if_none_match, archive.etag):
             return archive, None
         try:
             return archive, request.app.state.field_tiles.pin(archive)
         except FileNotFoundError:
-            if attempt == PIN_ATTEMPTS - 1:
-                raise
-            archive = _archive(request, db, settings, settlement_id)  # replaced meanwhile
-    return archive, None
+            continue  # replaced meanwhile: look it up again
+    archive = _archive(request, db, settings, settlement_id)
+    if none_match(if_none_match, archive.etag):
+        return archive, None
+    return archive, request.app.state.field_tiles.pin(archive)
 
 
 @router.get(

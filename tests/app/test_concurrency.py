@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import io
-import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from geo.core.cluster import EmbeddedCluster
+from tests.support.features import squares
 from tests.support.live import LiveServer, live_server_running
 
 EDITORS = 8
@@ -166,25 +166,7 @@ def test_parallel_identical_uploads_with_one_key_make_one_trace(live_server: Liv
 
 
 def test_parallel_identical_imports_with_one_key_import_once(live_server: LiveServer) -> None:
-    features = [
-        {
-            "type": "Feature",
-            "geometry": {
-                "type": "Polygon",
-                "coordinates": [
-                    [
-                        [36.781 + i * 1e-4, -1.311],
-                        [36.781 + i * 1e-4 + 5e-5, -1.311],
-                        [36.781 + i * 1e-4 + 5e-5, -1.311 + 5e-5],
-                        [36.781 + i * 1e-4, -1.311],
-                    ]
-                ],
-            },
-            "properties": {"structure_number": f"CONC-{i:03d}", "use": "residential"},
-        }
-        for i in range(20)
-    ]
-    data = json.dumps({"type": "FeatureCollection", "features": features}).encode()
+    data = squares(20, prefix="CONC", west=36.781, south=-1.311, step=1e-4, size=5e-5)
     headers = {**live_server.headers("mapper"), "Idempotency-Key": "concurrent-import-1"}
 
     def send(_: int) -> httpx.Response:

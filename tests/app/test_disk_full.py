@@ -10,7 +10,6 @@ the same server then imports a small file as usual.
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import time
@@ -24,6 +23,7 @@ from sqlalchemy import create_engine, text
 
 from geo.core.cluster import EmbeddedCluster
 from tests.support.cli import makazi
+from tests.support.features import squares
 from tests.support.live import LiveServer, live_server_running
 
 STAGING_MB = 2
@@ -59,26 +59,8 @@ def small_disk_server(cluster: EmbeddedCluster, staging: Path) -> Iterator[LiveS
 
 
 def _features(n: int, pad: int) -> bytes:
-    """A GeoJSON FeatureCollection of ``n`` small squares in Kibera, ``pad`` bytes of notes each."""
-    features = [
-        {
-            "type": "Feature",
-            "properties": {"structure_number": f"DF-{i:05d}", "notes": "x" * pad},
-            "geometry": {
-                "type": "Polygon",
-                "coordinates": [
-                    [
-                        [36.78 + i * 1e-5, -1.315],
-                        [36.78 + i * 1e-5 + 5e-6, -1.315],
-                        [36.78 + i * 1e-5 + 5e-6, -1.315 + 5e-6],
-                        [36.78 + i * 1e-5, -1.315],
-                    ]
-                ],
-            },
-        }
-        for i in range(n)
-    ]
-    return json.dumps({"type": "FeatureCollection", "features": features}).encode()
+    """``n`` small squares in Kibera, ``pad`` bytes of notes each."""
+    return squares(n, prefix="DF", west=36.78, south=-1.315, step=1e-5, size=5e-6, notes="x" * pad)
 
 
 def _zipped(name: str, data: bytes) -> bytes:
