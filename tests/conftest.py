@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from app.main import create_app
 from geo.core.auth import create_token
@@ -23,6 +24,15 @@ from tests.support.live import LiveServer, live_server_running
 
 # Test clusters trade durability for speed: their data is thrown away.
 FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+#: The session's database, for the report of a test that a statement timeout failed.
+_DATABASE: dict[str, str] = {}
+#: What the other sessions were doing when a test's statement ran out of time.
+_ACTIVITY = """
+SELECT a.pid, a.state, now() - a.xact_start AS in_transaction, a.wait_event_type, a.wait_event,
+       pg_blocking_pids(a.pid) AS blocked_by, left(a.query, 300) AS query
+FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+"""
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +50,29 @@ def database_url(cluster: EmbeddedCluster) -> str:
     """A freshly migrated database."""
     url = cluster.create_database("makazi_test", drop=True)
     migrate(url)
+    _DATABASE["url"] = url
     return url
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Add the database's sessions to the report of a test a statement timeout failed."""
+    report = yield
+    if call.excinfo is not None and "statement timeout" in str(call.excinfo.value):
+        report.sections.append(("database sessions at the timeout", _sessions()))
+    return report
+
+
+def _sessions() -> str:
+    """One line per other session of the test database (best effort)."""
+    try:
+        engine = create_engine(_DATABASE["url"], poolclass=NullPool)
+        with engine.connect() as conn:
+            rows = conn.execute(text(_ACTIVITY)).all()
+        engine.dispose()
+    except Exception as error:  # a diagnostic must never hide the failure itself
+        return f"could not list sessions: {error}"
+    return "\n".join(" | ".join(str(v) for v in row) for row in rows) or "no other session"
 
 
 @pytest.fixture(scope="session")
