@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -28,8 +30,8 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
-    text,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -56,6 +58,8 @@ __all__ = [
     "fetch_feature",
     "base_statement",
     "start_page",
+    "page_text",
+    "read_page",
 ]
 
 MAX_INTEGER = 2**62  # ids and counts fit in a bigint with room to spare
@@ -225,6 +229,15 @@ def _property_condition(collection: Collection, name: str, raw: str) -> ColumnEl
     return column.in_(options) if len(options) > 1 else column == raw
 
 
+@lru_cache(maxsize=256)
+def _filter_condition(
+    filter_text: str, lang: str, collection: Collection, crs: Crs
+) -> ColumnElement[bool]:
+    """A ``filter`` parameter as a SQL condition, parsed once per text (a client walking
+    the pages of a filter sends the same text again; conditions are immutable)."""
+    return compile_filter(parse_filter(filter_text, lang), collection, crs)
+
+
 def parse_items_request(
     collection: Collection,
     params: list[tuple[str, str]],
@@ -278,8 +291,7 @@ def parse_items_request(
     if "filter" in seen:
         lang = seen.get("filter-lang", "cql2-text")
         filter_crs = _crs(seen.get("filter-crs"), "filter-crs")
-        tree = parse_filter(seen["filter"], lang)
-        request.where.append(compile_filter(tree, collection, filter_crs))
+        request.where.append(_filter_condition(seen["filter"], lang, collection, filter_crs))
     elif "filter-lang" in seen and seen["filter-lang"] not in ("cql2-text", "cql2-json"):
         raise FilterError(f"filter-lang {seen['filter-lang']!r} is not supported")
     for name, value in seen.items():
@@ -448,11 +460,12 @@ def open_page(conn: Connection, request: ItemsRequest, *, prefetch: int = 1000) 
     # A page is at most MAKAZI_ITEMS_MAX_LIMIT rows, so a client-side cursor is bounded, and
     # it is planned for all its rows (a server-side cursor plans for the first 10% and then
     # walks the id index past every non-match of a rare filter).  Call start_page first.
-    result = conn.execute(statement)
-    first = [(int(row[0]), str(row[1])) for row in result.fetchmany(prefetch)]
+    # (id, Feature text) tuples straight from psycopg's cursor: no Row object per feature
+    rows = conn.execute(statement).cursor
+    first = list(rows.fetchmany(prefetch))
     return Page(
         limit=request.limit,
-        rows=result,
+        rows=rows,
         first=first,
         reverse_paged=request.before is not None,
         complete=len(first) < prefetch,
@@ -504,6 +517,20 @@ def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
     return int(conn.execute(statement).scalar_one())
 
 
+_COUNTER_SQL = (
+    "SELECT counter, set_config('max_parallel_workers_per_gather', '0', true) "
+    "FROM tile_changes WHERE collection = %(c)s"
+)
+
+
+def _page_tag(
+    counter: int | None, collection: Collection, query: str, user: Principal | None
+) -> str:
+    viewer = f"{user.name}:{user.role}" if user is not None and collection.owned else ""
+    digest = hashlib.sha256(f"{query}|{viewer}".encode()).hexdigest()[:20]
+    return f'W/"{counter or 0}-{digest}"'
+
+
 def start_page(conn: Connection, collection: Collection, query: str, user: Principal | None) -> str:
     """Set up the read transaction for a page and return the page's weak ETag.
 
@@ -513,16 +540,106 @@ def start_page(conn: Connection, collection: Collection, query: str, user: Princ
     transaction is told not to plan parallel workers: starting them costs more
     than reading a page takes (a dense bbox page: 10 ms with them, 1 ms without).
     """
-    counter = conn.execute(
-        text(
-            "SELECT counter, set_config('max_parallel_workers_per_gather', '0', true) "
-            "FROM tile_changes WHERE collection = :c"
-        ),
-        {"c": collection.name},
-    ).scalar()
-    viewer = f"{user.name}:{user.role}" if user is not None and collection.owned else ""
-    digest = hashlib.sha256(f"{query}|{viewer}".encode()).hexdigest()[:20]
-    return f'W/"{counter or 0}-{digest}"'
+    with _pipeline(conn) as (raw, _own):
+        # with the transaction's BEGIN: one round trip
+        counter = raw.execute(_COUNTER_SQL, {"c": collection.name})
+    row = counter.fetchone()
+    return _page_tag(row[0] if row else None, collection, query, user)
+
+
+@contextmanager
+def _pipeline(conn: Connection) -> Iterator[tuple[psycopg.Connection[Any], bool]]:
+    """The psycopg connection under ``conn`` in pipeline mode, and whether ``conn`` was
+    outside a transaction (its read transaction starts here and is ours to end).
+
+    Statements queued in the block go to the server in one round trip, the
+    transaction's ``BEGIN`` included; read their results after the block.
+    psycopg's errors come out as SQLAlchemy's own execution raises them (a
+    lost connection is invalidated, so the pool drops it).
+    """
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    own = not conn.in_transaction()
+    if own:
+        conn.begin()  # SQLAlchemy's side of the transaction psycopg begins; ended by the caller
+    try:
+        with raw.pipeline():
+            yield raw, own
+    except psycopg.Error as exc:
+        lost = raw.broken or raw.closed
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            None, None, exc, psycopg.Error, connection_invalidated=lost
+        ) from exc
+
+
+def page_text(request: ItemsRequest) -> tuple[str, dict[str, Any]] | None:
+    """The page's SQL text and psycopg parameters, when it needs no SQLAlchemy statement.
+
+    A page with no condition but the caller's visibility, in id order (a walk
+    through a layer by ``after``/``before``, a plain first page), is the same
+    statement as :func:`open_page` runs, written out once: building and
+    executing it through SQLAlchemy cost more server CPU than the database
+    spends on a small page.  None for any other page (filters, bbox, sortby).
+    """
+    if request.where or request.sortby:
+        return None
+    collection = request.collection
+    visible, viewer = collection.visible_sql("t", request.user)
+    params: dict[str, Any] = dict(viewer)
+    feature = feature_sql(collection, request.crs, skip_geometry=request.skip_geometry)
+    # every identifier comes from the registry, every value is a parameter
+    table = collection.table.name
+    rows = f"SELECT t.id AS id, {feature} AS feature FROM {table} AS t WHERE {visible}"  # noqa: S608
+    if request.before is not None:
+        statement = (
+            f"SELECT page.id, page.feature FROM ({rows} AND t.id < %(before)s "  # noqa: S608
+            "ORDER BY t.id DESC LIMIT %(limit)s) AS page ORDER BY page.id"
+        )
+        return statement, {**params, "before": request.before, "limit": request.limit}
+    if request.after is not None:
+        rows += " AND t.id > %(after)s"
+        params = {**params, "after": request.after}
+    statement = f"{rows} ORDER BY t.id LIMIT %(limit)s OFFSET %(offset)s"
+    return statement, {**params, "limit": request.limit + 1, "offset": request.offset}
+
+
+def read_page(
+    conn: Connection, request: ItemsRequest, query: str, page_sql: tuple[str, dict[str, Any]]
+) -> tuple[str, Page]:
+    """The page's weak ETag (see :func:`start_page`) and its rows, in one round trip.
+
+    The ETag counter (which also turns off parallel workers for the
+    transaction) and the page statement (:func:`page_text`) go to the server
+    together in a psycopg pipeline on the connection under ``conn``; a page
+    that can need no further statement (not a first page: no count, no hint)
+    also ends its own transaction in the same pipeline.  Where ``conn`` is
+    already inside a transaction (a caller's, or a test's), that transaction
+    is left to its owner.
+
+    Raises
+    ------
+    sqlalchemy.exc.DBAPIError
+        As SQLAlchemy's own execution would (a lost connection is invalidated).
+    """
+    statement, params = page_sql
+    with _pipeline(conn) as (raw, own):
+        counter = raw.execute(_COUNTER_SQL, {"c": request.collection.name})
+        result = raw.execute(statement, params)
+        if own and not request.first_page:
+            raw.execute("ROLLBACK", prepare=False)
+    tag_row = counter.fetchone()
+    rows = result.fetchall()
+    tag = _page_tag(tag_row[0] if tag_row else None, request.collection, query, request.user)
+    page = Page(
+        limit=request.limit,
+        rows=result,
+        first=rows,
+        reverse_paged=request.before is not None,
+        complete=True,
+    )
+    return tag, page
 
 
 def fetch_feature(

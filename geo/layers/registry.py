@@ -203,6 +203,24 @@ class Collection:
         shared = (Visibility.PUBLIC.value, Visibility.COMMUNITY.value)
         return live & or_(visibility.in_(shared), self.table.c[self.owner_column] == user.name)
 
+    def visible_sql(self, alias: str, user: Principal | None) -> tuple[str, dict[str, str]]:
+        """:meth:`visible` as SQL text on ``alias`` and its parameters (psycopg's ``%(name)s``).
+
+        The same rows as :meth:`visible` (tests/layers/test_page_text.py holds them side by
+        side), for pages whose SQL is written without SQLAlchemy.
+        """
+        live = f"{alias}.deleted_at IS NULL"
+        if self.owner_column is None or (user is not None and user.at_least("admin")):
+            return live, {}
+        if user is None:
+            return f"{live} AND {alias}.visibility = '{Visibility.PUBLIC.value}'", {}
+        shared = f"'{Visibility.PUBLIC.value}', '{Visibility.COMMUNITY.value}'"
+        return (
+            f"{live} AND ({alias}.visibility IN ({shared}) "
+            f"OR {alias}.{self.owner_column} = %(viewer)s)",
+            {"viewer": user.name},
+        )
+
     def public_sql(self, alias: str) -> str:
         """SQL text (on ``alias``) for the rows anyone may see, live or not: tiles' filter."""
         if self.owner_column is None:
