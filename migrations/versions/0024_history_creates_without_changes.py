@@ -84,7 +84,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(_AUDIT.format(create_changes="makazi_diff(NULL, makazi_row(TG_TABLE_NAME, to_jsonb(n)))"))
+    op.execute(
+        _AUDIT.format(create_changes="makazi_diff(NULL, makazi_row(TG_TABLE_NAME, to_jsonb(n)))")
+    )
     op.execute(
         """
         UPDATE feature_history SET changes = makazi_diff(NULL, snapshot) WHERE changes IS NULL;
