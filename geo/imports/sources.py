@@ -227,35 +227,53 @@ class Source:
                 if start:  # only ever raised on opening the stream
                     raise
                 yield from self._batches_by_offset(layer, transformer, batch_size)
-            except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
-                raise _gdal_error(f"cannot read layer {layer.name!r}", exc) from exc
-            except UnicodeError as exc:
+            except (
+                pyogrio.errors.DataSourceError,
+                pyogrio.errors.DataLayerError,
+                UnicodeError,
+            ) as exc:
                 raise _gdal_error(f"cannot read layer {layer.name!r}", exc) from exc
 
     def _batch(
         self, layer: Layer, transformer: Transformer | None, start: int, meta: Any, record: Any
     ) -> Batch:
         """One Arrow record batch as a :class:`Batch`."""
-        count = int(record.num_rows)
         names = [str(n) for n in meta["fields"]]
-        columns = [_python_values(_numpy(record.column(name))) for name in names]
-        rows = [
-            {name: column[i] for name, column in zip(names, columns, strict=True)}
-            for i in range(count)
-        ]
         geometry_name = meta.get("geometry_name") or "wkb_geometry"
         geometry = (
             _flat(_numpy(record.column(geometry_name)))
             if geometry_name in record.schema.names
             else None
         )
+        return self._assemble(
+            layer,
+            transformer,
+            start,
+            int(record.num_rows),
+            {name: _numpy(record.column(name)) for name in names},
+            geometry,
+            record.column(meta["fid_column"]).to_pylist() if self.fid_is_id else [],
+        )
+
+    def _assemble(
+        self,
+        layer: Layer,
+        transformer: Transformer | None,
+        start: int,
+        count: int,
+        fields: dict[str, Any],
+        geometry: Any,
+        fids: Any,
+    ) -> Batch:
+        """A :class:`Batch` from a layer's columns (NumPy arrays), WKB and fids."""
+        columns = {name: _python_values(values) for name, values in fields.items()}
+        rows = [{name: column[i] for name, column in columns.items()} for i in range(count)]
         wkb, problems = reproject(geometry, transformer, count)
-        id_column = _id_column(names)
+        id_column = _id_column(list(fields))
         source_ids: list[str | None]
         if id_column is not None:
             source_ids = [text_value(row[id_column]) for row in rows]
         elif self.fid_is_id:
-            fids = record.column(meta["fid_column"]).to_pylist()
             source_ids = [f"{layer.name}:{int(fid)}" for fid in fids]
         else:
             source_ids = [None] * count
@@ -306,27 +324,14 @@ class Source:
         if count == 0:
             return None
         names = [str(n) for n in meta["fields"]]
-        columns = [_python_values(values) for values in field_data]
-        rows = [
-            {name: column[i] for name, column in zip(names, columns, strict=True)}
-            for i in range(count)
-        ]
-        wkb, problems = reproject(geometry, transformer, count)
-        id_column = _id_column(names)
-        source_ids: list[str | None]
-        if id_column is not None:
-            source_ids = [text_value(row[id_column]) for row in rows]
-        elif self.fid_is_id:
-            source_ids = [f"{layer.name}:{int(fid)}" for fid in fids]
-        else:
-            source_ids = [None] * count
-        return Batch(
-            layer=layer.name,
-            indexes=list(range(start, start + count)),
-            source_ids=source_ids,
-            wkb=wkb,
-            problems=problems,
-            rows=rows,
+        return self._assemble(
+            layer,
+            transformer,
+            start,
+            count,
+            dict(zip(names, field_data, strict=True)),
+            geometry,
+            fids,
         )
 
 
@@ -397,7 +402,13 @@ def _records(reader: Any, layer: str, start: int) -> Iterator[Any]:
             record = reader.read_next_batch()
         except StopIteration:
             return
-        except (pyarrow.ArrowException, OSError, UnicodeError) as exc:
+        except (
+            pyarrow.ArrowException,
+            pyogrio.errors.CRSError,
+            pyogrio.errors.FeatureError,
+            OSError,
+            UnicodeError,
+        ) as exc:
             raise _gdal_error(
                 f"cannot read feature {start} or after in layer {layer!r}", exc
             ) from exc
