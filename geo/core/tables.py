@@ -241,7 +241,7 @@ feature_history = Table(
     Column("action", Text, nullable=False),
     Column("changed_at", DateTime(timezone=True), nullable=False),
     Column("changed_by", Text),
-    Column("changes", JSONB, nullable=False),
+    Column("changes", JSONB),  # NULL on create rows: makazi_history_changes() (0024)
     Column("snapshot", JSONB),
 )
 

@@ -1,15 +1,14 @@
 """History rows of a bulk insert, written in one statement instead of by the audit trigger.
 
 The audit trigger (``makazi_audit``) writes a ``create`` row per inserted
-feature with ``snapshot = to_jsonb(row)`` and ``changes = makazi_diff(NULL,
-snapshot)``, which costs about 0.3 ms a feature: ``to_jsonb`` turns each
-geometry into GeoJSON through PostGIS's ``geometry::json`` cast, which looks the
-CRS up in ``spatial_ref_sys`` every time (twice per row), and ``makazi_diff``
-aggregates over the keys.  :func:`insert_audited` pauses the trigger for its one
-statement (``makazi.audit = off``) and writes the same rows itself: the columns
-spelt out, the geometry once (a lateral kept apart with ``OFFSET 0``) through
-``ST_AsGeoJSON`` with the CRS member as a constant.  The rows are
-identical in content (a test compares them with the trigger's).
+feature with ``snapshot = to_jsonb(row)`` (and, since migration 0024, ``changes``
+NULL: readers derive it from the snapshot with ``makazi_history_changes``).
+``to_jsonb`` turns each geometry into GeoJSON through PostGIS's ``geometry::json``
+cast, which looks the CRS up in ``spatial_ref_sys`` every time.
+:func:`insert_audited` pauses the trigger for its one statement
+(``makazi.audit = off``) and writes the same rows itself: the columns spelt
+out, the geometry through ``ST_AsGeoJSON`` with the CRS member as a constant.
+The rows are identical in content (a test compares them with the trigger's).
 """
 
 # ruff: noqa: S608 -- SQL text here is built only from catalogue column names
@@ -23,20 +22,6 @@ from sqlalchemy import Connection, text
 
 __all__ = ["audit_paused", "insert_audited"]
 
-#: Keys ``makazi_diff`` never counts as a change (the list in migration 0002).
-UNCHANGING = frozenset(
-    {
-        "version",
-        "created_at",
-        "created_by",
-        "updated_at",
-        "updated_by",
-        "deleted_by",
-        "households",
-        "stats",
-        "content_sha256",
-    }
-)
 #: What ``to_jsonb`` gives an EPSG:4326 geometry ahead of its type and coordinates.
 CRS_MEMBER = """'{"crs":{"type":"name","properties":{"name":"EPSG:4326"}},'"""
 
@@ -65,16 +50,11 @@ def _columns(conn: Connection, table: str) -> list[tuple[str, str]]:
     return [(str(name), str(kind)) for name, kind in rows]
 
 
-def _value(name: str, kind: str) -> str:
-    """The column as ``to_jsonb`` would render it (geometries from the lateral ``g``)."""
-    return f"g.{name}" if kind == "geometry" else f"n.{name}"
-
-
 def _geojson(name: str) -> str:
     """A geometry column as ``to_jsonb`` renders it, without the per-row CRS look-up."""
     return (
         f"CASE WHEN n.{name} IS NOT NULL "
-        f"THEN ({CRS_MEMBER} || substr(ST_AsGeoJSON(n.{name}, 15, 0), 2))::jsonb END AS {name}"
+        f"THEN ({CRS_MEMBER} || substr(ST_AsGeoJSON(n.{name}, 15, 0), 2))::jsonb END"
     )
 
 
@@ -89,21 +69,16 @@ def insert_audited(
     if table == "traces":
         raise ValueError("traces keep their geometry out of history: use the trigger")
     columns = _columns(conn, table)
-    values = {name: _value(name, kind) for name, kind in columns}
-    geometries = [_geojson(name) for name, kind in columns if kind == "geometry"] or ["1 AS _"]
-    snapshot = ", ".join(f"'{name}', {values[name]}" for name, _kind in columns)
-    changes = ", ".join(
-        f"'{name}', jsonb_build_object('from', NULL, 'to', {values[name]})"
-        for name, _kind in columns
-        if name not in UNCHANGING
+    snapshot = ", ".join(
+        f"'{name}', {_geojson(name) if kind == 'geometry' else f'n.{name}'}"
+        for name, kind in columns
     )
     statement = f"""
         WITH created AS ({insert} RETURNING *)
         INSERT INTO feature_history (collection, feature_id, version, action, changed_by,
-                                     changes, snapshot)
-        SELECT '{table}', n.id, n.version, 'create', makazi_actor(),
-               jsonb_build_object({changes}), jsonb_build_object({snapshot})
-        FROM created n CROSS JOIN LATERAL (SELECT {", ".join(geometries)} OFFSET 0) g
+                                     snapshot)
+        SELECT '{table}', n.id, n.version, 'create', makazi_actor(), jsonb_build_object({snapshot})
+        FROM created n
     """
     with audit_paused(conn):
         return int(conn.execute(text(statement), parameters or {}).rowcount)

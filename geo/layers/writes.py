@@ -516,7 +516,8 @@ def feature_history(conn: Connection, collection: Collection, fid: int) -> list[
         raise NotFound(f"{collection.name} {fid} does not exist")
     rows = conn.execute(
         text(
-            "SELECT version, changed_at, changed_by, action, changes FROM feature_history "
+            "SELECT version, changed_at, changed_by, action, "
+            "makazi_history_changes(changes, snapshot) AS changes FROM feature_history "
             "WHERE collection = :c AND feature_id = :id ORDER BY version, id"
         ),
         {"c": collection.name, "id": fid},

@@ -167,7 +167,8 @@ def test_triggers_version_audit_locate_and_count(connection: Connection) -> None
     )
     history = connection.execute(
         text(
-            "SELECT version, action, changed_by, changes FROM feature_history "
+            "SELECT version, action, changed_by, makazi_history_changes(changes, snapshot) "
+            "AS changes FROM feature_history "
             "WHERE collection = 'structures' AND feature_id = :s ORDER BY version"
         ),
         {"s": structure.id},

@@ -338,6 +338,42 @@ def test_delete_is_soft_and_in_history(
     assert again.status_code == 404
 
 
+def test_created_history_changes_are_what_was_stored_before(
+    client: TestClient, mapper: dict[str, str], token_for: Headers, connection: Connection
+) -> None:
+    # a create row keeps the feature once, in its snapshot (migration 0024); the history
+    # still answers the old stored value: every key but the unchanging ones, from null
+    fid = post(client, structure("H-1", wall_material="mud"), mapper).json()["id"]
+    stored = connection.execute(
+        text(
+            "SELECT h.changes IS NULL AS derived, makazi_diff(NULL, to_jsonb(s)) AS before "
+            "FROM structures s JOIN feature_history h ON h.collection = 'structures' "
+            "AND h.feature_id = s.id WHERE s.id = :i"
+        ),
+        {"i": fid},
+    ).one()
+    assert stored.derived
+    url = f"/collections/structures/items/{fid}/history"
+    answer = client.get(url, headers=token_for("viewer"))
+    assert answer.status_code == 200, answer.text
+    [created] = answer.json()["versions"]
+    assert created["action"] == "create"
+    assert json.dumps(created["changes"]) == json.dumps(stored.before)  # keys in order too
+    assert created["changes"]["wall_material"] == {"from": None, "to": "mud"}
+    assert created["changes"]["geom"]["to"]["type"] == "Polygon"
+    assert "version" not in created["changes"] and "created_by" not in created["changes"]
+    # a row written before 0024 keeps its stored changes, and they are what is answered
+    connection.execute(
+        text(
+            "UPDATE feature_history SET changes = CAST(:c AS jsonb) "
+            "WHERE collection = 'structures' AND feature_id = :i"
+        ),
+        {"i": fid, "c": json.dumps({"use": {"from": None, "to": "stored"}})},
+    )
+    [old] = client.get(url, headers=token_for("viewer")).json()["versions"]
+    assert old["changes"] == {"use": {"from": None, "to": "stored"}}
+
+
 def test_content_crs_utm(
     client: TestClient, mapper: dict[str, str], connection: Connection
 ) -> None:
