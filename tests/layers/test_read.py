@@ -329,6 +329,8 @@ def test_cql2_bbox_and_filter_crs(
         ({"limit": "ten"}, "limit"),
         ({"bbox": "1,2,3"}, "bbox"),
         ({"bbox": "36.8,-1.3,36.7,-1.2"}, "bbox"),
+        ({"bbox": "36.7,-1.3,181,-1.2"}, "bbox longitude must lie within [-180, 180]"),
+        ({"bbox": "36.7,-91,36.8,-1.2"}, "bbox latitude must lie within [-90, 90]"),
         ({"datetime": "yesterday"}, "datetime"),
         ({"colour": "red"}, "colour"),
         ({"crs": "EPSG:4269"}, "crs"),
