@@ -18,6 +18,7 @@ __all__ = ["add_parsers"]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from geo.analysis.common import settlement_name
     from geo.core.auth import Principal
     from geo.core.db import set_statement_timeout
     from geo.exports.query import ExportRows
@@ -37,6 +38,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         with open_engine(settings, migrated=False) as engine, engine.connect() as conn:
             set_statement_timeout(conn, settings.export_timeout_ms)
+            if args.settlement is not None:
+                settlement_name(conn, args.settlement, field="--settlement")
             rows = ExportRows(collection, everyone, args.settlement)
             written = write_chunks(stream_export(conn, rows, fmt), partial)
         os.replace(partial, output)

@@ -30,6 +30,7 @@ __all__ = [
     "fetch_json",
     "require_settlement",
     "set_timeout",
+    "settlement_name",
     "sql",
     "stream_features",
 ]
@@ -164,15 +165,20 @@ def stream_features(
 _SETTLEMENT = text("SELECT name FROM settlements WHERE id = :id AND deleted_at IS NULL")
 
 
-def require_settlement(db: Database, settlement_id: int, *, field: str = "settlement_id") -> str:
+def settlement_name(conn: Connection, settlement_id: int, *, field: str = "settlement_id") -> str:
     """The name of a live settlement; :class:`NotFound` naming ``field`` when absent."""
     if not -(2**63) <= settlement_id < 2**63:
         raise NotFound(f"{field}: no settlement {settlement_id}", field=field)
-    with db.read() as conn:
-        name = conn.execute(_SETTLEMENT, {"id": settlement_id}).scalar_one_or_none()
+    name = conn.execute(_SETTLEMENT, {"id": settlement_id}).scalar_one_or_none()
     if name is None:
         raise NotFound(f"{field}: no settlement {settlement_id}", field=field)
     return str(name)
+
+
+def require_settlement(db: Database, settlement_id: int, *, field: str = "settlement_id") -> str:
+    """:func:`settlement_name` on a read connection of ``db``."""
+    with db.read() as conn:
+        return settlement_name(conn, settlement_id, field=field)
 
 
 def check_facility_type(
