@@ -57,3 +57,23 @@ def test_trace_upload_prints_no_request_log_lines(live_server: LiveServer, tmp_p
     again = makazi(*args)
     assert "HTTP Request" not in again.stdout + again.stderr
     assert "3 already there" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["import", "x.geojson", "--collection", "nope"], "makazi import: argument --collection"),
+        (["token", "revoke"], "makazi token revoke: the following arguments are required: NAME"),
+        (["nosuchcommand"], "makazi: argument command: invalid choice: 'nosuchcommand'"),
+    ],
+)
+def test_a_usage_error_is_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    from app.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(needle), err
