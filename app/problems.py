@@ -107,6 +107,10 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
     return problem_for(kind(summary, slug="invalid-request", errors=errors), request)
 
 
+_UNPROJECTABLE = ("transform:", "Antipodal")
+"""How PostGIS's errors about coordinates a projection or a geodesic cannot take begin."""
+
+
 async def on_database(request: Request, exc: Exception) -> Response:
     """The problem for a database error: 503 when the database is unreachable or slow."""
     assert isinstance(exc, DBAPIError)
@@ -118,6 +122,12 @@ async def on_database(request: Request, exc: Exception) -> Response:
             "the query took longer than the statement timeout; narrow it and retry", slug="timeout"
         )
         return problem_for(timeout, request)
+    if isinstance(orig, pg.InternalError) and str(orig).startswith(_UNPROJECTABLE):
+        # PostGIS/PROJ: coordinates from the request that a CRS cannot take (a bbox-crs
+        # box far outside its zone, a Content-Crs geometry, a crs the data cannot go to)
+        message = str(orig).strip().splitlines()[0]
+        unprojectable = BadRequest(f"the coordinates cannot be transformed: {message}")
+        return problem_for(unprojectable, request)
     if isinstance(orig, pg.DataError):
         # SQLSTATE class 22: a value from the request does not fit its column or type
         message = str(orig).strip().splitlines()[0] if str(orig).strip() else "invalid value"

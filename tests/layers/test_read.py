@@ -331,6 +331,11 @@ def test_cql2_bbox_and_filter_crs(
         ({"bbox": "36.8,-1.3,36.7,-1.2"}, "bbox"),
         ({"bbox": "36.7,-1.3,181,-1.2"}, "bbox longitude must lie within [-180, 180]"),
         ({"bbox": "36.7,-91,36.8,-1.2"}, "bbox latitude must lie within [-90, 90]"),
+        (
+            {"bbox": "-1e10,-1e10,1e10,1e10", "bbox-crs": "EPSG:21037"},
+            "outside of projection domain",
+        ),
+        ({"bbox": "1e300,1e300,1e301,1e301", "bbox-crs": "EPSG:32737"}, "transform"),
         ({"datetime": "yesterday"}, "datetime"),
         ({"colour": "red"}, "colour"),
         ({"crs": "EPSG:4269"}, "crs"),
