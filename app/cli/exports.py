@@ -34,6 +34,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = load_settings()
     everyone = Principal(name="makazi-cli", role="admin", token_id=0)
     output = Path(args.output)
+    if not output.parent.is_dir():
+        raise CommandError(f"cannot write {output}: there is no folder {output.parent}")
     partial = output.with_name(f".{output.name}.part")
     try:
         with open_engine(settings, migrated=False) as engine, engine.connect() as conn:
