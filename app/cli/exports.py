@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from app.cli.common import (
     CommandError,
     load_settings,
     open_engine,
+    output_file,
     write_chunks,
 )
 
@@ -33,9 +33,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = export_format(args.format)
     settings = load_settings()
     everyone = Principal(name="makazi-cli", role="admin", token_id=0)
-    output = Path(args.output)
-    if not output.parent.is_dir():
-        raise CommandError(f"cannot write {output}: there is no folder {output.parent}")
+    output = output_file(args.output)
     partial = output.with_name(f".{output.name}.part")
     try:
         with open_engine(settings, migrated=False) as engine, engine.connect() as conn:

@@ -79,12 +79,20 @@ def test_a_usage_error_is_one_line(
     assert err.count("\n") == 1 and err.startswith(needle), err
 
 
-def test_export_to_a_missing_folder_names_the_folder(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "structures", "--format", "geojson", "-o"],
+        ["atlas", "1", "-o"],
+        ["db", "dump", "-o"],
+    ],
+)
+def test_writing_into_a_missing_folder_names_the_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str]
 ) -> None:
     from app.cli import main
 
-    target = tmp_path / "no-such-folder" / "structures.geojson"
-    assert main(["export", "structures", "--format", "geojson", "-o", str(target)]) == 1
+    target = tmp_path / "no-such-folder" / "out"
+    assert main([*argv, str(target)]) == 1
     err = capsys.readouterr().err
     assert err == f"makazi: cannot write {target}: there is no folder {target.parent}\n"
