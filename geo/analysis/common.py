@@ -16,6 +16,7 @@ from sqlalchemy import Connection, TextClause, text
 from geo.core.crs import METRIC_SRID
 from geo.core.db import Database
 from geo.core.errors import BadRequest, MakaziError, NotFound
+from geo.layers.as_of import plan_for_snapshots
 from geo.layers.registry import ENUMS
 
 __all__ = [
@@ -111,14 +112,19 @@ def fetch_json(
     *,
     timeout_ms: int,
     cached: bool = False,
+    as_of: bool = False,
 ) -> Any:
     """Run a statement that returns one JSON value (or no row: None) under the timeout.
 
     ``cached``: answer from ``db.answers`` (:mod:`geo.core.answers`) while the layers
     the analyses read have not changed; only for statements that read nothing else.
+    ``as_of``: the statement reads the layers of a past moment
+    (:func:`geo.layers.as_of.plan_for_snapshots`).
     """
     with db.read() as conn:
         set_timeout(conn, timeout_ms)
+        if as_of:
+            plan_for_snapshots(conn)
         if cached:
             return db.answers.fetch(conn, statement, params)
         value = conn.execute(statement, dict(params)).scalar_one_or_none()
