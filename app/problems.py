@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from geo.core.errors import BadRequest, InvalidInput, MakaziError, Unavailable
+from geo.core.errors import BadRequest, InvalidInput, MakaziError, NotFound, Unavailable
 from geo.core.uploads import no_space, out_of_space
 
 log = logging.getLogger("makazi.http")
@@ -99,9 +99,18 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     )
 
 
+_OUT_OF_RANGE = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
 async def _on_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     summary, errors = validation_errors(exc.errors())
+    if exc.errors() and all(
+        str(e.get("loc", [""])[0]) == "path" and e.get("type") in _OUT_OF_RANGE
+        for e in exc.errors()
+    ):
+        # an id no resource can have (0, or past 2**62) is as absent as any other
+        return problem_for(NotFound(f"no resource at {request.url.path} ({summary})"), request)
     in_query = all(str(e.get("loc", [""])[0]) == "query" for e in exc.errors())
     kind = BadRequest if in_query else InvalidInput
     return problem_for(kind(summary, slug="invalid-request", errors=errors), request)

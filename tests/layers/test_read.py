@@ -483,3 +483,11 @@ def test_array_property_filter(
     }
     got = {f["id"] for f in items(client, "settlements", alt_names="Kibra")["features"]}
     assert got == expected and expected
+
+
+@pytest.mark.parametrize("feature_id", ["0", "-3", str(2**62 + 1)])
+def test_an_id_out_of_range_is_404_like_any_absent_one(client: TestClient, feature_id: str) -> None:
+    response = client.get(f"/collections/structures/items/{feature_id}")
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert feature_id in response.json()["detail"]
