@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from app import problems
+from app.head import HeadAsGet
 from app.headers import SecurityHeaders
 from app.openapi import install_openapi30
 from app.read_routing import ReadRouting
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],
             expose_headers=["ETag", "Location", "Content-Crs", "X-Request-ID"],
         )
+    app.add_middleware(HeadAsGet)  # outermost: everything inside sees a GET
     app.include_router(meta.router)
     app.include_router(analysis.router)
     app.include_router(profiles.router)

@@ -58,7 +58,10 @@ def expected_version(if_match: str | None, *, required: bool = True) -> int | No
         Without the header where it is required (428): writes must say which
         version they change.
 
-    >>> expected_version('"4"'), expected_version("*"), expected_version('"x"')
+    A weak tag (``W/"4"``) names no version: ``If-Match`` compares strongly
+    (RFC 9110, 13.1.1), so it answers 412 like a stale one.
+
+    >>> expected_version('"4"'), expected_version("*"), expected_version('W/"4"')
     (4, None, -1)
     """
     if if_match is None or not if_match.strip():
@@ -71,7 +74,7 @@ def expected_version(if_match: str | None, *, required: bool = True) -> int | No
     value = if_match.strip()
     if value == "*":
         return None
-    value = _opaque(value).strip('"')
+    value = value.strip('"')
     if not value.isdigit():
         return -1  # matches no version: the 412 names the current one
     return int(value)

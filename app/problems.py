@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from geo.core.errors import BadRequest, InvalidInput, MakaziError, Unavailable
+from geo.core.errors import BadRequest, InvalidInput, MakaziError, NotFound, Unavailable
 from geo.core.uploads import no_space, out_of_space
 
 log = logging.getLogger("makazi.http")
@@ -99,12 +99,25 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     )
 
 
+_OUT_OF_RANGE = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
 async def _on_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     summary, errors = validation_errors(exc.errors())
+    if exc.errors() and all(
+        str(e.get("loc", [""])[0]) == "path" and e.get("type") in _OUT_OF_RANGE
+        for e in exc.errors()
+    ):
+        # an id no resource can have (0, or past 2**62) is as absent as any other
+        return problem_for(NotFound(f"no resource at {request.url.path} ({summary})"), request)
     in_query = all(str(e.get("loc", [""])[0]) == "query" for e in exc.errors())
     kind = BadRequest if in_query else InvalidInput
     return problem_for(kind(summary, slug="invalid-request", errors=errors), request)
+
+
+_UNPROJECTABLE = ("transform:", "Antipodal")
+"""How PostGIS's errors about coordinates a projection or a geodesic cannot take begin."""
 
 
 async def on_database(request: Request, exc: Exception) -> Response:
@@ -118,6 +131,12 @@ async def on_database(request: Request, exc: Exception) -> Response:
             "the query took longer than the statement timeout; narrow it and retry", slug="timeout"
         )
         return problem_for(timeout, request)
+    if isinstance(orig, pg.InternalError) and str(orig).startswith(_UNPROJECTABLE):
+        # PostGIS/PROJ: coordinates from the request that a CRS cannot take (a bbox-crs
+        # box far outside its zone, a Content-Crs geometry, a crs the data cannot go to)
+        message = str(orig).strip().splitlines()[0]
+        unprojectable = BadRequest(f"the coordinates cannot be transformed: {message}")
+        return problem_for(unprojectable, request)
     if isinstance(orig, pg.DataError):
         # SQLSTATE class 22: a value from the request does not fit its column or type
         message = str(orig).strip().splitlines()[0] if str(orig).strip() else "invalid value"

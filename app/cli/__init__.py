@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from app.cli import analyse, atlas, db, demo, exports, imports, serve, tokens, traces
 
@@ -21,10 +22,15 @@ __all__ = ["main"]
 log = logging.getLogger("makazi")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr, like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="makazi", description="Makazi: mapping service for informal settlements."
-    )
+    parser = _Parser(prog="makazi", description="Makazi: mapping service for informal settlements.")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (serve, db, tokens, demo, exports, traces, analyse, imports, atlas):
         group.add_parsers(sub)

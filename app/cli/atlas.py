@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from app.cli.common import CommandError, load_settings, open_engine
+from app.cli.common import CommandError, load_settings, open_engine, output_file
 
 __all__ = ["add_parsers"]
 
@@ -28,7 +27,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         paper=args.paper,
     )
     settings = load_settings()
-    output = Path(args.output)
+    output = output_file(args.output)
     partial = output.with_name(output.name + ".partial")
     try:
         with open_engine(settings, migrated=False) as engine, partial.open("wb") as out:

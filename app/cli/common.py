@@ -23,6 +23,7 @@ __all__ = [
     "load_settings",
     "migrate",
     "open_engine",
+    "output_file",
     "start_cluster",
     "write_chunks",
 ]
@@ -30,6 +31,14 @@ __all__ = [
 
 class CommandError(Exception):
     """A failure to report as one line on stderr."""
+
+
+def output_file(name: str) -> Path:
+    """An ``-o`` path; :class:`CommandError` naming its folder when that does not exist."""
+    output = Path(name)
+    if not output.parent.is_dir():
+        raise CommandError(f"cannot write {output}: there is no folder {output.parent}")
+    return output
 
 
 def load_settings() -> Settings:

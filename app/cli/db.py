@@ -13,6 +13,7 @@ from app.cli.common import (
     database_url,
     load_settings,
     migrate,
+    output_file,
     start_cluster,
 )
 from geo.core.cluster import EmbeddedCluster
@@ -101,8 +102,9 @@ def _backup(args: argparse.Namespace, settings: Any) -> int:
     if args.action == "dump":
         if not args.output:
             raise CommandError("db dump needs -o FILE")
+        output = output_file(args.output)
         with database_url(settings) as url:
-            size = dump(url, Path(args.output))
+            size = dump(url, output)
         print(f"wrote {args.output} ({size:,} bytes; pg_dump custom format)")
         return 0
     if not args.file:

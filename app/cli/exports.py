@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from app.cli.common import (
     CommandError,
     load_settings,
     open_engine,
+    output_file,
     write_chunks,
 )
 
@@ -18,6 +18,7 @@ __all__ = ["add_parsers"]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from geo.analysis.common import settlement_name
     from geo.core.auth import Principal
     from geo.core.db import set_statement_timeout
     from geo.exports.query import ExportRows
@@ -32,11 +33,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = export_format(args.format)
     settings = load_settings()
     everyone = Principal(name="makazi-cli", role="admin", token_id=0)
-    output = Path(args.output)
+    output = output_file(args.output)
     partial = output.with_name(f".{output.name}.part")
     try:
         with open_engine(settings, migrated=False) as engine, engine.connect() as conn:
             set_statement_timeout(conn, settings.export_timeout_ms)
+            if args.settlement is not None:
+                settlement_name(conn, args.settlement, field="--settlement")
             rows = ExportRows(collection, everyone, args.settlement)
             written = write_chunks(stream_export(conn, rows, fmt), partial)
         os.replace(partial, output)

@@ -24,6 +24,7 @@ from app.deps import DbDep, PlannerUser, SettingsDep
 from app.preconditions import NO_STORE
 from app.read_routing import long_stream
 from app.streaming import ClosingStreamingResponse, HeldRead
+from geo.analysis.common import require_settlement
 from geo.core.db import Database, set_statement_timeout
 from geo.core.errors import NotFound
 from geo.exports.query import ExportRows
@@ -117,6 +118,8 @@ async def get_export(
     if collection is None:
         raise NotFound(f"no collection {collection_id!r}; collections: {', '.join(COLLECTIONS)}")
     fmt = export_format(format)
+    if settlement_id is not None:
+        await run_in_threadpool(require_settlement, db, settlement_id)
     suffix = f"-settlement-{settlement_id}" if settlement_id else ""
     headers = {
         "Content-Disposition": f'attachment; filename="{collection.name}{suffix}.{fmt.extension}"',

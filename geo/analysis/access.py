@@ -304,7 +304,8 @@ def access(
         ``facility_type``, ``max_distance_m``, ``settlement_id``,
         ``structures_total``, ``structures_beyond``, ``share_beyond``,
         ``households_total``, ``households_beyond``,
-        ``share_households_beyond``, ``facilities_considered``, ``suppressed``.
+        ``share_households_beyond``, ``facilities_considered``, ``verified_only``,
+        ``suppressed``.
     """
     params = _params(
         db,
@@ -352,6 +353,7 @@ def access(
         "households_beyond": counts["households_beyond"],
         "share_households_beyond": shares["share_households_beyond"],
         "facilities_considered": counts["facilities_considered"],
+        "verified_only": verified,
         "suppressed": hide.suppressed,
     }
 

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, TextClause, text
 from geo.core.crs import METRIC_SRID
 from geo.core.db import Database
 from geo.core.errors import BadRequest, MakaziError, NotFound
+from geo.layers.as_of import plan_for_snapshots
 from geo.layers.registry import ENUMS
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "fetch_json",
     "require_settlement",
     "set_timeout",
+    "settlement_name",
     "sql",
     "stream_features",
 ]
@@ -110,14 +112,19 @@ def fetch_json(
     *,
     timeout_ms: int,
     cached: bool = False,
+    as_of: bool = False,
 ) -> Any:
     """Run a statement that returns one JSON value (or no row: None) under the timeout.
 
     ``cached``: answer from ``db.answers`` (:mod:`geo.core.answers`) while the layers
     the analyses read have not changed; only for statements that read nothing else.
+    ``as_of``: the statement reads the layers of a past moment
+    (:func:`geo.layers.as_of.plan_for_snapshots`).
     """
     with db.read() as conn:
         set_timeout(conn, timeout_ms)
+        if as_of:
+            plan_for_snapshots(conn)
         if cached:
             return db.answers.fetch(conn, statement, params)
         value = conn.execute(statement, dict(params)).scalar_one_or_none()
@@ -164,15 +171,20 @@ def stream_features(
 _SETTLEMENT = text("SELECT name FROM settlements WHERE id = :id AND deleted_at IS NULL")
 
 
-def require_settlement(db: Database, settlement_id: int, *, field: str = "settlement_id") -> str:
+def settlement_name(conn: Connection, settlement_id: int, *, field: str = "settlement_id") -> str:
     """The name of a live settlement; :class:`NotFound` naming ``field`` when absent."""
     if not -(2**63) <= settlement_id < 2**63:
         raise NotFound(f"{field}: no settlement {settlement_id}", field=field)
-    with db.read() as conn:
-        name = conn.execute(_SETTLEMENT, {"id": settlement_id}).scalar_one_or_none()
+    name = conn.execute(_SETTLEMENT, {"id": settlement_id}).scalar_one_or_none()
     if name is None:
         raise NotFound(f"{field}: no settlement {settlement_id}", field=field)
     return str(name)
+
+
+def require_settlement(db: Database, settlement_id: int, *, field: str = "settlement_id") -> str:
+    """:func:`settlement_name` on a read connection of ``db``."""
+    with db.read() as conn:
+        return settlement_name(conn, settlement_id, field=field)
 
 
 def check_facility_type(

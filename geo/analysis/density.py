@@ -122,7 +122,8 @@ def density(
     ``i*cell_m .. (i+1)*cell_m`` east and ``j*cell_m .. (j+1)*cell_m`` north in
     EPSG:32737), ``cell_m``, ``structures``, ``households``, ``people``,
     ``structures_per_ha``, ``people_per_ha`` and the cell's ``suppressed``
-    names; the collection's ``suppressed`` lists every name hidden in any cell.
+    names; the collection's ``suppressed`` lists every name hidden in any cell, and its
+    ``verified_only`` says whether only verified rows were counted.
     """
     _check_cell(db, settlement_id, cell_m, settings)
     features: list[dict[str, Any]] = fetch_json(
@@ -160,6 +161,7 @@ def density(
         "numberReturned": len(features),
         "settlement_id": settlement_id,
         "cell_m": cell_m,
+        "verified_only": verified,
         "suppressed": hidden,
     }
     return json.dumps(collection, separators=(",", ":")).encode()

@@ -27,6 +27,10 @@ def _suppressed() -> Any:
     return Field(description="Names of the values hidden as null for this caller, in order")
 
 
+def _verified_only() -> Any:
+    return Field(description="Whether only verified structures and households were counted")
+
+
 class SettlementSummary(Document):
     """``GET /settlements/{id}/summary``: what lies within one boundary, counted and estimated."""
 
@@ -55,9 +59,7 @@ class SettlementSummary(Document):
     basis: dict[str, Literal["measured", "counted", "estimated"]] = Field(
         description="How each figure was obtained"
     )
-    verified_only: bool = Field(
-        description="Whether only verified structures and households were counted"
-    )
+    verified_only: bool = _verified_only()
     as_of: datetime | None = Field(description="The past moment counted (null: now)")
     suppressed: list[str] = _suppressed()
 
@@ -85,6 +87,7 @@ class ImpactSummary(Document):
     structures_by_use: dict[str, Count]
     by_settlement: list[ImpactSettlement] = Field(description="Most structures first")
     facilities_by_type: dict[str, Count]
+    verified_only: bool = _verified_only()
     suppressed: list[str] = _suppressed()
     hint: str | None = Field(
         default=None,
@@ -107,4 +110,5 @@ class AccessSummary(Document):
     facilities_considered: Count = Field(
         description="Live facilities of the type whose condition is not broken"
     )
+    verified_only: bool = _verified_only()
     suppressed: list[str] = _suppressed()

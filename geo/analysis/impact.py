@@ -254,7 +254,7 @@ def impact(
         the zone), ``structures``, ``households``, ``people``,
         ``structures_by_use`` ``{use: n}``, ``by_settlement``
         ``[{settlement_id, name, structures, households, people}]``,
-        ``facilities_by_type`` ``{type: n}`` and ``suppressed``.
+        ``facilities_by_type`` ``{type: n}``, ``verified_only`` and ``suppressed``.
     """
     geometry, buffer_m = _prepare(request, settings)
     row = fetch_json(
@@ -290,6 +290,7 @@ def impact(
         "structures_by_use": hide.breakdown(row["structures_by_use"], "structures_by_use"),
         "by_settlement": by_settlement,
         "facilities_by_type": hide.breakdown(row["facilities_by_type"], "facilities_by_type"),
+        "verified_only": verified,
         "suppressed": hide.suppressed,
         "hint": hint,
     }

@@ -179,6 +179,7 @@ def summary(
         {"id": settlement_id, "verified": verified, "as_of": as_of},
         timeout_ms=settings.analysis_timeout_ms,
         cached=as_of is None,
+        as_of=as_of is not None,
     )
     if row is None:
         when = f" as of {as_of.isoformat()}" if as_of is not None else ""

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, TextClause
 
 from geo.analysis.common import HOUSEHOLDS_OF_T, WITHIN_SETTLEMENT, set_timeout, sql
 from geo.core.errors import NotFound, TooLarge
-from geo.layers.as_of import AS_OF_TABLES
+from geo.layers.as_of import AS_OF_TABLES, plan_for_snapshots
 from geo.profiles.review import BLOCK_SQL
 
 __all__ = ["AtlasData", "Facility", "Structure", "load_atlas_data"]
@@ -111,6 +111,8 @@ def load_atlas_data(
         More than ``max_structures`` structures (``MAKAZI_ATLAS_MAX_STRUCTURES``).
     """
     set_timeout(conn, timeout_ms)
+    if as_of is not None:
+        plan_for_snapshots(conn)
     params = {"id": settlement_id, "as_of": as_of, "verified": False, "limit": max_structures + 1}
     head = conn.execute(_statement(_SETTLEMENT, as_of), params).first()
     if head is None:

@@ -92,7 +92,9 @@ def create_token(
             field="name",
         )
     if expires_in_days is not None and not 0 < expires_in_days <= 36_500:
-        raise InvalidInput("expires_in_days must be between 0 and 36500", field="expires_in_days")
+        raise InvalidInput(
+            "expires_in_days must be more than 0 and at most 36500 days", field="expires_in_days"
+        )
     expires = (
         None
         if expires_in_days is None

@@ -142,8 +142,10 @@ def _bbox_area(raw: str, crs: Crs) -> ColumnElement[Any]:
             "bbox must be minx,miny,maxx,maxy with min <= max (antimeridian boxes are "
             "not supported)"
         )
-    if crs.srid == 4326 and (abs(y1) > 90 or abs(y2) > 90 or abs(x1) > 540 or abs(x2) > 540):
+    if crs.srid == 4326 and (abs(y1) > 90 or abs(y2) > 90):
         raise _bad("bbox latitude must lie within [-90, 90]")
+    if crs.srid == 4326 and (abs(x1) > 180 or abs(x2) > 180):
+        raise _bad("bbox longitude must lie within [-180, 180]")
     envelope = func.ST_MakeEnvelope(
         bindparam(None, x1),
         bindparam(None, y1),

@@ -34,8 +34,12 @@ __all__ = [
 # The nearest live settlement to a geometry, in metres (geography); KNN on the
 # index finds the candidate, and the distance is measured for it alone.  :flip
 # swaps the geometry's x and y first (a swapped geometry outside the latitude
-# range has no nearest settlement).  In psycopg's parameter style, for callers
-# that send it in a pipeline with other statements (the trace upload).
+# range has no nearest settlement).  The distance is measured to the given
+# geometry's (planar) closest point, never to the geometry itself: an edge between
+# antipodal points (pole to pole, 180 degrees of longitude) has no one geodesic,
+# and PostGIS refuses it or calls it 0 m from everything.  In psycopg's parameter
+# style, for callers that send it in a pipeline with other statements (the trace
+# upload).
 NEAREST_QUERY = """
     WITH g AS MATERIALIZED (
         SELECT CASE WHEN %(flip)s THEN ST_FlipCoordinates(geom) ELSE geom END AS geom
@@ -48,7 +52,9 @@ NEAREST_QUERY = """
         ORDER BY s.geom <-> g.geom
         LIMIT 1
     )
-    SELECT name, ST_Distance(geom::geography, given::geography) AS distance_m FROM nearest
+    SELECT name, ST_Distance(geom::geography, ST_ClosestPoint(given, geom)::geography)
+        AS distance_m
+    FROM nearest
     """
 _NEAREST_SQL = text(NEAREST_QUERY.replace("%(wkb)s", ":wkb").replace("%(flip)s", ":flip"))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from geo.core.errors import InvalidInput
@@ -152,13 +153,22 @@ def _shares(name: str, value: Any, spec: ReportedField) -> dict[str, float]:
     return out
 
 
+def _is_date(value: str) -> bool:
+    """Whether a ``YYYY-MM-DD`` string names a day of the calendar (not 2026-02-30)."""
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _check(name: str, value: Any, spec: ReportedField) -> Any:
     if spec.kind in {"number", "integer"}:
         return _number(name, value, spec, integer=spec.kind == "integer")
     if spec.kind == "choice":
         return _choice(name, value, spec.choices)
     if spec.kind == "date":
-        if not isinstance(value, str) or not _DATE.match(value):
+        if not isinstance(value, str) or not _DATE.match(value) or not _is_date(value):
             raise InvalidInput(f"fields.{name} must be a date YYYY-MM-DD", field=name)
         return value
     if spec.kind == "shares":

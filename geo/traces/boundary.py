@@ -42,17 +42,18 @@ def trace_boundary(
     visible_trace(conn, trace_id, user)
     wkb = conn.execute(
         text(
-            "SELECT ST_AsBinary(ST_Transform(ST_MakeLine(geom ORDER BY track, segment, seq), "
+            # a MultiPoint, not a line: a one-point line is not valid WKB for shapely
+            "SELECT ST_AsBinary(ST_Transform(ST_Collect(geom ORDER BY track, segment, seq), "
             ":srid)) FROM trace_points WHERE trace_id = :id AND kind = 'trkpt'"
         ),
         {"id": trace_id, "srid": METRIC_SRID},
     ).scalar()
     if wkb is None:
         raise InvalidInput(f"trace {trace_id} has no track points to make a boundary from")
-    line = shapely.from_wkb(bytes(wkb))
+    points = shapely.from_wkb(bytes(wkb))
     try:
         result = boundary_polygon(
-            shapely.get_coordinates(line), max_gap_m=max_gap_m, simplify_m=simplify_m
+            shapely.get_coordinates(points), max_gap_m=max_gap_m, simplify_m=simplify_m
         )
     except OpenWalk as exc:
         raise InvalidInput(

@@ -57,3 +57,42 @@ def test_trace_upload_prints_no_request_log_lines(live_server: LiveServer, tmp_p
     again = makazi(*args)
     assert "HTTP Request" not in again.stdout + again.stderr
     assert "3 already there" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["import", "x.geojson", "--collection", "nope"], "makazi import: argument --collection"),
+        (["token", "revoke"], "makazi token revoke: the following arguments are required: NAME"),
+        (["nosuchcommand"], "makazi: argument command: invalid choice: 'nosuchcommand'"),
+    ],
+)
+def test_a_usage_error_is_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    from app.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(needle), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "structures", "--format", "geojson", "-o"],
+        ["atlas", "1", "-o"],
+        ["db", "dump", "-o"],
+    ],
+)
+def test_writing_into_a_missing_folder_names_the_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str]
+) -> None:
+    from app.cli import main
+
+    target = tmp_path / "no-such-folder" / "out"
+    assert main([*argv, str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"makazi: cannot write {target}: there is no folder {target.parent}\n"

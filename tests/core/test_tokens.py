@@ -217,3 +217,8 @@ def _use_tokens(
         boomed = client.get("/boom-after-auth", headers=admin)
         assert boomed.status_code == 500, boomed.text
     return [new, wrong]
+
+
+def test_a_lifetime_of_zero_days_is_refused_saying_so(connection: Connection) -> None:
+    with pytest.raises(InvalidInput, match=r"more than 0 and at most 36500 days"):
+        create_token(connection, name="instant", role="viewer", expires_in_days=0)

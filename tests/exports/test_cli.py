@@ -80,3 +80,15 @@ def test_cli_bad_format_writes_nothing(
     )
     assert result.returncode == 1 and "dwg" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_unknown_settlement_writes_nothing(
+    export_database: tuple[str, str, str], tmp_path: Path
+) -> None:
+    url, _token, _tile = export_database
+    out = tmp_path / "x.csv"
+    args = ("export", "structures", "--format", "csv", "-o", str(out), "--settlement", "987654")
+    result = makazi(*args, MAKAZI_DATABASE_URL=url)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "makazi: --settlement: no settlement 987654"
+    assert not list(tmp_path.iterdir())

@@ -73,3 +73,15 @@ def test_bad_export_requests(client: TestClient, token_for: Headers) -> None:
     bad = client.get("/exports/structures", params={"format": "dwg"}, headers=planner)
     assert bad.status_code == 400 and "dwg" in bad.json()["detail"]
     assert client.get("/exports/households", headers=planner).status_code == 404
+
+
+def test_unknown_settlement_is_404(client: TestClient, token_for: Headers) -> None:
+    # as everywhere else a settlement_id names a settlement: an empty file would hide the typo
+    response = client.get(
+        "/exports/structures",
+        params={"format": "csv", "settlement_id": 987654},
+        headers=token_for("planner"),
+    )
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "settlement_id: no settlement 987654" in response.json()["detail"]

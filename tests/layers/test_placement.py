@@ -203,3 +203,29 @@ def test_far_trace_is_kept_with_a_warning(
         "/traces", content=near, headers={**mapper, "Content-Type": "application/gpx+xml"}
     )
     assert not any("nearest settlement" in w for w in response.json()["warnings"])
+
+
+def test_geometries_with_antipodal_edges_are_measured_not_500(
+    client: TestClient, mapper: dict[str, str], nairobi: dict[str, int]
+) -> None:
+    # an edge between antipodal points (pole to pole, 180 degrees of longitude) has no one
+    # geodesic: PostGIS either refuses it (a 500 here) or calls every distance to it 0
+    for line in ([[10, -90], [10, 90]], [[0, 0], [180, 0]]):
+        road = {
+            "type": "Feature",
+            "geometry": {"type": "LineString", "coordinates": line},
+            "properties": {"type": "road"},
+        }
+        assert_problem(post(client, road, mapper, "facilities"), 422, "km from the nearest")
+    empty = client.get("/collections/structures/items", params={"bbox": "0,-90,0.0001,90"})
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["numberReturned"] == 0
+    poles = (
+        '<gpx version="1.1" xmlns="http://www.topografix.com/GPX/1/1">'
+        '<wpt lat="90" lon="0"/><wpt lat="-90" lon="-180"/></gpx>'
+    )
+    response = client.post(
+        "/traces", content=poles, headers={**mapper, "Content-Type": "application/gpx+xml"}
+    )
+    assert response.status_code == 201, response.text
+    assert any("from the nearest settlement" in w for w in response.json()["warnings"])

@@ -329,6 +329,13 @@ def test_cql2_bbox_and_filter_crs(
         ({"limit": "ten"}, "limit"),
         ({"bbox": "1,2,3"}, "bbox"),
         ({"bbox": "36.8,-1.3,36.7,-1.2"}, "bbox"),
+        ({"bbox": "36.7,-1.3,181,-1.2"}, "bbox longitude must lie within [-180, 180]"),
+        ({"bbox": "36.7,-91,36.8,-1.2"}, "bbox latitude must lie within [-90, 90]"),
+        (
+            {"bbox": "-1e10,-1e10,1e10,1e10", "bbox-crs": "EPSG:21037"},
+            "outside of projection domain",
+        ),
+        ({"bbox": "1e300,1e300,1e301,1e301", "bbox-crs": "EPSG:32737"}, "transform"),
         ({"datetime": "yesterday"}, "datetime"),
         ({"colour": "red"}, "colour"),
         ({"crs": "EPSG:4269"}, "crs"),
@@ -476,3 +483,11 @@ def test_array_property_filter(
     }
     got = {f["id"] for f in items(client, "settlements", alt_names="Kibra")["features"]}
     assert got == expected and expected
+
+
+@pytest.mark.parametrize("feature_id", ["0", "-3", str(2**62 + 1)])
+def test_an_id_out_of_range_is_404_like_any_absent_one(client: TestClient, feature_id: str) -> None:
+    response = client.get(f"/collections/structures/items/{feature_id}")
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert feature_id in response.json()["detail"]

@@ -296,6 +296,17 @@ def test_put_patch_need_if_match(client: TestClient, mapper: dict[str, str]) -> 
     assert replaced.headers["etag"] == '"3"'
 
 
+def test_a_weak_if_match_never_matches(client: TestClient, mapper: dict[str, str]) -> None:
+    # If-Match compares strongly (RFC 9110 13.1.1): W/"1" is not version 1's "1"
+    fid = post(client, structure("W-1"), mapper).json()["id"]
+    url = f"/collections/structures/items/{fid}"
+    weak = client.patch(
+        url, json={"properties": {"storeys": 2}}, headers={**mapper, "If-Match": 'W/"1"'}
+    )
+    assert_problem(weak, 412, "version 1")
+    assert client.get(url).json()["properties"]["version"] == 1
+
+
 def test_patch_null_clears_and_geometry_moves(
     client: TestClient, mapper: dict[str, str], connection: Connection
 ) -> None:

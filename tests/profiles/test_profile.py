@@ -79,6 +79,7 @@ def test_profile_round_trips_with_if_match(
         ({"hazards": ["tsunami"]}, "hazards"),
         ({"land_ownership": {"government": 80, "private": 40}}, "land_ownership"),
         ({"forum_date": "14/11/2026"}, "forum_date"),
+        ({"boundary_walked_on": "2026-02-30"}, "boundary_walked_on must be a date"),
         ({"eviction_threat": {"value": "high", "basis": "counted"}}, "eviction_threat"),
     ],
 )

@@ -282,3 +282,7 @@ def test_verified_analyses_count_only_verified_rows(
     )
     assert (impact_all["structures"], impact_verified["structures"]) == (16, 8)
     assert (impact_all["people"], impact_verified["people"]) == (80, 40)
+    # each answer says which it counted, as a summary and a profile do
+    for every, verified_only in ((grid_all, grid_verified), (access_all, access_verified)):
+        assert (every["verified_only"], verified_only["verified_only"]) == (False, True)
+    assert (impact_all["verified_only"], impact_verified["verified_only"]) == (False, True)

@@ -110,6 +110,15 @@ def test_open_walk_is_422_with_the_gap(client: TestClient, token_for: Auth) -> N
     assert abs(loose.json()["properties"]["closure_gap_m"] - gap) < 1.0
 
 
+def test_a_one_point_walk_is_422_not_500(client: TestClient, token_for: Auth) -> None:
+    headers = token_for("mapper")
+    trace_id = upload(client, headers, gpx_of(OUTLINE[:1]))
+    response = client.post(f"/traces/{trace_id}/boundary", headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "point" in response.json()["detail"]
+
+
 def test_boundary_needs_mapper_and_visibility(client: TestClient, token_for: Auth) -> None:
     owner = token_for("mapper", "walker")
     trace_id = upload(client, owner, gpx_of(perimeter_walk(closed=True)))
