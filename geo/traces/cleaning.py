@@ -6,9 +6,12 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from geo.traces.gpx import Point
 
-__all__ = ["EARTH_RADIUS_M", "Cleaner", "Dropped"]
+__all__ = ["EARTH_RADIUS_M", "Cleaner", "Dropped", "clean_track"]
 
 EARTH_RADIUS_M = 6_371_008.8
 
@@ -44,6 +47,20 @@ class Dropped:
         else:
             group["count"] += 1
 
+    def add_many(
+        self,
+        kind: str,
+        reason: str,
+        count: int,
+        *,
+        index: int,
+        track: int | None,
+        segment: int | None,
+    ) -> None:
+        """Count ``count`` dropped points at once, the first of them at ``index``."""
+        self.add(kind, reason, index=index, track=track, segment=segment)
+        self.groups[(kind, reason)]["count"] += count - 1
+
     def total(self, kind: str | None = None) -> int:
         """How many points were dropped (of ``kind``, or all)."""
         return sum(g["count"] for (k, _), g in self.groups.items() if kind is None or k == kind)
@@ -57,13 +74,36 @@ class Dropped:
 _BOUND_MARGIN = 0.999
 
 
-def _distance_m(a: Point, b: Point) -> float:
+def _distance_m(a_lat: float, a_lon: float, b_lat: float, b_lon: float) -> float:
     """Great-circle distance (haversine): only used to judge speeds."""
-    lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
+    lat1, lat2 = math.radians(a_lat), math.radians(b_lat)
     dlat = lat2 - lat1
-    dlon = math.radians(b.lon - a.lon)
+    dlon = math.radians(b_lon - a_lon)
     h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
     return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _too_fast(
+    max_speed: float,
+    a_lat: float,
+    a_lon: float,
+    a_epoch: float | None,
+    b_lat: float,
+    b_lon: float,
+    b_epoch: float | None,
+) -> bool:
+    """Whether going from a to b takes more than ``max_speed`` (never without both times)."""
+    if a_epoch is None or b_epoch is None:
+        return False
+    seconds = b_epoch - a_epoch
+    if seconds <= 0:
+        return False
+    # Cheap first: the great circle is never longer than R * hypot(dlat, dlon)
+    # (radians), so well under that bound no haversine is needed.
+    reach = max_speed * seconds * _BOUND_MARGIN
+    if EARTH_RADIUS_M * math.radians(abs(b_lat - a_lat) + abs(b_lon - a_lon)) <= reach:
+        return False
+    return _distance_m(a_lat, a_lon, b_lat, b_lon) / seconds > max_speed
 
 
 class Cleaner:
@@ -92,17 +132,9 @@ class Cleaner:
         )
 
     def _fast(self, a: Point | None, b: Point) -> bool:
-        if a is None or a.epoch is None or b.epoch is None:
+        if a is None:
             return False
-        seconds = b.epoch - a.epoch
-        if seconds <= 0:
-            return False
-        # Cheap first: the great circle is never longer than R * hypot(dlat, dlon)
-        # (radians), so well under that bound no haversine is needed.
-        reach = self.max_speed * seconds * _BOUND_MARGIN
-        if EARTH_RADIUS_M * math.radians(abs(b.lat - a.lat) + abs(b.lon - a.lon)) <= reach:
-            return False
-        return _distance_m(a, b) / seconds > self.max_speed
+        return _too_fast(self.max_speed, a.lat, a.lon, a.epoch, b.lat, b.lon, b.epoch)
 
     def push(self, point: Point) -> Iterator[Point]:
         """Take the next point; yield the points now known to be kept."""
@@ -138,3 +170,80 @@ class Cleaner:
             self._drop(self.cand, self.speed_reason)
         self.cand = None
         self.prev = None
+
+
+Floats = npt.NDArray[np.float64]
+Indexes = npt.NDArray[np.intp]
+
+
+def clean_track(
+    lat: Floats, lon: Floats, epoch: Floats, hdop: Floats, *, max_speed_mps: float, max_hdop: float
+) -> tuple[npt.NDArray[np.bool_], list[tuple[str, Indexes]]]:
+    """What :class:`Cleaner` does to one segment's points, on arrays (NaN: no time, no hdop).
+
+    The poor fixes and duplicates in bulk; the speed check in bulk where a
+    conservative bound settles it, point by point (with the cleaner's own
+    arithmetic) from a pair it cannot settle until the cleaner is back to
+    its plain state.  Answers which points are kept, and the dropped ones'
+    positions by reason (hdop, duplicate, speed), each in order.
+    """
+    n = len(lat)
+    keep = np.zeros(n, dtype=bool)
+    poor = np.flatnonzero(hdop > max_hdop)
+    rest = np.flatnonzero(~(hdop > max_hdop))
+    la, lo, ep = lat[rest], lon[rest], epoch[rest]
+    same_time = (ep[1:] == ep[:-1]) | (np.isnan(ep[1:]) & np.isnan(ep[:-1]))
+    repeat = np.concatenate(([False], (la[1:] == la[:-1]) & (lo[1:] == lo[:-1]) & same_time))
+    duplicates = rest[repeat]
+    order = rest[~repeat]  # the points the speed check sees, in order
+    la, lo, ep = lat[order], lon[order], epoch[order]
+    seconds = ep[1:] - ep[:-1]
+    bound = EARTH_RADIUS_M * np.radians(np.abs(la[1:] - la[:-1]) + np.abs(lo[1:] - lo[:-1]))
+    with np.errstate(invalid="ignore"):
+        unsure = (seconds > 0) & (bound > max_speed_mps * seconds * _BOUND_MARGIN * (1 - 1e-9))
+    # pair k-1 -> k is unsure where unsure[k - 1]; elsewhere it is not too fast
+    starts = np.flatnonzero(unsure) + 1
+    spikes: list[int] = []
+    kept_order = np.ones(len(order), dtype=bool)
+    times = [None if t != t else t for t in ep.tolist()]
+    lats, lons = la.tolist(), lo.tolist()
+
+    def fast(a: int, b: int) -> bool:
+        if a < 0:
+            return False
+        return _too_fast(max_speed_mps, lats[a], lons[a], times[a], lats[b], lons[b], times[b])
+
+    k_done = -1
+    for start in starts.tolist():
+        if start <= k_done:
+            continue
+        # the plain state before ``start``: nothing pending, the previous point kept
+        prev, cand, k = start - 1, -1, start
+        while k < len(order):
+            if cand >= 0:
+                if fast(cand, k) and not fast(prev, k):
+                    spikes.append(cand)
+                    kept_order[cand] = False
+                else:
+                    prev = cand
+                cand = -1
+            if fast(prev, k):
+                cand = k
+            else:
+                prev = k
+                if k + 1 >= len(order) or not unsure[k]:
+                    break  # plain again: the next pair is settled in bulk
+            k += 1
+        if cand >= 0:  # the segment ended with a jump pending
+            spikes.append(cand)
+            kept_order[cand] = False
+        k_done = k
+    keep[order[kept_order]] = True
+    speed = order[np.array(spikes, dtype=np.intp)]
+    hdop_reason = f"hdop over {max_hdop:g}"
+    speed_reason = f"speed jump over {max_speed_mps:g} m/s"
+    return keep, [
+        (hdop_reason, poor),
+        ("duplicate of the previous point", duplicates),
+        (speed_reason, speed),
+    ]

@@ -35,11 +35,13 @@ import contextlib
 import json
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, text
@@ -51,6 +53,7 @@ from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
 from geo.layers.placement import NEAREST_QUERY, far_message, far_note
 from geo.traces.cleaning import Cleaner, Dropped
+from geo.traces.columns import NAT, TrackPoints, read_columns
 from geo.traces.gpx import NUMERIC_FIELDS, BadPoint, Container, GpxReader, Point, Unusual
 from geo.traces.reads import FILE_CHUNK, summary_json, trace_summary
 
@@ -92,6 +95,7 @@ class TraceLimits:
     max_km_from_settlements: float = 0.0
     direct_max_rows: int = DIRECT_MAX_ROWS
     direct_max_bytes: int = DIRECT_MAX_BYTES
+    columns: bool = True  # try the columnar read first (False: the reader's reads only)
 
     @classmethod
     def from_settings(cls, settings: Any) -> TraceLimits:
@@ -160,9 +164,100 @@ class _Stats:
         if lat > self.max_lat:
             self.max_lat = lat
 
+    def add_points(self, points: TrackPoints) -> None:
+        """Count a segment's kept track points (see :meth:`add`)."""
+        self.points += len(points)
+        times = points.time_us[points.time_us != NAT]
+        if len(times):
+            start, end = _moment(int(times.min())), _moment(int(times.max()))
+            if self.start is None or start < self.start:
+                self.start = start
+            if self.end is None or end > self.end:
+                self.end = end
+        self.min_lon = min(self.min_lon, float(points.lon.min()))
+        self.max_lon = max(self.max_lon, float(points.lon.max()))
+        self.min_lat = min(self.min_lat, float(points.lat.min()))
+        self.max_lat = max(self.max_lat, float(points.lat.max()))
+
     @property
     def kept(self) -> int:
         return self.points + self.route_points + self.waypoints
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: PostgreSQL's timestamps count microseconds from 2000-01-01.
+_PG_EPOCH_US = 946_684_800_000_000
+
+
+def _moment(microseconds: int) -> datetime:
+    """A UTC time from microseconds since 1970."""
+    return _EPOCH + timedelta(microseconds=microseconds)
+
+
+def point_rows(points: TrackPoints) -> list[tuple[Any, ...]]:
+    """Kept track points as the rows the reader's path writes (see below)."""
+    times = [None if t == NAT else _moment(t) for t in points.time_us.tolist()]
+    eles = [None if e != e else e for e in points.ele.tolist()]
+    return list(
+        zip(
+            repeat("trkpt"), points.seq.tolist(), repeat(points.track), repeat(points.segment),
+            points.lon.tolist(), points.lat.tolist(), eles, times, repeat(None),
+            points.extensions(),
+        )
+    )  # fmt: skip
+
+
+#: Rows sent at a time by :func:`_binary_rows` (about 7 MB).
+_BLOCK_ROWS = 65_536
+
+
+def _binary_rows(points: TrackPoints) -> Iterator[bytes]:
+    """Kept track points as binary COPY rows of ``trace_stage``, built in blocks by numpy.
+
+    Rows with the same columns present share a layout (a NULL is a length of
+    -1 and no data); the extensions are jsonb's binary form, padded with
+    blanks to one width.
+    """
+    has_ele, has_time = ~np.isnan(points.ele), points.time_us != NAT
+    has_hdop = ~np.isnan(points.hdop)
+    shape = has_ele.astype(np.int8) | (has_time << 1) | (has_hdop << 2)
+    ext = np.zeros(0, "S1")
+    if has_hdop.any():
+        ext = np.array([b'\x01{"hdop":%r}' % h for h in points.hdop.tolist()], "S")
+        padding = ext.view(np.uint8).reshape(len(ext), ext.itemsize)
+        padding[padding == 0] = ord(" ")
+    for key in np.unique(shape).tolist():
+        rows = np.flatnonzero(shape == key)
+        values: dict[str, tuple[str, Any]] = {
+            "seq": (">i4", points.seq),
+            "track": (">i4", points.track),
+            "segment": (">i4", points.segment),
+            "lon": (">f8", points.lon),
+            "lat": (">f8", points.lat),
+        }
+        if key & 1:
+            values["ele"] = (">f8", points.ele)
+        if key & 2:
+            values["time"] = (">i8", points.time_us - _PG_EPOCH_US)
+        if key & 4:
+            values["extensions"] = (ext.dtype.str, ext)
+        fields = [("n", ">i2"), ("kind_n", ">i4"), ("kind", "S5")]
+        for column, _ in _STAGE_TYPES[1:]:
+            fields.append((f"{column}_n", ">i4"))
+            if column in values:
+                fields.append((column, values[column][0]))
+        for first in range(0, len(rows), _BLOCK_ROWS):
+            at = rows[first : first + _BLOCK_ROWS]
+            block = np.empty(len(at), dtype=fields)
+            block["n"], block["kind_n"], block["kind"] = len(_STAGE_TYPES), 5, b"trkpt"
+            for column, _ in _STAGE_TYPES[1:]:
+                if column in values:
+                    kind, data = values[column]
+                    block[f"{column}_n"] = np.dtype(kind).itemsize
+                    block[column] = data[at] if isinstance(data, np.ndarray) else data
+                else:
+                    block[f"{column}_n"] = -1
+            yield block.tobytes()
 
 
 # Parsed rows are (kind, seq, track, segment, lon, lat, ele, time, name,
@@ -292,6 +387,7 @@ class _Rows(contextlib.ExitStack):
         self.rows: list[tuple[Any, ...]] = []
         self.staged = False
         self._copy: psycopg.Copy | None = None
+        self._row_by_row = False  # whether psycopg wrote rows (then it ends the COPY)
 
     def write(self, row: tuple[Any, ...]) -> None:
         """Take one row."""
@@ -317,17 +413,36 @@ class _Rows(contextlib.ExitStack):
         self.rows = []
         self.staged = True
 
+    def write_points(self, points: TrackPoints) -> None:
+        """Take a segment's kept track points: as rows while they fit the list, else in
+        binary blocks into the COPY."""
+        if self._copy is None and len(self.rows) + len(points) <= self.max_rows:
+            self.rows.extend(point_rows(points))
+            return
+        self.spill()
+        assert self._copy is not None
+        for block in _binary_rows(points):
+            self._copy.write(block)
+
     def _open_copy(self) -> None:
         cursor = self.enter_context(_driver(self.conn).cursor())
         copy = self.enter_context(cursor.copy(_STAGE_COPY))
         copy.set_types(_COPY_TYPES)
+        copy.write(_BINARY_COPY_HEADER)  # ours, so that blocks and rows can follow in any order
         self._copy = copy
+        self._row_by_row = False
+
+    def _end_copy(self) -> None:
+        if self._copy is not None and not self._row_by_row:
+            self._copy.write(_BINARY_COPY_TRAILER)
+        self._copy = None
+        self.close()
 
     def restart(self) -> None:
         """Forget every row taken so far (the staging table, if any, stays, emptied)."""
         self.rows = []
         if self.staged:
-            self.close()
+            self._end_copy()
             self.conn.execute(text("TRUNCATE pg_temp.trace_stage"))
             self._open_copy()
 
@@ -338,10 +453,11 @@ class _Rows(contextlib.ExitStack):
         if extensions is not None:
             row = (*row[:-1], _JSONB_VERSION + extensions.encode())
         self._copy.write_row(row)
+        self._row_by_row = True
 
     def finish(self) -> None:
         """End the COPY, if there is one (the rows are then in the table)."""
-        self.close()
+        self._end_copy()
 
     def arrays(self) -> dict[str, list[Any] | None]:
         """The listed rows as one array parameter per column (``stage_<column>``).
@@ -450,17 +566,65 @@ def _parse(
     return reader, stats
 
 
-def _read(body: SpooledBody, limits: TraceLimits, rows: _Rows) -> tuple[GpxReader, _Stats, Dropped]:
-    """Parse and clean the upload into ``rows``: the fast read, or else the exact one."""
-    dropped = Dropped()
+def _parse_columns(
+    body: SpooledBody,
+    limits: TraceLimits,
+    dropped: Dropped,
+    write: Callable[[tuple[Any, ...]], None],
+    write_points: Callable[[TrackPoints], None],
+) -> tuple[GpxReader, _Stats]:
+    """The columnar read of a plain track file (:mod:`geo.traces.columns`), or :class:`Unusual`.
+
+    Segment rows go to ``write``, kept track points to ``write_points``.
+    """
+    reader = GpxReader(max_points=limits.max_points, max_depth=limits.max_xml_depth)
+    stats = _Stats()
+    body.file.seek(0)
+    if not limits.columns or sniff(body.file) == "zip":
+        raise Unusual("not read in columns")
+
+    def segment(track: int, segment: int) -> None:
+        write(("trkseg", None, track, segment) + (None,) * 6)
+
+    def points(kept: TrackPoints) -> None:
+        stats.add_points(kept)
+        write_points(kept)
+
     try:
-        reader, stats = _parse(body, limits, dropped, rows.write, fast=True)
-        return reader, stats, dropped
+        for member in members(body.file, limit=limits.max_decompressed_bytes):
+            read_columns(
+                member.stream,
+                reader,
+                dropped,
+                max_speed_mps=limits.max_speed_mps,
+                max_hdop=limits.max_hdop,
+                on_segment=segment,
+                on_points=points,
+            )
     except Unusual:
-        pass
-    # outside the handler: the exception's traceback holds the fast read's frames
-    # (its parser and partial document), which must be freed before reading again
-    rows.restart()
+        raise
+    except Exception as exc:  # any error: the reader's reads answer it exactly
+        raise Unusual(str(exc)) from exc
+    return reader, stats
+
+
+def _read(body: SpooledBody, limits: TraceLimits, rows: _Rows) -> tuple[GpxReader, _Stats, Dropped]:
+    """Parse and clean the upload into ``rows``: the columnar read, the fast read, or else
+    the exact one."""
+    for way in ("columns", "fast"):
+        dropped = Dropped()
+        try:
+            if way == "columns":
+                reader, stats = _parse_columns(body, limits, dropped, rows.write, rows.write_points)
+            else:
+                reader, stats = _parse(body, limits, dropped, rows.write, fast=True)
+            return reader, stats, dropped
+        except Unusual:
+            pass
+        # outside the handler: the exception's traceback holds the failed read's frames
+        # (a parser and partial document), which must be freed before reading again
+        rows.restart()
+    dropped = Dropped()
     dropped = Dropped()
     reader, stats = _parse(body, limits, dropped, rows.write)
     return reader, stats, dropped

@@ -611,7 +611,8 @@ def _stored(conn: Connection, result: IngestResult, user: Principal) -> dict[str
     geojson = json.loads(b"".join(trace_geojson_chunks(conn, trace_id=result.trace_id, user=user)))
     points = conn.execute(
         text(
-            "SELECT kind, seq, track, segment, ST_AsEWKT(geom), ele, time, name, extensions "
+            "SELECT kind, seq, track, segment, ST_AsEWKT(geom), ele, time, name, "
+            "extensions::text "
             "FROM trace_points WHERE trace_id = :i ORDER BY kind, seq"
         ),
         {"i": result.trace_id},
@@ -679,3 +680,34 @@ def test_direct_and_staged_ingest_store_the_same(
     )
     assert len(direct["segments"]) == 5  # type: ignore[arg-type]
     assert direct["file"] == ("application/gzip", len(raw), raw)
+
+
+@pytest.mark.parametrize("max_rows", [0, 500, 20_000], ids=["staged", "spilled", "direct"])
+def test_columnar_ingest_stores_what_the_reader_stores(db: BoundDatabase, max_rows: int) -> None:
+    """The columnar read (binary blocks into the staging table, or rows in memory) and the
+    reader's reads store the same trace: answer, points, segments, lines, GeoJSON."""
+    from tests.traces.test_fast_read import _plain_walk
+
+    raw = _plain_walk(1_500, seed=7)
+    results = {}
+    for owner, columns in (("columns-mapper", True), ("reader-mapper", False)):
+        spool = BodySpool(limit=1 << 24)
+        spool.write(raw)
+        with db.begin(owner) as conn:
+            result = ingest_trace(
+                conn,
+                owner=owner,
+                body=spool.finish(),
+                name="walk",
+                visibility="private",
+                settlement_id=None,
+                limits=TraceLimits(direct_max_rows=max_rows, columns=columns, max_speed_mps=20.0),
+            )
+            assert result.created
+            results[owner] = _stored(conn, result, Principal(owner, "mapper", None))
+    columnar, reader = results["columns-mapper"], results["reader-mapper"]
+    assert columnar == reader
+    stats = reader["summary"]["stats"]  # type: ignore[index]
+    assert stats["tracks"] == 2 and stats["segments"] == 4 and stats["points"] > 1_300
+    assert any(point[5] is None for point in reader["points"])  # type: ignore[attr-defined]
+    assert '{"hdop": 8.0}' in [point[8] for point in reader["points"]]  # type: ignore[attr-defined]
