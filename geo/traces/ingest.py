@@ -109,6 +109,7 @@ class TraceLimits:
             max_hdop=settings.trace_max_hdop,
             ingest_timeout_ms=settings.trace_ingest_timeout_ms,
             max_km_from_settlements=settings.max_km_from_settlements,
+            columns=settings.trace_columnar_read,
         )
 
 
@@ -185,6 +186,8 @@ class _Stats:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: EWKB geometry types with an SRID: point, line string.
+_EWKB_POINT, _EWKB_LINE = 0x20000001, 0x20000002
 #: PostgreSQL's timestamps count microseconds from 2000-01-01.
 _PG_EPOCH_US = 946_684_800_000_000
 
@@ -211,8 +214,10 @@ def point_rows(points: TrackPoints) -> list[tuple[Any, ...]]:
 _BLOCK_ROWS = 65_536
 
 
-def _binary_rows(points: TrackPoints) -> Iterator[bytes]:
-    """Kept track points as binary COPY rows of ``trace_stage``, built in blocks by numpy.
+def _binary_rows(points: TrackPoints, trace_id: int | None = None) -> Iterator[bytes]:
+    """Kept track points as binary COPY rows, built in blocks by numpy: rows of
+    ``trace_stage`` (:data:`_STAGE_TYPES`), or with ``trace_id`` rows of
+    ``trace_points`` (:data:`_POINT_COLUMNS`: the point as EWKB).
 
     Rows with the same columns present share a layout (a NULL is a length of
     -1 and no data); the extensions are jsonb's binary form, padded with
@@ -226,38 +231,55 @@ def _binary_rows(points: TrackPoints) -> Iterator[bytes]:
         ext = np.array([b'\x01{"hdop":%r}' % h for h in points.hdop.tolist()], "S")
         padding = ext.view(np.uint8).reshape(len(ext), ext.itemsize)
         padding[padding == 0] = ord(" ")
+    names = [c for c, _ in _STAGE_TYPES] if trace_id is None else list(_POINT_COLUMNS)
     for key in np.unique(shape).tolist():
         rows = np.flatnonzero(shape == key)
-        values: dict[str, tuple[str, Any]] = {
-            "seq": (">i4", points.seq),
-            "track": (">i4", points.track),
-            "segment": (">i4", points.segment),
-            "lon": (">f8", points.lon),
-            "lat": (">f8", points.lat),
+        # column: its fields (name, type) and their values (arrays or one value)
+        values: dict[str, list[tuple[str, str, Any]]] = {
+            "trace_id": [("trace_id", ">i8", trace_id)],
+            "kind": [("kind", "S5", b"trkpt")],
+            "seq": [("seq", ">i4", points.seq)],
+            "track": [("track", ">i4", points.track)],
+            "segment": [("segment", ">i4", points.segment)],
+            "lon": [("lon", ">f8", points.lon)],
+            "lat": [("lat", ">f8", points.lat)],
+            "geom": [
+                ("order", "u1", 1),
+                ("type", "<u4", _EWKB_POINT),
+                ("srid", "<u4", 4326),
+                ("x", "<f8", points.lon),
+                ("y", "<f8", points.lat),
+            ],
         }
         if key & 1:
-            values["ele"] = (">f8", points.ele)
+            values["ele"] = [("ele", ">f8", points.ele)]
         if key & 2:
-            values["time"] = (">i8", points.time_us - _PG_EPOCH_US)
+            values["time"] = [("time", ">i8", points.time_us - _PG_EPOCH_US)]
         if key & 4:
-            values["extensions"] = (ext.dtype.str, ext)
-        fields = [("n", ">i2"), ("kind_n", ">i4"), ("kind", "S5")]
-        for column, _ in _STAGE_TYPES[1:]:
+            values["extensions"] = [("extensions", ext.dtype.str, ext)]
+        fields = [("n", ">i2")]
+        for column in names:
             fields.append((f"{column}_n", ">i4"))
-            if column in values:
-                fields.append((column, values[column][0]))
+            fields += [(field, kind) for field, kind, _ in values.get(column, [])]
         for first in range(0, len(rows), _BLOCK_ROWS):
             at = rows[first : first + _BLOCK_ROWS]
             block = np.empty(len(at), dtype=fields)
-            block["n"], block["kind_n"], block["kind"] = len(_STAGE_TYPES), 5, b"trkpt"
-            for column, _ in _STAGE_TYPES[1:]:
-                if column in values:
-                    kind, data = values[column]
-                    block[f"{column}_n"] = np.dtype(kind).itemsize
-                    block[column] = data[at] if isinstance(data, np.ndarray) else data
-                else:
-                    block[f"{column}_n"] = -1
+            block["n"] = len(names)
+            for column in names:
+                parts = values.get(column, [])
+                block[f"{column}_n"] = sum(np.dtype(kind).itemsize for _, kind, _ in parts) or -1
+                for field, _, data in parts:
+                    block[field] = data[at] if isinstance(data, np.ndarray) else data
             yield block.tobytes()
+
+
+def _line_ewkb(points: TrackPoints) -> bytes | None:
+    """The segment's line as EWKB (what ``ST_MakeLine`` of its points makes), if 2+ points."""
+    if len(points) < 2:
+        return None
+    coordinates = np.empty((len(points), 2), "<f8")
+    coordinates[:, 0], coordinates[:, 1] = points.lon, points.lat
+    return struct.pack("<BIII", 1, _EWKB_LINE, 4326, len(points)) + coordinates.tobytes()
 
 
 # Parsed rows are (kind, seq, track, segment, lon, lat, ele, time, name,
@@ -353,6 +375,106 @@ _FILE_FROM_PARAMETER = """, file AS (
     SELECT t.id, %(content_type)s, %(size_bytes)s, %(content)s FROM trace t
 )"""
 _STORE_STAGED = _STORE.format(source=_FROM_TABLE, file="")
+
+#: The columnar path's points went straight into ``trace_points`` (under a trace id
+#: taken before): the trace row and its segments from the segments' lines, built
+#: by the client and bound as arrays.
+_POINT_COLUMNS = ("trace_id", "kind", "seq", "track", "segment", "geom", "ele", "time", "name",
+                  "extensions")  # fmt: skip
+_POINT_COPY = f"COPY trace_points ({', '.join(_POINT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_STORE_SEGMENTS = """
+WITH lines AS (
+    SELECT track, segment, n, ST_GeomFromEWKB(line) AS line
+    FROM unnest(CAST(%(seg_track)b AS integer[]), CAST(%(seg_segment)b AS integer[]),
+                CAST(%(seg_points)b AS integer[]), CAST(%(seg_line)b AS bytea[]))
+         AS s(track, segment, n, line)
+), track_lines AS (
+    SELECT ST_Multi(ST_Collect(line ORDER BY track, segment)) AS geom,
+           coalesce(sum(ST_Length(line::geography)), 0) AS length_m
+    FROM lines WHERE line IS NOT NULL
+), trace AS (
+    INSERT INTO traces (id, name, owner, visibility, settlement_id, content_sha256, points,
+                        tracks, segments, routes, waypoints, length_m, duration_s, started_at,
+                        ended_at, stats, dropped, warnings, geom)
+    SELECT %(id)s, %(name)s, %(owner)s, %(visibility)s, %(settlement_id)s, %(sha)s, %(points)s,
+           %(tracks)s, %(segments)s, %(routes)s, %(waypoints)s, round(l.length_m::numeric, 2),
+           %(duration_s)s, %(started_at)s, %(ended_at)s,
+           CAST(%(stats)s AS jsonb)
+               || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
+           CAST(%(dropped)s AS jsonb), CAST(%(warnings)s AS jsonb), l.geom
+    FROM track_lines l
+    RETURNING id, name, owner, visibility, settlement_id, version, stats, dropped, warnings,
+              created_at, updated_at
+), segments AS (
+    INSERT INTO trace_segments (trace_id, kind, track, segment, points, geom)
+    SELECT t.id, 'track', s.track, s.segment, s.n, s.line FROM lines s CROSS JOIN trace t
+)
+SELECT * FROM trace
+"""
+
+
+@dataclass
+class _Straight:
+    """A large plain upload read in columns, its points copied straight into
+    ``trace_points`` under ``trace_id``: what the store statement still needs."""
+
+    trace_id: int
+    reader: GpxReader
+    stats: _Stats
+    dropped: Dropped
+    segments: list[tuple[int, int, int, bytes | None]]  # track, segment, points, line
+
+    def params(self) -> dict[str, Any]:
+        """The segments as array parameters of :data:`_STORE_SEGMENTS`, and the id."""
+        columns = list(zip(*self.segments, strict=True)) if self.segments else [()] * 4
+        names = ("seg_track", "seg_segment", "seg_points", "seg_line")
+        # a column without a value (no segment has a line) goes as NULL: unnest pads it
+        return {"id": self.trace_id} | {
+            n: list(c) if any(v is not None for v in c) else None
+            for n, c in zip(names, columns, strict=True)
+        }
+
+
+def _read_straight(conn: Connection, body: SpooledBody, limits: TraceLimits) -> _Straight | None:
+    """Read a large upload in columns, copying its points into ``trace_points`` as they
+    come (the server stores them while the client parses on); ``None`` (and nothing
+    left behind) when the columnar read declines it."""
+    raw = _driver(conn)
+    trace_id = int(
+        conn.execute(text("SELECT nextval(pg_get_serial_sequence('traces', 'id'))")).scalar_one()
+    )
+    set_statement_timeout(conn, limits.ingest_timeout_ms)
+    segments: dict[tuple[int, int], tuple[int, int, int, bytes | None]] = {}
+    dropped = Dropped()
+    conn.execute(text("SAVEPOINT trace_columns"))
+    try:
+        with raw.cursor() as cursor, cursor.copy(_POINT_COPY) as copy:
+            copy.write(_BINARY_COPY_HEADER)
+
+            def segment(track: int, segment: int) -> None:
+                segments[(track, segment)] = (track, segment, 0, None)
+
+            def points(kept: TrackPoints) -> None:
+                for block in _binary_rows(kept, trace_id):
+                    copy.write(block)
+                segments[(kept.track, kept.segment)] = (
+                    kept.track, kept.segment, len(kept), _line_ewkb(kept)
+                )  # fmt: skip
+
+            reader, stats = _parse_columns(body, limits, dropped, lambda row: None, points,
+                                           on_segment=segment)  # fmt: skip
+            copy.write(_BINARY_COPY_TRAILER)
+    except Unusual:
+        declined = True
+    else:
+        declined = False
+    if declined:  # outside the handler (its traceback holds the parse's frames)
+        conn.execute(text("ROLLBACK TO SAVEPOINT trace_columns"))
+        return None
+    conn.execute(text("RELEASE SAVEPOINT trace_columns"))
+    return _Straight(trace_id, reader, stats, dropped, list(segments.values()))
+
+
 _STORE_DIRECT = _STORE.format(source=_FROM_ARRAYS, file=_FILE_FROM_PARAMETER)
 
 
@@ -572,10 +694,13 @@ def _parse_columns(
     dropped: Dropped,
     write: Callable[[tuple[Any, ...]], None],
     write_points: Callable[[TrackPoints], None],
+    *,
+    on_segment: Callable[[int, int], None] | None = None,
 ) -> tuple[GpxReader, _Stats]:
     """The columnar read of a plain track file (:mod:`geo.traces.columns`), or :class:`Unusual`.
 
-    Segment rows go to ``write``, kept track points to ``write_points``.
+    Segment rows go to ``write`` (or their start to ``on_segment``), kept track
+    points to ``write_points``.
     """
     reader = GpxReader(max_points=limits.max_points, max_depth=limits.max_xml_depth)
     stats = _Stats()
@@ -598,7 +723,7 @@ def _parse_columns(
                 dropped,
                 max_speed_mps=limits.max_speed_mps,
                 max_hdop=limits.max_hdop,
-                on_segment=segment,
+                on_segment=on_segment or segment,
                 on_points=points,
             )
     except Unusual:
@@ -608,10 +733,12 @@ def _parse_columns(
     return reader, stats
 
 
-def _read(body: SpooledBody, limits: TraceLimits, rows: _Rows) -> tuple[GpxReader, _Stats, Dropped]:
-    """Parse and clean the upload into ``rows``: the columnar read, the fast read, or else
-    the exact one."""
-    for way in ("columns", "fast"):
+def _read(
+    body: SpooledBody, limits: TraceLimits, rows: _Rows, *, columns: bool = True
+) -> tuple[GpxReader, _Stats, Dropped]:
+    """Parse and clean the upload into ``rows``: the columnar read (unless declined
+    already), the fast read, or else the exact one."""
+    for way in ("columns", "fast") if columns else ("fast",):
         dropped = Dropped()
         try:
             if way == "columns":
@@ -670,15 +797,20 @@ def ingest_trace(
             if existing is not None:
                 return IngestResult(False, existing, summary_json(conn, existing))
             _check_settlement(conn, settlement_id)
-            rows.spill()
-            reader, stats, dropped = _read(body, limits, rows)
-            rows.finish()
+            straight = _read_straight(conn, body, limits) if limits.columns else None
+            if straight is None:
+                rows.spill()
+                reader, stats, dropped = _read(body, limits, rows, columns=False)
+                rows.finish()
+            else:
+                reader, stats, dropped = straight.reader, straight.stats, straight.dropped
             note = None
             if stats.kept:
                 note = far_note(
                     conn, _box(stats), what="trace", max_km=limits.max_km_from_settlements
                 )
         else:
+            straight = None
             # a small one is read first, so that the look-up and the placement go in
             # one round trip; an error waits for the look-up (the same bytes stored
             # before still answer 200, as they did)
@@ -728,7 +860,10 @@ def ingest_trace(
         dropped=dropped,
         content_type=content_type,
     )
-    if rows.staged:
+    if straight is not None:
+        row = _run_store(conn, _STORE_SEGMENTS, {**params, **straight.params()})
+        _store_file(conn, int(row.id), body, content_type)
+    elif rows.staged:
         row = _run_store(conn, _STORE_STAGED, params)
         conn.execute(text("DROP TABLE pg_temp.trace_stage"))
         _store_file(conn, int(row.id), body, content_type)

@@ -22,6 +22,7 @@ from app.main import create_app
 from geo.core.auth import Principal, create_token
 from geo.core.settings import Settings
 from geo.core.uploads import BodySpool
+from geo.traces.gpx import Unusual
 from geo.traces.ingest import IngestResult, TraceLimits, ingest_trace
 from geo.traces.reads import trace_geojson_chunks
 from tests.support.db import BoundDatabase
@@ -682,13 +683,27 @@ def test_direct_and_staged_ingest_store_the_same(
     assert direct["file"] == ("application/gzip", len(raw), raw)
 
 
-@pytest.mark.parametrize("max_rows", [0, 500, 20_000], ids=["staged", "spilled", "direct"])
-def test_columnar_ingest_stores_what_the_reader_stores(db: BoundDatabase, max_rows: int) -> None:
-    """The columnar read (binary blocks into the staging table, or rows in memory) and the
-    reader's reads store the same trace: answer, points, segments, lines, GeoJSON."""
-    from tests.traces.test_fast_read import _plain_walk
+@pytest.mark.parametrize(
+    ("max_rows", "max_bytes"),
+    [(0, 1 << 22), (500, 1 << 22), (20_000, 1 << 22), (20_000, 0), (20_000, -1)],
+    ids=["staged", "spilled", "direct", "straight", "straight-declined-late"],
+)
+def test_columnar_ingest_stores_what_the_reader_stores(
+    db: BoundDatabase, max_rows: int, max_bytes: int
+) -> None:
+    """The columnar read (binary blocks into the staging table, rows in memory, or for a
+    large upload straight into ``trace_points``) and the reader's reads store the same
+    trace: answer, points, segments, lines, GeoJSON.  Declined after points went in
+    (a comment before the end): they are taken back and the reader's read stores it."""
+    from tests.traces.test_fast_read import _plain_walk, stored
 
     raw = _plain_walk(1_500, seed=7)
+    if max_bytes < 0:
+        raw, max_bytes = raw.replace(b"</trk></gpx>", b"<!-- late --></trk></gpx>"), 0
+        with pytest.raises(Unusual):
+            stored(raw, fast=False, columns=True)
+    else:
+        stored(raw, fast=False, columns=True)  # read in columns, not declined
     results = {}
     for owner, columns in (("columns-mapper", True), ("reader-mapper", False)):
         spool = BodySpool(limit=1 << 24)
@@ -701,7 +716,12 @@ def test_columnar_ingest_stores_what_the_reader_stores(db: BoundDatabase, max_ro
                 name="walk",
                 visibility="private",
                 settlement_id=None,
-                limits=TraceLimits(direct_max_rows=max_rows, columns=columns, max_speed_mps=20.0),
+                limits=TraceLimits(
+                    direct_max_rows=max_rows,
+                    direct_max_bytes=max_bytes,
+                    columns=columns,
+                    max_speed_mps=20.0,
+                ),
             )
             assert result.created
             results[owner] = _stored(conn, result, Principal(owner, "mapper", None))
