@@ -177,15 +177,36 @@ Indexes = npt.NDArray[np.intp]
 
 
 def clean_track(
-    lat: Floats, lon: Floats, epoch: Floats, hdop: Floats, *, max_speed_mps: float, max_hdop: float
-) -> tuple[npt.NDArray[np.bool_], list[tuple[str, Indexes]]]:
-    """What :class:`Cleaner` does to one segment's points, on arrays (NaN: no time, no hdop).
+    lat: Floats,
+    lon: Floats,
+    epoch: Floats,
+    hdop: Floats,
+    *,
+    max_speed_mps: float,
+    max_hdop: float,
+    carried: int = 0,
+    final: bool = True,
+) -> tuple[npt.NDArray[np.bool_], list[tuple[str, Indexes]], Indexes]:
+    """What :class:`Cleaner` does to a segment's points, on arrays (NaN: no time, no hdop).
 
     The poor fixes and duplicates in bulk; the speed check in bulk where a
     conservative bound settles it, point by point (with the cleaner's own
     arithmetic) from a pair it cannot settle until the cleaner is back to
-    its plain state.  Answers which points are kept, and the dropped ones'
-    positions by reason (hdop, duplicate, speed), each in order.
+    its plain state.
+
+    A segment may come in pieces: the first ``carried`` points are the
+    cleaner's state after the pieces before (the last kept point, then a
+    pending jump if any), as the previous call answered them.  Unless
+    ``final``, a jump still pending at the end is left undecided.
+
+    Returns
+    -------
+    keep
+        The points now known to be kept (a carried kept point not again).
+    drops
+        The dropped points' positions by reason (hdop, duplicate, speed), in order.
+    carry
+        The positions of the state to carry into the next piece.
     """
     n = len(lat)
     keep = np.zeros(n, dtype=bool)
@@ -193,32 +214,42 @@ def clean_track(
     rest = np.flatnonzero(~(hdop > max_hdop))
     la, lo, ep = lat[rest], lon[rest], epoch[rest]
     same_time = (ep[1:] == ep[:-1]) | (np.isnan(ep[1:]) & np.isnan(ep[:-1]))
-    repeat = np.concatenate(([False], (la[1:] == la[:-1]) & (lo[1:] == lo[:-1]) & same_time))
+    repeat = np.zeros(len(rest), dtype=bool)
+    repeat[1:] = (la[1:] == la[:-1]) & (lo[1:] == lo[:-1]) & same_time
     duplicates = rest[repeat]
-    order = rest[~repeat]  # the points the speed check sees, in order
+    order = rest[~repeat]  # the points the speed check sees, in order (carried ones first)
     la, lo, ep = lat[order], lon[order], epoch[order]
     seconds = ep[1:] - ep[:-1]
     bound = EARTH_RADIUS_M * np.radians(np.abs(la[1:] - la[:-1]) + np.abs(lo[1:] - lo[:-1]))
     with np.errstate(invalid="ignore"):
         unsure = (seconds > 0) & (bound > max_speed_mps * seconds * _BOUND_MARGIN * (1 - 1e-9))
     # pair k-1 -> k is unsure where unsure[k - 1]; elsewhere it is not too fast
-    starts = np.flatnonzero(unsure) + 1
+    starts = (np.flatnonzero(unsure) + 1).tolist()
     spikes: list[int] = []
     kept_order = np.ones(len(order), dtype=bool)
-    times = [None if t != t else t for t in ep.tolist()]
-    lats, lons = la.tolist(), lo.tolist()
 
     def fast(a: int, b: int) -> bool:
         if a < 0:
             return False
-        return _too_fast(max_speed_mps, lats[a], lons[a], times[a], lats[b], lons[b], times[b])
+        t_a, t_b = float(ep[a]), float(ep[b])
+        return _too_fast(
+            max_speed_mps,
+            float(la[a]),
+            float(lo[a]),
+            None if t_a != t_a else t_a,
+            float(la[b]),
+            float(lo[b]),
+            None if t_b != t_b else t_b,
+        )
 
     k_done = -1
-    for start in starts.tolist():
+    end_state: tuple[int, int] | None = None
+    for start in ([2] if carried == 2 else []) + starts:
         if start <= k_done:
             continue
-        # the plain state before ``start``: nothing pending, the previous point kept
-        prev, cand, k = start - 1, -1, start
+        # the state before ``start``: a carried jump pending, or else the plain state
+        # (nothing pending, the previous point kept)
+        prev, cand, k = (0, 1, 2) if start == 2 and carried == 2 else (start - 1, -1, start)
         while k < len(order):
             if cand >= 0:
                 if fast(cand, k) and not fast(prev, k):
@@ -234,16 +265,25 @@ def clean_track(
                 if k + 1 >= len(order) or not unsure[k]:
                     break  # plain again: the next pair is settled in bulk
             k += 1
-        if cand >= 0:  # the segment ended with a jump pending
-            spikes.append(cand)
-            kept_order[cand] = False
+        if k >= len(order):
+            end_state = (prev, cand)
         k_done = k
+    prev, cand = end_state if end_state is not None else (len(order) - 1, -1)
+    carry = [prev] if prev >= 0 else []
+    if cand >= 0:
+        kept_order[cand] = False
+        if final:  # the segment ended with a jump pending
+            spikes.append(cand)
+        else:
+            carry.append(cand)
     keep[order[kept_order]] = True
+    keep[: min(carried, 1)] = False  # a carried kept point was kept before
     speed = order[np.array(spikes, dtype=np.intp)]
     hdop_reason = f"hdop over {max_hdop:g}"
     speed_reason = f"speed jump over {max_speed_mps:g} m/s"
-    return keep, [
+    drops = [
         (hdop_reason, poor),
         ("duplicate of the previous point", duplicates),
         (speed_reason, speed),
     ]
+    return keep, drops, order[np.array(carry, dtype=np.intp)]

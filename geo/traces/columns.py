@@ -55,7 +55,7 @@ Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 
 #: Bytes read at a time; a token (or one point) longer than this is unusual.
-CHUNK = 4 * 1024 * 1024
+CHUNK = 1024 * 1024
 NAT = np.iinfo(np.int64).min
 
 _WS = rb"[ \t\r\n]*"
@@ -86,6 +86,10 @@ _TOKEN = re.compile(
     _WS + rb"(?:<(trk|trkseg)>|</(trk|gpx)>|<(name|desc|cmt|src|type|number)>" + _TEXT + rb"</\3>)"
 )
 _JSONB_VERSION = b"\x01"
+_NO_POINTS = (
+    np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, np.int64),
+    np.zeros(0),
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +117,55 @@ class TrackPoints:
         return [None if h != h else '{"hdop":' + repr(h) + "}" for h in self.hdop.tolist()]
 
 
+Columns = tuple[Ints, Floats, Floats, Floats, Ints, Floats]  # seq, lon, lat, ele, time_us, hdop
+
+
 class _Segment:
-    """The columns of one segment's valid points, collected piece by piece."""
+    """One segment being read: cleaned piece by piece, the cleaner's state carried over."""
 
-    def __init__(self) -> None:
-        self.parts: list[tuple[Ints, Floats, Floats, Floats, Ints, Floats]] = []
+    def __init__(self, track: int, segment: int, speed: dict[str, float]) -> None:
+        self.track = track
+        self.segment = segment
+        self.speed = speed
+        self.carry: Columns | None = None  # the last kept point, and a pending jump
 
-    def ints(self, i: int) -> Ints:
-        return np.concatenate([part[i] for part in self.parts]).astype(np.int64, copy=False)
-
-    def floats(self, i: int) -> Floats:
-        return np.concatenate([part[i] for part in self.parts]).astype(np.float64, copy=False)
+    def clean(
+        self,
+        piece: Columns,
+        dropped: Dropped,
+        on_points: Callable[[TrackPoints], None],
+        *,
+        final: bool = False,
+    ) -> None:
+        """Clean the next piece's valid points; hand on the kept ones, count the rest."""
+        carried = 0 if self.carry is None else len(self.carry[0])
+        if self.carry is not None:
+            piece = tuple(
+                np.concatenate((old, new)) for old, new in zip(self.carry, piece, strict=True)
+            )  # type: ignore[assignment]
+        seq, lon, lat, ele, time_us, hdop = piece
+        epoch = np.where(time_us == NAT, np.nan, time_us / 1e6)
+        keep, drops, carry = clean_track(
+            lat, lon, epoch, hdop, carried=carried, final=final, **self.speed
+        )
+        for reason, where in drops:
+            if len(where):
+                dropped.add_many(
+                    "trkpt",
+                    reason,
+                    len(where),
+                    index=int(seq[where[0]]),
+                    track=self.track,
+                    segment=self.segment,
+                )
+        self.carry = (seq[carry], lon[carry], lat[carry], ele[carry], time_us[carry], hdop[carry])
+        if keep.any():
+            on_points(
+                TrackPoints(
+                    self.track, self.segment, seq[keep], lon[keep], lat[keep], ele[keep],
+                    time_us[keep], hdop[keep],
+                )
+            )  # fmt: skip
 
 
 def read_columns(
@@ -171,11 +213,13 @@ def read_columns(
             cut = end if end >= 0 else buf.rfind(b"<trkpt", pos)
             if cut > pos:
                 assert current is not None
-                current.parts.append(_points(buf, pos, cut, reader, dropped, track, segment))
+                piece = _points(buf, pos, cut, reader, dropped, track, segment)
+                current.clean(piece, dropped, on_points)
                 pos = cut
             if end >= 0:
                 assert current is not None
-                _finish(current, track, segment, dropped, on_points, speed)
+                if current.carry is not None:
+                    current.clean(_NO_POINTS, dropped, on_points, final=True)
                 current = None
                 pos = end + len(b"</trkseg>")
                 level = "trk"
@@ -192,7 +236,7 @@ def read_columns(
                     reader.segments += 1
                     segment += 1
                     level = "trkseg"
-                    current = _Segment()
+                    current = _Segment(track, segment, speed)
                     on_segment(track, segment)
                 elif closed == b"trk" and level == "trk":
                     level = "gpx"
@@ -218,7 +262,7 @@ def read_columns(
 
 def _points(
     buf: bytes, start: int, end: int, reader: GpxReader, dropped: Dropped, track: int, segment: int
-) -> tuple[Ints, Floats, Floats, Floats, Ints, Floats]:
+) -> Columns:
     """The valid points of ``buf[start:end]`` (points and blanks only) as columns."""
     found = _POINT.findall(buf, start, end)
     if buf[start:end].translate(None, _PLAIN) or buf.find(b"]]>", start, end) >= 0:
@@ -311,38 +355,3 @@ def _times(
         elif valid[i]:
             reader.bad_times += 1
     return out
-
-
-def _finish(
-    current: _Segment,
-    track: int,
-    segment: int,
-    dropped: Dropped,
-    on_points: Callable[[TrackPoints], None],
-    speed: dict[str, float],
-) -> None:
-    """Clean the segment's points in bulk; hand on the kept ones, count the rest."""
-    if not current.parts:
-        return
-    seq, time_us = current.ints(0), current.ints(4)
-    lon, lat, ele, hdop = (current.floats(i) for i in (1, 2, 3, 5))
-    epoch = np.where(time_us == NAT, np.nan, time_us / 1e6)
-    keep, drops = clean_track(lat, lon, epoch, hdop, **speed)
-    for reason, where in drops:
-        if len(where):
-            dropped.add_many(
-                "trkpt", reason, len(where), index=int(seq[where[0]]), track=track, segment=segment
-            )
-    if keep.any():
-        on_points(
-            TrackPoints(
-                track,
-                segment,
-                seq[keep],
-                lon[keep],
-                lat[keep],
-                ele[keep],
-                time_us[keep],
-                hdop[keep],
-            )
-        )

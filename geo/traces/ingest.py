@@ -210,8 +210,8 @@ def point_rows(points: TrackPoints) -> list[tuple[Any, ...]]:
     )  # fmt: skip
 
 
-#: Rows sent at a time by :func:`_binary_rows` (about 7 MB).
-_BLOCK_ROWS = 65_536
+#: Rows sent at a time by :func:`_binary_rows` (about 2 MB).
+_BLOCK_ROWS = 16_384
 
 
 def _binary_rows(points: TrackPoints, trace_id: int | None = None) -> Iterator[bytes]:
@@ -273,13 +273,12 @@ def _binary_rows(points: TrackPoints, trace_id: int | None = None) -> Iterator[b
             yield block.tobytes()
 
 
-def _line_ewkb(points: TrackPoints) -> bytes | None:
-    """The segment's line as EWKB (what ``ST_MakeLine`` of its points makes), if 2+ points."""
-    if len(points) < 2:
+def _line_ewkb(coordinates: bytes | bytearray, n: int) -> bytes | None:
+    """A segment's line as EWKB from its kept points' x, y (little-endian doubles), as
+    ``ST_MakeLine`` of its points makes it: only with 2 points or more."""
+    if n < 2:
         return None
-    coordinates = np.empty((len(points), 2), "<f8")
-    coordinates[:, 0], coordinates[:, 1] = points.lon, points.lat
-    return struct.pack("<BIII", 1, _EWKB_LINE, 4326, len(points)) + coordinates.tobytes()
+    return struct.pack("<BIII", 1, _EWKB_LINE, 4326, n) + coordinates
 
 
 # Parsed rows are (kind, seq, track, segment, lon, lat, ele, time, name,
@@ -444,7 +443,8 @@ def _read_straight(conn: Connection, body: SpooledBody, limits: TraceLimits) -> 
         conn.execute(text("SELECT nextval(pg_get_serial_sequence('traces', 'id'))")).scalar_one()
     )
     set_statement_timeout(conn, limits.ingest_timeout_ms)
-    segments: dict[tuple[int, int], tuple[int, int, int, bytes | None]] = {}
+    # each segment's kept points: how many, and their x, y for its line
+    lines: dict[tuple[int, int], tuple[list[int], bytearray]] = {}
     dropped = Dropped()
     conn.execute(text("SAVEPOINT trace_columns"))
     try:
@@ -452,14 +452,16 @@ def _read_straight(conn: Connection, body: SpooledBody, limits: TraceLimits) -> 
             copy.write(_BINARY_COPY_HEADER)
 
             def segment(track: int, segment: int) -> None:
-                segments[(track, segment)] = (track, segment, 0, None)
+                lines[(track, segment)] = ([0], bytearray())
 
             def points(kept: TrackPoints) -> None:
                 for block in _binary_rows(kept, trace_id):
                     copy.write(block)
-                segments[(kept.track, kept.segment)] = (
-                    kept.track, kept.segment, len(kept), _line_ewkb(kept)
-                )  # fmt: skip
+                count, coordinates = lines[(kept.track, kept.segment)]
+                count[0] += len(kept)
+                xy = np.empty((len(kept), 2), "<f8")
+                xy[:, 0], xy[:, 1] = kept.lon, kept.lat
+                coordinates += xy.tobytes()
 
             reader, stats = _parse_columns(body, limits, dropped, lambda row: None, points,
                                            on_segment=segment)  # fmt: skip
@@ -472,7 +474,11 @@ def _read_straight(conn: Connection, body: SpooledBody, limits: TraceLimits) -> 
         conn.execute(text("ROLLBACK TO SAVEPOINT trace_columns"))
         return None
     conn.execute(text("RELEASE SAVEPOINT trace_columns"))
-    return _Straight(trace_id, reader, stats, dropped, list(segments.values()))
+    segments = [
+        (track, segment, count[0], _line_ewkb(coordinates, count[0]))
+        for (track, segment), (count, coordinates) in lines.items()
+    ]
+    return _Straight(trace_id, reader, stats, dropped, segments)
 
 
 _STORE_DIRECT = _STORE.format(source=_FROM_ARRAYS, file=_FILE_FROM_PARAMETER)

@@ -10,6 +10,7 @@ import pytest
 
 from geo.core.uploads import spool_stream
 from geo.demo.walks import gpx_bytes, phone_walk
+from geo.traces import columns
 from geo.traces.cleaning import Dropped
 from geo.traces.gpx import GpxReader, Unusual
 from geo.traces.ingest import TraceLimits, _parse, _parse_columns, point_rows
@@ -128,8 +129,14 @@ def _plain_walk(n: int, seed: int) -> bytes:
     return text.replace("</trk></gpx>", "<trkseg></trkseg></trk></gpx>").encode()
 
 
+@pytest.mark.parametrize("chunk", [columns.CHUNK, 1_500], ids=["whole", "pieces"])
 @pytest.mark.parametrize("seed", [5, 6])
-def test_columnar_read_keeps_the_same_points_and_reasons(seed: int) -> None:
+def test_columnar_read_keeps_the_same_points_and_reasons(
+    seed: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also in pieces of about a dozen points: the cleaner's state (the last kept point,
+    a pending jump) carries from piece to piece."""
+    monkeypatch.setattr(columns, "CHUNK", chunk)
     data = _plain_walk(3_000, seed)
     exact = stored(data, fast=False, max_speed_mps=20.0)
     rows, dropped, counts, _, warnings = exact
