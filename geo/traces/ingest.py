@@ -322,6 +322,23 @@ _ARRAY_PARAMETERS = ", ".join(
 )
 _FROM_ARRAYS = f"MATERIALIZED (SELECT * FROM unnest({_ARRAY_PARAMETERS}) AS s({_STAGE_COLUMNS}))"  # noqa: S608
 
+# The trace row, from the track lines' union and length (``{id}``: an id taken before, or none).
+_TRACE_ROW = """trace AS (
+    INSERT INTO traces ({id}name, owner, visibility, settlement_id, content_sha256, points,
+                        tracks, segments, routes, waypoints, length_m, duration_s, started_at,
+                        ended_at, stats, dropped, warnings, geom)
+    SELECT {id_value}%(name)s, %(owner)s, %(visibility)s, %(settlement_id)s, %(sha)s,
+           %(points)s, %(tracks)s, %(segments)s, %(routes)s, %(waypoints)s,
+           round(l.length_m::numeric, 2), %(duration_s)s, %(started_at)s, %(ended_at)s,
+           CAST(%(stats)s AS jsonb)
+               || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
+           CAST(%(dropped)s AS jsonb), CAST(%(warnings)s AS jsonb), l.geom
+    FROM track_lines l
+    RETURNING id, name, owner, visibility, settlement_id, version, stats, dropped, warnings,
+              created_at, updated_at
+)"""
+_TRACE_NEW_ID = _TRACE_ROW.format(id="", id_value="")
+
 # One statement: lines per segment, the trace row, its segments and points (and,
 # for a small upload, the original bytes); it answers the new trace's summary row.
 _STORE = """
@@ -336,20 +353,7 @@ WITH stage AS {source}, lines AS (
     SELECT ST_Multi(ST_Collect(line ORDER BY track, segment)) AS geom,
            coalesce(sum(ST_Length(line::geography)), 0) AS length_m
     FROM lines WHERE kind = 'trkpt' AND line IS NOT NULL
-), trace AS (
-    INSERT INTO traces (name, owner, visibility, settlement_id, content_sha256, points, tracks,
-                        segments, routes, waypoints, length_m, duration_s, started_at,
-                        ended_at, stats, dropped, warnings, geom)
-    SELECT %(name)s, %(owner)s, %(visibility)s, %(settlement_id)s, %(sha)s, %(points)s,
-           %(tracks)s, %(segments)s, %(routes)s, %(waypoints)s, round(l.length_m::numeric, 2),
-           %(duration_s)s, %(started_at)s, %(ended_at)s,
-           CAST(%(stats)s AS jsonb)
-               || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
-           CAST(%(dropped)s AS jsonb), CAST(%(warnings)s AS jsonb), l.geom
-    FROM track_lines l
-    RETURNING id, name, owner, visibility, settlement_id, version, stats, dropped, warnings,
-              created_at, updated_at
-), segments AS (
+), {trace}, segments AS (
     INSERT INTO trace_segments (trace_id, kind, track, segment, points, geom)
     SELECT t.id, CASE c.kind WHEN 'trkseg' THEN 'track' ELSE 'route' END, c.track,
            c.segment, coalesce(l.n, 0), l.line
@@ -373,7 +377,7 @@ _FILE_FROM_PARAMETER = """, file AS (
     INSERT INTO trace_files (trace_id, content_type, size_bytes, content)
     SELECT t.id, %(content_type)s, %(size_bytes)s, %(content)s FROM trace t
 )"""
-_STORE_STAGED = _STORE.format(source=_FROM_TABLE, file="")
+_STORE_STAGED = _STORE.format(source=_FROM_TABLE, file="", trace=_TRACE_NEW_ID)
 
 #: The columnar path's points went straight into ``trace_points`` (under a trace id
 #: taken before): the trace row and its segments from the segments' lines, built
@@ -381,7 +385,7 @@ _STORE_STAGED = _STORE.format(source=_FROM_TABLE, file="")
 _POINT_COLUMNS = ("trace_id", "kind", "seq", "track", "segment", "geom", "ele", "time", "name",
                   "extensions")  # fmt: skip
 _POINT_COPY = f"COPY trace_points ({', '.join(_POINT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-_STORE_SEGMENTS = """
+_SEGMENTS_TEMPLATE = """
 WITH lines AS (
     SELECT track, segment, n, ST_GeomFromEWKB(line) AS line
     FROM unnest(CAST(%(seg_track)b AS integer[]), CAST(%(seg_segment)b AS integer[]),
@@ -391,25 +395,13 @@ WITH lines AS (
     SELECT ST_Multi(ST_Collect(line ORDER BY track, segment)) AS geom,
            coalesce(sum(ST_Length(line::geography)), 0) AS length_m
     FROM lines WHERE line IS NOT NULL
-), trace AS (
-    INSERT INTO traces (id, name, owner, visibility, settlement_id, content_sha256, points,
-                        tracks, segments, routes, waypoints, length_m, duration_s, started_at,
-                        ended_at, stats, dropped, warnings, geom)
-    SELECT %(id)s, %(name)s, %(owner)s, %(visibility)s, %(settlement_id)s, %(sha)s, %(points)s,
-           %(tracks)s, %(segments)s, %(routes)s, %(waypoints)s, round(l.length_m::numeric, 2),
-           %(duration_s)s, %(started_at)s, %(ended_at)s,
-           CAST(%(stats)s AS jsonb)
-               || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
-           CAST(%(dropped)s AS jsonb), CAST(%(warnings)s AS jsonb), l.geom
-    FROM track_lines l
-    RETURNING id, name, owner, visibility, settlement_id, version, stats, dropped, warnings,
-              created_at, updated_at
-), segments AS (
+), {trace}, segments AS (
     INSERT INTO trace_segments (trace_id, kind, track, segment, points, geom)
     SELECT t.id, 'track', s.track, s.segment, s.n, s.line FROM lines s CROSS JOIN trace t
 )
 SELECT * FROM trace
 """
+_STORE_SEGMENTS = _SEGMENTS_TEMPLATE.format(trace=_TRACE_ROW.format(id="id, ", id_value="%(id)s, "))
 
 
 @dataclass
@@ -481,7 +473,7 @@ def _read_straight(conn: Connection, body: SpooledBody, limits: TraceLimits) -> 
     return _Straight(trace_id, reader, stats, dropped, segments)
 
 
-_STORE_DIRECT = _STORE.format(source=_FROM_ARRAYS, file=_FILE_FROM_PARAMETER)
+_STORE_DIRECT = _STORE.format(source=_FROM_ARRAYS, file=_FILE_FROM_PARAMETER, trace=_TRACE_NEW_ID)
 
 
 def _driver(conn: Connection) -> psycopg.Connection[Any]:

@@ -639,6 +639,26 @@ def _stored(conn: Connection, result: IngestResult, user: Principal) -> dict[str
     }
 
 
+def _ingest_stored(
+    db: BoundDatabase, owner: str, raw: bytes, limits: TraceLimits
+) -> dict[str, object]:
+    """Ingest ``raw`` as ``owner`` (a new trace): what was answered and stored."""
+    spool = BodySpool(limit=1 << 24)
+    spool.write(raw)
+    with db.begin(owner) as conn:
+        result = ingest_trace(
+            conn,
+            owner=owner,
+            body=spool.finish(),
+            name="walk",
+            visibility="private",
+            settlement_id=None,
+            limits=limits,
+        )
+        assert result.created
+        return _stored(conn, result, Principal(owner, "mapper", None))
+
+
 @pytest.mark.parametrize("odd", [False, True], ids=["fast-read", "read-again"])
 @pytest.mark.parametrize("max_rows", [0, 3], ids=["staged-from-start", "spilled-midway"])
 def test_direct_and_staged_ingest_store_the_same(
@@ -651,26 +671,8 @@ def test_direct_and_staged_ingest_store_the_same(
     exact one after every row was taken: the rows taken so far are forgotten."""
     gpx = MIXED_GPX.replace(b"</gpx>", b'<trk><trkpt lat="0" lon="0"/></trk></gpx>')
     raw = gzip.compress(gpx if odd else MIXED_GPX)
-    results = {}
-    for owner, limits in (
-        ("direct-mapper", TraceLimits()),
-        ("staged-mapper", TraceLimits(direct_max_rows=max_rows)),
-    ):
-        spool = BodySpool(limit=1 << 20)
-        spool.write(raw)
-        with db.begin(owner) as conn:
-            result = ingest_trace(
-                conn,
-                owner=owner,
-                body=spool.finish(),
-                name="mixed",
-                visibility="private",
-                settlement_id=None,
-                limits=limits,
-            )
-            assert result.created
-            results[owner] = _stored(conn, result, Principal(owner, "mapper", None))
-    direct, staged = results["direct-mapper"], results["staged-mapper"]
+    direct = _ingest_stored(db, "direct-mapper", raw, TraceLimits())
+    staged = _ingest_stored(db, "staged-mapper", raw, TraceLimits(direct_max_rows=max_rows))
     assert direct == staged
     stats = direct["summary"]["stats"]  # type: ignore[index]
     assert (stats["points"], stats["segments"], stats["route_points"], stats["waypoints"]) == (
@@ -704,28 +706,20 @@ def test_columnar_ingest_stores_what_the_reader_stores(
             stored(raw, fast=False, columns=True)
     else:
         stored(raw, fast=False, columns=True)  # read in columns, not declined
-    results = {}
-    for owner, columns in (("columns-mapper", True), ("reader-mapper", False)):
-        spool = BodySpool(limit=1 << 24)
-        spool.write(raw)
-        with db.begin(owner) as conn:
-            result = ingest_trace(
-                conn,
-                owner=owner,
-                body=spool.finish(),
-                name="walk",
-                visibility="private",
-                settlement_id=None,
-                limits=TraceLimits(
-                    direct_max_rows=max_rows,
-                    direct_max_bytes=max_bytes,
-                    columns=columns,
-                    max_speed_mps=20.0,
-                ),
-            )
-            assert result.created
-            results[owner] = _stored(conn, result, Principal(owner, "mapper", None))
-    columnar, reader = results["columns-mapper"], results["reader-mapper"]
+    columnar, reader = (
+        _ingest_stored(
+            db,
+            f"{label}-mapper",
+            raw,
+            TraceLimits(
+                direct_max_rows=max_rows,
+                direct_max_bytes=max_bytes,
+                columns=columns,
+                max_speed_mps=20.0,
+            ),
+        )
+        for label, columns in (("columns", True), ("reader", False))
+    )
     assert columnar == reader
     stats = reader["summary"]["stats"]  # type: ignore[index]
     assert stats["tracks"] == 2 and stats["segments"] == 4 and stats["points"] > 1_300
