@@ -59,7 +59,7 @@ CHUNK = 1024 * 1024
 NAT = np.iinfo(np.int64).min
 
 _WS = rb"[ \t\r\n]*"
-_NUMBER = rb"-?[0-9]+(?:\.[0-9]+)?"
+_NUMBER = rb"-?[0-9]{1,20}(?:\.[0-9]{1,20})?"  # longer: the reader reads it
 _TIME = (
     rb"[1-9][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
     rb"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
@@ -295,6 +295,8 @@ def _points(
                     break
     ele = np.where(present[0], table[2], b"nan").astype(np.float64, copy=False)
     hdop = np.where(present[2], table[4], b"nan").astype(np.float64, copy=False)
+    if np.isinf(ele).any() or np.isinf(hdop).any():
+        raise Unusual("a number too large for a float")  # the reader leaves it out, with a note
     time_us = _times(table[3], present[1], valid, reader)
     return seq[valid], lon[valid], lat[valid], ele[valid], time_us[valid], hdop[valid]
 

@@ -165,6 +165,7 @@ def test_columnar_read_keeps_the_same_points_and_reasons(
         pytest.param(("<ele>1", "<ele>\u00e91"), id="not-ascii"),
         pytest.param(("</trkpt>", "</trkpt"), id="not-well-formed"),
         pytest.param(("</gpx>", "</gpx><gpx>"), id="after-root"),
+        pytest.param(("<ele>", "<ele>" + "9" * 400), id="elevation-overflows"),
     ],
 )
 def test_columnar_read_declines_what_it_cannot_vouch_for(change: tuple[str, str]) -> None:
