@@ -339,8 +339,8 @@ def _times(
     The pattern vouches for each field's range; numpy's cast reads them unless a day
     is past its month's end (it must not see one: its error path can crash).
     """
-    if not len(texts):
-        return np.zeros(0, dtype=np.int64)
+    if not present.any():
+        return np.full(len(texts), NAT, dtype=np.int64)
     digits = texts.view(np.uint8).reshape(len(texts), texts.itemsize)[:, :10].astype(np.int64) - 48
     year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
     month, day = digits[:, 5] * 10 + digits[:, 6], digits[:, 8] * 10 + digits[:, 9]

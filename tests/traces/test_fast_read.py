@@ -174,6 +174,13 @@ def test_columnar_read_declines_what_it_cannot_vouch_for(change: tuple[str, str]
         stored(data, fast=False, columns=True)
 
 
+def test_columnar_read_of_bare_points() -> None:
+    """Points without children and with short coordinates read as the exact read reads them."""
+    points = '<trkpt lat="1" lon="2"></trkpt><trkpt lat="1" lon="3"></trkpt>'
+    data = f'<gpx version="1.1"><trk><trkseg>{points}</trkseg></trk></gpx>'.encode()
+    assert stored(data, fast=False, columns=True) == stored(data, fast=False)
+
+
 def test_columnar_read_declines_past_the_point_limit() -> None:
     data = gpx_bytes(phone_walk(50, seed=2))
     assert stored(data, fast=False, columns=True, max_points=50)[2][3] == 50
