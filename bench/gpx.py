@@ -174,10 +174,12 @@ def _upload(client: httpx.Client, base: str, token: str, path: Path) -> int:
     return int(response.json()["stats"]["points"])
 
 
-def _makazi_http(ctx: BenchContext, paths: list[Path], warmup: list[Path]) -> dict[str, float]:
+def _makazi_http(
+    ctx: BenchContext, paths: list[Path], warmup: list[Path], **settings: str
+) -> dict[str, float]:
     tokens = _tokens(ctx.url)
     with (
-        makazi_process(ctx, max_upload_mb="200") as (base, proc),
+        makazi_process(ctx, max_upload_mb="200", **settings) as (base, proc),
         httpx.Client(timeout=3600) as client,
     ):
         for path in warmup:

@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     trace_max_hdop: float = Field(default=20.0, gt=0)
     trace_boundary_simplify_m: float = Field(default=1.0, ge=0)
     trace_ingest_timeout_ms: int = Field(default=600_000, ge=1_000)
+    trace_columnar_read: bool = True  # plain track files read in columns (geo/traces/columns.py)
 
     # Bulk imports (geo/imports/)
     import_async_mb: int = Field(default=5, ge=0)

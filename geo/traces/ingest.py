@@ -35,11 +35,13 @@ import contextlib
 import json
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, text
@@ -51,6 +53,7 @@ from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
 from geo.layers.placement import NEAREST_QUERY, far_message, far_note
 from geo.traces.cleaning import Cleaner, Dropped
+from geo.traces.columns import NAT, TrackPoints, read_columns
 from geo.traces.gpx import NUMERIC_FIELDS, BadPoint, Container, GpxReader, Point, Unusual
 from geo.traces.reads import FILE_CHUNK, summary_json, trace_summary
 
@@ -92,6 +95,7 @@ class TraceLimits:
     max_km_from_settlements: float = 0.0
     direct_max_rows: int = DIRECT_MAX_ROWS
     direct_max_bytes: int = DIRECT_MAX_BYTES
+    columns: bool = True  # try the columnar read first (False: the reader's reads only)
 
     @classmethod
     def from_settings(cls, settings: Any) -> TraceLimits:
@@ -105,6 +109,7 @@ class TraceLimits:
             max_hdop=settings.trace_max_hdop,
             ingest_timeout_ms=settings.trace_ingest_timeout_ms,
             max_km_from_settlements=settings.max_km_from_settlements,
+            columns=settings.trace_columnar_read,
         )
 
 
@@ -160,9 +165,120 @@ class _Stats:
         if lat > self.max_lat:
             self.max_lat = lat
 
+    def add_points(self, points: TrackPoints) -> None:
+        """Count a segment's kept track points (see :meth:`add`)."""
+        self.points += len(points)
+        times = points.time_us[points.time_us != NAT]
+        if len(times):
+            start, end = _moment(int(times.min())), _moment(int(times.max()))
+            if self.start is None or start < self.start:
+                self.start = start
+            if self.end is None or end > self.end:
+                self.end = end
+        self.min_lon = min(self.min_lon, float(points.lon.min()))
+        self.max_lon = max(self.max_lon, float(points.lon.max()))
+        self.min_lat = min(self.min_lat, float(points.lat.min()))
+        self.max_lat = max(self.max_lat, float(points.lat.max()))
+
     @property
     def kept(self) -> int:
         return self.points + self.route_points + self.waypoints
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: EWKB geometry types with an SRID: point, line string.
+_EWKB_POINT, _EWKB_LINE = 0x20000001, 0x20000002
+#: PostgreSQL's timestamps count microseconds from 2000-01-01.
+_PG_EPOCH_US = 946_684_800_000_000
+
+
+def _moment(microseconds: int) -> datetime:
+    """A UTC time from microseconds since 1970."""
+    return _EPOCH + timedelta(microseconds=microseconds)
+
+
+def point_rows(points: TrackPoints) -> list[tuple[Any, ...]]:
+    """Kept track points as the rows the reader's path writes (see below)."""
+    times = [None if t == NAT else _moment(t) for t in points.time_us.tolist()]
+    eles = [None if e != e else e for e in points.ele.tolist()]
+    return list(
+        zip(
+            repeat("trkpt"), points.seq.tolist(), repeat(points.track), repeat(points.segment),
+            points.lon.tolist(), points.lat.tolist(), eles, times, repeat(None),
+            points.extensions(),
+        )
+    )  # fmt: skip
+
+
+#: Rows sent at a time by :func:`_binary_rows` (about 2 MB).
+_BLOCK_ROWS = 16_384
+
+
+def _binary_rows(points: TrackPoints, trace_id: int | None = None) -> Iterator[bytes]:
+    """Kept track points as binary COPY rows, built in blocks by numpy: rows of
+    ``trace_stage`` (:data:`_STAGE_TYPES`), or with ``trace_id`` rows of
+    ``trace_points`` (:data:`_POINT_COLUMNS`: the point as EWKB).
+
+    Rows with the same columns present share a layout (a NULL is a length of
+    -1 and no data); the extensions are jsonb's binary form, padded with
+    blanks to one width.
+    """
+    has_ele, has_time = ~np.isnan(points.ele), points.time_us != NAT
+    has_hdop = ~np.isnan(points.hdop)
+    shape = has_ele.astype(np.int8) | (has_time << 1) | (has_hdop << 2)
+    ext = np.zeros(0, "S1")
+    if has_hdop.any():
+        ext = np.array([b'\x01{"hdop":%r}' % h for h in points.hdop.tolist()], "S")
+        padding = ext.view(np.uint8).reshape(len(ext), ext.itemsize)
+        padding[padding == 0] = ord(" ")
+    names = [c for c, _ in _STAGE_TYPES] if trace_id is None else list(_POINT_COLUMNS)
+    for key in np.unique(shape).tolist():
+        rows = np.flatnonzero(shape == key)
+        # column: its fields (name, type) and their values (arrays or one value)
+        values: dict[str, list[tuple[str, str, Any]]] = {
+            "trace_id": [("trace_id", ">i8", trace_id)],
+            "kind": [("kind", "S5", b"trkpt")],
+            "seq": [("seq", ">i4", points.seq)],
+            "track": [("track", ">i4", points.track)],
+            "segment": [("segment", ">i4", points.segment)],
+            "lon": [("lon", ">f8", points.lon)],
+            "lat": [("lat", ">f8", points.lat)],
+            "geom": [
+                ("order", "u1", 1),
+                ("type", "<u4", _EWKB_POINT),
+                ("srid", "<u4", 4326),
+                ("x", "<f8", points.lon),
+                ("y", "<f8", points.lat),
+            ],
+        }
+        if key & 1:
+            values["ele"] = [("ele", ">f8", points.ele)]
+        if key & 2:
+            values["time"] = [("time", ">i8", points.time_us - _PG_EPOCH_US)]
+        if key & 4:
+            values["extensions"] = [("extensions", ext.dtype.str, ext)]
+        fields = [("n", ">i2")]
+        for column in names:
+            fields.append((f"{column}_n", ">i4"))
+            fields += [(field, kind) for field, kind, _ in values.get(column, [])]
+        for first in range(0, len(rows), _BLOCK_ROWS):
+            at = rows[first : first + _BLOCK_ROWS]
+            block = np.empty(len(at), dtype=fields)
+            block["n"] = len(names)
+            for column in names:
+                parts = values.get(column, [])
+                block[f"{column}_n"] = sum(np.dtype(kind).itemsize for _, kind, _ in parts) or -1
+                for field, _, data in parts:
+                    block[field] = data[at] if isinstance(data, np.ndarray) else data
+            yield block.tobytes()
+
+
+def _line_ewkb(coordinates: bytes | bytearray, n: int) -> bytes | None:
+    """A segment's line as EWKB from its kept points' x, y (little-endian doubles), as
+    ``ST_MakeLine`` of its points makes it: only with 2 points or more."""
+    if n < 2:
+        return None
+    return struct.pack("<BIII", 1, _EWKB_LINE, 4326, n) + coordinates
 
 
 # Parsed rows are (kind, seq, track, segment, lon, lat, ele, time, name,
@@ -206,6 +322,23 @@ _ARRAY_PARAMETERS = ", ".join(
 )
 _FROM_ARRAYS = f"MATERIALIZED (SELECT * FROM unnest({_ARRAY_PARAMETERS}) AS s({_STAGE_COLUMNS}))"  # noqa: S608
 
+# The trace row, from the track lines' union and length (``{id}``: an id taken before, or none).
+_TRACE_ROW = """trace AS (
+    INSERT INTO traces ({id}name, owner, visibility, settlement_id, content_sha256, points,
+                        tracks, segments, routes, waypoints, length_m, duration_s, started_at,
+                        ended_at, stats, dropped, warnings, geom)
+    SELECT {id_value}%(name)s, %(owner)s, %(visibility)s, %(settlement_id)s, %(sha)s,
+           %(points)s, %(tracks)s, %(segments)s, %(routes)s, %(waypoints)s,
+           round(l.length_m::numeric, 2), %(duration_s)s, %(started_at)s, %(ended_at)s,
+           CAST(%(stats)s AS jsonb)
+               || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
+           CAST(%(dropped)s AS jsonb), CAST(%(warnings)s AS jsonb), l.geom
+    FROM track_lines l
+    RETURNING id, name, owner, visibility, settlement_id, version, stats, dropped, warnings,
+              created_at, updated_at
+)"""
+_TRACE_NEW_ID = _TRACE_ROW.format(id="", id_value="")
+
 # One statement: lines per segment, the trace row, its segments and points (and,
 # for a small upload, the original bytes); it answers the new trace's summary row.
 _STORE = """
@@ -220,20 +353,7 @@ WITH stage AS {source}, lines AS (
     SELECT ST_Multi(ST_Collect(line ORDER BY track, segment)) AS geom,
            coalesce(sum(ST_Length(line::geography)), 0) AS length_m
     FROM lines WHERE kind = 'trkpt' AND line IS NOT NULL
-), trace AS (
-    INSERT INTO traces (name, owner, visibility, settlement_id, content_sha256, points, tracks,
-                        segments, routes, waypoints, length_m, duration_s, started_at,
-                        ended_at, stats, dropped, warnings, geom)
-    SELECT %(name)s, %(owner)s, %(visibility)s, %(settlement_id)s, %(sha)s, %(points)s,
-           %(tracks)s, %(segments)s, %(routes)s, %(waypoints)s, round(l.length_m::numeric, 2),
-           %(duration_s)s, %(started_at)s, %(ended_at)s,
-           CAST(%(stats)s AS jsonb)
-               || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
-           CAST(%(dropped)s AS jsonb), CAST(%(warnings)s AS jsonb), l.geom
-    FROM track_lines l
-    RETURNING id, name, owner, visibility, settlement_id, version, stats, dropped, warnings,
-              created_at, updated_at
-), segments AS (
+), {trace}, segments AS (
     INSERT INTO trace_segments (trace_id, kind, track, segment, points, geom)
     SELECT t.id, CASE c.kind WHEN 'trkseg' THEN 'track' ELSE 'route' END, c.track,
            c.segment, coalesce(l.n, 0), l.line
@@ -257,8 +377,103 @@ _FILE_FROM_PARAMETER = """, file AS (
     INSERT INTO trace_files (trace_id, content_type, size_bytes, content)
     SELECT t.id, %(content_type)s, %(size_bytes)s, %(content)s FROM trace t
 )"""
-_STORE_STAGED = _STORE.format(source=_FROM_TABLE, file="")
-_STORE_DIRECT = _STORE.format(source=_FROM_ARRAYS, file=_FILE_FROM_PARAMETER)
+_STORE_STAGED = _STORE.format(source=_FROM_TABLE, file="", trace=_TRACE_NEW_ID)
+
+#: The columnar path's points went straight into ``trace_points`` (under a trace id
+#: taken before): the trace row and its segments from the segments' lines, built
+#: by the client and bound as arrays.
+_POINT_COLUMNS = ("trace_id", "kind", "seq", "track", "segment", "geom", "ele", "time", "name",
+                  "extensions")  # fmt: skip
+_POINT_COPY = f"COPY trace_points ({', '.join(_POINT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_SEGMENTS_TEMPLATE = """
+WITH lines AS (
+    SELECT track, segment, n, ST_GeomFromEWKB(line) AS line
+    FROM unnest(CAST(%(seg_track)b AS integer[]), CAST(%(seg_segment)b AS integer[]),
+                CAST(%(seg_points)b AS integer[]), CAST(%(seg_line)b AS bytea[]))
+         AS s(track, segment, n, line)
+), track_lines AS (
+    SELECT ST_Multi(ST_Collect(line ORDER BY track, segment)) AS geom,
+           coalesce(sum(ST_Length(line::geography)), 0) AS length_m
+    FROM lines WHERE line IS NOT NULL
+), {trace}, segments AS (
+    INSERT INTO trace_segments (trace_id, kind, track, segment, points, geom)
+    SELECT t.id, 'track', s.track, s.segment, s.n, s.line FROM lines s CROSS JOIN trace t
+)
+SELECT * FROM trace
+"""
+_STORE_SEGMENTS = _SEGMENTS_TEMPLATE.format(trace=_TRACE_ROW.format(id="id, ", id_value="%(id)s, "))
+
+
+@dataclass
+class _Straight:
+    """A large plain upload read in columns, its points copied straight into
+    ``trace_points`` under ``trace_id``: what the store statement still needs."""
+
+    trace_id: int
+    reader: GpxReader
+    stats: _Stats
+    dropped: Dropped
+    segments: list[tuple[int, int, int, bytes | None]]  # track, segment, points, line
+
+    def params(self) -> dict[str, Any]:
+        """The segments as array parameters of :data:`_STORE_SEGMENTS`, and the id."""
+        columns = list(zip(*self.segments, strict=True)) if self.segments else [()] * 4
+        names = ("seg_track", "seg_segment", "seg_points", "seg_line")
+        # a column without a value (no segment has a line) goes as NULL: unnest pads it
+        return {"id": self.trace_id} | {
+            n: list(c) if any(v is not None for v in c) else None
+            for n, c in zip(names, columns, strict=True)
+        }
+
+
+def _read_straight(conn: Connection, body: SpooledBody, limits: TraceLimits) -> _Straight | None:
+    """Read a large upload in columns, copying its points into ``trace_points`` as they
+    come (the server stores them while the client parses on); ``None`` (and nothing
+    left behind) when the columnar read declines it."""
+    raw = _driver(conn)
+    trace_id = int(
+        conn.execute(text("SELECT nextval(pg_get_serial_sequence('traces', 'id'))")).scalar_one()
+    )
+    set_statement_timeout(conn, limits.ingest_timeout_ms)
+    # each segment's kept points: how many, and their x, y for its line
+    lines: dict[tuple[int, int], tuple[list[int], bytearray]] = {}
+    dropped = Dropped()
+    conn.execute(text("SAVEPOINT trace_columns"))
+    try:
+        with raw.cursor() as cursor, cursor.copy(_POINT_COPY) as copy:
+            copy.write(_BINARY_COPY_HEADER)
+
+            def segment(track: int, segment: int) -> None:
+                lines[(track, segment)] = ([0], bytearray())
+
+            def points(kept: TrackPoints) -> None:
+                for block in _binary_rows(kept, trace_id):
+                    copy.write(block)
+                count, coordinates = lines[(kept.track, kept.segment)]
+                count[0] += len(kept)
+                xy = np.empty((len(kept), 2), "<f8")
+                xy[:, 0], xy[:, 1] = kept.lon, kept.lat
+                coordinates += xy.tobytes()
+
+            reader, stats = _parse_columns(body, limits, dropped, lambda row: None, points,
+                                           on_segment=segment)  # fmt: skip
+            copy.write(_BINARY_COPY_TRAILER)
+    except Unusual:
+        declined = True
+    else:
+        declined = False
+    if declined:  # outside the handler (its traceback holds the parse's frames)
+        conn.execute(text("ROLLBACK TO SAVEPOINT trace_columns"))
+        return None
+    conn.execute(text("RELEASE SAVEPOINT trace_columns"))
+    segments = [
+        (track, segment, count[0], _line_ewkb(coordinates, count[0]))
+        for (track, segment), (count, coordinates) in lines.items()
+    ]
+    return _Straight(trace_id, reader, stats, dropped, segments)
+
+
+_STORE_DIRECT = _STORE.format(source=_FROM_ARRAYS, file=_FILE_FROM_PARAMETER, trace=_TRACE_NEW_ID)
 
 
 def _driver(conn: Connection) -> psycopg.Connection[Any]:
@@ -292,6 +507,7 @@ class _Rows(contextlib.ExitStack):
         self.rows: list[tuple[Any, ...]] = []
         self.staged = False
         self._copy: psycopg.Copy | None = None
+        self._row_by_row = False  # whether psycopg wrote rows (then it ends the COPY)
 
     def write(self, row: tuple[Any, ...]) -> None:
         """Take one row."""
@@ -317,17 +533,36 @@ class _Rows(contextlib.ExitStack):
         self.rows = []
         self.staged = True
 
+    def write_points(self, points: TrackPoints) -> None:
+        """Take a segment's kept track points: as rows while they fit the list, else in
+        binary blocks into the COPY."""
+        if self._copy is None and len(self.rows) + len(points) <= self.max_rows:
+            self.rows.extend(point_rows(points))
+            return
+        self.spill()
+        assert self._copy is not None
+        for block in _binary_rows(points):
+            self._copy.write(block)
+
     def _open_copy(self) -> None:
         cursor = self.enter_context(_driver(self.conn).cursor())
         copy = self.enter_context(cursor.copy(_STAGE_COPY))
         copy.set_types(_COPY_TYPES)
+        copy.write(_BINARY_COPY_HEADER)  # ours, so that blocks and rows can follow in any order
         self._copy = copy
+        self._row_by_row = False
+
+    def _end_copy(self) -> None:
+        if self._copy is not None and not self._row_by_row:
+            self._copy.write(_BINARY_COPY_TRAILER)
+        self._copy = None
+        self.close()
 
     def restart(self) -> None:
         """Forget every row taken so far (the staging table, if any, stays, emptied)."""
         self.rows = []
         if self.staged:
-            self.close()
+            self._end_copy()
             self.conn.execute(text("TRUNCATE pg_temp.trace_stage"))
             self._open_copy()
 
@@ -338,10 +573,11 @@ class _Rows(contextlib.ExitStack):
         if extensions is not None:
             row = (*row[:-1], _JSONB_VERSION + extensions.encode())
         self._copy.write_row(row)
+        self._row_by_row = True
 
     def finish(self) -> None:
         """End the COPY, if there is one (the rows are then in the table)."""
-        self.close()
+        self._end_copy()
 
     def arrays(self) -> dict[str, list[Any] | None]:
         """The listed rows as one array parameter per column (``stage_<column>``).
@@ -450,17 +686,70 @@ def _parse(
     return reader, stats
 
 
-def _read(body: SpooledBody, limits: TraceLimits, rows: _Rows) -> tuple[GpxReader, _Stats, Dropped]:
-    """Parse and clean the upload into ``rows``: the fast read, or else the exact one."""
-    dropped = Dropped()
+def _parse_columns(
+    body: SpooledBody,
+    limits: TraceLimits,
+    dropped: Dropped,
+    write: Callable[[tuple[Any, ...]], None],
+    write_points: Callable[[TrackPoints], None],
+    *,
+    on_segment: Callable[[int, int], None] | None = None,
+) -> tuple[GpxReader, _Stats]:
+    """The columnar read of a plain track file (:mod:`geo.traces.columns`), or :class:`Unusual`.
+
+    Segment rows go to ``write`` (or their start to ``on_segment``), kept track
+    points to ``write_points``.
+    """
+    reader = GpxReader(max_points=limits.max_points, max_depth=limits.max_xml_depth)
+    stats = _Stats()
+    body.file.seek(0)
+    if not limits.columns or sniff(body.file) == "zip":
+        raise Unusual("not read in columns")
+
+    def segment(track: int, segment: int) -> None:
+        write(("trkseg", None, track, segment) + (None,) * 6)
+
+    def points(kept: TrackPoints) -> None:
+        stats.add_points(kept)
+        write_points(kept)
+
     try:
-        reader, stats = _parse(body, limits, dropped, rows.write, fast=True)
-        return reader, stats, dropped
+        for member in members(body.file, limit=limits.max_decompressed_bytes):
+            read_columns(
+                member.stream,
+                reader,
+                dropped,
+                max_speed_mps=limits.max_speed_mps,
+                max_hdop=limits.max_hdop,
+                on_segment=on_segment or segment,
+                on_points=points,
+            )
     except Unusual:
-        pass
-    # outside the handler: the exception's traceback holds the fast read's frames
-    # (its parser and partial document), which must be freed before reading again
-    rows.restart()
+        raise
+    except Exception as exc:  # any error: the reader's reads answer it exactly
+        raise Unusual(str(exc)) from exc
+    return reader, stats
+
+
+def _read(
+    body: SpooledBody, limits: TraceLimits, rows: _Rows, *, columns: bool = True
+) -> tuple[GpxReader, _Stats, Dropped]:
+    """Parse and clean the upload into ``rows``: the columnar read (unless declined
+    already), the fast read, or else the exact one."""
+    for way in ("columns", "fast") if columns else ("fast",):
+        dropped = Dropped()
+        try:
+            if way == "columns":
+                reader, stats = _parse_columns(body, limits, dropped, rows.write, rows.write_points)
+            else:
+                reader, stats = _parse(body, limits, dropped, rows.write, fast=True)
+            return reader, stats, dropped
+        except Unusual:
+            pass
+        # outside the handler: the exception's traceback holds the failed read's frames
+        # (a parser and partial document), which must be freed before reading again
+        rows.restart()
+    dropped = Dropped()
     dropped = Dropped()
     reader, stats = _parse(body, limits, dropped, rows.write)
     return reader, stats, dropped
@@ -506,15 +795,20 @@ def ingest_trace(
             if existing is not None:
                 return IngestResult(False, existing, summary_json(conn, existing))
             _check_settlement(conn, settlement_id)
-            rows.spill()
-            reader, stats, dropped = _read(body, limits, rows)
-            rows.finish()
+            straight = _read_straight(conn, body, limits) if limits.columns else None
+            if straight is None:
+                rows.spill()
+                reader, stats, dropped = _read(body, limits, rows, columns=False)
+                rows.finish()
+            else:
+                reader, stats, dropped = straight.reader, straight.stats, straight.dropped
             note = None
             if stats.kept:
                 note = far_note(
                     conn, _box(stats), what="trace", max_km=limits.max_km_from_settlements
                 )
         else:
+            straight = None
             # a small one is read first, so that the look-up and the placement go in
             # one round trip; an error waits for the look-up (the same bytes stored
             # before still answer 200, as they did)
@@ -564,7 +858,10 @@ def ingest_trace(
         dropped=dropped,
         content_type=content_type,
     )
-    if rows.staged:
+    if straight is not None:
+        row = _run_store(conn, _STORE_SEGMENTS, {**params, **straight.params()})
+        _store_file(conn, int(row.id), body, content_type)
+    elif rows.staged:
         row = _run_store(conn, _STORE_STAGED, params)
         conn.execute(text("DROP TABLE pg_temp.trace_stage"))
         _store_file(conn, int(row.id), body, content_type)

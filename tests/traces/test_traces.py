@@ -22,6 +22,7 @@ from app.main import create_app
 from geo.core.auth import Principal, create_token
 from geo.core.settings import Settings
 from geo.core.uploads import BodySpool
+from geo.traces.gpx import Unusual
 from geo.traces.ingest import IngestResult, TraceLimits, ingest_trace
 from geo.traces.reads import trace_geojson_chunks
 from tests.support.db import BoundDatabase
@@ -611,7 +612,8 @@ def _stored(conn: Connection, result: IngestResult, user: Principal) -> dict[str
     geojson = json.loads(b"".join(trace_geojson_chunks(conn, trace_id=result.trace_id, user=user)))
     points = conn.execute(
         text(
-            "SELECT kind, seq, track, segment, ST_AsEWKT(geom), ele, time, name, extensions "
+            "SELECT kind, seq, track, segment, ST_AsEWKT(geom), ele, time, name, "
+            "extensions::text "
             "FROM trace_points WHERE trace_id = :i ORDER BY kind, seq"
         ),
         {"i": result.trace_id},
@@ -637,6 +639,26 @@ def _stored(conn: Connection, result: IngestResult, user: Principal) -> dict[str
     }
 
 
+def _ingest_stored(
+    db: BoundDatabase, owner: str, raw: bytes, limits: TraceLimits
+) -> dict[str, object]:
+    """Ingest ``raw`` as ``owner`` (a new trace): what was answered and stored."""
+    spool = BodySpool(limit=1 << 24)
+    spool.write(raw)
+    with db.begin(owner) as conn:
+        result = ingest_trace(
+            conn,
+            owner=owner,
+            body=spool.finish(),
+            name="walk",
+            visibility="private",
+            settlement_id=None,
+            limits=limits,
+        )
+        assert result.created
+        return _stored(conn, result, Principal(owner, "mapper", None))
+
+
 @pytest.mark.parametrize("odd", [False, True], ids=["fast-read", "read-again"])
 @pytest.mark.parametrize("max_rows", [0, 3], ids=["staged-from-start", "spilled-midway"])
 def test_direct_and_staged_ingest_store_the_same(
@@ -649,26 +671,8 @@ def test_direct_and_staged_ingest_store_the_same(
     exact one after every row was taken: the rows taken so far are forgotten."""
     gpx = MIXED_GPX.replace(b"</gpx>", b'<trk><trkpt lat="0" lon="0"/></trk></gpx>')
     raw = gzip.compress(gpx if odd else MIXED_GPX)
-    results = {}
-    for owner, limits in (
-        ("direct-mapper", TraceLimits()),
-        ("staged-mapper", TraceLimits(direct_max_rows=max_rows)),
-    ):
-        spool = BodySpool(limit=1 << 20)
-        spool.write(raw)
-        with db.begin(owner) as conn:
-            result = ingest_trace(
-                conn,
-                owner=owner,
-                body=spool.finish(),
-                name="mixed",
-                visibility="private",
-                settlement_id=None,
-                limits=limits,
-            )
-            assert result.created
-            results[owner] = _stored(conn, result, Principal(owner, "mapper", None))
-    direct, staged = results["direct-mapper"], results["staged-mapper"]
+    direct = _ingest_stored(db, "direct-mapper", raw, TraceLimits())
+    staged = _ingest_stored(db, "staged-mapper", raw, TraceLimits(direct_max_rows=max_rows))
     assert direct == staged
     stats = direct["summary"]["stats"]  # type: ignore[index]
     assert (stats["points"], stats["segments"], stats["route_points"], stats["waypoints"]) == (
@@ -679,3 +683,45 @@ def test_direct_and_staged_ingest_store_the_same(
     )
     assert len(direct["segments"]) == 5  # type: ignore[arg-type]
     assert direct["file"] == ("application/gzip", len(raw), raw)
+
+
+@pytest.mark.parametrize(
+    ("max_rows", "max_bytes"),
+    [(0, 1 << 22), (500, 1 << 22), (20_000, 1 << 22), (20_000, 0), (20_000, -1)],
+    ids=["staged", "spilled", "direct", "straight", "straight-declined-late"],
+)
+def test_columnar_ingest_stores_what_the_reader_stores(
+    db: BoundDatabase, max_rows: int, max_bytes: int
+) -> None:
+    """The columnar read (binary blocks into the staging table, rows in memory, or for a
+    large upload straight into ``trace_points``) and the reader's reads store the same
+    trace: answer, points, segments, lines, GeoJSON.  Declined after points went in
+    (a comment before the end): they are taken back and the reader's read stores it."""
+    from tests.traces.test_fast_read import _plain_walk, stored
+
+    raw = _plain_walk(1_500, seed=7)
+    if max_bytes < 0:
+        raw, max_bytes = raw.replace(b"</trk></gpx>", b"<!-- late --></trk></gpx>"), 0
+        with pytest.raises(Unusual):
+            stored(raw, fast=False, columns=True)
+    else:
+        stored(raw, fast=False, columns=True)  # read in columns, not declined
+    columnar, reader = (
+        _ingest_stored(
+            db,
+            f"{label}-mapper",
+            raw,
+            TraceLimits(
+                direct_max_rows=max_rows,
+                direct_max_bytes=max_bytes,
+                columns=columns,
+                max_speed_mps=20.0,
+            ),
+        )
+        for label, columns in (("columns", True), ("reader", False))
+    )
+    assert columnar == reader
+    stats = reader["summary"]["stats"]  # type: ignore[index]
+    assert stats["tracks"] == 2 and stats["segments"] == 4 and stats["points"] > 1_300
+    assert any(point[5] is None for point in reader["points"])  # type: ignore[attr-defined]
+    assert '{"hdop": 8.0}' in [point[8] for point in reader["points"]]  # type: ignore[attr-defined]
