@@ -9,13 +9,13 @@ same.  Rows stored before keep their compression.  A server built without
 lz4 keeps pglz (the migration says so and goes on).
 
 Revision ID: 0025
-Revises: 0023 (the lead rechains it on merge)
+Revises: 0024
 """
 
 from alembic import op
 
 revision = "0025"
-down_revision = "0023"
+down_revision = "0024"
 branch_labels = None
 depends_on = None
 
