@@ -219,7 +219,9 @@ class _Atlas:
         self.canvas.drawImage(ImageReader(image), x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
         self.canvas.setStrokeColor(black)
         self.canvas.rect(x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
-        self._facility_legend(x_mm, y_mm - 4)
+        self._facility_legend(x_mm + 10, y_mm - 4)
+        metres_per_mm = (window[2] - window[0]) / frame_w
+        self._north_and_scale_bar(x_mm, y_mm - 4, _bar_metres(metres_per_mm), metres_per_mm)
         for block in blocks:
             cx = sum(s.x for s in block.structures) / len(block.structures)
             cy = sum(s.y for s in block.structures) / len(block.structures)
@@ -411,16 +413,23 @@ class _Atlas:
             c.drawString((x + 3.8) * mm, (y + 0.4) * mm, label)
             x += 5.5 + stringWidth(label, TEXT_FONT, 7) / mm
         self._facility_legend(x_mm + 10, y - 3.6)
-        # scale bar: 20 m on the ground, north arrow
-        bar = 20 * 1000 / scale
+        self._north_and_scale_bar(x_mm, y - 3.6, 20, scale / 1000)
+
+    def _north_and_scale_bar(
+        self, x_mm: float, y_mm: float, metres: int, metres_per_mm: float
+    ) -> None:
+        """North arrow at ``x_mm`` and a bar of ``metres`` ending at the right margin."""
+        c, p = self.canvas, self.paper
+        bar = metres / metres_per_mm
         right = p.width - p.margin
         c.setLineWidth(1)
         c.setStrokeColor(black)
-        c.line((right - bar) * mm, (y - 3.6) * mm, right * mm, (y - 3.6) * mm)
+        c.line((right - bar) * mm, y_mm * mm, right * mm, y_mm * mm)
+        c.setFillColor(black)
         c.setFont(TEXT_FONT, 7)
-        c.drawRightString((right - bar - 1.5) * mm, (y - 4.4) * mm, "20 m")
+        c.drawRightString((right - bar - 1.5) * mm, (y_mm - 0.8) * mm, f"{metres:,} m")
         c.setFont(BOLD_FONT, 8)
-        c.drawString(x_mm * mm, (y - 3.4) * mm, "N ↑")
+        c.drawString(x_mm * mm, (y_mm + 0.2) * mm, "N ↑")
 
     def _facility_legend(self, x: float, y: float) -> float:
         """Facility symbols (hollow: broken or needing repair) from ``x``; the x after them."""
@@ -489,6 +498,12 @@ class _Atlas:
     def next_page(self) -> None:
         """End the page drawn so far."""
         self.canvas.showPage()
+
+
+def _bar_metres(metres_per_mm: float, longest_mm: float = 40.0) -> int:
+    """The longest round length on the ground whose bar is at most ``longest_mm`` long."""
+    rounds = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+    return max([m for m in rounds if m / metres_per_mm <= longest_mm], default=rounds[0])
 
 
 def _fit(

@@ -75,6 +75,10 @@ def test_atlas_pages_numbers_counts_and_nothing_personal(
         assert "prepared for role planner" in page
         assert "data as of" in page
         assert f"page {k} of 5" in page
+    # every printed map (the cover's too) has a north arrow and a labelled scale bar
+    for page in (pages[0], *(page for page in pages if ": map" in page)):
+        legend = [line for line in page.splitlines() if re.match(r"\s*N\s*↑", line)]
+        assert len(legend) == 1 and re.search(r"\d m$", legend[0].rstrip()), page
     cover = pages[0]
     profile = client.get(f"/settlements/{kisima.settlement}/profile", headers=planner).json()
     for name in ("structures", "households", "people_counted", "water_points"):
