@@ -365,6 +365,17 @@ def test_phone_layout_and_opt_in_basemap(browser: Any, live: Live) -> None:
         assert page.locator("#panel").is_visible()
         panel = page.locator("#panel").bounding_box()
         assert panel is not None and panel["y"] > 300  # a bottom sheet
+        # every control a thumb taps (a checkbox through its label) is at least 44 px across
+        small = page.evaluate(
+            """() => Array.from(document.querySelectorAll(
+                '.maplibregl-ctrl button, #panel-toggle, #panel a, #panel button, '
+                + '#panel select, #panel input:not([type=checkbox]), #panel label.toggle'))
+              .filter((e) => e.offsetParent !== null)
+              .map((e) => [e.textContent.trim() || e.className, e.getBoundingClientRect()])
+              .filter(([, r]) => r.width < 44 || r.height < 44)
+              .map(([name, r]) => `${name}: ${Math.round(r.width)}x${Math.round(r.height)}`)"""
+        )
+        assert small == []
         assert outside == []
         page.locator("#basemap-toggle").check()
         wait_until(page, "() => window.makaziMap.getSource('osm') !== undefined")
