@@ -194,12 +194,13 @@ def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> N
     # a structure well away from facilities and traces (drawn above structures)
     (row,) = sql(
         live,
-        "SELECT s.id, s.structure_number, s.use, ST_X(p) AS lon, ST_Y(p) AS lat FROM "
-        "(SELECT *, ST_PointOnSurface(geom) p FROM structures) s "
+        "SELECT s.id, s.structure_number, s.use, s.settlement_id, ST_X(p) AS lon, "
+        "ST_Y(p) AS lat FROM (SELECT *, ST_PointOnSurface(geom) p FROM structures) s "
         "WHERE NOT EXISTS (SELECT 1 FROM facilities f "
         "WHERE ST_DWithin(f.geom::geography, s.p::geography, 20)) "
         "AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.geom IS NOT NULL "
         "AND ST_DWithin(t.geom::geography, s.p::geography, 20)) "
+        "AND strpos(s.wall_material, '_') > 0 "  # a code such as iron_sheet
         "ORDER BY s.id LIMIT 1",
     )
     wait_idle(page, json.dumps({"center": [row.lon, row.lat], "zoom": 19.5}))
@@ -213,6 +214,11 @@ def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> N
     content = popup.inner_text()
     assert f"Structure {row.structure_number}" in content
     assert row.use in content
+    # a person reads words and names, not codes: "iron sheet", the settlement's name
+    values = popup.locator("td:nth-child(2)").all_inner_texts()
+    assert values and not [v for v in values if "_" in v]
+    (name,) = sql(live, "SELECT name FROM settlements WHERE id = :id", id=row.settlement_id)[0]
+    assert f"settlement\t{name}" in content
     link = popup.locator("a.history")
     assert link.get_attribute("href") == f"/collections/structures/items/{row.id}/history"
     assert session.errors == []

@@ -141,10 +141,15 @@
     }
     if (typeof value === "object") {
       return Object.keys(value).map(function (k) {
-        return escapeHtml(k) + ": " + formatNumber(value[k]);
+        return escapeHtml(words(k)) + ": " + formatNumber(value[k]);
       }).join(", ");
     }
-    return escapeHtml(value);
+    return escapeHtml(words(String(value)));
+  }
+
+  // Codes such as "iron_sheet" or "toilet_block" read as words ("iron sheet").
+  function words(value) {
+    return /^[a-z0-9]+(_[a-z0-9]+)+$/.test(value) ? value.replace(/_/g, " ") : value;
   }
 
   function table(rows) {
@@ -325,7 +330,12 @@
     }[collection] || collection + " " + id;
     var rows = [["collection", escapeHtml(collection)], ["id", escapeHtml(id)]];
     Object.keys(props).forEach(function (key) {
-      if (!HIDDEN_KEYS[key]) { rows.push([key.replace(/_/g, " "), formatNumber(props[key])]); }
+      var settlement = key === "settlement_id" ? settlements[props[key]] : undefined;
+      if (settlement) {  // its name, not its number
+        rows.push(["settlement", escapeHtml(settlement.feature.properties.name)]);
+      } else if (!HIDDEN_KEYS[key]) {
+        rows.push([key.replace(/_/g, " "), formatNumber(props[key])]);
+      }
     });
     var html = '<div class="popup"><h3>' + escapeHtml(title) + "</h3>" + table(rows);
     if (collection === "traces") {
