@@ -189,9 +189,8 @@ def test_layers_render_and_toggle(session: Session, live: Live) -> None:
     assert distinct_colours(page) < colourful
 
 
-def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> None:
-    page = session.page
-    # a structure well away from facilities and traces (drawn above structures)
+def quiet_structure(live: Live) -> Any:
+    """A structure well away from facilities and traces (drawn above structures)."""
     (row,) = sql(
         live,
         "SELECT s.id, s.structure_number, s.use, s.settlement_id, ST_X(p) AS lon, "
@@ -203,6 +202,11 @@ def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> N
         "AND strpos(s.wall_material, '_') > 0 "  # a code such as iron_sheet
         "ORDER BY s.id LIMIT 1",
     )
+    return row
+
+
+def open_popup(page: Page, row: Any) -> Any:
+    """Click the structure ``row`` (centred on the map); the popup's content."""
     wait_idle(page, json.dumps({"center": [row.lon, row.lat], "zoom": 19.5}))
     x, y = page.evaluate(
         "([lon, lat]) => { const p = window.makaziMap.project([lon, lat]); return [p.x, p.y]; }",
@@ -211,6 +215,13 @@ def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> N
     page.mouse.click(x, y)
     popup = page.locator(".maplibregl-popup-content")
     popup.wait_for(timeout=10_000)
+    return popup
+
+
+def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> None:
+    page = session.page
+    row = quiet_structure(live)
+    popup = open_popup(page, row)
     content = popup.inner_text()
     assert f"Structure {row.structure_number}" in content
     assert row.use in content
@@ -388,6 +399,53 @@ def test_phone_layout_and_opt_in_basemap(browser: Any, live: Live) -> None:
         page.wait_for_timeout(500)
         assert outside and all(u.startswith("https://tile.openstreetmap.org/") for u in outside)
         assert page.evaluate("() => localStorage.getItem('makazi.basemap')") == "1"
+    finally:
+        context.close()
+
+
+def test_a_popup_on_a_phone_is_not_hidden_under_the_buttons(browser: Any, live: Live) -> None:
+    context = browser.new_context(
+        viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
+    )
+    page = context.new_page()
+    try:
+        page.goto(f"{live.base}/map")
+        wait_until(page, "window.makaziReady === true", 30_000)
+        row = quiet_structure(live)
+        popup = open_popup(page, row)
+        box = popup.bounding_box()
+        assert box is not None
+        page.locator(".maplibregl-popup-close-button").click()
+        # tap it again where its popup reaches the top of the screen, under the buttons
+        x, y = page.evaluate(
+            """([lon, lat, top]) => {
+                const map = window.makaziMap;
+                const p = map.project([lon, lat]);
+                map.panBy([0, p.y - top], {animate: false});
+                const q = map.project([lon, lat]);
+                return [q.x, q.y];
+            }""",
+            [row.lon, row.lat, box["height"] + 20],
+        )
+        wait_idle(page)
+        page.mouse.click(x, y)
+        popup.wait_for(timeout=10_000)
+        box = popup.bounding_box()
+        assert box is not None and box["y"] < 54  # level with the top buttons
+        covered = page.evaluate(
+            """([x, y, w, h]) => {
+                const out = [];
+                for (let i = 1; i < 10; i++) {
+                    for (let j = 1; j < 10; j++) {
+                        const e = document.elementFromPoint(x + w * i / 10, y + h * j / 10);
+                        if (!e.closest('.maplibregl-popup')) { out.push(e.id || e.className); }
+                    }
+                }
+                return out;
+            }""",
+            [box["x"], box["y"], box["width"], box["height"]],
+        )
+        assert covered == []
     finally:
         context.close()
 
