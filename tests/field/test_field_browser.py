@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, small_targets, wait_until
 from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.browser
@@ -247,6 +247,10 @@ def test_page_at_phone_size_installs_and_logs_no_error(phone: Phone) -> None:
         "other",
     ]
     phone.shot("field-form")
+    # every control a thumb taps (a checkbox through its label) is at least 44 px across
+    controls = "button, a, select, input:not([type=checkbox]):not([type=file]), label.toggle"
+    small = small_targets(page, controls)
+    assert not small, "; ".join(small)
     assert phone.errors == []
 
 

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, small_targets, wait_until
 from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.browser
@@ -383,16 +383,12 @@ def test_phone_layout_and_opt_in_basemap(browser: Any, live: Live) -> None:
         panel = page.locator("#panel").bounding_box()
         assert panel is not None and panel["y"] > 300  # a bottom sheet
         # every control a thumb taps (a checkbox through its label) is at least 44 px across
-        small = page.evaluate(
-            """() => Array.from(document.querySelectorAll(
-                '.maplibregl-ctrl button, #panel-toggle, #panel a, #panel button, '
-                + '#panel select, #panel input:not([type=checkbox]), #panel label.toggle'))
-              .filter((e) => e.offsetParent !== null)
-              .map((e) => [e.textContent.trim() || e.className, e.getBoundingClientRect()])
-              .filter(([, r]) => r.width < 44 || r.height < 44)
-              .map(([name, r]) => `${name}: ${Math.round(r.width)}x${Math.round(r.height)}`)"""
+        controls = (
+            ".maplibregl-ctrl button, #panel-toggle, #panel a, #panel button, #panel select, "
+            "#panel input:not([type=checkbox]), #panel label.toggle"
         )
-        assert small == []
+        small = small_targets(page, controls)
+        assert not small, "; ".join(small)
         assert outside == []
         page.locator("#basemap-toggle").check()
         wait_until(page, "() => window.makaziMap.getSource('osm') !== undefined")
