@@ -245,11 +245,41 @@ def test_crowded_block_numbers_do_not_overlap(
         assert "scale 1:" in pages[page - 1]
         labels = [w for w in _words(pdf, page) if re.fullmatch(r"\d{4}", w[0])]
         seen.update(w[0] for w in labels)
-        for k, (_t, x0, y0, x1, y1) in enumerate(labels):
-            for _u, a0, b0, a1, b1 in labels[k + 1 :]:
-                overlap = min(x1, a1) - max(x0, a0) > 0.3 and min(y1, b1) - max(y0, b0) > 0.3
-                assert not overlap, (page, _t, _u)
+        assert _overlapping(labels) == [], page
     assert seen == {row["n"][-4:] for row in rows}
+
+
+def _overlapping(words: list[tuple[str, float, float, float, float]]) -> list[tuple[str, str]]:
+    """Pairs of words whose boxes overlap (more than 0.3 pt both ways)."""
+    return [
+        (t, u)
+        for k, (t, x0, y0, x1, y1) in enumerate(words)
+        for u, a0, b0, a1, b1 in words[k + 1 :]
+        if min(x1, a1) - max(x0, a0) > 0.3 and min(y1, b1) - max(y0, b0) > 0.3
+    ]
+
+
+@needs_poppler
+def test_cover_block_names_do_not_print_over_each_other(
+    client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
+) -> None:
+    # two blocks mixed on one patch of ground: their centres all but coincide
+    sid = insert_settlement(connection, "Mixed", 0, 0, 120, 120)
+    rows = [
+        {"n": f"MX-0{1 + k % 2}-{k:04d}", "x": E0 + 40 + (k % 4) * 8, "y": N0 + 40 + (k // 4) * 8}
+        for k in range(12)
+    ]
+    connection.execute(
+        text(
+            "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
+            "ST_Transform(ST_MakeEnvelope(:x, :y, :x + 4, :y + 4, 32737), 4326))"
+        ),
+        rows,
+    )
+    pdf = _atlas(client, sid, token_for("planner"), tmp_path / "mixed.pdf")
+    names = [w for w in _words(pdf, 1) if re.fullmatch(r"MX-0[12]", w[0])]
+    assert sorted(w[0] for w in names) == ["MX-01", "MX-02"]
+    assert _overlapping(names) == []
 
 
 @pytest.mark.parametrize(
