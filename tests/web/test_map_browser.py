@@ -189,6 +189,26 @@ def test_layers_render_and_toggle(session: Session, live: Live) -> None:
     assert distinct_colours(page) < colourful
 
 
+def test_legend_draws_each_facility_type_as_the_map_does(session: Session, live: Live) -> None:
+    shapes = session.page.evaluate(
+        """() => {
+            const group = Array.from(document.querySelectorAll('#legend .legend-group'))
+                .find((g) => g.querySelector('b').textContent === 'Facility type');
+            return Object.fromEntries(Array.from(group.querySelectorAll('.legend-item'))
+                .map((item) => [item.textContent, item.querySelector('.swatch').className]));
+        }"""
+    )
+    drawn = sql(
+        live,
+        "SELECT DISTINCT type::text, ST_Dimension(geom) AS dim FROM facilities "
+        "WHERE deleted_at IS NULL",
+    )
+    assert {row.dim for row in drawn} >= {0, 1}  # the demo maps points and lines
+    for row in drawn:
+        swatch = shapes[row.type.replace("_", " ")]
+        assert swatch == {0: "swatch dot", 1: "swatch line", 2: "swatch "}[row.dim], row
+
+
 def quiet_structure(live: Live) -> Any:
     """A structure well away from facilities and traces (drawn above structures)."""
     (row,) = sql(

@@ -42,6 +42,8 @@
     road: "#495057",
     other: "#868e96",
   };
+  // Facility types mapped as lines (drawn by "facilities-lines"): a line in the legend.
+  var LINE_FACILITIES = { drainage: true, road: true };
   var CONDITION_COLOURS = { working: "#2b8a3e", needs_repair: "#f08c00", broken: "#c92a2a" };
   var TRACE_COLOUR = "#9c36b5";
   var UPLOAD_COLOUR = "#ff006e";
@@ -259,10 +261,11 @@
 
   // ------------------------------------------------------------------- legend
   function legend() {
-    function group(title, colours, kind) {
+    function group(title, colours, kind, lines) {
       return '<div class="legend-group"><b>' + escapeHtml(title) + "</b>" +
         Object.keys(colours).map(function (key) {
-          return '<span class="legend-item"><span class="swatch ' + kind +
+          return '<span class="legend-item"><span class="swatch ' +
+            (lines && lines[key] ? "line" : kind) +
             '" style="background:' + colours[key] + '"></span>' +
             escapeHtml(key.replace(/_/g, " ")) + "</span>";
         }).join("") + "</div>";
@@ -270,7 +273,7 @@
     $("legend").innerHTML =
       group("Settlement status", STATUS_COLOURS, "") +
       group("Structure use", USE_COLOURS, "") +
-      group("Facility type", FACILITY_COLOURS, "dot") +
+      group("Facility type", FACILITY_COLOURS, "dot", LINE_FACILITIES) +
       group("Facility condition (ring)", CONDITION_COLOURS, "dot") +
       group("Traces", { "public trace": TRACE_COLOUR, "your upload": UPLOAD_COLOUR }, "line");
   }
