@@ -280,6 +280,12 @@ def test_settlement_picker_zooms_and_shows_the_summary(session: Session, live: L
         assert "structures" in text_
         if body.get("structures") is not None:
             assert f"{body['structures']:,}" in text_ or str(body["structures"]) in text_
+        # signed out, the demo's few clinics and schools are hidden small counts: "<5", not "—"
+        by_type = [k for k in body["suppressed"] if k.startswith("facilities_by_type.")]
+        assert by_type
+        for key in by_type:
+            assert f"{key.split('.')[1].replace('_', ' ')}: <5" in text_
+        assert "—" not in text_
     else:
         page.wait_for_selector("#summary :text('Summary not available')")
 

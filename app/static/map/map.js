@@ -529,6 +529,13 @@
       if (selectedSettlement === null || String(selectedSettlement.feature.id) !== String(id)) {
         return;
       }
+      var hidden = s.suppressed || [];
+      // a hidden small count reads "<5", not "—" (which reads as none or unknown)
+      hidden.forEach(function (path) {
+        var parts = path.split("."), last = parts.pop(), owner = s;
+        parts.forEach(function (part) { owner = owner && owner[part]; });
+        if (owner && owner[last] === null) { owner[last] = "<5"; }
+      });
       var rows = [];
       [["area_m2", "area (ha)", function (v) { return formatNumber(v / 10000); }],
         ["structures", "structures"], ["households", "households"], ["people", "people"],
@@ -540,7 +547,6 @@
           rows.push([spec[1], spec[2] && value !== null ? spec[2](value) : formatNumber(value)]);
         }
       });
-      var hidden = s.suppressed || [];
       var note = hidden.length ? '<p class="muted" title="' + escapeHtml(hidden.join(", ")) +
         '">' + hidden.length + " small count" + (hidden.length > 1 ? "s" : "") +
         " hidden (fewer than 5; sign in to see more).</p>" : "";
