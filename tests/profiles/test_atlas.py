@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -213,6 +214,27 @@ def _words(pdf: Path, page: int) -> list[tuple[str, float, float, float, float]]
     return [(w, float(a), float(b), float(c), float(d)) for a, b, c, d, w in pattern.findall(html)]
 
 
+def _overlapping(words: list[tuple[str, float, float, float, float]]) -> list[tuple[str, str]]:
+    """Pairs of words whose boxes overlap (more than 0.3 pt both ways)."""
+    return [
+        (t, u)
+        for k, (t, x0, y0, x1, y1) in enumerate(words)
+        for u, a0, b0, a1, b1 in words[k + 1 :]
+        if min(x1, a1) - max(x0, a0) > 0.3 and min(y1, b1) - max(y0, b0) > 0.3
+    ]
+
+
+def _insert_squares(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Residential structures numbered ``n``, squares from (x0, y0) to (x1, y1) in EPSG:32737."""
+    connection.execute(
+        text(
+            "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
+            "ST_Transform(ST_MakeEnvelope(:x0, :y0, :x1, :y1, 32737), 4326))"
+        ),
+        rows,
+    )
+
+
 @needs_poppler
 def test_crowded_block_numbers_do_not_overlap(
     client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
@@ -229,13 +251,7 @@ def test_crowded_block_numbers_do_not_overlap(
         for i in range(40)
         for j in range(25)
     ]
-    connection.execute(
-        text(
-            "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
-            "ST_Transform(ST_MakeEnvelope(:x0, :y0, :x1, :y1, 32737), 4326))"
-        ),
-        rows,
-    )
+    _insert_squares(connection, rows)
     pdf = _atlas(client, sid, token_for("planner"), tmp_path / "dense.pdf")
     pages = _pages(pdf)
     map_pages = [k for k, page in enumerate(pages, start=1) if "Block DN-01: map" in page]
@@ -249,33 +265,18 @@ def test_crowded_block_numbers_do_not_overlap(
     assert seen == {row["n"][-4:] for row in rows}
 
 
-def _overlapping(words: list[tuple[str, float, float, float, float]]) -> list[tuple[str, str]]:
-    """Pairs of words whose boxes overlap (more than 0.3 pt both ways)."""
-    return [
-        (t, u)
-        for k, (t, x0, y0, x1, y1) in enumerate(words)
-        for u, a0, b0, a1, b1 in words[k + 1 :]
-        if min(x1, a1) - max(x0, a0) > 0.3 and min(y1, b1) - max(y0, b0) > 0.3
-    ]
-
-
 @needs_poppler
 def test_cover_block_names_do_not_print_over_each_other(
     client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
 ) -> None:
     # two blocks mixed on one patch of ground: their centres all but coincide
     sid = insert_settlement(connection, "Mixed", 0, 0, 120, 120)
+    corners = [(E0 + 40 + (k % 4) * 8, N0 + 40 + (k // 4) * 8) for k in range(12)]
     rows = [
-        {"n": f"MX-0{1 + k % 2}-{k:04d}", "x": E0 + 40 + (k % 4) * 8, "y": N0 + 40 + (k // 4) * 8}
-        for k in range(12)
+        {"n": f"MX-0{1 + k % 2}-{k:04d}", "x0": x, "y0": y, "x1": x + 4, "y1": y + 4}
+        for k, (x, y) in enumerate(corners)
     ]
-    connection.execute(
-        text(
-            "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
-            "ST_Transform(ST_MakeEnvelope(:x, :y, :x + 4, :y + 4, 32737), 4326))"
-        ),
-        rows,
-    )
+    _insert_squares(connection, rows)
     pdf = _atlas(client, sid, token_for("planner"), tmp_path / "mixed.pdf")
     names = [w for w in _words(pdf, 1) if re.fullmatch(r"MX-0[12]", w[0])]
     assert sorted(w[0] for w in names) == ["MX-01", "MX-02"]
