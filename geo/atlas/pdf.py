@@ -145,6 +145,33 @@ _OFFSETS = [(0.0, 0.0)] + [
 ]
 
 
+def _place(
+    px: float,
+    py: float,
+    width: float,
+    height: float,
+    placed: list[_Label],
+    frame: tuple[float, float, float, float],
+) -> _Label:
+    """A free spot for a ``width`` x ``height`` label near (px, py) inside ``frame`` (mm).
+
+    Tried on the point first, then on rings around it; when all are taken the label
+    stays on its point (crowded: never dropped).  The label is added to ``placed``.
+    """
+    fx, fy, fw, fh = frame
+    best = _Label(px - width / 2, py - height / 2, width, height)
+    for dx, dy in _OFFSETS:
+        box = _Label(
+            px + dx * width * 0.9 - width / 2, py + dy * height - height / 2, width, height
+        )
+        inside = fx <= box.x and box.x + box.w <= fx + fw and fy <= box.y
+        if inside and box.y + box.h <= fy + fh and not any(box.hits(o) for o in placed):
+            best = box
+            break
+    placed.append(best)
+    return best
+
+
 class _Atlas:
     """Draws the pages on one canvas."""
 
@@ -219,12 +246,20 @@ class _Atlas:
         self.canvas.drawImage(ImageReader(image), x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
         self.canvas.setStrokeColor(black)
         self.canvas.rect(x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
-        self._facility_legend(x_mm, y_mm - 4)
+        self._facility_legend(x_mm + 10, y_mm - 4)
+        metres_per_mm = (window[2] - window[0]) / frame_w
+        self._north_and_scale_bar(x_mm, y_mm - 4, _bar_metres(metres_per_mm), metres_per_mm)
+        placed: list[_Label] = []  # block names never print over each other
         for block in blocks:
             cx = sum(s.x for s in block.structures) / len(block.structures)
             cy = sum(s.y for s in block.structures) / len(block.structures)
-            px, py = _to_page(window, (x_mm, y_mm, frame_w, map_h), cx, cy)
-            self._halo_text(px, py, block.name, BOLD_FONT, 8)
+            frame = (x_mm, y_mm, frame_w, map_h)
+            px, py = _to_page(window, frame, cx, cy)
+            width, height = _halo_size(block.name, BOLD_FONT, 8)
+            box = _place(px, py, width, height, placed, frame)
+            lx, ly = box.x + box.w / 2, box.y + box.h / 2
+            self._leader(px, py, lx, ly)
+            self._halo_text(lx, ly, block.name, BOLD_FONT, 8)
         self._profile_table(y_mm - 10)
 
     def _profile_table(self, top_mm: float) -> None:
@@ -330,28 +365,13 @@ class _Atlas:
         c = self.canvas
         placed: list[_Label] = []
         height = LABEL_SIZE * 0.8 / mm * 1.0 + 0.6  # cap height + padding, in mm
-        fx, fy, fw, fh = frame
         for structure in sorted(page.structures, key=lambda s: (-s.y, s.x)):
             text = page.block.label(structure)
             width = stringWidth(text, LABEL_FONT, LABEL_SIZE) / mm + 0.8
             px, py = _to_page(window, frame, structure.x, structure.y)
-            best = None
-            for dx, dy in _OFFSETS:
-                box = _Label(
-                    px + dx * width * 0.9 - width / 2, py + dy * height - height / 2, width, height
-                )
-                inside = fx <= box.x and box.x + box.w <= fx + fw and fy <= box.y
-                if inside and box.y + box.h <= fy + fh and not any(box.hits(o) for o in placed):
-                    best = box
-                    break
-            if best is None:  # crowded: keep it on its structure, never drop a number
-                best = _Label(px - width / 2, py - height / 2, width, height)
-            placed.append(best)
+            best = _place(px, py, width, height, placed, frame)
             cx, cy = best.x + best.w / 2, best.y + best.h / 2
-            if abs(cx - px) > 0.5 or abs(cy - py) > 0.5:
-                c.setStrokeColor(HexColor("#333333"))
-                c.setLineWidth(0.3)
-                c.line(px * mm, py * mm, cx * mm, cy * mm)
+            self._leader(px, py, cx, cy)
             c.setFillColor(_PALE)
             c.rect(best.x * mm, best.y * mm, best.w * mm, best.h * mm, stroke=0, fill=1)
             c.setFillColor(black)
@@ -386,10 +406,17 @@ class _Atlas:
         else:
             c.circle(x * mm, y * mm, r * mm, 0, 1)
 
+    def _leader(self, px: float, py: float, cx: float, cy: float) -> None:
+        """A thin line from a point to its label's centre when the label was moved off it."""
+        if abs(cx - px) > 0.5 or abs(cy - py) > 0.5:
+            c = self.canvas
+            c.setStrokeColor(HexColor("#333333"))
+            c.setLineWidth(0.3)
+            c.line(px * mm, py * mm, cx * mm, cy * mm)
+
     def _halo_text(self, x: float, y: float, text: str, font: str, size: float) -> None:
         c = self.canvas
-        width = stringWidth(text, font, size) / mm + 1.2
-        height = size * 0.8 / mm + 1.0
+        width, height = _halo_size(text, font, size)
         c.setFillColor(_PALE)
         c.rect((x - width / 2) * mm, (y - height / 2) * mm, width * mm, height * mm, 0, 1)
         c.setFillColor(black)
@@ -411,16 +438,23 @@ class _Atlas:
             c.drawString((x + 3.8) * mm, (y + 0.4) * mm, label)
             x += 5.5 + stringWidth(label, TEXT_FONT, 7) / mm
         self._facility_legend(x_mm + 10, y - 3.6)
-        # scale bar: 20 m on the ground, north arrow
-        bar = 20 * 1000 / scale
+        self._north_and_scale_bar(x_mm, y - 3.6, 20, scale / 1000)
+
+    def _north_and_scale_bar(
+        self, x_mm: float, y_mm: float, metres: int, metres_per_mm: float
+    ) -> None:
+        """North arrow at ``x_mm`` and a bar of ``metres`` ending at the right margin."""
+        c, p = self.canvas, self.paper
+        bar = metres / metres_per_mm
         right = p.width - p.margin
         c.setLineWidth(1)
         c.setStrokeColor(black)
-        c.line((right - bar) * mm, (y - 3.6) * mm, right * mm, (y - 3.6) * mm)
+        c.line((right - bar) * mm, y_mm * mm, right * mm, y_mm * mm)
+        c.setFillColor(black)
         c.setFont(TEXT_FONT, 7)
-        c.drawRightString((right - bar - 1.5) * mm, (y - 4.4) * mm, "20 m")
+        c.drawRightString((right - bar - 1.5) * mm, (y_mm - 0.8) * mm, f"{metres:,} m")
         c.setFont(BOLD_FONT, 8)
-        c.drawString(x_mm * mm, (y - 3.4) * mm, "N ↑")
+        c.drawString(x_mm * mm, (y_mm + 0.2) * mm, "N ↑")
 
     def _facility_legend(self, x: float, y: float) -> float:
         """Facility symbols (hollow: broken or needing repair) from ``x``; the x after them."""
@@ -489,6 +523,17 @@ class _Atlas:
     def next_page(self) -> None:
         """End the page drawn so far."""
         self.canvas.showPage()
+
+
+def _halo_size(text: str, font: str, size: float) -> tuple[float, float]:
+    """Width and height (mm) of ``text`` on its pale halo."""
+    return stringWidth(text, font, size) / mm + 1.2, size * 0.8 / mm + 1.0
+
+
+def _bar_metres(metres_per_mm: float, longest_mm: float = 40.0) -> int:
+    """The longest round length on the ground whose bar is at most ``longest_mm`` long."""
+    rounds = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+    return max([m for m in rounds if m / metres_per_mm <= longest_mm], default=rounds[0])
 
 
 def _fit(

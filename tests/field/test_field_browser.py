@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, small_targets, wait_until
 from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.browser
@@ -247,6 +247,10 @@ def test_page_at_phone_size_installs_and_logs_no_error(phone: Phone) -> None:
         "other",
     ]
     phone.shot("field-form")
+    # every control a thumb taps (a checkbox through its label) is at least 44 px across
+    controls = "button, a, select, input:not([type=checkbox]):not([type=file]), label.toggle"
+    small = small_targets(page, controls)
+    assert not small, "; ".join(small)
     assert phone.errors == []
 
 
@@ -304,7 +308,10 @@ def test_a_sync_whose_answer_is_lost_is_retried_without_a_duplicate(phone: Phone
 
     page.route("**/collections/structures/items", lose_the_answer)
     page.get_by_role("button", name="Sync").click()
-    expect(page.locator("#sync-status")).to_contain_text("Sync stopped")
+    # in words, not the browser's "Failed to fetch"
+    expect(page.locator("#sync-status")).to_contain_text(
+        "Sync stopped (the server could not be reached)"
+    )
     waiting(page, 1)
     assert answered == [201]
     assert len(structures_numbered(phone, number)) == 1
@@ -509,6 +516,22 @@ def test_a_refused_sign_in_loses_nothing(phone: Phone) -> None:
     page.get_by_role("button", name="Sync").click()
     waiting(page, 0)
     assert len(structures_numbered(phone, number)) == 1
+
+
+def test_a_sign_in_the_server_never_answers_is_kept_and_said(phone: Phone) -> None:
+    page = phone.page
+    page.route("**/field/me", lambda route: route.abort("connectionrefused"))
+    page.get_by_label("Token").fill(phone.live.tokens["mapper"])
+    page.get_by_role("button", name="Sign in").click()
+    status = page.locator("#signin-status")
+    expect(status).to_contain_text("Not checked: the server could not be reached")
+    expect(status).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    assert "null" not in page.locator("#sheet").inner_text()
+    page.unroute("**/field/me")
+    page.reload()
+    ready(page)
+    expect(page.get_by_text("Signed in as mapper.")).to_be_visible()
 
 
 def test_a_rough_fix_is_flagged_before_saving(phone: Phone) -> None:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -75,6 +76,10 @@ def test_atlas_pages_numbers_counts_and_nothing_personal(
         assert "prepared for role planner" in page
         assert "data as of" in page
         assert f"page {k} of 5" in page
+    # every printed map (the cover's too) has a north arrow and a labelled scale bar
+    for page in (pages[0], *(page for page in pages if ": map" in page)):
+        legend = [line for line in page.splitlines() if re.match(r"\s*N\s*↑", line)]
+        assert len(legend) == 1 and re.search(r"\d m$", legend[0].rstrip()), page
     cover = pages[0]
     profile = client.get(f"/settlements/{kisima.settlement}/profile", headers=planner).json()
     for name in ("structures", "households", "people_counted", "water_points"):
@@ -209,6 +214,27 @@ def _words(pdf: Path, page: int) -> list[tuple[str, float, float, float, float]]
     return [(w, float(a), float(b), float(c), float(d)) for a, b, c, d, w in pattern.findall(html)]
 
 
+def _overlapping(words: list[tuple[str, float, float, float, float]]) -> list[tuple[str, str]]:
+    """Pairs of words whose boxes overlap (more than 0.3 pt both ways)."""
+    return [
+        (t, u)
+        for k, (t, x0, y0, x1, y1) in enumerate(words)
+        for u, a0, b0, a1, b1 in words[k + 1 :]
+        if min(x1, a1) - max(x0, a0) > 0.3 and min(y1, b1) - max(y0, b0) > 0.3
+    ]
+
+
+def _insert_squares(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Residential structures numbered ``n``, squares from (x0, y0) to (x1, y1) in EPSG:32737."""
+    connection.execute(
+        text(
+            "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
+            "ST_Transform(ST_MakeEnvelope(:x0, :y0, :x1, :y1, 32737), 4326))"
+        ),
+        rows,
+    )
+
+
 @needs_poppler
 def test_crowded_block_numbers_do_not_overlap(
     client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
@@ -225,13 +251,7 @@ def test_crowded_block_numbers_do_not_overlap(
         for i in range(40)
         for j in range(25)
     ]
-    connection.execute(
-        text(
-            "INSERT INTO structures (structure_number, use, geom) VALUES (:n, 'residential', "
-            "ST_Transform(ST_MakeEnvelope(:x0, :y0, :x1, :y1, 32737), 4326))"
-        ),
-        rows,
-    )
+    _insert_squares(connection, rows)
     pdf = _atlas(client, sid, token_for("planner"), tmp_path / "dense.pdf")
     pages = _pages(pdf)
     map_pages = [k for k, page in enumerate(pages, start=1) if "Block DN-01: map" in page]
@@ -241,11 +261,26 @@ def test_crowded_block_numbers_do_not_overlap(
         assert "scale 1:" in pages[page - 1]
         labels = [w for w in _words(pdf, page) if re.fullmatch(r"\d{4}", w[0])]
         seen.update(w[0] for w in labels)
-        for k, (_t, x0, y0, x1, y1) in enumerate(labels):
-            for _u, a0, b0, a1, b1 in labels[k + 1 :]:
-                overlap = min(x1, a1) - max(x0, a0) > 0.3 and min(y1, b1) - max(y0, b0) > 0.3
-                assert not overlap, (page, _t, _u)
+        assert _overlapping(labels) == [], page
     assert seen == {row["n"][-4:] for row in rows}
+
+
+@needs_poppler
+def test_cover_block_names_do_not_print_over_each_other(
+    client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
+) -> None:
+    # two blocks mixed on one patch of ground: their centres all but coincide
+    sid = insert_settlement(connection, "Mixed", 0, 0, 120, 120)
+    corners = [(E0 + 40 + (k % 4) * 8, N0 + 40 + (k // 4) * 8) for k in range(12)]
+    rows = [
+        {"n": f"MX-0{1 + k % 2}-{k:04d}", "x0": x, "y0": y, "x1": x + 4, "y1": y + 4}
+        for k, (x, y) in enumerate(corners)
+    ]
+    _insert_squares(connection, rows)
+    pdf = _atlas(client, sid, token_for("planner"), tmp_path / "mixed.pdf")
+    names = [w for w in _words(pdf, 1) if re.fullmatch(r"MX-0[12]", w[0])]
+    assert sorted(w[0] for w in names) == ["MX-01", "MX-02"]
+    assert _overlapping(names) == []
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, small_targets, wait_until
 from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.browser
@@ -189,19 +189,44 @@ def test_layers_render_and_toggle(session: Session, live: Live) -> None:
     assert distinct_colours(page) < colourful
 
 
-def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> None:
-    page = session.page
-    # a structure well away from facilities and traces (drawn above structures)
+def test_legend_draws_each_facility_type_as_the_map_does(session: Session, live: Live) -> None:
+    shapes = session.page.evaluate(
+        """() => {
+            const group = Array.from(document.querySelectorAll('#legend .legend-group'))
+                .find((g) => g.querySelector('b').textContent === 'Facility type');
+            return Object.fromEntries(Array.from(group.querySelectorAll('.legend-item'))
+                .map((item) => [item.textContent, item.querySelector('.swatch').className]));
+        }"""
+    )
+    drawn = sql(
+        live,
+        "SELECT DISTINCT type::text, ST_Dimension(geom) AS dim FROM facilities "
+        "WHERE deleted_at IS NULL",
+    )
+    assert {row.dim for row in drawn} >= {0, 1}  # the demo maps points and lines
+    for row in drawn:
+        swatch = shapes[row.type.replace("_", " ")]
+        assert swatch == {0: "swatch dot", 1: "swatch line", 2: "swatch "}[row.dim], row
+
+
+def quiet_structure(live: Live) -> Any:
+    """A structure well away from facilities and traces (drawn above structures)."""
     (row,) = sql(
         live,
-        "SELECT s.id, s.structure_number, s.use, ST_X(p) AS lon, ST_Y(p) AS lat FROM "
-        "(SELECT *, ST_PointOnSurface(geom) p FROM structures) s "
+        "SELECT s.id, s.structure_number, s.use, s.settlement_id, ST_X(p) AS lon, "
+        "ST_Y(p) AS lat FROM (SELECT *, ST_PointOnSurface(geom) p FROM structures) s "
         "WHERE NOT EXISTS (SELECT 1 FROM facilities f "
         "WHERE ST_DWithin(f.geom::geography, s.p::geography, 20)) "
         "AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.geom IS NOT NULL "
         "AND ST_DWithin(t.geom::geography, s.p::geography, 20)) "
+        "AND strpos(s.wall_material, '_') > 0 "  # a code such as iron_sheet
         "ORDER BY s.id LIMIT 1",
     )
+    return row
+
+
+def open_popup(page: Page, row: Any) -> Any:
+    """Click the structure ``row`` (centred on the map); the popup's content."""
     wait_idle(page, json.dumps({"center": [row.lon, row.lat], "zoom": 19.5}))
     x, y = page.evaluate(
         "([lon, lat]) => { const p = window.makaziMap.project([lon, lat]); return [p.x, p.y]; }",
@@ -210,9 +235,21 @@ def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> N
     page.mouse.click(x, y)
     popup = page.locator(".maplibregl-popup-content")
     popup.wait_for(timeout=10_000)
+    return popup
+
+
+def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> None:
+    page = session.page
+    row = quiet_structure(live)
+    popup = open_popup(page, row)
     content = popup.inner_text()
     assert f"Structure {row.structure_number}" in content
     assert row.use in content
+    # a person reads words and names, not codes: "iron sheet", the settlement's name
+    values = popup.locator("td:nth-child(2)").all_inner_texts()
+    assert values and not [v for v in values if "_" in v]
+    (name,) = sql(live, "SELECT name FROM settlements WHERE id = :id", id=row.settlement_id)[0]
+    assert f"settlement\t{name}" in content
     link = popup.locator("a.history")
     assert link.get_attribute("href") == f"/collections/structures/items/{row.id}/history"
     assert session.errors == []
@@ -243,6 +280,12 @@ def test_settlement_picker_zooms_and_shows_the_summary(session: Session, live: L
         assert "structures" in text_
         if body.get("structures") is not None:
             assert f"{body['structures']:,}" in text_ or str(body["structures"]) in text_
+        # signed out, the demo's few clinics and schools are hidden small counts: "<5", not "—"
+        by_type = [k for k in body["suppressed"] if k.startswith("facilities_by_type.")]
+        assert by_type
+        for key in by_type:
+            assert f"{key.split('.')[1].replace('_', ' ')}: <5" in text_
+        assert "—" not in text_
     else:
         page.wait_for_selector("#summary :text('Summary not available')")
 
@@ -365,12 +408,66 @@ def test_phone_layout_and_opt_in_basemap(browser: Any, live: Live) -> None:
         assert page.locator("#panel").is_visible()
         panel = page.locator("#panel").bounding_box()
         assert panel is not None and panel["y"] > 300  # a bottom sheet
+        # every control a thumb taps (a checkbox through its label) is at least 44 px across
+        controls = (
+            ".maplibregl-ctrl button, #panel-toggle, #panel a, #panel button, #panel select, "
+            "#panel input:not([type=checkbox]), #panel label.toggle"
+        )
+        small = small_targets(page, controls)
+        assert not small, "; ".join(small)
         assert outside == []
         page.locator("#basemap-toggle").check()
         wait_until(page, "() => window.makaziMap.getSource('osm') !== undefined")
         page.wait_for_timeout(500)
         assert outside and all(u.startswith("https://tile.openstreetmap.org/") for u in outside)
         assert page.evaluate("() => localStorage.getItem('makazi.basemap')") == "1"
+    finally:
+        context.close()
+
+
+def test_a_popup_on_a_phone_is_not_hidden_under_the_buttons(browser: Any, live: Live) -> None:
+    context = browser.new_context(
+        viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
+    )
+    page = context.new_page()
+    try:
+        page.goto(f"{live.base}/map")
+        wait_until(page, "window.makaziReady === true", 30_000)
+        row = quiet_structure(live)
+        popup = open_popup(page, row)
+        box = popup.bounding_box()
+        assert box is not None
+        page.locator(".maplibregl-popup-close-button").click()
+        # tap it again where its popup reaches the top of the screen, under the buttons
+        x, y = page.evaluate(
+            """([lon, lat, top]) => {
+                const map = window.makaziMap;
+                const p = map.project([lon, lat]);
+                map.panBy([0, p.y - top], {animate: false});
+                const q = map.project([lon, lat]);
+                return [q.x, q.y];
+            }""",
+            [row.lon, row.lat, box["height"] + 20],
+        )
+        wait_idle(page)
+        page.mouse.click(x, y)
+        popup.wait_for(timeout=10_000)
+        box = popup.bounding_box()
+        assert box is not None and box["y"] < 54  # level with the top buttons
+        covered = page.evaluate(
+            """([x, y, w, h]) => {
+                const out = [];
+                for (let i = 1; i < 10; i++) {
+                    for (let j = 1; j < 10; j++) {
+                        const e = document.elementFromPoint(x + w * i / 10, y + h * j / 10);
+                        if (!e.closest('.maplibregl-popup')) { out.push(e.id || e.className); }
+                    }
+                }
+                return out;
+            }""",
+            [box["x"], box["y"], box["width"], box["height"]],
+        )
+        assert covered == []
     finally:
         context.close()
 

@@ -112,6 +112,13 @@
     el.textContent = text || "";
     el.className = kind || (el.id === "walk-status" || el.id === "sync-status" ? "muted" : "");
   }
+  /** Why a request failed, in words: a fetch that never reached the server says so. */
+  function reason(error) {
+    if (error instanceof TypeError && /fetch|network|load failed/i.test(error.message)) {
+      return navigator.onLine ? "the server could not be reached" : "no network";
+    }
+    return (error && error.message) || "no network";
+  }
   function alertMessage(text) {
     var box = $("message");
     box.textContent = text;
@@ -182,7 +189,11 @@
         showSignedIn();
         say("signin-status", "That token was refused. Your saved work is kept; sign in again.", "error");
       }
-    }, function () { /* offline: keep the remembered role */ });
+    }, function (error) {
+      // the server is out of reach: keep the token and the remembered role, and say so
+      showSignedIn();
+      say("signin-status", "Not checked: " + reason(error) + ". Your token is kept; Sync checks it later.", "warn");
+    });
   }
 
   function onSignIn(event) {
@@ -198,7 +209,7 @@
       return;
     }
     checkSignIn().then(function () {
-      if (token()) { say("sync-status", "Signed in as " + state.role + "."); refreshCount(); }
+      if (token() && state.role) { say("sync-status", "Signed in as " + state.role + "."); refreshCount(); }
     });
   }
 
@@ -348,7 +359,7 @@
       window.makaziField.lastDownload = { bytes: bytes + tiles.bytes, features_bytes: bytes,
         tiles_bytes: tiles.bytes, ms: performance.now() - started };
     }).catch(function (error) {
-      say("offline-status", "Download failed: " + error.message, "error");
+      say("offline-status", "Download failed: " + reason(error) + ".", "error");
     }).then(function () { $("download").disabled = false; });
   }
 
@@ -1142,7 +1153,7 @@
         say("sync-status", "Sign-in refused (" + error.message + "): nothing was lost; sign in again and Sync.", "error");
         checkSignIn();
       } else {
-        say("sync-status", "Sync stopped (" + (error.message || "no network") + "); everything not sent is kept.", "warn");
+        say("sync-status", "Sync stopped (" + reason(error) + "); everything not sent is kept.", "warn");
       }
       return savePackage().then(refresh);
     }).then(function () {

@@ -42,6 +42,8 @@
     road: "#495057",
     other: "#868e96",
   };
+  // Facility types mapped as lines (drawn by "facilities-lines"): a line in the legend.
+  var LINE_FACILITIES = { drainage: true, road: true };
   var CONDITION_COLOURS = { working: "#2b8a3e", needs_repair: "#f08c00", broken: "#c92a2a" };
   var TRACE_COLOUR = "#9c36b5";
   var UPLOAD_COLOUR = "#ff006e";
@@ -141,10 +143,15 @@
     }
     if (typeof value === "object") {
       return Object.keys(value).map(function (k) {
-        return escapeHtml(k) + ": " + formatNumber(value[k]);
+        return escapeHtml(words(k)) + ": " + formatNumber(value[k]);
       }).join(", ");
     }
-    return escapeHtml(value);
+    return escapeHtml(words(String(value)));
+  }
+
+  // Codes such as "iron_sheet" or "toilet_block" read as words ("iron sheet").
+  function words(value) {
+    return /^[a-z0-9]+(_[a-z0-9]+)+$/.test(value) ? value.replace(/_/g, " ") : value;
   }
 
   function table(rows) {
@@ -254,10 +261,11 @@
 
   // ------------------------------------------------------------------- legend
   function legend() {
-    function group(title, colours, kind) {
+    function group(title, colours, kind, lines) {
       return '<div class="legend-group"><b>' + escapeHtml(title) + "</b>" +
         Object.keys(colours).map(function (key) {
-          return '<span class="legend-item"><span class="swatch ' + kind +
+          return '<span class="legend-item"><span class="swatch ' +
+            (lines && lines[key] ? "line" : kind) +
             '" style="background:' + colours[key] + '"></span>' +
             escapeHtml(key.replace(/_/g, " ")) + "</span>";
         }).join("") + "</div>";
@@ -265,7 +273,7 @@
     $("legend").innerHTML =
       group("Settlement status", STATUS_COLOURS, "") +
       group("Structure use", USE_COLOURS, "") +
-      group("Facility type", FACILITY_COLOURS, "dot") +
+      group("Facility type", FACILITY_COLOURS, "dot", LINE_FACILITIES) +
       group("Facility condition (ring)", CONDITION_COLOURS, "dot") +
       group("Traces", { "public trace": TRACE_COLOUR, "your upload": UPLOAD_COLOUR }, "line");
   }
@@ -325,7 +333,12 @@
     }[collection] || collection + " " + id;
     var rows = [["collection", escapeHtml(collection)], ["id", escapeHtml(id)]];
     Object.keys(props).forEach(function (key) {
-      if (!HIDDEN_KEYS[key]) { rows.push([key.replace(/_/g, " "), formatNumber(props[key])]); }
+      var settlement = key === "settlement_id" ? settlements[props[key]] : undefined;
+      if (settlement) {  // its name, not its number
+        rows.push(["settlement", escapeHtml(settlement.feature.properties.name)]);
+      } else if (!HIDDEN_KEYS[key]) {
+        rows.push([key.replace(/_/g, " "), formatNumber(props[key])]);
+      }
     });
     var html = '<div class="popup"><h3>' + escapeHtml(title) + "</h3>" + table(rows);
     if (collection === "traces") {
@@ -516,6 +529,13 @@
       if (selectedSettlement === null || String(selectedSettlement.feature.id) !== String(id)) {
         return;
       }
+      var hidden = s.suppressed || [];
+      // a hidden small count reads "<5", not "—" (which reads as none or unknown)
+      hidden.forEach(function (path) {
+        var parts = path.split("."), last = parts.pop(), owner = s;
+        parts.forEach(function (part) { owner = owner && owner[part]; });
+        if (owner && owner[last] === null) { owner[last] = "<5"; }
+      });
       var rows = [];
       [["area_m2", "area (ha)", function (v) { return formatNumber(v / 10000); }],
         ["structures", "structures"], ["households", "households"], ["people", "people"],
@@ -527,7 +547,6 @@
           rows.push([spec[1], spec[2] && value !== null ? spec[2](value) : formatNumber(value)]);
         }
       });
-      var hidden = s.suppressed || [];
       var note = hidden.length ? '<p class="muted" title="' + escapeHtml(hidden.join(", ")) +
         '">' + hidden.length + " small count" + (hidden.length > 1 ? "s" : "") +
         " hidden (fewer than 5; sign in to see more).</p>" : "";
