@@ -120,7 +120,8 @@ def landing(request: Request) -> Response:
             "<title>Makazi</title></head><body style='font-family:sans-serif;max-width:50em;"
             "margin:2em auto;padding:0 1em'>"
             f"<h1>Makazi</h1><p>{html.escape(body['description'])}</p>"
-            "<p><a href='/map'><strong>Open the web map</strong></a></p>"
+            "<p><a href='/map'><strong>Open the web map</strong></a> &middot; "
+            "<a href='/field'><strong>Open the field app</strong></a> (for mappers' phones)</p>"
             f"<ul>{items}</ul></body></html>"
         )
         return HTMLResponse(page)

@@ -50,6 +50,7 @@ def test_landing_page_html_for_browsers(client: TestClient) -> None:
     response = client.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
     assert response.headers["content-type"].startswith("text/html")
     assert "href='/map'" in response.text or 'href="/map"' in response.text
+    assert "href='/field'" in response.text  # a mapper on a phone finds the field app
 
 
 def test_openapi_and_docs(client: TestClient) -> None:
