@@ -89,8 +89,12 @@ def _shape(geometry: dict[str, Any]) -> BaseGeometry:
         raise _bad(f"a {kind} needs '{key}'", f"geometry.{key}")
     try:
         geom = shape(geometry)
-    except Exception as exc:  # shapely raises many kinds for malformed coordinates
-        raise _bad(f"malformed {kind} coordinates ({exc})", f"geometry.{key}") from exc
+    except Exception as exc:  # shapely and numpy raise many kinds for malformed coordinates
+        raise _bad(
+            f"malformed {kind} coordinates: each position must be [x, y] or [x, y, z] numbers, "
+            "nested as GeoJSON nests them for that type",
+            f"geometry.{key}",
+        ) from exc
     return shapely.force_2d(geom)
 
 

@@ -327,3 +327,14 @@ def test_impact_body_size_limit(
             413,
         )
     assert "MAKAZI_MAX_JSON_BODY_MB" in body["detail"]
+
+
+def test_impact_malformed_position_names_the_shape_not_numpy(
+    client: TestClient, viewer: dict[str, str]
+) -> None:
+    body = {"geometry": {"type": "Point", "coordinates": [36.787]}, "buffer_m": 30}
+    response = client.post("/analysis/impact", json=body, headers=viewer)
+    detail = problem(response, response.status_code)["detail"]
+    assert response.status_code in (400, 422)
+    assert "geometry.coordinates" in detail and "[x, y]" in detail, detail
+    assert "array" not in detail and "ndarray" not in detail, detail
