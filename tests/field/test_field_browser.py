@@ -385,6 +385,8 @@ def test_a_conflicting_edit_is_kept_and_keep_mine_wins(phone: Phone) -> None:
     )
     fid, version = target["id"], target["properties"]["version"]
     expect(page.get_by_role("heading", name="Conflicts")).to_be_visible()
+    # the sync's own message says an edit met someone else's, not only "Synced N items"
+    expect(page.locator("#sync-status")).to_contain_text("1 edit was changed by someone else")
     conflict = page.locator(".conflict")
     expect(conflict).to_contain_text("mine: stone")
     expect(conflict).to_contain_text("theirs: brick")

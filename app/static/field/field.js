@@ -1007,7 +1007,7 @@
             return response.json().then(function (feature) { return replaceLocal(item.feature_id, feature, true); })
               .then(function () { return { done: true }; });
           }
-          if (response.status === 412) { return conflictFrom(item, fid).then(function () { return { done: true }; }); }
+          if (response.status === 412) { return conflictFrom(item, fid).then(function () { return { done: true, conflict: true }; }); }
           return response;
         });
     }
@@ -1104,6 +1104,7 @@
     if (!token()) { say("sync-status", "Sign in to sync; your saved work stays here.", "error"); return Promise.resolve(); }
     var started = performance.now();
     var sent = 0;
+    var conflicts = 0;
     say("sync-status", "Syncing…");
     $("sync").disabled = true;
     state.syncing = ids().then(function (map) {
@@ -1124,7 +1125,7 @@
           // an item is read again before sending: a conflict may have replaced it meanwhile
           return send(item, map).then(function (result) {
             if (result.done) {
-              sent += 1;
+              if (result.conflict) { conflicts += 1; } else { sent += 1; }
               return tx(["outbox"], "readwrite", function (outbox) { return outbox.delete(item.seq); }).then(next);
             }
             if (result.skip) { return next(); }
@@ -1145,8 +1146,11 @@
     }).then(function () {
       return savePackage().then(refresh).then(function (left) {
         var ms = Math.round(performance.now() - started);
-        window.makaziField.lastSync = { sent: sent, ms: ms, left: left };
-        say("sync-status", "Synced " + sent + (sent === 1 ? " item" : " items") + (left ? "; " + left + " still waiting" : "") + ".");
+        window.makaziField.lastSync = { sent: sent, ms: ms, left: left, conflicts: conflicts };
+        var clash = conflicts ? "; " + conflicts + (conflicts === 1 ? " edit was" : " edits were") +
+          " changed by someone else meanwhile: choose under Conflicts" : "";
+        say("sync-status", "Synced " + sent + (sent === 1 ? " item" : " items") + clash +
+          (left ? "; " + left + " still waiting" : "") + ".", conflicts ? "warn" : undefined);
       });
     }).catch(function (error) {
       if (error instanceof SignInRefused) {
