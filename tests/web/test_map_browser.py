@@ -252,6 +252,11 @@ def test_click_on_a_structure_opens_its_popup(session: Session, live: Live) -> N
     assert f"settlement\t{name}" in content
     link = popup.locator("a.history")
     assert link.get_attribute("href") == f"/collections/structures/items/{row.id}/history"
+    page.keyboard.press("Escape")  # closes it, as a dialog would
+    popup.wait_for(state="detached", timeout=5_000)
+    popup = open_popup(page, row)  # picking another settlement leaves it behind: closed too
+    page.select_option("#settlement-picker", str(row.settlement_id))
+    popup.wait_for(state="detached", timeout=5_000)
     assert session.errors == []
 
 

@@ -370,6 +370,15 @@
     return true;
   }
 
+  // The one open popup: closed by Escape and when another settlement is picked.
+  var openPopup = null;
+  function closePopup() {
+    if (openPopup) { openPopup.remove(); openPopup = null; }
+  }
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") { closePopup(); }
+  });
+
   function onClick(map, event) {
     var layers = CLICKABLE.filter(function (id) {
       return map.getLayer(id) && map.getLayoutProperty(id, "visibility") !== "none";
@@ -383,10 +392,12 @@
     });
     var feature = features[0];
     var collection = COLLECTION_OF_LAYER[feature.layer.id];
+    closePopup();
     var popup = new maplibregl.Popup({ maxWidth: "300px" })
       .setLngLat(event.lngLat)
       .setHTML(popupHtml(collection, feature))
       .addTo(map);
+    openPopup = popup;
     var link = popup.getElement().querySelector("a.history");
     if (link) {
       link.addEventListener("click", function (e) {
@@ -508,6 +519,7 @@
   }
 
   function pickSettlement(map, id) {
+    closePopup();  // it belonged to the view being left
     selectedSettlement = id ? settlements[id] : null;
     $("summary").hidden = !selectedSettlement;
     $("download").hidden = !selectedSettlement;
