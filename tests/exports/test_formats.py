@@ -297,13 +297,30 @@ def test_flatgeobuf_from_postgis_when_it_encodes_right(
         assert geometry.equals_exact(row["geometry"], 0)
 
 
+@pytest.fixture
+def empty_settlement(export_server: ExportServer) -> Iterator[int]:
+    """A settlement far from every structure (an unknown id is a 404, not an empty file)."""
+    engine = create_engine(export_server.database_url)
+    with engine.begin() as conn:
+        sid = conn.execute(
+            text(
+                "INSERT INTO settlements (name, geom) VALUES ('Nobody here yet', "
+                "ST_Multi(ST_MakeEnvelope(37.5, -0.5, 37.51, -0.49, 4326))) RETURNING id"
+            )
+        ).scalar_one()
+    yield int(sid)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM settlements WHERE id = :id"), {"id": sid})
+    engine.dispose()
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_nothing_to_export_is_an_empty_file(
-    export_server: ExportServer, tmp_path: Path, fmt: str
+    export_server: ExportServer, empty_settlement: int, tmp_path: Path, fmt: str
 ) -> None:
     response = httpx.get(
         f"{export_server.base_url}/exports/structures",
-        params={"format": fmt, "settlement_id": 999_999},
+        params={"format": fmt, "settlement_id": empty_settlement},
         headers=export_server.headers,
         timeout=60,
     )
