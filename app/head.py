@@ -4,13 +4,24 @@ A pure ASGI middleware. FastAPI routes declared for ``GET`` answer ``HEAD``
 with 405; HTTP (RFC 9110, 9.3.2) wants the headers ``GET`` would send, so a
 client can read an ``ETag``, ``Content-Type`` or ``Content-Length`` without the
 body. The request goes on as a ``GET`` and the body is dropped on the way out.
+An endpoint whose body is costly to make before the first byte (a whole-layer
+export) asks `is_head` and answers with its headers alone.
 """
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["HeadAsGet"]
+__all__ = ["HeadAsGet", "is_head"]
+
+HEAD_KEY = "makazi.head"
+"""The scope key that marks a ``HEAD`` request passed on as a ``GET``."""
+
+
+def is_head(request: Request) -> bool:
+    """True when ``request`` arrived as ``HEAD``: only the headers will be sent."""
+    return bool(request.scope.get(HEAD_KEY, False))
 
 
 class HeadAsGet:
@@ -31,4 +42,4 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, headers_only)
+        await self.app({**scope, "method": "GET", HEAD_KEY: True}, receive, headers_only)

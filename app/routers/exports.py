@@ -21,6 +21,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import DbDep, PlannerUser, SettingsDep
+from app.head import is_head
 from app.preconditions import NO_STORE
 from app.read_routing import long_stream
 from app.streaming import ClosingStreamingResponse, HeldRead
@@ -125,6 +126,11 @@ async def get_export(
         "Content-Disposition": f'attachment; filename="{collection.name}{suffix}.{fmt.extension}"',
         **NO_STORE,
     }
+    if is_head(request):
+        # the headers a GET would send, without reading the layer or taking a worker
+        answer = Response(media_type=fmt.media_type, headers=headers)
+        del answer.headers["content-length"]  # a GET streams: its length is not known
+        return answer
     timeout_ms = settings.export_timeout_ms
     long_stream()  # sent as it is produced; a lost replica is resumed from (geo.exports.resume)
     rows = ExportRows(collection, user, settlement_id, batch=settings.export_batch_rows)
