@@ -11,6 +11,7 @@ check the server's side through the API.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -600,7 +601,26 @@ TILE_STRUCTURES = """() => window.makaziMap.queryRenderedFeatures({
 def test_the_offline_map_draws_vector_tiles_from_the_package(phone: Phone) -> None:
     page = phone.page
     sign_in(page, phone.live.tokens["mapper"])
+    # before any download the map says what to do instead of staying blank
+    expect(page.locator("#map-empty")).to_be_visible()
+    expect(page.locator("#map-empty")).to_contain_text("Download for offline")
+    phone.shot("field-before-download")
+    page.evaluate(
+        """() => {
+            window.statusSeen = [];
+            const status = document.getElementById('offline-status');
+            new MutationObserver(() => window.statusSeen.push(status.textContent))
+                .observe(status, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
     sid, _ = download(phone)
+    expect(page.locator("#map-empty")).to_be_hidden()
+    seen = page.evaluate("window.statusSeen")
+    # the download said how far it had come, part by part, in bytes
+    assert any(
+        re.fullmatch(r"Downloading the map: [0-9.]+ [kM]?B( of [0-9.]+ [kM]?B)?…", s) for s in seen
+    ), seen
+    assert any(s.startswith("Downloading the structures: ") for s in seen), seen
     info = phone.api("GET", f"/field/settlements/{sid}").json()
     expect(page.locator("#package-size")).to_contain_text("map ")
     expect(page.locator("#offline-status")).to_contain_text("map ")

@@ -309,6 +309,30 @@
     }, function () { return ""; });
   }
 
+  /**
+   * The body of ``response`` as a Blob, saying in ``offline-status`` how much has come so far
+   * ("Downloading the map: 1.2 MB of 3.4 MB"): on a slow line a download takes minutes.
+   */
+  function blobShowingProgress(response, what) {
+    if (!(response.body && response.body.getReader)) { return response.blob(); }
+    // a compressed answer's Content-Length counts other bytes than the ones read here
+    var total = response.headers.get("Content-Encoding") ? 0 : Number(response.headers.get("Content-Length")) || 0;
+    var reader = response.body.getReader();
+    var parts = [];
+    var got = 0;
+    function next() {
+      return reader.read().then(function (step) {
+        if (step.done) { return new Blob(parts); }
+        parts.push(step.value);
+        got += step.value.length;
+        say("offline-status", "Downloading " + what + ": " + formatBytes(got) +
+          (total ? " of " + formatBytes(total) : "") + "…", "muted");
+        return next();
+      });
+    }
+    return next();
+  }
+
   function onDownload() {
     var id = $("settlement").value;
     if (!id) { say("offline-status", "Choose a settlement first.", "error"); return; }
@@ -323,7 +347,7 @@
     call("GET", "/field/settlements/" + id + "/tiles.pmtiles").then(function (response) {
       if (!response.ok) { return problem(response).then(function (d) { throw new Error(d); }); }
       var tag = response.headers.get("ETag");
-      return response.blob().then(function (blob) {
+      return blobShowingProgress(response, "the map").then(function (blob) {
         tiles = { id: Number(id), etag: tag, bytes: blob.size, blob: blob, downloaded_at: new Date().toISOString() };
       });
     }).then(function () {
@@ -331,7 +355,7 @@
     }).then(function (response) {
       if (!response.ok) { return problem(response).then(function (d) { throw new Error(d); }); }
       etag = response.headers.get("ETag");
-      return response.text();
+      return blobShowingProgress(response, "the structures").then(function (blob) { return blob.text(); });
     }).then(function (body) {
       bytes = body.length;
       var pkg = JSON.parse(body);
@@ -504,8 +528,9 @@
   }
 
   function draw() {
-    if (!state.map || !state.mapLoaded) { return; }
     var pkg = state.pkg;
+    if ($("map-empty")) { $("map-empty").hidden = Boolean(pkg); }
+    if (!state.map || !state.mapLoaded) { return; }
     state.map.getSource("boundary").setData(pkg && pkg.boundary ? pkg.boundary : emptyFc());
     var structures = pkg ? pkg.structures.features.map(function (f) {
       var copy = Object.assign({}, f, { properties: Object.assign({ fid: String(f.id) }, f.properties) });
