@@ -274,8 +274,7 @@ def get_items(
     def body() -> Iterator[bytes]:
         try:
             yield b'{"type":"FeatureCollection","features":['
-            for chunk in page.chunks():
-                yield chunk.encode()
+            yield from page.chunks()
             links = [
                 _link(
                     url,
@@ -347,7 +346,10 @@ def get_items(
                 return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=not_modified)
             page = open_page(conn, parsed)
         # a first page holding every match counts them itself; only a longer one needs a count
-        matched = count_if_cheap(conn, parsed) if parsed.first_page and page.overflows else None
+        # (read_page made it already where it read the page)
+        matched = page.matched
+        if page_sql is None and parsed.first_page and page.overflows:
+            matched = count_if_cheap(conn, parsed)
         hint = None
         if not page.first and parsed.first_page:
             hint = empty_bbox_hint(conn, parsed, max_km=settings.max_km_from_settlements)
