@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, lru_cache
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg.types.string import ByteaBinaryLoader
@@ -424,7 +424,7 @@ def _paged(request: ItemsRequest) -> Select[Any]:
 
 @dataclass
 class Page:
-    """An open page of features: iterate :meth:`chunks` once, then read the counters."""
+    """An open page of features: take its :meth:`texts` once, then read the counters."""
 
     limit: int
     rows: Any
@@ -444,34 +444,25 @@ class Page:
         """Whether the query may match more rows than this page shows."""
         return not self.complete or len(self.first) > self.limit
 
-    def chunks(self, size: int = 5000) -> Iterator[bytes]:
-        """Feature texts (bytes, or ``str`` from :func:`open_page`) joined by commas, as
-        bytes, a chunk at a time."""
-        batch = self.first
-        separator = b""
-        while batch:
-            if not self.reverse_paged and self.returned + len(batch) > self.limit:
-                batch = batch[: self.limit - self.returned]
-                self.more = True
-            if batch:
-                if self.first_id is None:
-                    self.first_id = batch[0][0]
-                self.last_id = batch[-1][0]
-                self.returned += len(batch)
-                if separator:
-                    yield separator
-                texts = [row[1] for row in batch]
-                if isinstance(texts[0], str):
-                    yield ",".join(cast(list[str], texts)).encode()
-                else:
-                    yield b",".join(cast(list[bytes], texts))
-                separator = b","
-            if self.more:
-                break
-            batch = self.rows.fetchmany(size)
+    def texts(self) -> list[bytes]:
+        """The page's Feature texts as bytes, in order (read once); sets the counters.
+
+        A list rather than one joined text: the caller joins it once with the
+        collection's head and tail, so a page of megabytes is copied once.
+        """
+        rows: list[Any] = self.first if self.complete else [*self.first, *self.rows.fetchall()]
+        if not self.reverse_paged and len(rows) > self.limit:
+            rows = rows[: self.limit]
+            self.more = True
+        if rows:
+            self.first_id, self.last_id = rows[0][0], rows[-1][0]
+        self.returned = len(rows)
+        if rows and isinstance(rows[0][1], str):  # open_page's rows
+            return [row[1].encode() for row in rows]
+        return [row[1] for row in rows]
 
     def close(self) -> None:
-        """Close the server-side cursor (before its connection goes back)."""
+        """Close the cursor (before its connection goes back)."""
         self.rows.close()
 
 
