@@ -667,6 +667,13 @@ def _plan_cost(plan: Any) -> float:
     return float(plan[0]["Plan"]["Total Cost"]) if plan else float("inf")
 
 
+# A page's read transaction ends with this statement in its own pipeline, not with
+# psycopg's ``Connection.rollback()`` (what SQLAlchemy calls when a connection goes back to
+# the pool inside a transaction): that call also deallocates every prepared statement of
+# the connection, so while first pages ended that way, no page statement stayed prepared.
+_END_READ = "ROLLBACK"
+
+
 def read_page(
     conn: Connection, request: ItemsRequest, query: str, page_sql: tuple[str, dict[str, Any]]
 ) -> tuple[str, Page]:
@@ -677,9 +684,10 @@ def read_page(
     together in a psycopg pipeline on the connection under ``conn``; the
     Feature texts come back as bytes.  A page that needs no further statement
     (not a first page) also ends its own transaction in the same pipeline.  A
-    first page also sends the plan of its count (``EXPLAIN``), and when the page
+    first page also sends the plan of its count (``EXPLAIN``); when the page
     overflows and the count is cheap (see :func:`count_if_cheap`), the count
-    follows with the ``ROLLBACK`` in a second round trip: ``Page.matched``.
+    follows in a second round trip (``Page.matched``) that also ends the
+    transaction (which an empty page of a bbox leaves open for the hint).
     Where ``conn`` is already inside a transaction (a caller's, or a test's),
     that transaction is left to its owner.
 
@@ -697,10 +705,17 @@ def read_page(
         # are, so a page's 0.5-5 MB of JSON is never decoded only to be encoded again
         result = raw.cursor(binary=True)
         result.adapters.register_loader("text", ByteaBinaryLoader)
-        result.execute(statement, params)
-        plan = None if count is None else raw.execute("EXPLAIN (FORMAT JSON) " + count[0], count[1])
+        # A plain page (an id range, in id order) has one good plan for all values, so
+        # psycopg may prepare it; a filter's or bbox's best plan depends on its values
+        # (a generic plan could walk the id index past a rare value's few rows), and the
+        # count's EXPLAIN must plan the values at hand: those are planned every time.
+        prepare = None if not request.where else False
+        result.execute(statement, params, prepare=prepare)
+        plan = None
+        if count is not None:
+            plan = raw.execute("EXPLAIN (FORMAT JSON) " + count[0], count[1], prepare=False)
         if own and not request.first_page:
-            raw.execute("ROLLBACK", prepare=False)
+            raw.execute(_END_READ, prepare=False)
     tag_row = counter.fetchone()
     rows = result.fetchall()
     tag = _page_tag(tag_row[0] if tag_row else None, request.collection, query, request.user)
@@ -711,15 +726,21 @@ def read_page(
         reverse_paged=request.before is not None,
         complete=True,
     )
-    if plan is not None and count is not None and page.overflows:
+    cheap = False
+    if plan is not None and page.overflows:
         explained = plan.fetchone()
-        if _plan_cost(explained[0] if explained else None) <= EXACT_COUNT_MAX_COST:
-            with _pipeline(conn) as (raw, _):
-                counted = raw.execute(*count)
-                if own:
-                    raw.execute("ROLLBACK", prepare=False)
-            number = counted.fetchone()
-            page.matched = int(number[0]) if number else 0
+        cheap = _plan_cost(explained[0] if explained else None) <= EXACT_COUNT_MAX_COST
+    # a first page ends its own transaction too, unless it is empty with a bbox (the
+    # caller's hint reads on): with the count when there is one
+    end = own and request.first_page and (bool(rows) or request.bbox_area is None)
+    if (cheap or end) and count is not None:
+        with _pipeline(conn) as (raw, _):
+            counted = raw.execute(*count, prepare=prepare) if cheap else None
+            if end:
+                raw.execute(_END_READ, prepare=False)
+        number = counted.fetchone() if counted is not None else None
+        if number is not None:
+            page.matched = int(number[0])
     return tag, page
 
 

@@ -166,10 +166,11 @@ def _status(conn: Connection) -> TransactionStatus:
 
 def test_read_page_tag_and_transaction(engine: Engine) -> None:
     """On a pooled connection: the tag is start_page's, parallel workers are off for the page,
-    a later page ends its transaction in the pipeline, a first page leaves it to the count."""
+    a later page ends its transaction in the pipeline, and an empty first page of a bbox
+    leaves it open for the hint."""
     db = Database(engine)
     later = request("structures", limit=2, after=1)
-    first = request("structures", limit=2)
+    first = request("structures", limit=2, bbox="10,10,10.1,10.1")
     with db.read() as conn:
         expected = start_page(conn, later.collection, "q", None)
     with db.read() as conn:
@@ -183,7 +184,8 @@ def test_read_page_tag_and_transaction(engine: Engine) -> None:
         raw = conn.connection.driver_connection
         page_sql = page_text(first)
         assert page_sql is not None
-        read_page(conn, first, "q", page_sql)
+        _, page = read_page(conn, first, "q", page_sql)
+        assert not page.first
         assert _status(conn) is TransactionStatus.INTRANS
         setting = conn.execute(text("SHOW max_parallel_workers_per_gather")).scalar()
         assert setting == "0"
@@ -198,7 +200,7 @@ def test_read_page_counts_a_first_page_and_ends_its_transaction(
 ) -> None:
     """An overflowing first page (the live server's 400 committed structures): counted, when
     cheap, in a second round trip that also ends the transaction; when the count would be
-    dear, no count, and the transaction is left to the caller (the empty page's hint)."""
+    dear, no count, and the transaction ends all the same."""
     engine = make_engine(live_server.database_url, settings, pool_size=1)
     db = Database(engine)
     first = request("structures", limit=2, filter="storeys >= 2")
@@ -217,7 +219,31 @@ def test_read_page_counts_a_first_page_and_ends_its_transaction(
         with db.read() as conn:
             _, page = read_page(conn, first, "q", page_sql)
             assert page.overflows and page.matched is None
-            assert _status(conn) is TransactionStatus.INTRANS
+            assert _status(conn) is TransactionStatus.IDLE
+    finally:
+        engine.dispose()
+
+
+def test_plain_pages_keep_their_prepared_statements(
+    live_server: LiveServer, settings: Settings
+) -> None:
+    """Pages, first pages too, end their read in their own pipeline: psycopg's
+    ``Connection.rollback()`` (the pool's, for a connection returned inside a transaction)
+    deallocates every prepared statement of the connection."""
+    engine = make_engine(live_server.database_url, settings, pool_size=1)
+    db = Database(engine)
+    later = request("structures", limit=3, after=10)
+    first = request("structures", limit=3)
+    try:
+        for parsed in (later, first) * 7:  # psycopg prepares at the sixth run
+            page_sql = page_text(parsed)
+            assert page_sql is not None
+            with db.read() as conn:
+                read_page(conn, parsed, "q", page_sql)
+        with db.read() as conn:
+            prepared = conn.execute(text("SELECT statement FROM pg_prepared_statements")).scalars()
+            pages = [s for s in prepared if s.startswith("SELECT t.id AS id")]
+        assert len(pages) == 2  # the walk's page and the first page
     finally:
         engine.dispose()
 
