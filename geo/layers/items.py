@@ -2,10 +2,12 @@
 
 Each Feature is written by PostgreSQL as one text value (``ST_AsGeoJSON`` for
 the geometry, ``json_build_object`` for the properties, joined as text so the
-geometry is never parsed again); Python only joins the rows with commas while
-it streams them from a server-side cursor.  Pages are keyset-paged on ``id``
-(``after``/``before`` cursors), so page 5,000 costs what page 1 costs; an
-explicit ``sortby`` pages with an offset.
+geometry is never parsed again); Python only joins the rows' bytes with commas,
+once.  Pages are keyset-paged on ``id`` (``after``/``before`` cursors), so page
+5,000 costs what page 1 costs; an explicit ``sortby`` pages with an offset.  A
+page in id order is read in one psycopg pipeline from SQL text written once per
+set of conditions (:func:`page_text`, :func:`read_page`); ``sortby`` pages and
+revalidations go through SQLAlchemy (:func:`open_page`).
 """
 
 from __future__ import annotations
