@@ -145,6 +145,13 @@ def test_page_text_shows_each_caller_what_visible_shows(connection: Connection, 
         assert ("asha-private" in names) == (user in (OWNER, ADMIN))
         assert ("juma-private" in names) == (user in (OTHER, ADMIN))
         assert ("juma-community" in names) == (user is not None)
+        # a filter narrows what the caller sees, never widens it
+        filtered = request("traces", user, limit=100, filter="name LIKE '%private'")
+        mine = text_rows(connection, filtered)
+        assert mine == open_page(connection, filtered).first
+        assert {json.loads(row[1])["properties"]["name"] for row in mine} == {
+            name for name in names if name.endswith("private")
+        }
 
 
 def test_sorted_pages_have_no_page_text_and_filters_are_written_once() -> None:
