@@ -534,6 +534,7 @@ def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
     return int(conn.execute(statement).scalar_one())
 
 
+_PARALLEL_OFF_SQL = "SELECT set_config('max_parallel_workers_per_gather', '0', true)"
 _COUNTER_SQL = (
     "SELECT counter, set_config('max_parallel_workers_per_gather', '0', true) "
     "FROM tile_changes WHERE collection = %(c)s"
@@ -684,12 +685,11 @@ def read_page(
     The ETag counter (which also turns off parallel workers for the
     transaction) and the page statement (:func:`page_text`) go to the server
     together in a psycopg pipeline on the connection under ``conn``; the
-    Feature texts come back as bytes.  A page that needs no further statement
-    (not a first page) also ends its own transaction in the same pipeline.  A
-    first page also sends the plan of its count (``EXPLAIN``); when the page
-    overflows and the count is cheap (see :func:`count_if_cheap`), the count
-    follows in a second round trip (``Page.matched``) that also ends the
-    transaction (which an empty page of a bbox leaves open for the hint).
+    Feature texts come back as bytes, and the transaction ends in the same
+    pipeline.  A first page also sends the plan of its count (``EXPLAIN``);
+    when the page overflows and the count is cheap (see
+    :func:`count_if_cheap`), the count follows in a second round trip, a read
+    of its own (``Page.matched``).
     Where ``conn`` is already inside a transaction (a caller's, or a test's),
     that transaction is left to its owner.
 
@@ -716,7 +716,7 @@ def read_page(
         plan = None
         if count is not None:
             plan = raw.execute("EXPLAIN (FORMAT JSON) " + count[0], count[1], prepare=False)
-        if own and not request.first_page:
+        if own:
             raw.execute(_END_READ, prepare=False)
     tag_row = counter.fetchone()
     rows = result.fetchall()
@@ -728,21 +728,22 @@ def read_page(
         reverse_paged=request.before is not None,
         complete=True,
     )
-    cheap = False
-    if plan is not None and page.overflows:
-        explained = plan.fetchone()
-        cheap = _plan_cost(explained[0] if explained else None) <= EXACT_COUNT_MAX_COST
-    # a first page ends its own transaction too, unless it is empty with a bbox (the
-    # caller's hint reads on): with the count when there is one
-    end = own and request.first_page and (bool(rows) or request.bbox_area is None)
-    if (cheap or end) and count is not None:
-        with _pipeline(conn) as (raw, _):
-            counted = raw.execute(*count, prepare=prepare) if cheap else None
-            if end:
-                raw.execute(_END_READ, prepare=False)
-        number = counted.fetchone() if counted is not None else None
-        if number is not None:
-            page.matched = int(number[0])
+    if plan is None or count is None or not page.overflows:
+        return tag, page
+    explained = plan.fetchone()
+    if _plan_cost(explained[0] if explained else None) > EXACT_COUNT_MAX_COST:
+        return tag, page
+    # READ COMMITTED: the count never shared the page's snapshot, so it may as well run
+    # in a read of its own (psycopg begins it), which spares every page without a count
+    # a round trip to end its transaction
+    with _pipeline(conn) as (raw, _):
+        if own:
+            raw.execute(_PARALLEL_OFF_SQL, prepare=False)
+        counted = raw.execute(*count, prepare=prepare)
+        if own:
+            raw.execute(_END_READ, prepare=False)
+    number = counted.fetchone()
+    page.matched = int(number[0]) if number else 0
     return tag, page
 
 

@@ -172,32 +172,29 @@ def _status(conn: Connection) -> TransactionStatus:
 
 
 def test_read_page_tag_and_transaction(engine: Engine) -> None:
-    """On a pooled connection: the tag is start_page's, parallel workers are off for the page,
-    a later page ends its transaction in the pipeline, and an empty first page of a bbox
-    leaves it open for the hint."""
+    """On a pooled connection: the tag is start_page's, every page (a first page, an empty
+    one of a bbox too) ends its transaction in the pipeline; inside a caller's transaction,
+    parallel workers are off for the page and the transaction is left to its owner."""
     db = Database(engine)
     later = request("structures", limit=2, after=1)
     first = request("structures", limit=2, bbox="10,10,10.1,10.1")
     with db.read() as conn:
         expected = start_page(conn, later.collection, "q", None)
-    with db.read() as conn:
-        page_sql = page_text(later)
+    for parsed in (later, first):
+        page_sql = page_text(parsed)
         assert page_sql is not None
-        tag, page = read_page(conn, later, "q", page_sql)
+        with db.read() as conn:
+            tag, page = read_page(conn, parsed, "q", page_sql)
+            assert _status(conn) is TransactionStatus.IDLE
+            assert page.complete and not page.overflows
+            # the empty page's hint reads on, in a transaction of its own
+            assert conn.execute(text("SELECT 1")).scalar() == 1
         assert tag == expected
-        assert _status(conn) is TransactionStatus.IDLE
-        assert page.complete and not page.overflows
-    with db.read() as conn:
-        raw = conn.connection.driver_connection
-        page_sql = page_text(first)
-        assert page_sql is not None
-        _, page = read_page(conn, first, "q", page_sql)
-        assert not page.first
+    with engine.connect() as conn, conn.begin():
+        read_page(conn, first, "q", page_sql)
         assert _status(conn) is TransactionStatus.INTRANS
         setting = conn.execute(text("SHOW max_parallel_workers_per_gather")).scalar()
         assert setting == "0"
-    assert isinstance(raw, psycopg.Connection)
-    assert raw.info.transaction_status is TransactionStatus.IDLE
     with db.read() as conn:
         assert conn.execute(text("SHOW max_parallel_workers_per_gather")).scalar() != "0"
 
