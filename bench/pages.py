@@ -10,6 +10,11 @@ round (interleaved, so a shared machine's load falls on all alike); each
 figure is the median of the rounds after a warm-up, all through keep-alive
 ``httpx`` clients.
 
+A third limit, "the bytes over HTTP", is a bare ASGI app on the same uvicorn
+sending a prebuilt body of the page's size (``bench/_bytes_server.py``): its
+time plus the raw SQL's is what any server answering through HTTP would need,
+shown as its ratio to the raw SQL.
+
 ``MAKAZI_BENCH_PAGES_BASELINE=<git revision>`` adds that revision's code as
 a second server on the same database (``git archive`` into a temporary directory), for
 before/after figures from one run.
@@ -39,6 +44,7 @@ from bench.features import feature_statement
 from tests.support.server import free_port, makazi_on, running_server, uvicorn_argv
 
 REPEAT = int(os.environ.get("MAKAZI_BENCH_PAGES_REPEAT", "60"))
+BYTES = "the bytes over HTTP (x: + raw SQL)"
 
 
 @contextmanager
@@ -126,6 +132,8 @@ def run(ctx: BenchContext) -> str:
         ),
     ]
     baseline = os.environ.get("MAKAZI_BENCH_PAGES_BASELINE")
+    floor_port = free_port()
+    floor_argv = uvicorn_argv(sys.executable, "bench._bytes_server:app", floor_port)
     rows: list[list[object]] = []
     with ExitStack() as stack:
         url, proc = stack.enter_context(makazi_on(ctx.url))
@@ -134,6 +142,9 @@ def run(ctx: BenchContext) -> str:
         if baseline:
             name = f"baseline {baseline}"
             servers[name], pids[name] = stack.enter_context(_baseline(ctx, baseline))
+        stack.enter_context(
+            running_server([*floor_argv, "--app-dir", str(HERE.parent)], floor_port)
+        )
         client = stack.enter_context(httpx.Client(timeout=120))
         conn = stack.enter_context(psycopg.connect(ctx.conninfo))
         headers = {"Accept-Encoding": "identity"}
@@ -166,6 +177,8 @@ def run(ctx: BenchContext) -> str:
                 for name, base in servers.items()
             }
             contenders["raw SQL"] = partial(_fetch, conn, statement, sql_params)
+            size = len(client.get(f"{url}/collections/structures/items", params=params).content)
+            contenders[BYTES] = partial(get, f"http://127.0.0.1:{floor_port}/", {"bytes": size})
             cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
             medians = _interleaved(contenders, rounds, 5)
             calls = rounds + 5
@@ -173,6 +186,8 @@ def run(ctx: BenchContext) -> str:
             load = f"{os.getloadavg()[0]:.1f}"
             for name, seconds in medians.items():
                 ratio = f"{seconds / medians['raw SQL']:.2f}"
+                if name == BYTES:  # what a server needs at least: the SQL, then the bytes
+                    ratio = f"{(seconds + medians['raw SQL']) / medians['raw SQL']:.2f}"
                 used = f"{cpu[name] * 1000:.1f}" if name in cpu else ""
                 rows.append([case, name, seconds * 1000, ratio, used, load])
                 print(rows[-1], flush=True)
@@ -183,7 +198,9 @@ def run(ctx: BenchContext) -> str:
     return (
         table + f"\n\n{ctx.structures:,} structures; median of {REPEAT} interleaved rounds "
         "(the 10k page a quarter of them) after warm-ups; uncompressed bodies; the raw SQL "
-        "reads the same Feature texts with psycopg (prepared); server CPU is the uvicorn "
+        "reads the same Feature texts with psycopg (prepared); the bytes over HTTP are a body "
+        "of the page's size from a bare ASGI app on the same uvicorn, its x column "
+        "(its time + the raw SQL's) / the raw SQL's; server CPU is the uvicorn "
         "process's user + system time over the case's calls (/proc), which a busy machine "
         "inflates less than wall time. The machine was shared with "
         "other jobs while this ran (the load column)."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode
@@ -271,11 +270,9 @@ def get_items(
     )
     url = request.url
 
-    def body() -> Iterator[bytes]:
+    def body() -> bytes:
         try:
-            yield b'{"type":"FeatureCollection","features":['
-            for chunk in page.chunks():
-                yield chunk.encode()
+            texts = page.texts()
             links = [
                 _link(
                     url,
@@ -327,7 +324,14 @@ def get_items(
             tail["links"] = links
             if hint is not None:
                 tail["hint"] = hint
-            yield b"]," + json.dumps(tail)[1:].encode()
+            head = b'{"type":"FeatureCollection","features":['
+            end = b"]," + json.dumps(tail)[1:].encode()
+            if not texts:
+                return head + end
+            # one copy of the page's megabytes: the head and tail ride on the first and last
+            texts[0] = head + texts[0]
+            texts[-1] += end
+            return b",".join(texts)
         finally:
             page.close()
 
@@ -347,11 +351,14 @@ def get_items(
                 return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=not_modified)
             page = open_page(conn, parsed)
         # a first page holding every match counts them itself; only a longer one needs a count
-        matched = count_if_cheap(conn, parsed) if parsed.first_page and page.overflows else None
+        # (read_page made it already where it read the page)
+        matched = page.matched
+        if page_sql is None and parsed.first_page and page.overflows:
+            matched = count_if_cheap(conn, parsed)
         hint = None
         if not page.first and parsed.first_page:
             hint = empty_bbox_hint(conn, parsed, max_km=settings.max_km_from_settlements)
-        content = b"".join(body())
+        content = body()
 
     self_link = str(url).replace(",", "%2C")
     headers = {

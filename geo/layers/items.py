@@ -2,10 +2,12 @@
 
 Each Feature is written by PostgreSQL as one text value (``ST_AsGeoJSON`` for
 the geometry, ``json_build_object`` for the properties, joined as text so the
-geometry is never parsed again); Python only joins the rows with commas while
-it streams them from a server-side cursor.  Pages are keyset-paged on ``id``
-(``after``/``before`` cursors), so page 5,000 costs what page 1 costs; an
-explicit ``sortby`` pages with an offset.
+geometry is never parsed again); Python only joins the rows' bytes with commas,
+once.  Pages are keyset-paged on ``id`` (``after``/``before`` cursors), so page
+5,000 costs what page 1 costs; an explicit ``sortby`` pages with an offset.  A
+page in id order is read in one psycopg pipeline from SQL text written once per
+set of conditions (:func:`page_text`, :func:`read_page`); ``sortby`` pages and
+revalidations go through SQLAlchemy (:func:`open_page`).
 """
 
 from __future__ import annotations
@@ -20,17 +22,20 @@ from functools import cache, lru_cache
 from typing import Any
 
 import psycopg
+from psycopg.types.string import ByteaBinaryLoader
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
     Select,
     Text,
+    and_,
     bindparam,
     func,
     literal_column,
     select,
 )
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.base import Executable
@@ -127,6 +132,7 @@ def _numbers(text_value: str, name: str) -> list[float]:
     return values
 
 
+@lru_cache(maxsize=256)
 def _bbox_area(raw: str, crs: Crs) -> ColumnElement[Any]:
     """The bbox parameter as an envelope in EPSG:4326."""
     values = _numbers(raw, "bbox")
@@ -184,6 +190,7 @@ def _instant(value: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+@lru_cache(maxsize=256)
 def _datetime_condition(collection: Collection, raw: str) -> ColumnElement[bool]:
     column = collection.table.c[collection.temporal]
     if "/" in raw:
@@ -207,6 +214,7 @@ def _datetime_condition(collection: Collection, raw: str) -> ColumnElement[bool]
     return column == bindparam(None, moment)
 
 
+@lru_cache(maxsize=256)
 def _property_condition(collection: Collection, name: str, raw: str) -> ColumnElement[bool]:
     prop = collection.find(name)
     column = collection.table.c[name] if name != "id" else collection.table.c.id
@@ -229,6 +237,14 @@ def _property_condition(collection: Collection, name: str, raw: str) -> ColumnEl
         if prop is not None and (wrong := prop.choice_error(option)) is not None:
             raise BadRequest(wrong, field=name)
     return column.in_(options) if len(options) > 1 else column == raw
+
+
+# The conditions below are cached by the query text they come from: conditions are
+# immutable, and the same text giving the same object lets a page's SQL text be written
+# once per condition (``_where_sql``) instead of compiled on every request.
+@lru_cache(maxsize=256)
+def _intersects(collection: Collection, area: ColumnElement[Any]) -> ColumnElement[bool]:
+    return func.ST_Intersects(collection.table.c.geom, area)
 
 
 @lru_cache(maxsize=256)
@@ -285,7 +301,7 @@ def parse_items_request(
         request.bbox_area = _bbox_area(seen["bbox"], bbox_crs)
         if bbox_crs.srid == 4326:
             request.bbox_wkb = _bbox_wkb(seen["bbox"], bbox_crs)
-        request.where.append(func.ST_Intersects(collection.table.c.geom, request.bbox_area))
+        request.where.append(_intersects(collection, request.bbox_area))
     elif "bbox-crs" in seen:
         raise _bad("bbox-crs given without bbox")
     if "datetime" in seen:
@@ -410,11 +426,11 @@ def _paged(request: ItemsRequest) -> Select[Any]:
 
 @dataclass
 class Page:
-    """An open page of features: iterate :meth:`chunks` once, then read the counters."""
+    """An open page of features: take its :meth:`texts` once, then read the counters."""
 
     limit: int
     rows: Any
-    first: list[tuple[int, str]]
+    first: list[tuple[int, str]] | list[tuple[int, bytes]]
     reverse_paged: bool
     complete: bool = False
     """Whether ``first`` holds every row of the query (fewer than were asked for came)."""
@@ -422,33 +438,33 @@ class Page:
     first_id: int | None = None
     last_id: int | None = None
     more: bool = False
+    matched: int | None = None
+    """The count of a first page that overflows, where :func:`read_page` made it."""
 
     @property
     def overflows(self) -> bool:
         """Whether the query may match more rows than this page shows."""
         return not self.complete or len(self.first) > self.limit
 
-    def chunks(self, size: int = 5000) -> Iterator[str]:
-        """Feature texts joined by commas, a chunk at a time."""
-        batch = self.first
-        separator = ""
-        while batch:
-            if not self.reverse_paged and self.returned + len(batch) > self.limit:
-                batch = batch[: self.limit - self.returned]
-                self.more = True
-            if batch:
-                if self.first_id is None:
-                    self.first_id = batch[0][0]
-                self.last_id = batch[-1][0]
-                self.returned += len(batch)
-                yield separator + ",".join(row[1] for row in batch)
-                separator = ","
-            if self.more:
-                break
-            batch = self.rows.fetchmany(size)
+    def texts(self) -> list[bytes]:
+        """The page's Feature texts as bytes, in order (read once); sets the counters.
+
+        A list rather than one joined text: the caller joins it once with the
+        collection's head and tail, so a page of megabytes is copied once.
+        """
+        rows: list[Any] = self.first if self.complete else [*self.first, *self.rows.fetchall()]
+        if not self.reverse_paged and len(rows) > self.limit:
+            rows = rows[: self.limit]
+            self.more = True
+        if rows:
+            self.first_id, self.last_id = rows[0][0], rows[-1][0]
+        self.returned = len(rows)
+        if rows and isinstance(rows[0][1], str):  # open_page's rows
+            return [row[1].encode() for row in rows]
+        return [row[1] for row in rows]
 
     def close(self) -> None:
-        """Close the server-side cursor (before its connection goes back)."""
+        """Close the cursor (before its connection goes back)."""
         self.rows.close()
 
 
@@ -513,12 +529,12 @@ def count_if_cheap(conn: Connection, request: ItemsRequest) -> int | None:
     """
     statement = base_statement(request).with_only_columns(func.count()).order_by(None)
     plan = conn.execute(ExplainJson(statement)).scalar()
-    cost = float(plan[0]["Plan"]["Total Cost"]) if plan else float("inf")
-    if cost > EXACT_COUNT_MAX_COST:
+    if _plan_cost(plan) > EXACT_COUNT_MAX_COST:
         return None
     return int(conn.execute(statement).scalar_one())
 
 
+_PARALLEL_OFF_SQL = "SELECT set_config('max_parallel_workers_per_gather', '0', true)"
 _COUNTER_SQL = (
     "SELECT counter, set_config('max_parallel_workers_per_gather', '0', true) "
     "FROM tile_changes WHERE collection = %(c)s"
@@ -576,24 +592,67 @@ def _pipeline(conn: Connection) -> Iterator[tuple[psycopg.Connection[Any], bool]
         ) from exc
 
 
-def page_text(request: ItemsRequest) -> tuple[str, dict[str, Any]] | None:
-    """The page's SQL text and psycopg parameters, when it needs no SQLAlchemy statement.
+_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+_PAGE_PARAMETERS = frozenset({"viewer", "after", "before", "limit", "offset"})
 
-    A page with no condition but the caller's visibility, in id order (a walk
-    through a layer by ``after``/``before``, a plain first page), is the same
-    statement as :func:`open_page` runs, written out once: building and
-    executing it through SQLAlchemy cost more server CPU than the database
-    spends on a small page.  None for any other page (filters, bbox, sortby).
+
+@lru_cache(maxsize=256)
+def _where_sql(
+    collection: Collection, where: tuple[ColumnElement[bool], ...]
+) -> tuple[str, dict[str, Any]] | None:
+    """The request's conditions on alias ``t`` as SQL text and psycopg parameters.
+
+    Compiled once per tuple of condition objects (the same query text gives the same
+    objects, see ``_filter_condition``); the values are bound parameters, with
+    expanding ``IN`` lists written out.  None where a parameter's name would meet one
+    of the page's own or a value needs SQLAlchemy's processing on the way in.
     """
-    if request.where or request.sortby:
+    _, adapter = _aliased(collection)
+    condition = and_(*(adapter.traverse(c) for c in where))
+    compiled = condition.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    processed = any(
+        bind.type.dialect_impl(_DIALECT).bind_processor(_DIALECT) is not None
+        for bind in compiled.binds.values()
+    )
+    if processed or _PAGE_PARAMETERS & params.keys():
         return None
+    return compiled.string, params
+
+
+def _rows_sql(request: ItemsRequest, columns: str) -> tuple[str, dict[str, Any]] | None:
+    """``SELECT columns FROM`` the collection as ``t`` ``WHERE`` the rows the request
+    may see and match, or None when the conditions cannot be written as text."""
     collection = request.collection
     visible, viewer = collection.visible_sql("t", request.user)
     params: dict[str, Any] = dict(viewer)
-    feature = feature_sql(collection, request.crs, skip_geometry=request.skip_geometry)
     # every identifier comes from the registry, every value is a parameter
-    table = collection.table.name
-    rows = f"SELECT t.id AS id, {feature} AS feature FROM {table} AS t WHERE {visible}"  # noqa: S608
+    rows = f"SELECT {columns} FROM {collection.table.name} AS t WHERE {visible}"  # noqa: S608
+    if request.where:
+        where = _where_sql(collection, tuple(request.where))
+        if where is None:
+            return None
+        rows += f" AND {where[0]}"
+        params.update(where[1])
+    return rows, params
+
+
+def page_text(request: ItemsRequest) -> tuple[str, dict[str, Any]] | None:
+    """The page's SQL text and psycopg parameters, when it needs no SQLAlchemy statement.
+
+    A page in id order (a walk through a layer by ``after``/``before``, a first
+    page; filtered or not) is the same statement as :func:`open_page` runs,
+    written out once per condition: building and executing it through
+    SQLAlchemy cost more server CPU than the database spends on a small page.
+    None for a ``sortby`` page or conditions that cannot be written as text.
+    """
+    if request.sortby:
+        return None
+    feature = feature_sql(request.collection, request.crs, skip_geometry=request.skip_geometry)
+    found = _rows_sql(request, f"t.id AS id, {feature} AS feature")
+    if found is None:
+        return None
+    rows, params = found
     if request.before is not None:
         statement = (
             f"SELECT page.id, page.feature FROM ({rows} AND t.id < %(before)s "  # noqa: S608
@@ -607,6 +666,17 @@ def page_text(request: ItemsRequest) -> tuple[str, dict[str, Any]] | None:
     return statement, {**params, "limit": request.limit + 1, "offset": request.offset}
 
 
+def _plan_cost(plan: Any) -> float:
+    return float(plan[0]["Plan"]["Total Cost"]) if plan else float("inf")
+
+
+# A page's read transaction ends with this statement in its own pipeline, not with
+# psycopg's ``Connection.rollback()`` (what SQLAlchemy calls when a connection goes back to
+# the pool inside a transaction): that call also deallocates every prepared statement of
+# the connection, so while first pages ended that way, no page statement stayed prepared.
+_END_READ = "ROLLBACK"
+
+
 def read_page(
     conn: Connection, request: ItemsRequest, query: str, page_sql: tuple[str, dict[str, Any]]
 ) -> tuple[str, Page]:
@@ -614,11 +684,14 @@ def read_page(
 
     The ETag counter (which also turns off parallel workers for the
     transaction) and the page statement (:func:`page_text`) go to the server
-    together in a psycopg pipeline on the connection under ``conn``; a page
-    that can need no further statement (not a first page: no count, no hint)
-    also ends its own transaction in the same pipeline.  Where ``conn`` is
-    already inside a transaction (a caller's, or a test's), that transaction
-    is left to its owner.
+    together in a psycopg pipeline on the connection under ``conn``; the
+    Feature texts come back as bytes, and the transaction ends in the same
+    pipeline.  A first page also sends the plan of its count (``EXPLAIN``);
+    when the page overflows and the count is cheap (see
+    :func:`count_if_cheap`), the count follows in a second round trip, a read
+    of its own (``Page.matched``).
+    Where ``conn`` is already inside a transaction (a caller's, or a test's),
+    that transaction is left to its owner.
 
     Raises
     ------
@@ -626,11 +699,25 @@ def read_page(
         As SQLAlchemy's own execution would (a lost connection is invalidated).
     """
     statement, params = page_sql
+    count = _rows_sql(request, "count(*)") if request.first_page else None
     with _pipeline(conn) as (raw, own):
         counter = raw.execute(_COUNTER_SQL, {"c": request.collection.name})
-        result = raw.execute(statement, params)
-        if own and not request.first_page:
-            raw.execute("ROLLBACK", prepare=False)
+        # Feature texts as bytes: PostgreSQL sends a text value in binary format as its
+        # UTF-8 bytes, and bytea's binary loader (psycopg's C one) hands them over as they
+        # are, so a page's 0.5-5 MB of JSON is never decoded only to be encoded again
+        result = raw.cursor(binary=True)
+        result.adapters.register_loader("text", ByteaBinaryLoader)
+        # A plain page (an id range, in id order) has one good plan for all values, so
+        # psycopg may prepare it; a filter's or bbox's best plan depends on its values
+        # (a generic plan could walk the id index past a rare value's few rows), and the
+        # count's EXPLAIN must plan the values at hand: those are planned every time.
+        prepare = None if not request.where else False
+        result.execute(statement, params, prepare=prepare)
+        plan = None
+        if count is not None:
+            plan = raw.execute("EXPLAIN (FORMAT JSON) " + count[0], count[1], prepare=False)
+        if own:
+            raw.execute(_END_READ, prepare=False)
     tag_row = counter.fetchone()
     rows = result.fetchall()
     tag = _page_tag(tag_row[0] if tag_row else None, request.collection, query, request.user)
@@ -641,6 +728,22 @@ def read_page(
         reverse_paged=request.before is not None,
         complete=True,
     )
+    if plan is None or count is None or not page.overflows:
+        return tag, page
+    explained = plan.fetchone()
+    if _plan_cost(explained[0] if explained else None) > EXACT_COUNT_MAX_COST:
+        return tag, page
+    # READ COMMITTED: the count never shared the page's snapshot, so it may as well run
+    # in a read of its own (psycopg begins it), which spares every page without a count
+    # a round trip to end its transaction
+    with _pipeline(conn) as (raw, _):
+        if own:
+            raw.execute(_PARALLEL_OFF_SQL, prepare=False)
+        counted = raw.execute(*count, prepare=prepare)
+        if own:
+            raw.execute(_END_READ, prepare=False)
+    number = counted.fetchone()
+    page.matched = int(number[0]) if number else 0
     return tag, page
 
 
