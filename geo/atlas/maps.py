@@ -18,28 +18,44 @@ from shapely.geometry.base import BaseGeometry
 
 from geo.atlas.data import AtlasData, Facility, Structure
 
-__all__ = ["USE_COLOURS", "MapLayers", "render_window"]
+__all__ = ["FACILITY_COLOURS", "FACILITY_STYLE", "USE_COLOURS", "MapLayers", "render_window"]
 
 USE_COLOURS: dict[str, str] = {
-    "residential": "#f3d9a4",
-    "business": "#9fc5e8",
-    "mixed": "#c9b3e6",
-    "religious": "#e6b8b8",
-    "school": "#b6d7a8",
-    "clinic": "#f4b6c2",
-    "toilet": "#c8a27c",
-    "water_point": "#5fc9c0",
-    "other": "#d9d9d9",
+    "residential": "#c9a26b",
+    "business": "#3b6ea8",
+    "mixed": "#8c6bb1",
+    "religious": "#5c940d",
+    "school": "#f59f00",
+    "clinic": "#e8590c",
+    "toilet": "#0c8599",
+    "water_point": "#22b8cf",
+    "other": "#868e96",
 }
-"""Fill of a structure by use (unknown: the ``other`` grey)."""
+"""Fill of a structure by use (unknown: ``other``): the web map's ``USE_COLOURS`` (map.js)."""
+FACILITY_COLOURS: dict[str, str] = {
+    "water_point": "#1098ad",
+    "toilet_block": "#0b7285",
+    "school": "#f59f00",
+    "clinic": "#d6336c",
+    "drainage": "#4dabf7",
+    "road": "#495057",
+    "other": "#868e96",
+}
+"""Colour of a facility by type: the web map's ``FACILITY_COLOURS`` (map.js)."""
+FACILITY_MARKERS: dict[str, str] = {
+    "water_point": "o",
+    "toilet_block": "s",
+    "school": "^",
+    "clinic": "P",
+    "drainage": "v",
+    "road": "X",
+    "other": "D",
+}
+"""Matplotlib marker of a facility by type (lines and areas at a point on them)."""
 FACILITY_STYLE: dict[str, tuple[str, str]] = {
-    "water_point": ("o", "#1f5fa8"),
-    "toilet_block": ("s", "#7a4a1d"),
-    "school": ("^", "#2e7d32"),
-    "clinic": ("P", "#c62828"),
-    "other": ("D", "#555555"),
+    kind: (FACILITY_MARKERS[kind], colour) for kind, colour in FACILITY_COLOURS.items()
 }
-"""Marker and colour of a facility by type (drainage, road and other: ``other``)."""
+"""Marker and colour of a facility by type (a type not listed: ``other``)."""
 DPI = 170
 """Resolution of map images; the numbers over them are text, sharp at any zoom."""
 
@@ -101,7 +117,7 @@ def render_window(
         for ring in _rings(structure.geom):
             if bright:
                 shown.append(ring)
-                colours.append(USE_COLOURS.get(structure.use or "other", "#d9d9d9"))
+                colours.append(USE_COLOURS.get(structure.use or "other", USE_COLOURS["other"]))
             else:
                 context.append(ring)
     if context:

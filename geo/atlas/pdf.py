@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from reportlab import rl_config
-from reportlab.lib.colors import Color, HexColor, black
+from reportlab.lib.colors import Color, HexColor, black, white
 from reportlab.lib.units import mm
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase.pdfmetrics import stringWidth
@@ -29,6 +29,7 @@ from geo.atlas.data import AtlasData, Structure
 from geo.atlas.layout import PAPER, Block, MapPage, Paper, plan_blocks, plan_pages
 from geo.atlas.maps import FACILITY_STYLE, USE_COLOURS, MapLayers, render_window
 from geo.core.errors import Unavailable
+from geo.core.privacy import MIN_COUNT, sees_raw_counts
 from geo.profiles.fields import COMPUTED, REPORTED
 
 __all__ = ["AtlasRequest", "sheet_rows", "write_atlas"]
@@ -211,19 +212,35 @@ class _Atlas:
             c.setFont(TEXT_FONT, 9)
             c.drawString(p.margin * mm, top - 11.5 * mm, subtitle)
         c.setFont(TEXT_FONT, 8)
-        when = self.request.as_of or self.request.made_at
-        counted = "verified records only" if self.request.verified else "all records"
-        footer = (
-            f"{self.data.name} · data as of {when.astimezone(UTC):%Y-%m-%d %H:%M} UTC · "
-            f"prepared for role {self.request.role or 'public'} · {counted}"
-        )
-        c.drawString(p.margin * mm, (p.margin + 3) * mm, footer)
+        c.drawString(p.margin * mm, (p.margin + 3) * mm, self._source())
         c.drawRightString(
             (p.width - p.margin) * mm, (p.margin + 3) * mm, f"page {self.page} of {self.pages}"
         )
+        c.setFont(TEXT_FONT, 7)
+        c.drawString(p.margin * mm, p.margin * mm, self._basis())
         c.setStrokeColor(HexColor("#888888"))
         c.setLineWidth(0.4)
         c.line(p.margin * mm, (p.margin + 7) * mm, (p.width - p.margin) * mm, (p.margin + 7) * mm)
+
+    def _source(self) -> str:
+        """Where the page's data comes from and of when: the first footer line."""
+        made = self.request.made_at.astimezone(UTC)
+        when = (self.request.as_of or made).astimezone(UTC)
+        return (
+            f"Makazi — {self.data.name}, data as of {when:%Y-%m-%d %H:%M} UTC, "
+            f"printed {made:%Y-%m-%d %H:%M} UTC"
+        )
+
+    def _basis(self) -> str:
+        """What the counts include and hide, and for whom: the second footer line."""
+        role = self.request.role
+        counted = (
+            "verified structures and households only" if self.request.verified else "all records"
+        )
+        hidden = "all counts shown" if sees_raw_counts(role) else f"counts below {MIN_COUNT} hidden"
+        return (
+            f"Source: Makazi database · prepared for role {role or 'public'} · {counted} · {hidden}"
+        )
 
     def _frame_origin(self) -> tuple[float, float]:
         p = self.paper
@@ -246,9 +263,9 @@ class _Atlas:
         self.canvas.drawImage(ImageReader(image), x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
         self.canvas.setStrokeColor(black)
         self.canvas.rect(x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
-        self._facility_legend(x_mm + 10, y_mm - 4)
+        self._facility_legend(x_mm + 10, y_mm - 5.5)
         metres_per_mm = (window[2] - window[0]) / frame_w
-        self._north_and_scale_bar(x_mm, y_mm - 4, _bar_metres(metres_per_mm), metres_per_mm)
+        self._north_and_scale_bar(x_mm, y_mm - 5.5, _bar_metres(metres_per_mm), metres_per_mm)
         placed: list[_Label] = []  # block names never print over each other
         for block in blocks:
             cx = sum(s.x for s in block.structures) / len(block.structures)
@@ -260,7 +277,7 @@ class _Atlas:
             lx, ly = box.x + box.w / 2, box.y + box.h / 2
             self._leader(px, py, lx, ly)
             self._halo_text(lx, ly, block.name, BOLD_FONT, 8)
-        self._profile_table(y_mm - 10)
+        self._profile_table(y_mm - 11.5)
 
     def _profile_table(self, top_mm: float) -> None:
         c, p = self.canvas, self.paper
@@ -379,19 +396,24 @@ class _Atlas:
             c.drawCentredString(cx * mm, (best.y + 0.45) * mm, text)
 
     def _marker(self, marker: str, colour: Color, x: float, y: float) -> None:
-        """A facility symbol as the map draws it (matplotlib marker ``o s ^ P``)."""
+        """A facility symbol as the map draws it (matplotlib marker ``o s ^ v P X D``)."""
         c, r = self.canvas, 1.1
         c.setFillColor(colour)
         c.setStrokeColor(colour)
         if marker == "s":
             c.rect((x - r) * mm, (y - r) * mm, 2 * r * mm, 2 * r * mm, 0, 1)
-        elif marker == "^":
+        elif marker in {"^", "v"}:
+            tip = 1 if marker == "^" else -1
             path = c.beginPath()
-            path.moveTo((x - r) * mm, (y - r) * mm)
-            path.lineTo((x + r) * mm, (y - r) * mm)
-            path.lineTo(x * mm, (y + r) * mm)
+            path.moveTo((x - r) * mm, (y - tip * r) * mm)
+            path.lineTo((x + r) * mm, (y - tip * r) * mm)
+            path.lineTo(x * mm, (y + tip * r) * mm)
             path.close()
             c.drawPath(path, stroke=0, fill=1)
+        elif marker == "X":
+            c.setLineWidth(0.9)
+            c.line((x - r) * mm, (y - r) * mm, (x + r) * mm, (y + r) * mm)
+            c.line((x - r) * mm, (y + r) * mm, (x + r) * mm, (y - r) * mm)
         elif marker == "D":
             path = c.beginPath()
             path.moveTo(x * mm, (y - r) * mm)
@@ -438,21 +460,33 @@ class _Atlas:
             c.drawString((x + 3.8) * mm, (y + 0.4) * mm, label)
             x += 5.5 + stringWidth(label, TEXT_FONT, 7) / mm
         self._facility_legend(x_mm + 10, y - 3.6)
-        self._north_and_scale_bar(x_mm, y - 3.6, 20, scale / 1000)
+        self._north_and_scale_bar(x_mm, y - 3.6, _bar_metres(scale / 1000), scale / 1000)
 
     def _north_and_scale_bar(
         self, x_mm: float, y_mm: float, metres: int, metres_per_mm: float
     ) -> None:
-        """North arrow at ``x_mm`` and a bar of ``metres`` ending at the right margin."""
+        """North arrow at ``x_mm``; a bar of ``metres`` ending at the right margin.
+
+        The bar is two halves, black and white, with ticks at 0, the middle and the
+        end labelled above them (``0  50  100 m``).
+        """
         c, p = self.canvas, self.paper
         bar = metres / metres_per_mm
-        right = p.width - p.margin
-        c.setLineWidth(1)
+        right = p.width - p.margin - 4  # room for the end label and its unit
+        left = right - bar
+        c.setLineWidth(0.5)
         c.setStrokeColor(black)
-        c.line((right - bar) * mm, y_mm * mm, right * mm, y_mm * mm)
+        for k, fill in enumerate((black, white)):
+            c.setFillColor(fill)
+            c.rect((left + k * bar / 2) * mm, y_mm * mm, bar / 2 * mm, 1.2 * mm, 1, 1)
         c.setFillColor(black)
         c.setFont(TEXT_FONT, 7)
-        c.drawRightString((right - bar - 1.5) * mm, (y_mm - 0.8) * mm, f"{metres:,} m")
+        for k, tick in enumerate((0, metres / 2, metres)):
+            x = left + k * bar / 2
+            c.line(x * mm, (y_mm - 0.6) * mm, x * mm, (y_mm + 1.8) * mm)
+            c.drawCentredString(x * mm, (y_mm + 2.3) * mm, f"{tick:,g}")
+        end = stringWidth(f"{metres:,g}", TEXT_FONT, 7) / mm
+        c.drawString((right + end / 2 + 0.8) * mm, (y_mm + 2.3) * mm, "m")
         c.setFont(BOLD_FONT, 8)
         c.drawString(x_mm * mm, (y_mm + 0.2) * mm, "N ↑")
 
