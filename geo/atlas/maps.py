@@ -92,12 +92,14 @@ def render_window(
     *,
     highlight: set[int] | None = None,
     outline_only: bool = False,
+    key_map: bool = False,
 ) -> Image.Image:
     """An RGB image of the window at ``size_mm`` on paper (:data:`DPI`).
 
     Structures in ``highlight`` (None: all) are filled by use and outlined in
     black; the others are pale context.  ``outline_only`` (the cover) draws
-    every structure pale and the boundary bold.
+    every structure pale and the boundary bold; ``key_map`` (a page's locator,
+    a few centimetres wide) draws them pale with a thin boundary and no facilities.
     """
     x0, y0, x1, y1 = window
     figure = Figure(figsize=(size_mm[0] / 25.4, size_mm[1] / 25.4), dpi=DPI)
@@ -110,7 +112,7 @@ def render_window(
     shown, context, points = [], [], []
     colours = []
     for structure in layers.structures_in(x0, y0, x1, y1):
-        bright = not outline_only and (highlight is None or structure.id in highlight)
+        bright = not (outline_only or key_map) and (highlight is None or structure.id in highlight)
         if structure.geom.geom_type == "Point":
             points.append((structure.x, structure.y, bright))
             continue
@@ -135,7 +137,12 @@ def render_window(
             axes.plot(xs, ys, "s", ms=3, ls="none", color="#222222" if bright else "#9e9e9e")
     for ring in _rings(layers.data.boundary):
         xs, ys = zip(*ring, strict=True)
-        axes.plot(xs, ys, color="#c62828", lw=2.4 if outline_only else 1.6, ls="--")
+        if key_map:
+            axes.plot(xs, ys, color="#555555", lw=0.8)
+        else:
+            axes.plot(xs, ys, color="#c62828", lw=2.4 if outline_only else 1.6, ls="--")
+    if key_map:
+        return _image(canvas)
     groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     for facility in layers.facilities_in(x0, y0, x1, y1):
         kind = facility.type if facility.type in FACILITY_STYLE else "other"
@@ -148,6 +155,10 @@ def render_window(
         axes.plot(
             xs, ys, marker, ls="none", ms=6, mfc="white" if broken else colour, mec=colour, mew=1.2
         )
+    return _image(canvas)
+
+
+def _image(canvas: FigureCanvasAgg) -> Image.Image:
     canvas.draw()  # type: ignore[no-untyped-call]
     width, height = canvas.get_width_height()
     pixels = canvas.buffer_rgba()  # type: ignore[no-untyped-call]

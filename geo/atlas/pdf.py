@@ -37,6 +37,8 @@ __all__ = ["AtlasRequest", "sheet_rows", "write_atlas"]
 LABEL_FONT, LABEL_SIZE = "Helvetica-Bold", 6.5
 TEXT_FONT, BOLD_FONT = "Helvetica", "Helvetica-Bold"
 ROW_MM = 7.5
+LOCATOR_MM = 14.0
+"""Height of the key map in a map page's header."""
 SHEET_COLUMNS = (
     ("#", 10),
     ("Structure number", 38),
@@ -194,6 +196,7 @@ class _Atlas:
         self.deadline, self.timeout_s = deadline, timeout_s
         self.page, self.pages = 0, 0
         self.suppressed = set(profile["suppressed"])
+        self._locator: tuple[ImageReader, tuple[float, float, float, float], float] | None = None
 
     # -- frame of every page ---------------------------------------------------------
     def _start(self, title: str, subtitle: str = "") -> None:
@@ -372,6 +375,36 @@ class _Atlas:
         c.rect(x_mm * mm, y_mm * mm, frame_w * mm, frame_h * mm)
         self._labels(page, window, (x_mm, y_mm, frame_w, frame_h))
         self._legend(page.scale, x_mm, y_mm)
+        self._locate(window)
+
+    def _locate(self, window: tuple[float, float, float, float]) -> None:
+        """A key map in the header's right corner: the outline, the page's window in red.
+
+        The outline is drawn once per atlas and placed on every map page, so a page
+        that leaves the room still shows where in the settlement it lies.
+        """
+        c, p = self.canvas, self.paper
+        height = LOCATOR_MM
+        if self._locator is None:
+            minx, miny, maxx, maxy = self.data.boundary.bounds
+            width = min(2.5 * height, max(height, height * (maxx - minx) / (maxy - miny or 1)))
+            whole = _fit((minx, miny, maxx, maxy), width, height, pad=0.08)
+            image = render_window(self.layers, whole, (width, height), key_map=True)
+            self._locator = (ImageReader(image), whole, width)
+        image, whole, width = self._locator
+        x, y = p.width - p.margin - width, p.height - p.margin - height
+        c.drawImage(image, x * mm, y * mm, width * mm, height * mm)
+        c.setStrokeColor(HexColor("#888888"))
+        c.setLineWidth(0.4)
+        c.rect(x * mm, y * mm, width * mm, height * mm)
+        frame = (x, y, width, height)
+        x0, y0 = _to_page(whole, frame, window[0], window[1])
+        x1, y1 = _to_page(whole, frame, window[2], window[3])
+        x0, y0 = max(x0, x), max(y0, y)
+        x1, y1 = min(x1, x + width), min(y1, y + height)
+        c.setStrokeColor(HexColor("#c62828"))
+        c.setLineWidth(1)
+        c.rect(x0 * mm, y0 * mm, max(x1 - x0, 0.8) * mm, max(y1 - y0, 0.8) * mm)
 
     def _labels(
         self,

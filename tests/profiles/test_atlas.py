@@ -38,8 +38,8 @@ from tests.support.db import BoundDatabase
 Headers = Callable[..., dict[str, str]]
 
 needs_poppler = pytest.mark.skipif(
-    shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
-    reason="pdftotext/pdftoppm missing: install the Debian package poppler-utils",
+    not all(shutil.which(tool) for tool in ("pdftotext", "pdftoppm", "pdfimages")),
+    reason="pdftotext/pdftoppm/pdfimages missing: install the Debian package poppler-utils",
 )
 
 
@@ -98,6 +98,10 @@ def test_atlas_pages_numbers_counts_and_nothing_personal(
         if scale:  # the bar is as long on paper as its metres at the page's scale
             bar_mm = (x_end - ticks[0][1]) / 72 * 25.4
             assert bar_mm == pytest.approx(end * 1000 / int(scale[1]), rel=0.03), ticks
+    # each map page carries a key map of the settlement beside its title: one image, reused
+    images = _image_objects(pdf)
+    assert [len(images[k]) for k in maps] == [1, 2, 2]
+    assert images[maps[1]][1] == images[maps[2]][1] != images[1][0]
     # the legend names every use and facility type the map colours
     legend = " ".join(pages[maps[1] - 1].split())
     for name in (*USE_COLOURS, *FACILITY_COLOURS):
@@ -264,6 +268,18 @@ def _scale_ticks(pdf: Path, page: int) -> list[tuple[float, float]]:
     ]
     line.sort(key=lambda w: w[1])
     return [(float(w[0].replace(",", "")), (w[1] + w[3]) / 2) for w in line[-3:]]
+
+
+def _image_objects(pdf: Path) -> dict[int, list[str]]:
+    """PDF object ids of the images drawn on each page, in drawing order (``pdfimages``)."""
+    listing = subprocess.run(
+        ["pdfimages", "-list", str(pdf)], check=True, capture_output=True, text=True
+    ).stdout
+    objects: dict[int, list[str]] = {}
+    for line in listing.splitlines()[2:]:
+        cells = line.split()
+        objects.setdefault(int(cells[0]), []).append(cells[10])
+    return objects
 
 
 def _map_js_colours(name: str) -> dict[str, str]:
