@@ -187,7 +187,7 @@ class _Atlas:
         deadline: float,
         timeout_s: float,
     ) -> None:
-        self.paper = PAPER[request.paper]
+        self.paper = self.sheet_paper = PAPER[request.paper]
         self.data, self.profile, self.request = data, profile, request
         self.canvas = Canvas(out, pagesize=(self.paper.width * mm, self.paper.height * mm))
         self.canvas.setTitle(f"Makazi atlas: {data.name}")
@@ -199,14 +199,16 @@ class _Atlas:
         self._locator: tuple[ImageReader, tuple[float, float, float, float], float] | None = None
 
     # -- frame of every page ---------------------------------------------------------
-    def _start(self, title: str, subtitle: str = "") -> None:
+    def _start(self, title: str, subtitle: str = "", paper: Paper | None = None) -> None:
         if time.monotonic() > self.deadline:
             raise Unavailable(
                 f"the atlas took longer than {self.timeout_s:g} s (MAKAZI_ATLAS_TIMEOUT_S); "
                 "print fewer blocks or raise the setting"
             )
         self.page += 1
+        self.paper = paper or self.sheet_paper
         c, p = self.canvas, self.paper
+        c.setPageSize((p.width * mm, p.height * mm))
         top = (p.height - p.margin) * mm
         c.setFillColor(black)
         c.setFont(BOLD_FONT, 14)
@@ -356,12 +358,14 @@ class _Atlas:
 
     # -- map pages -------------------------------------------------------------------
     def map_page(self, page: MapPage) -> None:
-        p = self.paper
+        p = page.paper
         part = f" ({page.tile})" if page.tile else ""
         about = f"{len(page.structures)} structures · scale 1:{page.scale} on {p.name}"
+        if p.landscape:
+            about += " landscape"
         if page.block.prefix:
             about += f" · numbers without the prefix {page.block.prefix}-"
-        self._start(f"Block {page.block.name}: map{part}", about)
+        self._start(f"Block {page.block.name}: map{part}", about, p)
         frame_w, frame_h = p.frame
         x_mm, y_mm = self._frame_origin()
         window = (page.x0, page.y0, page.x1, page.y1)
