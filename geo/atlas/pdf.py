@@ -39,6 +39,8 @@ TEXT_FONT, BOLD_FONT = "Helvetica", "Helvetica-Bold"
 ROW_MM = 7.5
 LOCATOR_MM = 14.0
 """Height of the key map in a map page's header."""
+SYMBOL_MM = 2.6
+"""Size of a facility symbol on a map (6 pt), kept clear of labels."""
 SHEET_COLUMNS = (
     ("#", 10),
     ("Structure number", 38),
@@ -271,11 +273,11 @@ class _Atlas:
         self._facility_legend(x_mm + 10, y_mm - 5.5)
         metres_per_mm = (window[2] - window[0]) / frame_w
         self._north_and_scale_bar(x_mm, y_mm - 5.5, _bar_metres(metres_per_mm), metres_per_mm)
-        placed: list[_Label] = []  # block names never print over each other
+        frame = (x_mm, y_mm, frame_w, map_h)
+        placed = self._facility_spots(window, frame)  # names cover no symbol, nor each other
         for block in blocks:
             cx = sum(s.x for s in block.structures) / len(block.structures)
             cy = sum(s.y for s in block.structures) / len(block.structures)
-            frame = (x_mm, y_mm, frame_w, map_h)
             px, py = _to_page(window, frame, cx, cy)
             width, height = _halo_size(block.name, BOLD_FONT, 8)
             box = _place(px, py, width, height, placed, frame)
@@ -417,7 +419,7 @@ class _Atlas:
         frame: tuple[float, float, float, float],
     ) -> None:
         c = self.canvas
-        placed: list[_Label] = []
+        placed = self._facility_spots(window, frame)
         height = LABEL_SIZE * 0.8 / mm * 1.0 + 0.6  # cap height + padding, in mm
         for structure in sorted(page.structures, key=lambda s: (-s.y, s.x)):
             text = page.block.label(structure)
@@ -431,6 +433,17 @@ class _Atlas:
             c.setFillColor(black)
             c.setFont(LABEL_FONT, LABEL_SIZE)
             c.drawCentredString(cx * mm, (best.y + 0.45) * mm, text)
+
+    def _facility_spots(
+        self, window: tuple[float, float, float, float], frame: tuple[float, float, float, float]
+    ) -> list[_Label]:
+        """The boxes (mm) of the facility symbols drawn in ``frame``: labels keep off them."""
+        spots = []
+        for facility in self.layers.facilities_in(*window):
+            point = facility.geom.representative_point()
+            px, py = _to_page(window, frame, point.x, point.y)
+            spots.append(_Label(px - SYMBOL_MM / 2, py - SYMBOL_MM / 2, SYMBOL_MM, SYMBOL_MM))
+        return spots
 
     def _marker(self, marker: str, colour: Color, x: float, y: float) -> None:
         """A facility symbol as the map draws it (matplotlib marker ``o s ^ v P X D``)."""

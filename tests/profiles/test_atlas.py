@@ -428,3 +428,33 @@ def test_point_structures_and_an_empty_settlement(
     # numbers without a prefix: one grid cell, its map and its sheet
     assert any("Block Grid A1: map" in page for page in pages)
     assert all(f"P{k}" in pages[-1] for k in range(1, 8))
+
+
+@needs_poppler
+def test_numbers_keep_off_facility_symbols(
+    client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
+) -> None:
+    sid = insert_settlement(connection, "Tap", 8000, 0, 80, 40)
+    for k in (1, 2):  # two structures side by side, a water point on the first one's middle
+        insert_structure(connection, f"TP-01-00{k}", "residential", 8020 + 24 * (k - 1), 16)
+    connection.execute(
+        text(
+            "INSERT INTO facilities (type, condition, geom) VALUES ('water_point', 'working', "
+            "ST_Transform(ST_SetSRID(ST_MakePoint(:x, :y), 32737), 4326))"
+        ),
+        {"x": E0 + 8024, "y": N0 + 20},
+    )
+    pdf = _atlas(client, sid, token_for("planner"), tmp_path / "tap.pdf")
+    scale = re.search(r"scale 1:(\d+)", _pages(pdf)[1])
+    assert scale
+    words = {w[0]: w[1:] for w in _words(pdf, 2) if w[0] in {"001", "002"}}
+    # 24 m apart on the ground: where the first number would sit, the water point is drawn
+    apart = 24_000 / int(scale[1]) / 25.4 * 72
+    free = words["002"]
+    sx, sy = (free[0] + free[2]) / 2 - apart, (free[1] + free[3]) / 2
+    half = 2.6 / 2 / 25.4 * 72 - 0.5  # half the symbol's box, pt, less a little slack
+    x0, y0, x1, y1 = words["001"]
+    assert x1 <= sx - half or x0 >= sx + half or y1 <= sy - half or y0 >= sy + half, (
+        words,
+        (sx, sy),
+    )
