@@ -41,6 +41,8 @@ LOCATOR_MM = 14.0
 """Height of the key map in a map page's header."""
 SYMBOL_MM = 2.6
 """Size of a facility symbol on a map (6 pt), kept clear of labels."""
+LEGEND_INDENT_MM = 15.0
+"""Where a legend row's entries start, after its caption (Structures, Facilities)."""
 SHEET_COLUMNS = (
     ("#", 10),
     ("Structure number", 38),
@@ -270,9 +272,9 @@ class _Atlas:
         self.canvas.drawImage(ImageReader(image), x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
         self.canvas.setStrokeColor(black)
         self.canvas.rect(x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
-        self._facility_legend(x_mm + 10, y_mm - 5.5)
+        self._facility_legend(x_mm, y_mm - 5.5)
         metres_per_mm = (window[2] - window[0]) / frame_w
-        self._north_and_scale_bar(x_mm, y_mm - 5.5, _bar_metres(metres_per_mm), metres_per_mm)
+        self._north_and_scale_bar(y_mm - 5.5, _bar_metres(metres_per_mm), metres_per_mm)
         frame = (x_mm, y_mm, frame_w, map_h)
         placed = self._facility_spots(window, frame)  # names cover no symbol, nor each other
         for block in blocks:
@@ -498,7 +500,10 @@ class _Atlas:
     def _legend(self, scale: int, x_mm: float, y_mm: float) -> None:
         c, p = self.canvas, self.paper
         y = y_mm - p.legend + 2.5
-        x = x_mm
+        c.setFillColor(black)
+        c.setFont(BOLD_FONT, 7)
+        c.drawString(x_mm * mm, (y + 0.4) * mm, "Structures")
+        x = x_mm + LEGEND_INDENT_MM
         c.setFont(TEXT_FONT, 7)
         for use, colour in USE_COLOURS.items():
             c.setFillColor(HexColor(colour))
@@ -509,13 +514,11 @@ class _Atlas:
             label = use.replace("_", " ")
             c.drawString((x + 3.8) * mm, (y + 0.4) * mm, label)
             x += 5.5 + stringWidth(label, TEXT_FONT, 7) / mm
-        self._facility_legend(x_mm + 10, y - 3.6)
-        self._north_and_scale_bar(x_mm, y - 3.6, _bar_metres(scale / 1000), scale / 1000)
+        self._facility_legend(x_mm, y - 3.6)
+        self._north_and_scale_bar(y - 3.6, _bar_metres(scale / 1000), scale / 1000)
 
-    def _north_and_scale_bar(
-        self, x_mm: float, y_mm: float, metres: int, metres_per_mm: float
-    ) -> None:
-        """North arrow at ``x_mm``; a bar of ``metres`` ending at the right margin.
+    def _north_and_scale_bar(self, y_mm: float, metres: int, metres_per_mm: float) -> None:
+        """A bar of ``metres`` ending by the right margin, a north arrow before it.
 
         The bar is two halves, black and white, with ticks at 0, the middle and the
         end labelled above them (``0  50  100 m``).
@@ -538,11 +541,15 @@ class _Atlas:
         end = stringWidth(f"{metres:,g}", TEXT_FONT, 7) / mm
         c.drawString((right + end / 2 + 0.8) * mm, (y_mm + 2.3) * mm, "m")
         c.setFont(BOLD_FONT, 8)
-        c.drawString(x_mm * mm, (y_mm + 0.2) * mm, "N ↑")
+        c.drawRightString((left - 3) * mm, (y_mm + 0.2) * mm, "N ↑")
 
     def _facility_legend(self, x: float, y: float) -> float:
         """Facility symbols (hollow: broken or needing repair) from ``x``; the x after them."""
         c = self.canvas
+        c.setFillColor(black)
+        c.setFont(BOLD_FONT, 7)
+        c.drawString(x * mm, (y + 0.4) * mm, "Facilities")
+        x += LEGEND_INDENT_MM
         c.setFont(TEXT_FONT, 7)
         for kind, (marker, colour) in FACILITY_STYLE.items():
             self._marker(marker, HexColor(colour), x + 1.3, y + 1.2)
@@ -614,7 +621,7 @@ def _halo_size(text: str, font: str, size: float) -> tuple[float, float]:
     return stringWidth(text, font, size) / mm + 1.2, size * 0.8 / mm + 1.0
 
 
-def _bar_metres(metres_per_mm: float, longest_mm: float = 40.0) -> int:
+def _bar_metres(metres_per_mm: float, longest_mm: float = 30.0) -> int:
     """The longest round length on the ground whose bar is at most ``longest_mm`` long."""
     rounds = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
     return max([m for m in rounds if m / metres_per_mm <= longest_mm], default=rounds[0])
