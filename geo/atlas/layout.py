@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
@@ -41,6 +41,15 @@ class Paper:
     header: float = 16.0
     footer: float = 12.0
     legend: float = 8.0
+
+    @property
+    def landscape(self) -> bool:
+        """Whether the page is turned (wider than tall)."""
+        return self.width > self.height
+
+    def turned(self) -> Paper:
+        """The same sheet turned a quarter: landscape for portrait and back."""
+        return replace(self, width=self.height, height=self.width)
 
     @property
     def frame(self) -> tuple[float, float]:
@@ -82,6 +91,7 @@ class MapPage:
     y1: float
     scale: int
     structures: list[Structure]
+    paper: Paper
 
 
 def _grid_name(column: int, row: int) -> str:
@@ -148,7 +158,20 @@ def legible_scale(block: Block) -> int:
 
 
 def plan_pages(block: Block, paper: Paper) -> list[MapPage]:
-    """The map pages of a block: one page when it fits at a legible scale, else tiles."""
+    """The map pages of a block: one page when it fits at a legible scale, else tiles.
+
+    The sheet is turned to landscape when that takes fewer pages, or the same
+    number at a larger scale (a long thin block along a boundary fills a
+    landscape page instead of a strip of a portrait one).
+    """
+    portrait = _plan_on(block, paper)
+    landscape = _plan_on(block, paper.turned())
+    if (len(landscape), landscape[0].scale) < (len(portrait), portrait[0].scale):
+        return landscape
+    return portrait
+
+
+def _plan_on(block: Block, paper: Paper) -> list[MapPage]:
     frame_w, frame_h = paper.frame
     bounds = [s.geom.bounds for s in block.structures]
     x0 = min(b[0] for b in bounds) - PADDING_M
@@ -162,7 +185,7 @@ def plan_pages(block: Block, paper: Paper) -> list[MapPage]:
         window = _window(
             (x0 + x1) / 2, (y0 + y1) / 2, frame_w * scale / 1000, frame_h * scale / 1000
         )
-        return [MapPage(block, None, *window, scale, block.structures)]
+        return [MapPage(block, None, *window, scale, block.structures, paper)]
     tile_w, tile_h = frame_w * limit / 1000, frame_h * limit / 1000
     step_w, step_h = tile_w - 2 * PADDING_M, tile_h - 2 * PADDING_M
     columns = math.ceil((x1 - x0) / step_w)
@@ -180,6 +203,6 @@ def plan_pages(block: Block, paper: Paper) -> list[MapPage]:
                 centre = (left + step_w / 2, top - step_h / 2)
                 tiles.append((_window(*centre, tile_w, tile_h), inside))
     return [
-        MapPage(block, f"part {k} of {len(tiles)}", *window, limit, inside)
+        MapPage(block, f"part {k} of {len(tiles)}", *window, limit, inside, paper)
         for k, (window, inside) in enumerate(tiles, start=1)
     ]

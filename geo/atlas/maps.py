@@ -18,28 +18,44 @@ from shapely.geometry.base import BaseGeometry
 
 from geo.atlas.data import AtlasData, Facility, Structure
 
-__all__ = ["USE_COLOURS", "MapLayers", "render_window"]
+__all__ = ["FACILITY_COLOURS", "FACILITY_STYLE", "USE_COLOURS", "MapLayers", "render_window"]
 
 USE_COLOURS: dict[str, str] = {
-    "residential": "#f3d9a4",
-    "business": "#9fc5e8",
-    "mixed": "#c9b3e6",
-    "religious": "#e6b8b8",
-    "school": "#b6d7a8",
-    "clinic": "#f4b6c2",
-    "toilet": "#c8a27c",
-    "water_point": "#5fc9c0",
-    "other": "#d9d9d9",
+    "residential": "#c9a26b",
+    "business": "#3b6ea8",
+    "mixed": "#8c6bb1",
+    "religious": "#5c940d",
+    "school": "#f59f00",
+    "clinic": "#e8590c",
+    "toilet": "#0c8599",
+    "water_point": "#22b8cf",
+    "other": "#868e96",
 }
-"""Fill of a structure by use (unknown: the ``other`` grey)."""
+"""Fill of a structure by use (unknown: ``other``): the web map's ``USE_COLOURS`` (map.js)."""
+FACILITY_COLOURS: dict[str, str] = {
+    "water_point": "#1098ad",
+    "toilet_block": "#0b7285",
+    "school": "#f59f00",
+    "clinic": "#d6336c",
+    "drainage": "#4dabf7",
+    "road": "#495057",
+    "other": "#868e96",
+}
+"""Colour of a facility by type: the web map's ``FACILITY_COLOURS`` (map.js)."""
+FACILITY_MARKERS: dict[str, str] = {
+    "water_point": "o",
+    "toilet_block": "s",
+    "school": "^",
+    "clinic": "P",
+    "drainage": "v",
+    "road": "X",
+    "other": "D",
+}
+"""Matplotlib marker of a facility by type (lines and areas at a point on them)."""
 FACILITY_STYLE: dict[str, tuple[str, str]] = {
-    "water_point": ("o", "#1f5fa8"),
-    "toilet_block": ("s", "#7a4a1d"),
-    "school": ("^", "#2e7d32"),
-    "clinic": ("P", "#c62828"),
-    "other": ("D", "#555555"),
+    kind: (FACILITY_MARKERS[kind], colour) for kind, colour in FACILITY_COLOURS.items()
 }
-"""Marker and colour of a facility by type (drainage, road and other: ``other``)."""
+"""Marker and colour of a facility by type (a type not listed: ``other``)."""
 DPI = 170
 """Resolution of map images; the numbers over them are text, sharp at any zoom."""
 
@@ -76,12 +92,14 @@ def render_window(
     *,
     highlight: set[int] | None = None,
     outline_only: bool = False,
+    key_map: bool = False,
 ) -> Image.Image:
     """An RGB image of the window at ``size_mm`` on paper (:data:`DPI`).
 
     Structures in ``highlight`` (None: all) are filled by use and outlined in
     black; the others are pale context.  ``outline_only`` (the cover) draws
-    every structure pale and the boundary bold.
+    every structure pale and the boundary bold; ``key_map`` (a page's locator,
+    a few centimetres wide) draws them pale with a thin boundary and no facilities.
     """
     x0, y0, x1, y1 = window
     figure = Figure(figsize=(size_mm[0] / 25.4, size_mm[1] / 25.4), dpi=DPI)
@@ -94,14 +112,14 @@ def render_window(
     shown, context, points = [], [], []
     colours = []
     for structure in layers.structures_in(x0, y0, x1, y1):
-        bright = not outline_only and (highlight is None or structure.id in highlight)
+        bright = not (outline_only or key_map) and (highlight is None or structure.id in highlight)
         if structure.geom.geom_type == "Point":
             points.append((structure.x, structure.y, bright))
             continue
         for ring in _rings(structure.geom):
             if bright:
                 shown.append(ring)
-                colours.append(USE_COLOURS.get(structure.use or "other", "#d9d9d9"))
+                colours.append(USE_COLOURS.get(structure.use or "other", USE_COLOURS["other"]))
             else:
                 context.append(ring)
     if context:
@@ -119,7 +137,12 @@ def render_window(
             axes.plot(xs, ys, "s", ms=3, ls="none", color="#222222" if bright else "#9e9e9e")
     for ring in _rings(layers.data.boundary):
         xs, ys = zip(*ring, strict=True)
-        axes.plot(xs, ys, color="#c62828", lw=2.4 if outline_only else 1.6, ls="--")
+        if key_map:
+            axes.plot(xs, ys, color="#555555", lw=0.8)
+        else:
+            axes.plot(xs, ys, color="#c62828", lw=2.4 if outline_only else 1.6, ls="--")
+    if key_map:
+        return _image(canvas)
     groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     for facility in layers.facilities_in(x0, y0, x1, y1):
         kind = facility.type if facility.type in FACILITY_STYLE else "other"
@@ -132,6 +155,10 @@ def render_window(
         axes.plot(
             xs, ys, marker, ls="none", ms=6, mfc="white" if broken else colour, mec=colour, mew=1.2
         )
+    return _image(canvas)
+
+
+def _image(canvas: FigureCanvasAgg) -> Image.Image:
     canvas.draw()  # type: ignore[no-untyped-call]
     width, height = canvas.get_width_height()
     pixels = canvas.buffer_rgba()  # type: ignore[no-untyped-call]

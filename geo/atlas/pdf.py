@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from reportlab import rl_config
-from reportlab.lib.colors import Color, HexColor, black
+from reportlab.lib.colors import Color, HexColor, black, white
 from reportlab.lib.units import mm
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase.pdfmetrics import stringWidth
@@ -29,6 +29,7 @@ from geo.atlas.data import AtlasData, Structure
 from geo.atlas.layout import PAPER, Block, MapPage, Paper, plan_blocks, plan_pages
 from geo.atlas.maps import FACILITY_STYLE, USE_COLOURS, MapLayers, render_window
 from geo.core.errors import Unavailable
+from geo.core.privacy import MIN_COUNT, sees_raw_counts
 from geo.profiles.fields import COMPUTED, REPORTED
 
 __all__ = ["AtlasRequest", "sheet_rows", "write_atlas"]
@@ -36,6 +37,12 @@ __all__ = ["AtlasRequest", "sheet_rows", "write_atlas"]
 LABEL_FONT, LABEL_SIZE = "Helvetica-Bold", 6.5
 TEXT_FONT, BOLD_FONT = "Helvetica", "Helvetica-Bold"
 ROW_MM = 7.5
+LOCATOR_MM = 14.0
+"""Height of the key map in a map page's header."""
+SYMBOL_MM = 2.6
+"""Size of a facility symbol on a map (6 pt), kept clear of labels."""
+LEGEND_INDENT_MM = 15.0
+"""Where a legend row's entries start, after its caption (Structures, Facilities)."""
 SHEET_COLUMNS = (
     ("#", 10),
     ("Structure number", 38),
@@ -184,7 +191,7 @@ class _Atlas:
         deadline: float,
         timeout_s: float,
     ) -> None:
-        self.paper = PAPER[request.paper]
+        self.paper = self.sheet_paper = PAPER[request.paper]
         self.data, self.profile, self.request = data, profile, request
         self.canvas = Canvas(out, pagesize=(self.paper.width * mm, self.paper.height * mm))
         self.canvas.setTitle(f"Makazi atlas: {data.name}")
@@ -193,16 +200,19 @@ class _Atlas:
         self.deadline, self.timeout_s = deadline, timeout_s
         self.page, self.pages = 0, 0
         self.suppressed = set(profile["suppressed"])
+        self._locator: tuple[ImageReader, tuple[float, float, float, float], float] | None = None
 
     # -- frame of every page ---------------------------------------------------------
-    def _start(self, title: str, subtitle: str = "") -> None:
+    def _start(self, title: str, subtitle: str = "", paper: Paper | None = None) -> None:
         if time.monotonic() > self.deadline:
             raise Unavailable(
                 f"the atlas took longer than {self.timeout_s:g} s (MAKAZI_ATLAS_TIMEOUT_S); "
                 "print fewer blocks or raise the setting"
             )
         self.page += 1
+        self.paper = paper or self.sheet_paper
         c, p = self.canvas, self.paper
+        c.setPageSize((p.width * mm, p.height * mm))
         top = (p.height - p.margin) * mm
         c.setFillColor(black)
         c.setFont(BOLD_FONT, 14)
@@ -211,19 +221,35 @@ class _Atlas:
             c.setFont(TEXT_FONT, 9)
             c.drawString(p.margin * mm, top - 11.5 * mm, subtitle)
         c.setFont(TEXT_FONT, 8)
-        when = self.request.as_of or self.request.made_at
-        counted = "verified records only" if self.request.verified else "all records"
-        footer = (
-            f"{self.data.name} · data as of {when.astimezone(UTC):%Y-%m-%d %H:%M} UTC · "
-            f"prepared for role {self.request.role or 'public'} · {counted}"
-        )
-        c.drawString(p.margin * mm, (p.margin + 3) * mm, footer)
+        c.drawString(p.margin * mm, (p.margin + 3) * mm, self._source())
         c.drawRightString(
             (p.width - p.margin) * mm, (p.margin + 3) * mm, f"page {self.page} of {self.pages}"
         )
+        c.setFont(TEXT_FONT, 7)
+        c.drawString(p.margin * mm, p.margin * mm, self._basis())
         c.setStrokeColor(HexColor("#888888"))
         c.setLineWidth(0.4)
         c.line(p.margin * mm, (p.margin + 7) * mm, (p.width - p.margin) * mm, (p.margin + 7) * mm)
+
+    def _source(self) -> str:
+        """Where the page's data comes from and of when: the first footer line."""
+        made = self.request.made_at.astimezone(UTC)
+        when = (self.request.as_of or made).astimezone(UTC)
+        return (
+            f"Makazi — {self.data.name}, data as of {when:%Y-%m-%d %H:%M} UTC, "
+            f"printed {made:%Y-%m-%d %H:%M} UTC"
+        )
+
+    def _basis(self) -> str:
+        """What the counts include and hide, and for whom: the second footer line."""
+        role = self.request.role
+        counted = (
+            "verified structures and households only" if self.request.verified else "all records"
+        )
+        hidden = "all counts shown" if sees_raw_counts(role) else f"counts below {MIN_COUNT} hidden"
+        return (
+            f"Source: Makazi database · prepared for role {role or 'public'} · {counted} · {hidden}"
+        )
 
     def _frame_origin(self) -> tuple[float, float]:
         p = self.paper
@@ -246,21 +272,21 @@ class _Atlas:
         self.canvas.drawImage(ImageReader(image), x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
         self.canvas.setStrokeColor(black)
         self.canvas.rect(x_mm * mm, y_mm * mm, frame_w * mm, map_h * mm)
-        self._facility_legend(x_mm + 10, y_mm - 4)
+        self._facility_legend(x_mm, y_mm - 5.5)
         metres_per_mm = (window[2] - window[0]) / frame_w
-        self._north_and_scale_bar(x_mm, y_mm - 4, _bar_metres(metres_per_mm), metres_per_mm)
-        placed: list[_Label] = []  # block names never print over each other
+        self._north_and_scale_bar(y_mm - 5.5, _bar_metres(metres_per_mm), metres_per_mm)
+        frame = (x_mm, y_mm, frame_w, map_h)
+        placed = self._facility_spots(window, frame)  # names cover no symbol, nor each other
         for block in blocks:
             cx = sum(s.x for s in block.structures) / len(block.structures)
             cy = sum(s.y for s in block.structures) / len(block.structures)
-            frame = (x_mm, y_mm, frame_w, map_h)
             px, py = _to_page(window, frame, cx, cy)
             width, height = _halo_size(block.name, BOLD_FONT, 8)
             box = _place(px, py, width, height, placed, frame)
             lx, ly = box.x + box.w / 2, box.y + box.h / 2
             self._leader(px, py, lx, ly)
             self._halo_text(lx, ly, block.name, BOLD_FONT, 8)
-        self._profile_table(y_mm - 10)
+        self._profile_table(y_mm - 11.5)
 
     def _profile_table(self, top_mm: float) -> None:
         c, p = self.canvas, self.paper
@@ -336,12 +362,14 @@ class _Atlas:
 
     # -- map pages -------------------------------------------------------------------
     def map_page(self, page: MapPage) -> None:
-        p = self.paper
+        p = page.paper
         part = f" ({page.tile})" if page.tile else ""
         about = f"{len(page.structures)} structures · scale 1:{page.scale} on {p.name}"
+        if p.landscape:
+            about += " landscape"
         if page.block.prefix:
             about += f" · numbers without the prefix {page.block.prefix}-"
-        self._start(f"Block {page.block.name}: map{part}", about)
+        self._start(f"Block {page.block.name}: map{part}", about, p)
         frame_w, frame_h = p.frame
         x_mm, y_mm = self._frame_origin()
         window = (page.x0, page.y0, page.x1, page.y1)
@@ -355,6 +383,36 @@ class _Atlas:
         c.rect(x_mm * mm, y_mm * mm, frame_w * mm, frame_h * mm)
         self._labels(page, window, (x_mm, y_mm, frame_w, frame_h))
         self._legend(page.scale, x_mm, y_mm)
+        self._locate(window)
+
+    def _locate(self, window: tuple[float, float, float, float]) -> None:
+        """A key map in the header's right corner: the outline, the page's window in red.
+
+        The outline is drawn once per atlas and placed on every map page, so a page
+        that leaves the room still shows where in the settlement it lies.
+        """
+        c, p = self.canvas, self.paper
+        height = LOCATOR_MM
+        if self._locator is None:
+            minx, miny, maxx, maxy = self.data.boundary.bounds
+            width = min(2.5 * height, max(height, height * (maxx - minx) / (maxy - miny or 1)))
+            whole = _fit((minx, miny, maxx, maxy), width, height, pad=0.08)
+            image = render_window(self.layers, whole, (width, height), key_map=True)
+            self._locator = (ImageReader(image), whole, width)
+        image, whole, width = self._locator
+        x, y = p.width - p.margin - width, p.height - p.margin - height
+        c.drawImage(image, x * mm, y * mm, width * mm, height * mm)
+        c.setStrokeColor(HexColor("#888888"))
+        c.setLineWidth(0.4)
+        c.rect(x * mm, y * mm, width * mm, height * mm)
+        frame = (x, y, width, height)
+        x0, y0 = _to_page(whole, frame, window[0], window[1])
+        x1, y1 = _to_page(whole, frame, window[2], window[3])
+        x0, y0 = max(x0, x), max(y0, y)
+        x1, y1 = min(x1, x + width), min(y1, y + height)
+        c.setStrokeColor(HexColor("#c62828"))
+        c.setLineWidth(1)
+        c.rect(x0 * mm, y0 * mm, max(x1 - x0, 0.8) * mm, max(y1 - y0, 0.8) * mm)
 
     def _labels(
         self,
@@ -363,7 +421,7 @@ class _Atlas:
         frame: tuple[float, float, float, float],
     ) -> None:
         c = self.canvas
-        placed: list[_Label] = []
+        placed = self._facility_spots(window, frame)
         height = LABEL_SIZE * 0.8 / mm * 1.0 + 0.6  # cap height + padding, in mm
         for structure in sorted(page.structures, key=lambda s: (-s.y, s.x)):
             text = page.block.label(structure)
@@ -378,20 +436,36 @@ class _Atlas:
             c.setFont(LABEL_FONT, LABEL_SIZE)
             c.drawCentredString(cx * mm, (best.y + 0.45) * mm, text)
 
+    def _facility_spots(
+        self, window: tuple[float, float, float, float], frame: tuple[float, float, float, float]
+    ) -> list[_Label]:
+        """The boxes (mm) of the facility symbols drawn in ``frame``: labels keep off them."""
+        spots = []
+        for facility in self.layers.facilities_in(*window):
+            point = facility.geom.representative_point()
+            px, py = _to_page(window, frame, point.x, point.y)
+            spots.append(_Label(px - SYMBOL_MM / 2, py - SYMBOL_MM / 2, SYMBOL_MM, SYMBOL_MM))
+        return spots
+
     def _marker(self, marker: str, colour: Color, x: float, y: float) -> None:
-        """A facility symbol as the map draws it (matplotlib marker ``o s ^ P``)."""
+        """A facility symbol as the map draws it (matplotlib marker ``o s ^ v P X D``)."""
         c, r = self.canvas, 1.1
         c.setFillColor(colour)
         c.setStrokeColor(colour)
         if marker == "s":
             c.rect((x - r) * mm, (y - r) * mm, 2 * r * mm, 2 * r * mm, 0, 1)
-        elif marker == "^":
+        elif marker in {"^", "v"}:
+            tip = 1 if marker == "^" else -1
             path = c.beginPath()
-            path.moveTo((x - r) * mm, (y - r) * mm)
-            path.lineTo((x + r) * mm, (y - r) * mm)
-            path.lineTo(x * mm, (y + r) * mm)
+            path.moveTo((x - r) * mm, (y - tip * r) * mm)
+            path.lineTo((x + r) * mm, (y - tip * r) * mm)
+            path.lineTo(x * mm, (y + tip * r) * mm)
             path.close()
             c.drawPath(path, stroke=0, fill=1)
+        elif marker == "X":
+            c.setLineWidth(0.9)
+            c.line((x - r) * mm, (y - r) * mm, (x + r) * mm, (y + r) * mm)
+            c.line((x - r) * mm, (y + r) * mm, (x + r) * mm, (y - r) * mm)
         elif marker == "D":
             path = c.beginPath()
             path.moveTo(x * mm, (y - r) * mm)
@@ -426,7 +500,10 @@ class _Atlas:
     def _legend(self, scale: int, x_mm: float, y_mm: float) -> None:
         c, p = self.canvas, self.paper
         y = y_mm - p.legend + 2.5
-        x = x_mm
+        c.setFillColor(black)
+        c.setFont(BOLD_FONT, 7)
+        c.drawString(x_mm * mm, (y + 0.4) * mm, "Structures")
+        x = x_mm + LEGEND_INDENT_MM
         c.setFont(TEXT_FONT, 7)
         for use, colour in USE_COLOURS.items():
             c.setFillColor(HexColor(colour))
@@ -437,28 +514,42 @@ class _Atlas:
             label = use.replace("_", " ")
             c.drawString((x + 3.8) * mm, (y + 0.4) * mm, label)
             x += 5.5 + stringWidth(label, TEXT_FONT, 7) / mm
-        self._facility_legend(x_mm + 10, y - 3.6)
-        self._north_and_scale_bar(x_mm, y - 3.6, 20, scale / 1000)
+        self._facility_legend(x_mm, y - 3.6)
+        self._north_and_scale_bar(y - 3.6, _bar_metres(scale / 1000), scale / 1000)
 
-    def _north_and_scale_bar(
-        self, x_mm: float, y_mm: float, metres: int, metres_per_mm: float
-    ) -> None:
-        """North arrow at ``x_mm`` and a bar of ``metres`` ending at the right margin."""
+    def _north_and_scale_bar(self, y_mm: float, metres: int, metres_per_mm: float) -> None:
+        """A bar of ``metres`` ending by the right margin, a north arrow before it.
+
+        The bar is two halves, black and white, with ticks at 0, the middle and the
+        end labelled above them (``0  50  100 m``).
+        """
         c, p = self.canvas, self.paper
         bar = metres / metres_per_mm
-        right = p.width - p.margin
-        c.setLineWidth(1)
+        right = p.width - p.margin - 4  # room for the end label and its unit
+        left = right - bar
+        c.setLineWidth(0.5)
         c.setStrokeColor(black)
-        c.line((right - bar) * mm, y_mm * mm, right * mm, y_mm * mm)
+        for k, fill in enumerate((black, white)):
+            c.setFillColor(fill)
+            c.rect((left + k * bar / 2) * mm, y_mm * mm, bar / 2 * mm, 1.2 * mm, 1, 1)
         c.setFillColor(black)
         c.setFont(TEXT_FONT, 7)
-        c.drawRightString((right - bar - 1.5) * mm, (y_mm - 0.8) * mm, f"{metres:,} m")
+        for k, tick in enumerate((0, metres / 2, metres)):
+            x = left + k * bar / 2
+            c.line(x * mm, (y_mm - 0.6) * mm, x * mm, (y_mm + 1.8) * mm)
+            c.drawCentredString(x * mm, (y_mm + 2.3) * mm, f"{tick:,g}")
+        end = stringWidth(f"{metres:,g}", TEXT_FONT, 7) / mm
+        c.drawString((right + end / 2 + 0.8) * mm, (y_mm + 2.3) * mm, "m")
         c.setFont(BOLD_FONT, 8)
-        c.drawString(x_mm * mm, (y_mm + 0.2) * mm, "N ↑")
+        c.drawRightString((left - 3) * mm, (y_mm + 0.2) * mm, "N ↑")
 
     def _facility_legend(self, x: float, y: float) -> float:
         """Facility symbols (hollow: broken or needing repair) from ``x``; the x after them."""
         c = self.canvas
+        c.setFillColor(black)
+        c.setFont(BOLD_FONT, 7)
+        c.drawString(x * mm, (y + 0.4) * mm, "Facilities")
+        x += LEGEND_INDENT_MM
         c.setFont(TEXT_FONT, 7)
         for kind, (marker, colour) in FACILITY_STYLE.items():
             self._marker(marker, HexColor(colour), x + 1.3, y + 1.2)
@@ -530,7 +621,7 @@ def _halo_size(text: str, font: str, size: float) -> tuple[float, float]:
     return stringWidth(text, font, size) / mm + 1.2, size * 0.8 / mm + 1.0
 
 
-def _bar_metres(metres_per_mm: float, longest_mm: float = 40.0) -> int:
+def _bar_metres(metres_per_mm: float, longest_mm: float = 30.0) -> int:
     """The longest round length on the ground whose bar is at most ``longest_mm`` long."""
     rounds = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
     return max([m for m in rounds if m / metres_per_mm <= longest_mm], default=rounds[0])

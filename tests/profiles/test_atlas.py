@@ -7,17 +7,23 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import shapely
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import Connection, text
 
 from app.main import create_app
+from geo.atlas.data import AtlasData, Structure
+from geo.atlas.maps import FACILITY_COLOURS, FACILITY_STYLE, USE_COLOURS, MapLayers, render_window
 from geo.core.settings import Settings
 from geo.demo.generator import generate
 from geo.demo.loader import load
+from geo.layers.registry import ENUMS
 from tests.profiles.conftest import (
     E0,
     N0,
@@ -33,8 +39,8 @@ from tests.support.db import BoundDatabase
 Headers = Callable[..., dict[str, str]]
 
 needs_poppler = pytest.mark.skipif(
-    shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
-    reason="pdftotext/pdftoppm missing: install the Debian package poppler-utils",
+    not all(shutil.which(tool) for tool in ("pdftotext", "pdftoppm", "pdfimages")),
+    reason="pdftotext/pdftoppm/pdfimages missing: install the Debian package poppler-utils",
 )
 
 
@@ -71,15 +77,41 @@ def test_atlas_pages_numbers_counts_and_nothing_personal(
     pages = _pages(pdf)
     # cover, then per block one map page and one sheet
     assert len(pages) == 5
-    assert len(_png_pages(pdf)) == 5
+    today = f"{datetime.now(UTC):%Y-%m-%d}"
     for k, page in enumerate(pages, start=1):
-        assert "prepared for role planner" in page
-        assert "data as of" in page
+        # every page says what it is, where its data comes from and of when
+        assert f"Makazi — Kisima, data as of {today}" in page
+        assert f"printed {today}" in page
+        assert "Source: Makazi database · prepared for role planner" in page
+        assert "all records · all counts shown" in page
         assert f"page {k} of 5" in page
-    # every printed map (the cover's too) has a north arrow and a labelled scale bar
-    for page in (pages[0], *(page for page in pages if ": map" in page)):
-        legend = [line for line in page.splitlines() if re.match(r"\s*N\s*↑", line)]
-        assert len(legend) == 1 and re.search(r"\d m$", legend[0].rstrip()), page
+    # every printed map (the cover's too) has a north arrow and a scale bar ticked 0, middle, end
+    maps = [k for k, page in enumerate(pages, start=1) if k == 1 or ": map" in page]
+    assert len(maps) == 3
+    for k in maps:
+        assert re.search(r"\bN\s*↑", pages[k - 1]), k
+        ticks = _scale_ticks(pdf, k)
+        (zero, _z), (middle, x_middle), (end, x_end) = ticks
+        assert (zero, middle * 2) == (0, end) and end > 0, ticks
+        assert x_middle == pytest.approx((ticks[0][1] + x_end) / 2, abs=0.6), ticks
+        scale = re.search(r"scale 1:(\d+)", pages[k - 1])
+        if scale:  # the bar is as long on paper as its metres at the page's scale
+            bar_mm = (x_end - ticks[0][1]) / 72 * 25.4
+            assert bar_mm == pytest.approx(end * 1000 / int(scale[1]), rel=0.03), ticks
+    # each map page carries a key map of the settlement beside its title: one image, reused
+    images = _image_objects(pdf)
+    assert [len(images[k]) for k in maps] == [1, 2, 2]
+    assert images[maps[1]][1] == images[maps[2]][1] != images[1][0]
+    # a block in one long row is printed across a landscape page, sheets stay portrait
+    sizes = [Image.open(png).size for png in _png_pages(pdf)]
+    for k, page in enumerate(pages, start=1):
+        turned = k in maps[1:]
+        assert ("on A4 landscape" in page) == turned, k
+        assert (sizes[k - 1][0] > sizes[k - 1][1]) == turned, (k, sizes)
+    # the legend names every use and facility type the map colours
+    legend = " ".join(pages[maps[1] - 1].split())
+    for name in (*USE_COLOURS, *FACILITY_COLOURS):
+        assert name.replace("_", " ") in legend, name
     cover = pages[0]
     profile = client.get(f"/settlements/{kisima.settlement}/profile", headers=planner).json()
     for name in ("structures", "households", "people_counted", "water_points"):
@@ -107,6 +139,10 @@ def test_suppressed_counts_print_as_suppressed(
     households = next(line for line in cover.splitlines() if "households" in line)
     assert "suppressed" in households
     assert "TN-01-1" in "\n".join(pages)  # a sheet still lists the numbers
+    assert all("counts below 5 hidden" in page for page in pages)
+    assert not any("verified structures" in page for page in pages)
+    verified = _atlas(client, tiny, token_for("viewer"), tmp_path / "v.pdf", verified="true")
+    assert all("verified structures and households only" in page for page in _pages(verified))
 
 
 def test_atlas_needs_a_token_and_a_settlement(
@@ -224,6 +260,67 @@ def _overlapping(words: list[tuple[str, float, float, float, float]]) -> list[tu
     ]
 
 
+def _scale_ticks(pdf: Path, page: int) -> list[tuple[float, float]]:
+    """The scale bar's tick labels on ``page``: (metres, x of the label's centre in pt).
+
+    The three numbers printed on one line just before the bar's unit ``m``.
+    """
+    words = _words(pdf, page)
+    unit = next(w for w in words if w[0] == "m")
+    line = [
+        w
+        for w in words
+        if abs(w[2] - unit[2]) < 1 and w[3] < unit[1] and re.fullmatch(r"[\d,.]+", w[0])
+    ]
+    line.sort(key=lambda w: w[1])
+    return [(float(w[0].replace(",", "")), (w[1] + w[3]) / 2) for w in line[-3:]]
+
+
+def _image_objects(pdf: Path) -> dict[int, list[str]]:
+    """PDF object ids of the images drawn on each page, in drawing order (``pdfimages``)."""
+    listing = subprocess.run(
+        ["pdfimages", "-list", str(pdf)], check=True, capture_output=True, text=True
+    ).stdout
+    objects: dict[int, list[str]] = {}
+    for line in listing.splitlines()[2:]:
+        cells = line.split()
+        objects.setdefault(int(cells[0]), []).append(cells[10])
+    return objects
+
+
+def _map_js_colours(name: str) -> dict[str, str]:
+    """The ``var NAME = {key: "#hex", ...}`` palette of the web map's script."""
+    script = (Path(__file__).parents[2] / "app" / "static" / "map" / "map.js").read_text()
+    body = re.search(rf"var {name} = \{{(.*?)\}};", script, re.DOTALL)
+    assert body, name
+    return dict(re.findall(r'(\w+):\s*"(#[0-9a-fA-F]{6})"', body[1]))
+
+
+def test_print_colours_are_the_web_maps() -> None:
+    uses = _map_js_colours("USE_COLOURS")
+    assert set(uses) == set(ENUMS["use"])
+    assert uses == USE_COLOURS
+    facilities = _map_js_colours("FACILITY_COLOURS")
+    assert set(facilities) == set(ENUMS["type"])
+    assert facilities == FACILITY_COLOURS
+    assert {kind: colour for kind, (_m, colour) in FACILITY_STYLE.items()} == facilities
+
+
+def test_a_structure_is_drawn_in_its_use_colour() -> None:
+    structures = [
+        Structure(k, f"C-{k}", use, 0, "collected", "C", x + 5, 5, shapely.box(x, 0, x + 10, 10))
+        for k, (use, x) in enumerate((("residential", 0), ("business", 20), (None, 40)))
+    ]
+    data = AtlasData(1, "Colours", shapely.box(-5, -5, 55, 15), structures, [])
+    image = render_window(MapLayers(data), (-5, -5, 55, 15), (60, 20))  # 1 mm a metre
+    for structure, use in zip(structures, ("residential", "business", "other"), strict=True):
+        px = round((structure.x + 5) / 60 * image.width)
+        py = round(image.height - (structure.y + 5) / 20 * image.height)
+        pixel = image.getpixel((px, py))
+        assert isinstance(pixel, tuple)
+        assert "#" + bytes(pixel).hex() == USE_COLOURS[use], use
+
+
 def _insert_squares(connection: Connection, rows: list[dict[str, Any]]) -> None:
     """Residential structures numbered ``n``, squares from (x0, y0) to (x1, y1) in EPSG:32737."""
     connection.execute(
@@ -331,3 +428,33 @@ def test_point_structures_and_an_empty_settlement(
     # numbers without a prefix: one grid cell, its map and its sheet
     assert any("Block Grid A1: map" in page for page in pages)
     assert all(f"P{k}" in pages[-1] for k in range(1, 8))
+
+
+@needs_poppler
+def test_numbers_keep_off_facility_symbols(
+    client: TestClient, connection: Connection, token_for: Headers, tmp_path: Path
+) -> None:
+    sid = insert_settlement(connection, "Tap", 8000, 0, 80, 40)
+    for k in (1, 2):  # two structures side by side, a water point on the first one's middle
+        insert_structure(connection, f"TP-01-00{k}", "residential", 8020 + 24 * (k - 1), 16)
+    connection.execute(
+        text(
+            "INSERT INTO facilities (type, condition, geom) VALUES ('water_point', 'working', "
+            "ST_Transform(ST_SetSRID(ST_MakePoint(:x, :y), 32737), 4326))"
+        ),
+        {"x": E0 + 8024, "y": N0 + 20},
+    )
+    pdf = _atlas(client, sid, token_for("planner"), tmp_path / "tap.pdf")
+    scale = re.search(r"scale 1:(\d+)", _pages(pdf)[1])
+    assert scale
+    words = {w[0]: w[1:] for w in _words(pdf, 2) if w[0] in {"001", "002"}}
+    # 24 m apart on the ground: where the first number would sit, the water point is drawn
+    apart = 24_000 / int(scale[1]) / 25.4 * 72
+    free = words["002"]
+    sx, sy = (free[0] + free[2]) / 2 - apart, (free[1] + free[3]) / 2
+    half = 2.6 / 2 / 25.4 * 72 - 0.5  # half the symbol's box, pt, less a little slack
+    x0, y0, x1, y1 = words["001"]
+    assert x1 <= sx - half or x0 >= sx + half or y1 <= sy - half or y0 >= sy + half, (
+        words,
+        (sx, sy),
+    )
