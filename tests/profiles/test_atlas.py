@@ -288,9 +288,9 @@ def _image_objects(pdf: Path) -> dict[int, list[str]]:
     return objects
 
 
-def _map_js_colours(name: str) -> dict[str, str]:
-    """The ``var NAME = {key: "#hex", ...}`` palette of the web map's script."""
-    script = (Path(__file__).parents[2] / "app" / "static" / "map" / "map.js").read_text()
+def _map_js_colours(name: str, page: str = "map") -> dict[str, str]:
+    """The ``var NAME = {key: "#hex", ...}`` palette of a page's script (the web map's)."""
+    script = (Path(__file__).parents[2] / "app" / "static" / page / f"{page}.js").read_text()
     body = re.search(rf"var {name} = \{{(.*?)\}};", script, re.DOTALL)
     assert body, name
     return dict(re.findall(r'(\w+):\s*"(#[0-9a-fA-F]{6})"', body[1]))
@@ -300,6 +300,7 @@ def test_print_colours_are_the_web_maps() -> None:
     uses = _map_js_colours("USE_COLOURS")
     assert set(uses) == set(ENUMS["use"])
     assert uses == USE_COLOURS
+    assert _map_js_colours("USE_COLOURS", "field") == USE_COLOURS  # and the field app's
     facilities = _map_js_colours("FACILITY_COLOURS")
     assert set(facilities) == set(ENUMS["type"])
     assert facilities == FACILITY_COLOURS
