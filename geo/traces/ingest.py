@@ -1017,14 +1017,14 @@ def _store_at_once(
     register_binary(raw.adapters)
     far_m = max_km * 1000 if max_km > 0 else None
     with (
-        raw.pipeline(),
         raw.cursor() as lock,
         raw.cursor() as find,
         raw.cursor(row_factory=namedtuple_row) as store,
     ):
-        lock.execute(_LOCK, (f"trace/{owner}/{sha256}",))
-        find.execute(_FIND, (owner, sha256))
-        store.execute(_STORE_UNLESS, params | {"wkb": area, "flip": False, "far_m": far_m})
+        with raw.pipeline():  # its end sends them and fetches every result: one round trip
+            lock.execute(_LOCK, (f"trace/{owner}/{sha256}",))
+            find.execute(_FIND, (owner, sha256))
+            store.execute(_STORE_UNLESS, params | {"wkb": area, "flip": False, "far_m": far_m})
         existing = find.fetchone()
         row: Any = store.fetchone()
     if existing is not None:
@@ -1053,11 +1053,12 @@ def _lock_and_find(
     """
     raw = _driver(conn)
     nearest = None
-    with raw.pipeline(), raw.cursor() as lock, raw.cursor() as find, raw.cursor() as place:
-        lock.execute(_LOCK, (f"trace/{owner}/{sha256}",))
-        find.execute(_FIND, (owner, sha256))
-        if near is not None and max_km > 0:
-            place.execute(NEAREST_QUERY, {"wkb": near, "flip": False})
+    with raw.cursor() as lock, raw.cursor() as find, raw.cursor() as place:
+        with raw.pipeline():  # its end sends them and fetches every result: one round trip
+            lock.execute(_LOCK, (f"trace/{owner}/{sha256}",))
+            find.execute(_FIND, (owner, sha256))
+            if near is not None and max_km > 0:
+                place.execute(NEAREST_QUERY, {"wkb": near, "flip": False})
         row = find.fetchone()
         if near is not None and max_km > 0:
             nearest = place.fetchone()
