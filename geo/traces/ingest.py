@@ -8,9 +8,12 @@ Ingest runs in one transaction, so a failure stores nothing:
    look-up: the same bytes from the same owner answer 200 with the existing
    trace, and concurrent identical uploads queue on the lock, so exactly one
    trace is created.  A small upload (up to ``DIRECT_MAX_BYTES``) is read
-   (step 3) before this, so that the lock, the look-up and the nearest
-   settlement (for the far-away warning) go in one round trip; a read error
-   then waits for the look-up, so the answers are those of this order;
+   (step 3) before this, so that the lock, the look-up and the store (step 4,
+   declining when the look-up answers, the settlement named is not live or the
+   trace lies far from every settlement) go in one round trip
+   (:func:`_store_at_once`); otherwise the lock, the look-up and the nearest
+   settlement (for the far-away warning) go in one, and a read error waits for
+   the look-up, so the answers are those of this order;
 3. the upload's members (gzip/bzip2/zip or plain, see :mod:`geo.core.uploads`) are
    parsed by :class:`geo.traces.gpx.GpxReader` (its fast read first; anything
    unusual, an error included, reads the upload again exactly, the rows so far
@@ -48,7 +51,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, text
 
 from geo.core import idempotency
-from geo.core.db import set_statement_timeout
+from geo.core.db import ACTOR_SQL, act_as, pending_actor, set_statement_timeout
 from geo.core.errors import BadRequest, InvalidInput, MakaziError
 from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
@@ -504,7 +507,11 @@ _STORE_UNLESS = _STORE.format(
 
 
 def _driver(conn: Connection) -> psycopg.Connection[Any]:
-    """The psycopg connection under ``conn`` (same transaction), for COPY."""
+    """The psycopg connection under ``conn`` (same transaction), for COPY; a deferred
+    actor (:meth:`geo.core.db.Database.begin`) is named first."""
+    actor = pending_actor(conn)
+    if actor:
+        act_as(conn, actor)
     raw = conn.connection.driver_connection
     if not isinstance(raw, psycopg.Connection):
         raise TypeError("trace ingest needs the psycopg 3 driver")
@@ -910,8 +917,15 @@ def ingest_trace(
             if failure is None and stats.kept and not rows.staged:
                 done = _store_at_once(
                     conn,
-                    _upload_params(
-                        owner, body, name, visibility, settlement_id, reader, stats, dropped
+                    _trace_params(
+                        owner=owner,
+                        body=body,
+                        name=name,
+                        visibility=visibility,
+                        settlement_id=settlement_id,
+                        reader=reader,
+                        stats=stats,
+                        dropped=dropped,
                     )
                     | _file_params(body)
                     | rows.arrays(),
@@ -949,7 +963,16 @@ def ingest_trace(
         )
     if note is not None:
         reader.warn(note)
-    params = _upload_params(owner, body, name, visibility, settlement_id, reader, stats, dropped)
+    params = _trace_params(
+        owner=owner,
+        body=body,
+        name=name,
+        visibility=visibility,
+        settlement_id=settlement_id,
+        reader=reader,
+        stats=stats,
+        dropped=dropped,
+    )
     content_type = params["content_type"]
     if straight is not None:
         row = _run_store(conn, _STORE_SEGMENTS, {**params, **straight.params()})
@@ -961,33 +984,6 @@ def ingest_trace(
     else:
         row = _run_store(conn, _STORE_DIRECT, params | _file_params(body) | rows.arrays())
     return IngestResult(True, int(row.id), json.dumps(trace_summary(row)).encode())
-
-
-def _upload_params(
-    owner: str,
-    body: SpooledBody,
-    name: str | None,
-    visibility: str,
-    settlement_id: int | None,
-    reader: GpxReader,
-    stats: _Stats,
-    dropped: Dropped,
-) -> dict[str, Any]:
-    """The store statements' parameters for the trace row, and its ``content_type``."""
-    body.file.seek(0)
-    content_type = CONTENT_TYPES[sniff(body.file)]
-    params = _trace_params(
-        owner=owner,
-        body=body,
-        name=name,
-        visibility=visibility,
-        settlement_id=settlement_id,
-        reader=reader,
-        stats=stats,
-        dropped=dropped,
-        content_type=content_type,
-    )
-    return params | {"content_type": content_type}
 
 
 def _file_params(body: SpooledBody) -> dict[str, Any]:
@@ -1013,6 +1009,7 @@ def _store_at_once(
     caller takes the ordinary road, which answers those).  The store's snapshot
     is taken after the lock, as the look-up's is.
     """
+    actor = pending_actor(conn)  # named in the same round trip
     raw = _driver(conn)
     register_binary(raw.adapters)
     far_m = max_km * 1000 if max_km > 0 else None
@@ -1022,6 +1019,8 @@ def _store_at_once(
         raw.cursor(row_factory=namedtuple_row) as store,
     ):
         with raw.pipeline():  # its end sends them and fetches every result: one round trip
+            if actor:
+                lock.execute(ACTOR_SQL, (actor,))
             lock.execute(_LOCK, (f"trace/{owner}/{sha256}",))
             find.execute(_FIND, (owner, sha256))
             store.execute(_STORE_UNLESS, params | {"wkb": area, "flip": False, "far_m": far_m})
@@ -1100,9 +1099,11 @@ def _trace_params(
     reader: GpxReader,
     stats: _Stats,
     dropped: Dropped,
-    content_type: str,
 ) -> dict[str, Any]:
-    """The store statement's parameters for the trace row (stats as JSON too)."""
+    """The store statements' parameters for the trace row (stats as JSON too), and the
+    upload's ``content_type``."""
+    body.file.seek(0)
+    content_type = CONTENT_TYPES[sniff(body.file)]
     duration = (stats.end - stats.start).total_seconds() if stats.start and stats.end else None
     bbox = [stats.min_lon, stats.min_lat, stats.max_lon, stats.max_lat] if stats.kept else None
     stats_json = {
@@ -1137,6 +1138,7 @@ def _trace_params(
         "stats": json.dumps(stats_json),
         "dropped": json.dumps(dropped.as_list()),
         "warnings": json.dumps(reader.warnings),
+        "content_type": content_type,
     }
 
 

@@ -417,11 +417,26 @@ def test_concurrent_identical_uploads_make_one_trace(live_app: str, engine: Engi
         statuses = sorted(r.status_code for r in results)
         assert statuses == [200] * 5 + [201], [r.text for r in results]
         assert len({r.json()["id"] for r in results}) == 1
+        # the actor, named with the first statement (the key's claim here), or with the store
+        keyed = httpx.post(
+            f"{live_app}/traces",
+            content=walk(7),
+            headers={**GPX, "Authorization": f"Bearer {token}", "Idempotency-Key": "k"},
+        )
+        assert keyed.status_code == 201, keyed.text
         with engine.connect() as conn:
             stored = conn.execute(
                 text("SELECT count(*) FROM traces WHERE owner = :o"), {"o": owner}
             ).scalar()
-        assert stored == 1
+            who = conn.execute(
+                text(
+                    "SELECT t.created_by, h.changed_by FROM traces t JOIN feature_history h "
+                    "ON h.collection = 'traces' AND h.feature_id = t.id WHERE t.owner = :o"
+                ),
+                {"o": owner},
+            ).all()
+        assert stored == 2
+        assert [tuple(row) for row in who] == [(owner, owner)] * 2
     finally:
         with engine.begin() as conn:
             conn.execute(text("SET LOCAL makazi.audit = 'off'"))
