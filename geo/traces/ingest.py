@@ -884,6 +884,20 @@ def ingest_trace(
         raise InvalidInput(f"visibility must be one of {', '.join(Visibility)}")
     if name is not None and not name.strip():
         name = None
+
+    def trace_params() -> dict[str, Any]:
+        """The trace row's parameters, once the upload is read."""
+        return _trace_params(
+            owner=owner,
+            body=body,
+            name=name,
+            visibility=visibility,
+            settlement_id=settlement_id,
+            reader=reader,
+            stats=stats,
+            dropped=dropped,
+        )
+
     with _Rows(conn, max_rows=limits.direct_max_rows, timeout_ms=limits.ingest_timeout_ms) as rows:
         if body.size > limits.direct_max_bytes:
             # a large upload: look for the same bytes before reading them
@@ -917,18 +931,7 @@ def ingest_trace(
             if failure is None and stats.kept and not rows.staged:
                 done = _store_at_once(
                     conn,
-                    _trace_params(
-                        owner=owner,
-                        body=body,
-                        name=name,
-                        visibility=visibility,
-                        settlement_id=settlement_id,
-                        reader=reader,
-                        stats=stats,
-                        dropped=dropped,
-                    )
-                    | _file_params(body)
-                    | rows.arrays(),
+                    trace_params() | _file_params(body) | rows.arrays(),
                     owner=owner,
                     sha256=body.sha256,
                     area=_box(stats),
@@ -963,16 +966,7 @@ def ingest_trace(
         )
     if note is not None:
         reader.warn(note)
-    params = _trace_params(
-        owner=owner,
-        body=body,
-        name=name,
-        visibility=visibility,
-        settlement_id=settlement_id,
-        reader=reader,
-        stats=stats,
-        dropped=dropped,
-    )
+    params = trace_params()
     content_type = params["content_type"]
     if straight is not None:
         row = _run_store(conn, _STORE_SEGMENTS, {**params, **straight.params()})
