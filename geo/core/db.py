@@ -218,8 +218,10 @@ ACTOR_SQL = "SELECT set_config('makazi.user', %s, true)"
 def act_as(connection: Connection, actor: str) -> None:
     """Name the actor that triggers write into history for this transaction.
 
-    Pipelined on psycopg, so that a transaction's ``BEGIN`` and this go to the
-    server in one round trip rather than two.
+    Pipelined on psycopg; psycopg still sends the ``BEGIN`` that opens the transaction
+    with a ``Sync`` of its own and waits for it (libpq's trace shows two round trips), so
+    a writer that can send the actor with its own statements begins with ``defer_actor``
+    (:meth:`Database.begin`).
     """
     raw = connection.connection.driver_connection
     if isinstance(raw, psycopg.Connection):
