@@ -77,6 +77,7 @@ async def idempotent_write(
     scope: str,
     fingerprint: str,
     write: Callable[[Connection], Response],
+    defer_actor: bool = False,
 ) -> Response:
     """Run ``write`` once per ``key``: in a thread, in one transaction named for ``actor``.
 
@@ -91,10 +92,13 @@ async def idempotent_write(
         request" (:func:`geo.core.idempotency.request_hash` of its content).
     write
         Does the work on the connection and builds the response to send.
+    defer_actor
+        Name the actor with the transaction's first statement
+        (:meth:`geo.core.db.Database.begin`), for a ``write`` that sends it itself.
     """
 
     def work() -> Response:
-        with db.begin(actor=actor) as conn:
+        with db.begin(actor=actor, defer_actor=defer_actor) as conn:
             replay = replay_or_claim(
                 conn, principal=actor, key=key, scope=scope, fingerprint=fingerprint
             )

@@ -174,6 +174,7 @@ async def upload_trace(
             scope="POST /traces",
             fingerprint=fingerprint(body, name, visibility, settlement_id),
             write=ingest,
+            defer_actor=True,  # sent with the small upload's store (geo/traces/ingest.py)
         )
     finally:
         body.close()

@@ -7,9 +7,11 @@ The only place that turns settings into a SQLAlchemy engine.  With no
 from __future__ import annotations
 
 import importlib.util
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from alembic import command
@@ -24,6 +26,7 @@ from geo.core.replicas import ROUTE, WRITES_CHANNEL, RecentWriters, ReplicaSet
 from geo.core.settings import Settings
 
 __all__ = [
+    "ACTOR_SQL",
     "MIGRATIONS_DIR",
     "Database",
     "act_as",
@@ -33,6 +36,7 @@ __all__ = [
     "make_engine",
     "migrate",
     "normalise_url",
+    "pending_actor",
     "replica_failure",
     "resolve_url",
     "set_statement_timeout",
@@ -207,18 +211,45 @@ def current_revision(connection: Connection) -> str | None:
     return str(value) if value is not None else None
 
 
+#: Names the actor for the rest of the transaction (psycopg's parameter style).
+ACTOR_SQL = "SELECT set_config('makazi.user', %s, true)"
+
+
 def act_as(connection: Connection, actor: str) -> None:
     """Name the actor that triggers write into history for this transaction.
 
-    Pipelined on psycopg, so that a transaction's ``BEGIN`` and this go to the
-    server in one round trip rather than two.
+    Pipelined on psycopg; psycopg still sends the ``BEGIN`` that opens the transaction
+    with a ``Sync`` of its own and waits for it (libpq's trace shows two round trips), so
+    a writer that can send the actor with its own statements begins with ``defer_actor``
+    (:meth:`Database.begin`).
     """
     raw = connection.connection.driver_connection
     if isinstance(raw, psycopg.Connection):
         with raw.pipeline():
-            raw.execute("SELECT set_config('makazi.user', %s, true)", (actor,))
+            raw.execute(ACTOR_SQL, (actor,))
         return
     connection.execute(text("SELECT set_config('makazi.user', :actor, true)"), {"actor": actor})
+
+
+#: The actors of transactions begun with ``defer_actor``, by connection, until named
+#: (kept beside the connection, not in it: a lost connection still ends cleanly).
+_DEFERRED_ACTORS: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
+
+
+def pending_actor(connection: Connection) -> str | None:
+    """The actor of a transaction begun with ``defer_actor`` if not named yet, taken:
+    the caller names it now, before its first statement (say in its own pipeline)."""
+    return _DEFERRED_ACTORS.pop(connection, None)
+
+
+def _name_deferred_actor(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+) -> None:
+    """Before the first statement through SQLAlchemy, name a deferred actor (listening on
+    that transaction's connection only)."""
+    actor = _DEFERRED_ACTORS.pop(conn, None)
+    if actor:
+        cursor.execute(ACTOR_SQL, (actor,))
 
 
 class Database:
@@ -262,23 +293,34 @@ class Database:
         )
 
     @contextmanager
-    def begin(self, actor: str | None = None) -> Iterator[Connection]:
+    def begin(self, actor: str | None = None, *, defer_actor: bool = False) -> Iterator[Connection]:
         """A connection in a transaction on the primary, committed on success.
 
         Inside a request by a signed-in client that writes, the commit also tells
         every process (``NOTIFY``) that this client's next reads belong on the primary.
+
+        ``defer_actor``: the actor is named with the transaction's first statement
+        rather than in a round trip of its own: by SQLAlchemy's (an event of this connection), or
+        by the caller that takes it with :func:`pending_actor` before going to the
+        driver connection (say to send it in a pipeline with its own statements).
         """
         route = ROUTE.get()
         writer = route.client if route is not None and route.writes and self.replicas else None
         with self.engine.begin() as conn:
-            if actor:
-                act_as(conn, actor)
-            if writer is not None:
-                conn.execute(
-                    text("SELECT pg_notify(:channel, :client)"),
-                    {"channel": WRITES_CHANNEL, "client": writer},
-                )
-            yield conn
+            try:
+                if actor and defer_actor:
+                    _DEFERRED_ACTORS[conn] = actor
+                    event.listen(conn, "before_cursor_execute", _name_deferred_actor)
+                elif actor:
+                    act_as(conn, actor)
+                if writer is not None:
+                    conn.execute(
+                        text("SELECT pg_notify(:channel, :client)"),
+                        {"channel": WRITES_CHANNEL, "client": writer},
+                    )
+                yield conn
+            finally:
+                _DEFERRED_ACTORS.pop(conn, None)
         if writer is not None:
             self.writers.mark(writer)
 

@@ -8,9 +8,12 @@ Ingest runs in one transaction, so a failure stores nothing:
    look-up: the same bytes from the same owner answer 200 with the existing
    trace, and concurrent identical uploads queue on the lock, so exactly one
    trace is created.  A small upload (up to ``DIRECT_MAX_BYTES``) is read
-   (step 3) before this, so that the lock, the look-up and the nearest
-   settlement (for the far-away warning) go in one round trip; a read error
-   then waits for the look-up, so the answers are those of this order;
+   (step 3) before this, so that the lock, the look-up and the store (step 4,
+   declining when the look-up answers, the settlement named is not live or the
+   trace lies far from every settlement) go in one round trip
+   (:func:`_store_at_once`); otherwise the lock, the look-up and the nearest
+   settlement (for the far-away warning) go in one, and a read error waits for
+   the look-up, so the answers are those of this order;
 3. the upload's members (gzip/bzip2/zip or plain, see :mod:`geo.core.uploads`) are
    parsed by :class:`geo.traces.gpx.GpxReader` (its fast read first; anything
    unusual, an error included, reads the upload again exactly, the rows so far
@@ -42,16 +45,19 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, text
 
 from geo.core import idempotency
-from geo.core.db import set_statement_timeout
+from geo.core.db import ACTOR_SQL, act_as, pending_actor, set_statement_timeout
 from geo.core.errors import BadRequest, InvalidInput, MakaziError
 from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
 from geo.layers.placement import NEAREST_QUERY, far_message, far_note
+from geo.traces.binary import Binary, binary_array
+from geo.traces.binary import register as register_binary
 from geo.traces.cleaning import Cleaner, Dropped
 from geo.traces.columns import NAT, TrackPoints, read_columns
 from geo.traces.gpx import NUMERIC_FIELDS, BadPoint, Container, GpxReader, Point, Unusual
@@ -333,11 +339,11 @@ _TRACE_ROW = """trace AS (
            CAST(%(stats)s AS jsonb)
                || jsonb_build_object('length_m', round(l.length_m::numeric, 2)),
            CAST(%(dropped)s AS jsonb), CAST(%(warnings)s AS jsonb), l.geom
-    FROM track_lines l
+    FROM track_lines l{where}
     RETURNING id, name, owner, visibility, settlement_id, version, stats, dropped, warnings,
               created_at, updated_at
 )"""
-_TRACE_NEW_ID = _TRACE_ROW.format(id="", id_value="")
+_TRACE_NEW_ID = _TRACE_ROW.format(id="", id_value="", where="")
 
 # One statement: lines per segment, the trace row, its segments and points (and,
 # for a small upload, the original bytes); it answers the new trace's summary row.
@@ -401,7 +407,9 @@ WITH lines AS (
 )
 SELECT * FROM trace
 """
-_STORE_SEGMENTS = _SEGMENTS_TEMPLATE.format(trace=_TRACE_ROW.format(id="id, ", id_value="%(id)s, "))
+_STORE_SEGMENTS = _SEGMENTS_TEMPLATE.format(
+    trace=_TRACE_ROW.format(id="id, ", id_value="%(id)s, ", where="")
+)
 
 
 @dataclass
@@ -475,9 +483,35 @@ def _read_straight(conn: Connection, body: SpooledBody, limits: TraceLimits) -> 
 
 _STORE_DIRECT = _STORE.format(source=_FROM_ARRAYS, file=_FILE_FROM_PARAMETER, trace=_TRACE_NEW_ID)
 
+# The lock on (owner, bytes) and the look-up of a live trace with those bytes.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 6))"
+_FIND = "SELECT id FROM traces WHERE owner = %s AND content_sha256 = %s AND deleted_at IS NULL"
+#: The direct store, sent with the lock and the look-up: it stores nothing when the
+#: bytes are there already, the settlement named is not live, or the trace lies far
+#: from every settlement (``far_m``; then the caller stores it with its warning).
+_STORE_UNLESS = _STORE.format(
+    source=_FROM_ARRAYS,
+    file=_FILE_FROM_PARAMETER,
+    trace=_TRACE_ROW.format(
+        id="",
+        id_value="",
+        where=f"""
+    WHERE NOT EXISTS (SELECT FROM traces
+                      WHERE owner = %(owner)s AND content_sha256 = %(sha)s AND deleted_at IS NULL)
+      AND (CAST(%(settlement_id)s AS bigint) IS NULL
+           OR EXISTS (SELECT FROM settlements
+                      WHERE id = %(settlement_id)s AND deleted_at IS NULL))
+      AND NOT EXISTS (SELECT FROM ({NEAREST_QUERY}) n WHERE n.distance_m > %(far_m)s)""",  # noqa: S608
+    ),
+)
+
 
 def _driver(conn: Connection) -> psycopg.Connection[Any]:
-    """The psycopg connection under ``conn`` (same transaction), for COPY."""
+    """The psycopg connection under ``conn`` (same transaction), for COPY; a deferred
+    actor (:meth:`geo.core.db.Database.begin`) is named first."""
+    actor = pending_actor(conn)
+    if actor:
+        act_as(conn, actor)
     raw = conn.connection.driver_connection
     if not isinstance(raw, psycopg.Connection):
         raise TypeError("trace ingest needs the psycopg 3 driver")
@@ -505,6 +539,8 @@ class _Rows(contextlib.ExitStack):
         self.max_rows = max_rows
         self.timeout_ms = timeout_ms
         self.rows: list[tuple[Any, ...]] = []
+        self.points: list[TrackPoints] = []  # the columnar read's kept points, as they came
+        self.count = 0  # rows and points taken
         self.staged = False
         self._copy: psycopg.Copy | None = None
         self._row_by_row = False  # whether psycopg wrote rows (then it ends the COPY)
@@ -515,7 +551,8 @@ class _Rows(contextlib.ExitStack):
             self._send(row)
             return
         self.rows.append(row)
-        if len(self.rows) > self.max_rows:
+        self.count += 1
+        if self.count > self.max_rows:
             self.spill()
 
     def spill(self) -> None:
@@ -530,14 +567,19 @@ class _Rows(contextlib.ExitStack):
         self._open_copy()
         for row in self.rows:
             self._send(row)
-        self.rows = []
+        assert self._copy is not None
+        for points in self.points:
+            for block in _binary_rows(points):
+                self._copy.write(block)
+        self.rows, self.points = [], []
         self.staged = True
 
     def write_points(self, points: TrackPoints) -> None:
-        """Take a segment's kept track points: as rows while they fit the list, else in
-        binary blocks into the COPY."""
-        if self._copy is None and len(self.rows) + len(points) <= self.max_rows:
-            self.rows.extend(point_rows(points))
+        """Take a segment's kept track points: as they are while they fit in memory, else
+        in binary blocks into the COPY."""
+        if self._copy is None and self.count + len(points) <= self.max_rows:
+            self.points.append(points)
+            self.count += len(points)
             return
         self.spill()
         assert self._copy is not None
@@ -560,7 +602,7 @@ class _Rows(contextlib.ExitStack):
 
     def restart(self) -> None:
         """Forget every row taken so far (the staging table, if any, stays, emptied)."""
-        self.rows = []
+        self.rows, self.points, self.count = [], [], 0
         if self.staged:
             self._end_copy()
             self.conn.execute(text("TRUNCATE pg_temp.trace_stage"))
@@ -579,17 +621,71 @@ class _Rows(contextlib.ExitStack):
         """End the COPY, if there is one (the rows are then in the table)."""
         self._end_copy()
 
-    def arrays(self) -> dict[str, list[Any] | None]:
-        """The listed rows as one array parameter per column (``stage_<column>``).
+    def arrays(self) -> dict[str, Any]:
+        """The rows and points taken as one array parameter per column (``stage_<column>``).
 
         A column without any value (no names, no extensions...) is sent as
         NULL, which ``unnest`` pads with NULLs like a short array: less to send.
+        The columnar read's points (beside its segments' rows) go in binary,
+        built by numpy (:func:`_column_arrays`); other rows as lists.
         """
+        if self.points and all(row[0] == "trkseg" for row in self.rows):
+            return _column_arrays(self.rows, self.points)
+        for points in self.points:
+            self.rows.extend(point_rows(points))
+        self.points = []
         columns = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(_STAGE_TYPES)
         return {
             f"stage_{column}": list(values) if any(v is not None for v in values) else None
             for (column, _), values in zip(_STAGE_TYPES, columns, strict=True)
         }
+
+
+def _column_arrays(
+    segments: list[tuple[Any, ...]], parts: list[TrackPoints]
+) -> dict[str, Binary | None]:
+    """Segment rows and kept track points as the store statement's array parameters
+    (:meth:`_Rows.arrays`), in PostgreSQL's binary form: the segments first, then the
+    points."""
+    k, m = len(segments), sum(len(p) for p in parts)
+    point = np.concatenate((np.zeros(k, bool), np.ones(m, bool)))
+
+    def joined(name: str, dtype: str) -> npt.NDArray[Any]:
+        values = np.concatenate([getattr(p, name) for p in parts])
+        return np.concatenate((np.zeros(k, dtype), values.astype(dtype)))
+
+    def where(present: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        return np.concatenate((np.zeros(k, bool), present))
+
+    every = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ("ele", "time_us", "hdop")}
+    lengths = [len(p) for p in parts]
+    track = [row[2] for row in segments] + np.repeat([p.track for p in parts], lengths).tolist()
+    segment = [row[3] for row in segments] + np.repeat([p.segment for p in parts], lengths).tolist()
+    extensions = [_JSONB_VERSION + e.encode() if e else b"" for p in parts for e in p.extensions()]
+    columns: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None, str]] = {
+        "kind": (np.repeat(np.array([b"trkseg", b"trkpt"]), [k, m]), None, "text"),
+        "seq": (joined("seq", "i4"), point, "int4"),
+        "track": (np.array(track), None, "int4"),
+        "segment": (np.array(segment), None, "int4"),
+        "lon": (joined("lon", "f8"), point, "float8"),
+        "lat": (joined("lat", "f8"), point, "float8"),
+        "ele": (joined("ele", "f8"), where(~np.isnan(every["ele"])), "float8"),
+        "time": (
+            joined("time_us", "i8") - _PG_EPOCH_US,
+            where(every["time_us"] != NAT),
+            "timestamptz",
+        ),
+        "extensions": (
+            np.concatenate((np.zeros(k, "S1"), np.array(extensions, "S"))),
+            where(~np.isnan(every["hdop"])),
+            "jsonb",
+        ),
+    }
+    arrays: dict[str, Binary | None] = {"stage_name": None}
+    for column, (values, present, element) in columns.items():
+        some = present is None or bool(present.any())
+        arrays[f"stage_{column}"] = binary_array(values, present, element) if some else None
+    return arrays
 
 
 def extensions_json(ext: dict[str, Any]) -> str:
@@ -788,6 +884,20 @@ def ingest_trace(
         raise InvalidInput(f"visibility must be one of {', '.join(Visibility)}")
     if name is not None and not name.strip():
         name = None
+
+    def trace_params() -> dict[str, Any]:
+        """The trace row's parameters, once the upload is read."""
+        return _trace_params(
+            owner=owner,
+            body=body,
+            name=name,
+            visibility=visibility,
+            settlement_id=settlement_id,
+            reader=reader,
+            stats=stats,
+            dropped=dropped,
+        )
+
     with _Rows(conn, max_rows=limits.direct_max_rows, timeout_ms=limits.ingest_timeout_ms) as rows:
         if body.size > limits.direct_max_bytes:
             # a large upload: look for the same bytes before reading them
@@ -818,6 +928,17 @@ def ingest_trace(
             except MakaziError as exc:
                 failure = exc
             rows.finish()
+            if failure is None and stats.kept and not rows.staged:
+                done = _store_at_once(
+                    conn,
+                    trace_params() | _file_params(body) | rows.arrays(),
+                    owner=owner,
+                    sha256=body.sha256,
+                    area=_box(stats),
+                    max_km=limits.max_km_from_settlements,
+                )
+                if done is not None:
+                    return done
             area = _box(stats) if failure is None and stats.kept else None
             existing, nearest = _lock_and_find(
                 conn,
@@ -845,19 +966,8 @@ def ingest_trace(
         )
     if note is not None:
         reader.warn(note)
-    body.file.seek(0)
-    content_type = CONTENT_TYPES[sniff(body.file)]
-    params = _trace_params(
-        owner=owner,
-        body=body,
-        name=name,
-        visibility=visibility,
-        settlement_id=settlement_id,
-        reader=reader,
-        stats=stats,
-        dropped=dropped,
-        content_type=content_type,
-    )
+    params = trace_params()
+    content_type = params["content_type"]
     if straight is not None:
         row = _run_store(conn, _STORE_SEGMENTS, {**params, **straight.params()})
         _store_file(conn, int(row.id), body, content_type)
@@ -866,9 +976,54 @@ def ingest_trace(
         conn.execute(text("DROP TABLE pg_temp.trace_stage"))
         _store_file(conn, int(row.id), body, content_type)
     else:
-        body.file.seek(0)
-        file = {"content_type": content_type, "size_bytes": body.size, "content": body.file.read()}
-        row = _run_store(conn, _STORE_DIRECT, {**params, **rows.arrays(), **file})
+        row = _run_store(conn, _STORE_DIRECT, params | _file_params(body) | rows.arrays())
+    return IngestResult(True, int(row.id), json.dumps(trace_summary(row)).encode())
+
+
+def _file_params(body: SpooledBody) -> dict[str, Any]:
+    """The original bytes as the direct store's parameters (a small upload's)."""
+    body.file.seek(0)
+    return {"size_bytes": body.size, "content": body.file.read()}
+
+
+def _store_at_once(
+    conn: Connection,
+    params: dict[str, Any],
+    *,
+    owner: str,
+    sha256: str,
+    area: bytes,
+    max_km: float,
+) -> IngestResult | None:
+    """A small upload read without error: lock, look-up and store in one round trip.
+
+    :data:`_STORE_UNLESS` stores the trace unless the look-up would answer (the
+    same bytes: then the existing trace is the answer), the settlement named is
+    not live or the trace lies far from every settlement (then ``None``: the
+    caller takes the ordinary road, which answers those).  The store's snapshot
+    is taken after the lock, as the look-up's is.
+    """
+    actor = pending_actor(conn)  # named in the same round trip
+    raw = _driver(conn)
+    register_binary(raw.adapters)
+    far_m = max_km * 1000 if max_km > 0 else None
+    with (
+        raw.cursor() as lock,
+        raw.cursor() as find,
+        raw.cursor(row_factory=namedtuple_row) as store,
+    ):
+        with raw.pipeline():  # its end sends them and fetches every result: one round trip
+            if actor:
+                lock.execute(ACTOR_SQL, (actor,))
+            lock.execute(_LOCK, (f"trace/{owner}/{sha256}",))
+            find.execute(_FIND, (owner, sha256))
+            store.execute(_STORE_UNLESS, params | {"wkb": area, "flip": False, "far_m": far_m})
+        existing = find.fetchone()
+        row: Any = store.fetchone()
+    if existing is not None:
+        return IngestResult(False, int(existing[0]), summary_json(conn, int(existing[0])))
+    if row is None:
+        return None
     return IngestResult(True, int(row.id), json.dumps(trace_summary(row)).encode())
 
 
@@ -891,16 +1046,12 @@ def _lock_and_find(
     """
     raw = _driver(conn)
     nearest = None
-    with raw.pipeline(), raw.cursor() as lock, raw.cursor() as find, raw.cursor() as place:
-        lock.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 6))", (f"trace/{owner}/{sha256}",)
-        )
-        find.execute(
-            "SELECT id FROM traces WHERE owner = %s AND content_sha256 = %s AND deleted_at IS NULL",
-            (owner, sha256),
-        )
-        if near is not None and max_km > 0:
-            place.execute(NEAREST_QUERY, {"wkb": near, "flip": False})
+    with raw.cursor() as lock, raw.cursor() as find, raw.cursor() as place:
+        with raw.pipeline():  # its end sends them and fetches every result: one round trip
+            lock.execute(_LOCK, (f"trace/{owner}/{sha256}",))
+            find.execute(_FIND, (owner, sha256))
+            if near is not None and max_km > 0:
+                place.execute(NEAREST_QUERY, {"wkb": near, "flip": False})
         row = find.fetchone()
         if near is not None and max_km > 0:
             nearest = place.fetchone()
@@ -925,7 +1076,9 @@ def _run_store(conn: Connection, statement: str, params: dict[str, Any]) -> Any:
     psycopg directly rather than SQLAlchemy: the array parameters go in binary
     (``%(…)b``), several times cheaper to send than their text form.
     """
-    with _driver(conn).cursor(row_factory=namedtuple_row) as cursor:
+    raw = _driver(conn)
+    register_binary(raw.adapters)
+    with raw.cursor(row_factory=namedtuple_row) as cursor:
         cursor.execute(statement, params)
         return cursor.fetchone()
 
@@ -940,9 +1093,11 @@ def _trace_params(
     reader: GpxReader,
     stats: _Stats,
     dropped: Dropped,
-    content_type: str,
 ) -> dict[str, Any]:
-    """The store statement's parameters for the trace row (stats as JSON too)."""
+    """The store statements' parameters for the trace row (stats as JSON too), and the
+    upload's ``content_type``."""
+    body.file.seek(0)
+    content_type = CONTENT_TYPES[sniff(body.file)]
     duration = (stats.end - stats.start).total_seconds() if stats.start and stats.end else None
     bbox = [stats.min_lon, stats.min_lat, stats.max_lon, stats.max_lat] if stats.kept else None
     stats_json = {
@@ -977,6 +1132,7 @@ def _trace_params(
         "stats": json.dumps(stats_json),
         "dropped": json.dumps(dropped.as_list()),
         "warnings": json.dumps(reader.warnings),
+        "content_type": content_type,
     }
 
 

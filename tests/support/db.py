@@ -23,7 +23,9 @@ class BoundDatabase(Database):
         self.connection = connection
 
     @contextmanager
-    def begin(self, actor: str | None = None) -> Iterator[Connection]:
+    def begin(self, actor: str | None = None, *, defer_actor: bool = False) -> Iterator[Connection]:
+        """A savepoint in the test's transaction, its actor named at once (``defer_actor``
+        or not)."""
         with self.connection.begin_nested():
             if actor:
                 act_as(self.connection, actor)

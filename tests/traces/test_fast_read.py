@@ -230,3 +230,44 @@ def test_fast_read_leaves_refusals_to_the_exact_read(prologue: str) -> None:
         data += b"<gpx><wpt lat='1' lon='2'/></gpx>"
     with pytest.raises(Unusual):
         list(GpxReader().read(io.BytesIO(data), fast=True))
+
+
+HOSTILE_NUMBERS = ["1e5x", " 1", "1 ", "nan", "NaN", "inf", "-inf", "1_0", "", "9" * 25,
+                   "1." + "5" * 25, "+1", "1.", ".5", "-", "--1", "0x1F", "1e3", "\uff11", "-0",
+                   "00012.50", "1.25"]  # fmt: skip
+HOSTILE_TIMES = [
+    t + "Z"
+    for t in (
+        "2024-05-02T08:00:01.1234567",
+        "2024-13-01T00:00:00",
+        "0999-01-01T00:00:00",
+        "2024-05-02T24:00:00",
+        "2024-05-02T08:00:60",
+        "2024-05-02 08:00:01",
+        "2024-05-02T08:00:01.",
+        " 2024-05-02T08:00:01",
+        "2024-02-30T08:00:00",
+        "2024-05-02T08:00:01.25",
+        "2024-05-02T8:00:01",
+        "",
+    )
+]
+HOSTILE_TIMES += ["2024-05-02T08:00:01", "2024-05-02T08:00:01+00:00", "nan"]  # fmt: skip
+
+
+@pytest.mark.parametrize("child", ["ele", "hdop", "time"])
+def test_columnar_read_of_hostile_values(child: str) -> None:
+    """Odd numbers and times in a child: the columnar read stores what the exact read
+    stores, or declines; never another value, reason or error."""
+    walk = gpx_bytes(phone_walk(30, seed=3)).decode()
+    read = []
+    for value in HOSTILE_TIMES if child == "time" else HOSTILE_NUMBERS:
+        data = re.sub(f"<{child}>[^<]*<", f"<{child}>{value}<", walk, count=1).encode("utf-8")
+        exact = exact_or_error(data)
+        try:
+            columnar: Any = stored(data, fast=False, columns=True)
+        except Unusual:
+            continue
+        assert columnar == exact, (child, value)
+        read.append(value)
+    assert read  # some odd-looking values ("-0", "00012.50", a fraction of a second) are plain

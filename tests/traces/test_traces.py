@@ -25,7 +25,7 @@ from geo.core.uploads import BodySpool
 from geo.traces.gpx import Unusual
 from geo.traces.ingest import IngestResult, TraceLimits, ingest_trace
 from geo.traces.reads import trace_geojson_chunks
-from tests.support.db import BoundDatabase
+from tests.support.db import BoundDatabase, insert_settlement
 from tests.support.samples import SAMPLES
 
 GPX_DIR = SAMPLES / "gpx"  # ../shared/samples/gpx: every MANIFEST.tsv row is tested below
@@ -417,11 +417,26 @@ def test_concurrent_identical_uploads_make_one_trace(live_app: str, engine: Engi
         statuses = sorted(r.status_code for r in results)
         assert statuses == [200] * 5 + [201], [r.text for r in results]
         assert len({r.json()["id"] for r in results}) == 1
+        # the actor, named with the first statement (the key's claim here), or with the store
+        keyed = httpx.post(
+            f"{live_app}/traces",
+            content=walk(7),
+            headers={**GPX, "Authorization": f"Bearer {token}", "Idempotency-Key": "k"},
+        )
+        assert keyed.status_code == 201, keyed.text
         with engine.connect() as conn:
             stored = conn.execute(
                 text("SELECT count(*) FROM traces WHERE owner = :o"), {"o": owner}
             ).scalar()
-        assert stored == 1
+            who = conn.execute(
+                text(
+                    "SELECT t.created_by, h.changed_by FROM traces t JOIN feature_history h "
+                    "ON h.collection = 'traces' AND h.feature_id = t.id WHERE t.owner = :o"
+                ),
+                {"o": owner},
+            ).all()
+        assert stored == 2
+        assert [tuple(row) for row in who] == [(owner, owner)] * 2
     finally:
         with engine.begin() as conn:
             conn.execute(text("SET LOCAL makazi.audit = 'off'"))
@@ -517,6 +532,38 @@ def test_delete_owner_or_admin(client: TestClient, token_for: Auth) -> None:
 def test_settlement_id_must_exist(client: TestClient, token_for: Auth) -> None:
     problem = assert_problem(upload(client, token_for("mapper"), walk(), settlement_id=999999), 422)
     assert "settlement_id" in problem["detail"]
+
+
+def test_settlement_named_live_or_deleted(
+    client: TestClient, token_for: Auth, connection: Connection
+) -> None:
+    """The small upload's store goes with its look-ups and is declined when they would
+    answer otherwise: a live settlement is kept, a deleted one is a 422 with nothing
+    stored, a walk far away is stored with its warning, and its bytes again answer 200."""
+    kibera = insert_settlement(
+        connection,
+        "Kibera",
+        "MULTIPOLYGON(((36.78 -1.32,36.80 -1.32,36.80 -1.30,36.78 -1.30,36.78 -1.32)))",
+    )
+    gone = insert_settlement(
+        connection, "Gone", "MULTIPOLYGON(((36 -1,36.01 -1,36.01 -0.99,36 -1)))"
+    )
+    connection.execute(text("UPDATE settlements SET deleted_at = now() WHERE id = :i"), {"i": gone})
+    headers = token_for("mapper", "akinyi")
+    kept = upload(client, headers, walk(), settlement_id=kibera)
+    assert kept.status_code == 201, kept.text
+    assert kept.json()["settlement_id"] == kibera and kept.json()["warnings"] == []
+    problem = assert_problem(upload(client, headers, walk(7), settlement_id=gone), 422)
+    assert f"settlement_id {gone} does not exist" in problem["detail"]
+    count = "SELECT count(*) FROM traces WHERE owner = 'akinyi'"
+    assert connection.execute(text(count)).scalar_one() == 1
+    far = gpx_track([(-4.04 + i * 1e-5, 39.66, None) for i in range(5)])
+    stored = upload(client, headers, far)
+    assert stored.status_code == 201, stored.text
+    assert any("km from the nearest settlement (Kibera)" in w for w in stored.json()["warnings"])
+    again = upload(client, headers, far)
+    assert again.status_code == 200 and again.json() == stored.json()
+    assert connection.execute(text(count)).scalar_one() == 2
 
 
 def test_samples_dir_exists() -> None:
