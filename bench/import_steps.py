@@ -10,9 +10,12 @@ of ``python -m bench`` (it writes no section itself).
 
 With ``MAKAZI_BENCH_IMPORT_STEPS_EXPLAIN=1`` the plans of the slow statements
 (``auto_explain`` with buffers, WAL and trigger times) go to the cluster's log.
-With ``MAKAZI_BENCH_IMPORT_STEPS_SCRATCH=1`` it then measures, on a copy of the
-imported table, what each constraint, trigger and index of ``structures`` costs
-by inserting the same rows again with it removed.
+With ``MAKAZI_BENCH_IMPORT_STEPS_SCRATCH=1`` it then measures what each constraint,
+trigger and index of ``structures`` costs, in seconds and WAL bytes, by inserting
+the imported rows again (rolled back) with it removed, and from a floor (only the
+primary key) with it alone added; also rows in spatial order, ``wal_compression``
+and the foreign key as one check per statement.  ``..._ROUNDS`` repeats the list
+alternating, ``..._ONLY`` (words of the labels, comma-separated) shortens it.
 """
 
 from __future__ import annotations
@@ -160,7 +163,8 @@ def main() -> int:
 
 
 #: What to remove or change, one at a time, before inserting the rows again: SQL run first,
-#: or ``HISTORY`` (no history rows), ``ORDER <expression>`` (rows inserted in that order) or
+#: or ``HISTORY`` (no history rows), ``KEYCHECK`` (the foreign key replaced by
+#: :data:`KEY_CHECK`), ``ORDER <expression>`` (rows inserted in that order) or
 #: ``SET <setting>`` (a setting for the insert alone).
 REMOVALS: tuple[tuple[str, str], ...] = (
     ("nothing (the merge's insert with its history rows)", ""),
@@ -212,11 +216,37 @@ FLOOR: tuple[tuple[str, str], ...] = (
                      "structures_source_id_idx", "structures_use_idx")
     ),
 )  # fmt: skip
+#: The settlement key checked once per statement instead of once per row (a schema change
+#: proposed, not made): one lock per distinct settlement, one anti-join over the new rows.
+KEY_CHECK = """
+ALTER TABLE structures DROP CONSTRAINT structures_settlement_id_fkey;
+CREATE FUNCTION pg_temp.settlement_key_check() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE missing bigint;
+BEGIN
+    PERFORM 1 FROM settlements s
+    WHERE s.id IN (SELECT DISTINCT settlement_id FROM new_rows) FOR KEY SHARE;
+    SELECT n.settlement_id INTO missing FROM new_rows n
+    WHERE n.settlement_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.id = n.settlement_id) LIMIT 1;
+    IF FOUND THEN
+        RAISE foreign_key_violation USING MESSAGE = format(
+            'settlement_id %s names no existing settlement', missing);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER settlement_key_check AFTER INSERT ON structures REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.settlement_key_check();
+"""
 REMOVALS += (
+    ("the foreign key as one check per statement (proposed)", "KEYCHECK"),
     ("the floor: all of the above removed, the primary key kept", ";".join(s for _l, s in FLOOR)),
     *(
         (f"the floor + {label}", ";".join(s for other, s in FLOOR if other != label))
         for label, _sql in FLOOR
+    ),
+    (
+        "the floor + the foreign key as one check per statement (proposed)",
+        ";".join(s for _l, s in FLOOR) + ";KEYCHECK",
     ),
 )
 
@@ -287,6 +317,14 @@ def _insert_once(
         for part in parts:
             if part.startswith("SET "):
                 conn.execute(text(f"SET LOCAL {part.removeprefix('SET ')}"))
+            elif part == "KEYCHECK":
+                conn.execute(
+                    text(
+                        "ALTER TABLE structures DROP CONSTRAINT IF EXISTS "
+                        "structures_settlement_id_fkey"
+                    )
+                )
+                conn.connection.driver_connection.execute(KEY_CHECK.split(";", 1)[1])
             elif part not in ("HISTORY",) and not part.startswith("ORDER "):
                 conn.execute(text(part))
         lsn = conn.execute(text("SELECT pg_current_wal_lsn()")).scalar()
