@@ -39,6 +39,10 @@ FAMILIES: dict[int, tuple[str, str]] = {
     2: ("polygons", "MultiPolygon"),
 }
 BATCH_ROWS = 5_000
+#: Rows handed to GDAL in one write.  Each write opens and closes the file, and a
+#: GeoPackage's R-tree starts cold each time: 1,000,000 footprints took 92 s in writes of
+#: 5,000 rows, 43 s in writes of 20,000 (and 42 s of 50,000).
+WRITE_ROWS = 20_000
 _CANONICAL_DIMENSION = {"POINT": 0, "MULTIPOINT": 0, "LINESTRING": 1, "MULTILINESTRING": 1}
 
 
@@ -113,6 +117,18 @@ def _checked(
         yield rows
 
 
+def _regrouped(row_batches: Iterator[Sequence[Any]], size: int) -> Iterator[Sequence[Any]]:
+    """The rows of ``row_batches`` in order, in batches of at least ``size`` (but the last)."""
+    pending: list[Any] = []
+    for rows in row_batches:
+        pending.extend(rows)
+        if len(pending) >= size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
 def write_file(
     conn: Connection,
     rows: ExportRows,
@@ -136,6 +152,7 @@ def write_file(
     row_batches = batches(conn, rows.select(columns), rows.batch)
     if on_batch is not None:
         row_batches = _checked(row_batches, on_batch)
+    row_batches = _regrouped(row_batches, max(rows.batch, WRITE_ROWS))
     if fmt == "shp":
         return _shapefile(collection, names, row_batches, workdir)
     # a FlatGeobuf file cannot be appended to: stage the batches in a GeoPackage first

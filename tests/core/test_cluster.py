@@ -15,6 +15,8 @@ import pytest
 
 from geo.core.cluster import (
     LOCAL_PORT_RANGE,
+    MAX_WAL_SIZE,
+    WAL_COMPRESSION,
     ClusterError,
     EmbeddedCluster,
     find_postgres,
@@ -48,6 +50,18 @@ def test_restart_keeps_the_port(spare: EmbeddedCluster) -> None:
         assert spare.port == port
     finally:
         spare.stop()
+
+
+def test_a_new_cluster_compresses_its_wal_and_checkpoints_less_often(
+    cluster: EmbeddedCluster,
+) -> None:
+    """The settings written at initdb: a compression method this server was built with (the
+    probe found one, else ``off``) and room for a bulk import's WAL between checkpoints."""
+    with psycopg.connect(cluster.conninfo()) as conn:
+        method = conn.execute("SHOW wal_compression").fetchone()
+        size = conn.execute("SHOW max_wal_size").fetchone()
+    assert method is not None and method[0] in WAL_COMPRESSION
+    assert size is not None and size[0] == MAX_WAL_SIZE
 
 
 def test_a_new_cluster_listens_below_the_ephemeral_ports(cluster: EmbeddedCluster) -> None:
