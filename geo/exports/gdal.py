@@ -5,16 +5,17 @@ and hands GDAL (pyogrio) the geometries as PostGIS's WKB, so nothing is parsed
 in Python.  GDAL holds the interpreter while it writes: the service runs this
 in a worker process (:mod:`geo.exports.worker`), the CLI in its own process.
 
-GeoPackage and FlatGeobuf take the batches as one Arrow stream
-(``pyogrio.write_arrow``): GDAL opens the file once and keeps it (and a
-GeoPackage's R-tree) open for the whole export, as ``ogr2ogr`` does.  Written a
-batch at a time instead, each write reopened the file: 1,000,000 footprints
-took 92 s in writes of 5,000 rows and 43 s in writes of 20,000.
+Each file takes the batches as one Arrow stream (``pyogrio.write_arrow``): GDAL
+opens it once and keeps it (and a GeoPackage's R-tree) open for the whole
+export, as ``ogr2ogr`` does.  Written a batch at a time instead, each write
+reopened the file: 1,000,000 footprints took 92 s in writes of 5,000 rows and
+43 s in writes of 20,000.
 
 - GeoPackage 1.2 (``VERSION=1.2``): QGIS 3.22 and GDAL 3.6 (Debian 12) read
   it fully; 1.4 makes them warn that it "may only be partially supported".
 - Shapefile: one ``.shp`` per geometry family (``<layer>.shp`` when there is one
-  family, else ``<layer>_points``/``_lines``/``_polygons``), geometries as
+  family, else ``<layer>_points``/``_lines``/``_polygons``, each read in a pass
+  of its own), geometries as
   Multi*, field names from :mod:`geo.exports.shapefile`, ``.cpg`` (UTF-8) and
   ``.prj`` beside it, all in one zip.  dBASE holds at most 254 bytes of text
   per field: longer notes are cut by the format.
@@ -25,11 +26,10 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func
+from sqlalchemy import Connection, Select, func, select
 
 from geo.exports.query import ExportRows, batches, property_values
 from geo.exports.shapefile import short_name
@@ -43,32 +43,7 @@ FAMILIES: dict[int, tuple[str, str]] = {
     1: ("lines", "MultiLineString"),
     2: ("polygons", "MultiPolygon"),
 }
-#: Rows handed to GDAL in one Shapefile write (each opens and closes the file).
-WRITE_ROWS = 20_000
 _CANONICAL_DIMENSION = {"POINT": 0, "MULTIPOINT": 0, "LINESTRING": 1, "MULTILINESTRING": 1}
-
-
-def _arrays(collection: Collection, rows: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-    """Column arrays and their null masks for ``id`` and every property."""
-    import numpy as np
-
-    kinds = ["id", *(p.kind for p in collection.properties)]
-    data: list[Any] = []
-    masks: list[Any] = []
-    for index, kind in enumerate(kinds):
-        values = [row[index] for row in rows]
-        mask = np.array([v is None for v in values], dtype=bool)
-        if kind in ("id", "integer"):
-            array = np.array([0 if v is None else v for v in values], dtype=np.int64)
-        elif kind == "number":
-            array = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
-        elif kind == "boolean":
-            array = np.array([bool(v) for v in values], dtype=bool)
-        else:
-            array = np.array(["" if v is None else str(v) for v in values], dtype=object)
-        data.append(array)
-        masks.append(mask)
-    return data, masks
 
 
 def _arrow_column(kind: str, values: list[Any]) -> Any:
@@ -119,6 +94,8 @@ def _write_stream(
     row_batches: Iterator[Sequence[Any]],
     target: Path,
     driver: str,
+    *,
+    geometry_type: str = "Unknown",
     options: dict[str, str] | None = None,
 ) -> Path:
     """Write every batch to ``target`` through one GDAL write (the file opened once)."""
@@ -130,48 +107,12 @@ def _write_stream(
         layer=target.stem,
         driver=driver,
         geometry_name="wkb",
-        geometry_type="Unknown",
+        geometry_type=geometry_type,
         crs="EPSG:4326",
+        encoding="UTF-8" if driver == "ESRI Shapefile" else None,
         dataset_options=options,
     )
     return target
-
-
-@dataclass
-class _Layer:
-    """One Shapefile layer written a batch at a time (appending after the first)."""
-
-    path: Path
-    collection: Collection
-    fields: list[str]
-    geometry_type: str
-    written: bool = False
-
-    def write(self, rows: Sequence[Any]) -> None:
-        import numpy as np
-        from pyogrio.raw import write
-
-        data, masks = _arrays(self.collection, rows)
-        geometry = np.array([bytes(row[len(self.fields)]) for row in rows], dtype=object)
-        write(
-            self.path,
-            geometry,
-            data,
-            self.fields,
-            field_mask=masks,
-            layer=self.path.stem,
-            driver="ESRI Shapefile",
-            geometry_type=self.geometry_type,
-            crs="EPSG:4326",
-            encoding="UTF-8",
-            append=self.written,
-        )
-        self.written = True
-
-    def finish(self) -> None:
-        """Write the empty layer when no row came."""
-        if not self.written:
-            self.write([])
 
 
 def _checked(
@@ -180,18 +121,6 @@ def _checked(
     for rows in row_batches:
         on_batch()
         yield rows
-
-
-def _regrouped(row_batches: Iterator[Sequence[Any]], size: int) -> Iterator[Sequence[Any]]:
-    """The rows of ``row_batches`` in order, in batches of at least ``size`` (but the last)."""
-    pending: list[Any] = []
-    for rows in row_batches:
-        pending.extend(rows)
-        if len(pending) >= size:
-            yield pending
-            pending = []
-    if pending:
-        yield pending
 
 
 def write_file(
@@ -211,53 +140,49 @@ def write_file(
     table = collection.table
     names = ["id", *(p.name for p in collection.properties)]
     geometry = func.ST_Multi(table.c.geom) if fmt == "shp" else table.c.geom
-    columns = [*property_values(collection), func.ST_AsBinary(geometry).label("wkb")]
+    statement = rows.select([*property_values(collection), func.ST_AsBinary(geometry)])
+
+    def read(statement: Select[Any]) -> Iterator[Sequence[Any]]:
+        row_batches = batches(conn, statement, rows.batch)
+        return row_batches if on_batch is None else _checked(row_batches, on_batch)
+
     if fmt == "shp":
-        columns.append(func.ST_Dimension(table.c.geom).label("dimension"))
-    row_batches = batches(conn, rows.select(columns), rows.batch)
-    if on_batch is not None:
-        row_batches = _checked(row_batches, on_batch)
-    if fmt == "shp":
-        return _shapefile(
-            collection, names, _regrouped(row_batches, max(rows.batch, WRITE_ROWS)), workdir
-        )
+        return _shapefile(conn, rows, statement, read, workdir)
     if fmt == "gpkg":
         target, driver, options = workdir / f"{collection.name}.gpkg", "GPKG", {"VERSION": "1.2"}
     else:
         target, driver, options = workdir / f"{collection.name}.fgb", "FlatGeobuf", None
-    return _write_stream(collection, names, row_batches, target, driver, options)
+    return _write_stream(collection, names, read(statement), target, driver, options=options)
 
 
 def _shapefile(
-    collection: Collection,
-    names: list[str],
-    row_batches: Iterator[Sequence[Any]],
+    conn: Connection,
+    rows: ExportRows,
+    statement: Select[Any],
+    read: Callable[[Select[Any]], Iterator[Sequence[Any]]],
     workdir: Path,
 ) -> Path:
-    fields = [short_name(n) for n in names]
+    """A zip of one Shapefile per geometry family present, each written as one stream."""
+    collection = rows.collection
+    fields = [short_name(n) for n in ["id", *(p.name for p in collection.properties)]]
+    dimension = func.ST_Dimension(collection.table.c.geom)
+    present = rows.select([dimension.label("dimension")]).order_by(None).subquery()
+    families = [int(d) for d in conn.scalars(select(present.c.dimension).distinct())]
+    if not families:
+        families = [_CANONICAL_DIMENSION.get(collection.geometry_types[0], 2)]
     parts = workdir / "parts"
     parts.mkdir()
-    layers: dict[int, _Layer] = {}
-
-    def layer(dimension: int) -> _Layer:
-        if dimension not in layers:
-            suffix, geometry_type = FAMILIES[dimension]
-            path = parts / f"{collection.name}_{suffix}.shp"
-            layers[dimension] = _Layer(path, collection, fields, geometry_type)
-        return layers[dimension]
-
-    for rows in row_batches:
-        by_dimension: dict[int, list[Any]] = {}
-        for row in rows:
-            by_dimension.setdefault(int(row[-1]), []).append(row)
-        for dimension, group in sorted(by_dimension.items()):
-            layer(dimension).write(group)
-    if not layers:
-        layer(_CANONICAL_DIMENSION.get(collection.geometry_types[0], 2)).finish()
-    if len(layers) == 1:
-        (only,) = layers.values()
-        for part in parts.glob(f"{only.path.stem}.*"):
-            part.rename(parts / f"{collection.name}{part.suffix}")
+    for family in sorted(families):
+        suffix, geometry_type = FAMILIES[family]
+        name = collection.name if len(families) == 1 else f"{collection.name}_{suffix}"
+        _write_stream(
+            collection,
+            fields,
+            read(statement.where(dimension == family) if len(families) > 1 else statement),
+            parts / f"{name}.shp",
+            "ESRI Shapefile",
+            geometry_type=geometry_type,
+        )
     archive = workdir / f"{collection.name}.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for part in sorted(parts.iterdir()):

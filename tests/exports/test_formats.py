@@ -387,13 +387,3 @@ def test_an_exported_shapefile_maps_back_field_for_field(
     for prop in COLLECTIONS["structures"].properties:
         if prop.writable:
             assert fields.get(prop.name) == short_name(prop.name), (prop.name, fields)
-
-
-def test_gdal_gets_the_rows_in_order_in_larger_writes() -> None:
-    """Each GDAL write opens the file again: the read batches are joined, none lost or moved."""
-    from geo.exports.gdal import _regrouped
-
-    read = [[1, 2, 3], [4, 5, 6], [7], [], [8, 9, 10], [11]]
-    written = [list(rows) for rows in _regrouped(iter(read), 5)]
-    assert written == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11]]
-    assert [list(rows) for rows in _regrouped(iter([]), 5)] == []
