@@ -154,8 +154,10 @@ class ExportJob:
                 self.process.kill()
                 self.process.join(timeout=10)
         finally:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            # the slot first: once the folder is gone, the slot is free (what a client
+            # retrying after the 503, or a test, can observe)
             self._release.release()
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class ExportWorkers:
