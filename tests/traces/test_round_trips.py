@@ -155,3 +155,24 @@ def test_own_begin_only_before_the_first_statement(engine: Engine, database_url:
             assert own_begin(conn) is None
     finally:
         plain.dispose()
+
+
+def test_history_of_a_new_trace(database: Database, engine: Engine) -> None:
+    """A new trace's history row keeps the trace once (migration 0027): ``changes`` NULL,
+    read back through ``makazi_history_changes`` as the diff it used to store."""
+    result, _, _ = _ingest(database, walk(30), last=True)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT h.action, h.changes, h.snapshot = makazi_trace_json(t) AS same_snapshot, "
+                "makazi_history_changes(h.changes, h.snapshot) "
+                "= makazi_diff(NULL, makazi_trace_json(t)) AS same_changes, "
+                "makazi_history_changes(h.changes, h.snapshot) -> 'points' AS points "
+                "FROM traces t JOIN feature_history h "
+                "ON h.collection = 'traces' AND h.feature_id = t.id WHERE t.id = :i"
+            ),
+            {"i": result.trace_id},
+        ).one()
+    assert row.action == "create" and row.changes is None
+    assert row.same_snapshot and row.same_changes
+    assert row.points == {"from": None, "to": 30}
