@@ -23,10 +23,6 @@ Revises: 0026
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
 
 revision = "0027"
@@ -42,29 +38,28 @@ _NEW_INSERT = """        SELECT 'traces', n.id, n.version, 'create', makazi_acto
         FROM new_rows n;"""
 
 
-def _sibling(name: str) -> ModuleType:
-    """An earlier revision's module (their file names start with digits)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _audit_traces(create_changes: bool) -> str:
-    """``makazi_audit_traces`` as 0008 made it, or with ``create`` rows' ``changes`` NULL."""
-    upgrade = str(_sibling("0008_trace_audit_without_geometry").UPGRADE)
-    start = upgrade.index("CREATE FUNCTION makazi_audit_traces()")
-    text = "CREATE OR REPLACE" + upgrade[start:].removeprefix("CREATE")
-    assert text.count(_OLD_INSERT) == 1
-    return text if create_changes else text.replace(_OLD_INSERT, _NEW_INSERT)
+def _replace_in_audit(old: str, new: str) -> str:
+    """SQL that rewrites ``makazi_audit_traces`` (as 0008 made it) with ``old`` replaced by
+    ``new`` in its body, failing when ``old`` is not there."""
+    return f"""
+DO $migration$
+DECLARE
+    definition text := pg_get_functiondef('makazi_audit_traces()'::regprocedure);
+BEGIN
+    IF position($old${old}$old$ IN definition) = 0 THEN
+        RAISE EXCEPTION 'makazi_audit_traces is not as expected';
+    END IF;
+    EXECUTE replace(definition, $old${old}$old$, $new${new}$new$);
+END
+$migration$;
+"""
 
 
 def upgrade() -> None:
     op.execute("ALTER FUNCTION makazi_trace_json(traces) STABLE")
-    op.execute(_audit_traces(create_changes=False))
+    op.execute(_replace_in_audit(_OLD_INSERT, _NEW_INSERT))
 
 
 def downgrade() -> None:
-    op.execute(_audit_traces(create_changes=True))
+    op.execute(_replace_in_audit(_NEW_INSERT, _OLD_INSERT))
     op.execute("ALTER FUNCTION makazi_trace_json(traces) IMMUTABLE")
