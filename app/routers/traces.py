@@ -156,6 +156,7 @@ async def upload_trace(
             visibility=visibility,
             settlement_id=settlement_id,
             limits=limits,
+            last=idempotency_key is None,  # nothing to remember after the trace
         )
         payload = json.loads(result.body)
         payload["links"] = _trace_links(request, result.trace_id)

@@ -36,6 +36,7 @@ __all__ = [
     "make_engine",
     "migrate",
     "normalise_url",
+    "own_begin",
     "pending_actor",
     "replica_failure",
     "resolve_url",
@@ -168,6 +169,7 @@ def make_engine(url: str, settings: Settings, *, pool_size: int | None = None) -
         connect_args=connect_args,
     )
     event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    event.listen(engine, "checkin", _implicit_again)
     return engine
 
 
@@ -250,6 +252,58 @@ def _name_deferred_actor(
     actor = _DEFERRED_ACTORS.pop(conn, None)
     if actor:
         cursor.execute(ACTOR_SQL, (actor,))
+
+
+#: The driver connections put in autocommit by :func:`own_begin`, until checked in.
+_OWN_BEGIN: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+
+def own_begin(connection: Connection) -> psycopg.Connection[Any] | None:
+    """The psycopg connection under ``connection``, ready for the caller to send the
+    transaction's ``BEGIN`` with its first statements, or None when it cannot.
+
+    psycopg opens a transaction by sending ``BEGIN`` and waiting for its answer, a
+    round trip of its own even inside a pipeline (it follows the ``BEGIN`` with a
+    ``Sync``).  When nothing has been sent in this transaction yet, the connection
+    is put in autocommit here, so that a ``BEGIN`` the caller sends at the head of
+    its pipeline opens the same transaction (read committed, psycopg's own) in the
+    pipeline's one round trip.  The transaction then goes on as any other: later
+    statements run inside it and SQLAlchemy's commit or rollback ends it; the caller
+    may also end it with a ``COMMIT`` of its own, then calls :func:`own_end`.
+    Autocommit is turned off again when the pool takes the connection back
+    (:func:`make_engine`'s engines only: others get None).
+
+    None also when the transaction has begun already (a statement was sent: a
+    savepoint, an ``Idempotency-Key`` claim), or the connection has its own
+    isolation level or access mode.
+    """
+    raw = connection.connection.driver_connection
+    if (
+        not isinstance(raw, psycopg.Connection)
+        or raw.autocommit
+        or raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        or (raw.isolation_level, raw.read_only, raw.deferrable) != (None, None, None)
+        or not event.contains(connection.engine, "checkin", _implicit_again)
+    ):
+        return None
+    raw.autocommit = True
+    _OWN_BEGIN.add(raw)
+    return raw
+
+
+def own_end(raw: psycopg.Connection[Any]) -> None:
+    """After the caller's own ``COMMIT`` (:func:`own_begin`): psycopg opens the
+    connection's next transaction itself again."""
+    if raw in _OWN_BEGIN and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        raw.autocommit = False
+        _OWN_BEGIN.discard(raw)
+
+
+def _implicit_again(dbapi_connection: Any, record: Any) -> None:
+    """Pool check-in: a connection :func:`own_begin` put in autocommit leaves it (its
+    transaction ended by the pool's reset)."""
+    if dbapi_connection is not None and dbapi_connection in _OWN_BEGIN:
+        own_end(dbapi_connection)
 
 
 class Database:

@@ -51,7 +51,14 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, text
 
 from geo.core import idempotency
-from geo.core.db import ACTOR_SQL, act_as, pending_actor, set_statement_timeout
+from geo.core.db import (
+    ACTOR_SQL,
+    act_as,
+    own_begin,
+    own_end,
+    pending_actor,
+    set_statement_timeout,
+)
 from geo.core.errors import BadRequest, InvalidInput, MakaziError
 from geo.core.privacy import Visibility
 from geo.core.uploads import SpooledBody, members, sniff
@@ -868,8 +875,13 @@ def ingest_trace(
     visibility: str,
     settlement_id: int | None,
     limits: TraceLimits,
+    last: bool = False,
 ) -> IngestResult:
     """Store an uploaded GPX (plain, gzip, bzip2 or zip) as a trace; see the module doc.
+
+    ``last``: the caller writes nothing after the trace in this transaction, so a
+    small upload stored in one round trip (:func:`_store_at_once`) may commit the
+    transaction in that same round trip (when it also opened it).
 
     Raises
     ------
@@ -936,6 +948,7 @@ def ingest_trace(
                     sha256=body.sha256,
                     area=_box(stats),
                     max_km=limits.max_km_from_settlements,
+                    last=last,
                 )
                 if done is not None:
                     return done
@@ -994,6 +1007,7 @@ def _store_at_once(
     sha256: str,
     area: bytes,
     max_km: float,
+    last: bool = False,
 ) -> IngestResult | None:
     """A small upload read without error: lock, look-up and store in one round trip.
 
@@ -1002,9 +1016,18 @@ def _store_at_once(
     not live or the trace lies far from every settlement (then ``None``: the
     caller takes the ordinary road, which answers those).  The store's snapshot
     is taken after the lock, as the look-up's is.
+
+    When nothing was sent in the transaction yet, the same round trip opens it
+    (:func:`geo.core.db.own_begin`: psycopg's own ``BEGIN`` would wait for its
+    answer first) and, when the caller writes nothing after (``last``), commits
+    it: the answer then waits for the commit as before, a 201 still means stored.
+    A declined store committed nothing; the ordinary road runs in the next
+    transaction, its actor named again.
     """
     actor = pending_actor(conn)  # named in the same round trip
-    raw = _driver(conn)
+    own = own_begin(conn)
+    raw = own if own is not None else _driver(conn)
+    commit = own is not None and last
     register_binary(raw.adapters)
     far_m = max_km * 1000 if max_km > 0 else None
     with (
@@ -1013,16 +1036,24 @@ def _store_at_once(
         raw.cursor(row_factory=namedtuple_row) as store,
     ):
         with raw.pipeline():  # its end sends them and fetches every result: one round trip
+            if own is not None:
+                lock.execute("BEGIN", prepare=False)
             if actor:
                 lock.execute(ACTOR_SQL, (actor,))
             lock.execute(_LOCK, (f"trace/{owner}/{sha256}",))
             find.execute(_FIND, (owner, sha256))
             store.execute(_STORE_UNLESS, params | {"wkb": area, "flip": False, "far_m": far_m})
+            if commit:
+                lock.execute("COMMIT", prepare=False)
         existing = find.fetchone()
         row: Any = store.fetchone()
+    if commit:
+        own_end(raw)
     if existing is not None:
         return IngestResult(False, int(existing[0]), summary_json(conn, int(existing[0])))
     if row is None:
+        if commit and actor:
+            act_as(conn, actor)  # the ordinary road's transaction is a new one
         return None
     return IngestResult(True, int(row.id), json.dumps(trace_summary(row)).encode())
 
