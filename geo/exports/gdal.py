@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Select, func, or_, select
 
 from geo.exports.query import ExportRows, batches, property_values
 from geo.exports.shapefile import short_name
@@ -97,6 +97,7 @@ def _write_stream(
     *,
     geometry_type: str = "Unknown",
     options: dict[str, str] | None = None,
+    layer_options: dict[str, str] | None = None,
 ) -> Path:
     """Write every batch to ``target`` through one GDAL write (the file opened once)."""
     import pyogrio
@@ -111,6 +112,7 @@ def _write_stream(
         crs="EPSG:4326",
         encoding="UTF-8" if driver == "ESRI Shapefile" else None,
         dataset_options=options,
+        layer_options=layer_options,
     )
     return target
 
@@ -149,10 +151,23 @@ def write_file(
     if fmt == "shp":
         return _shapefile(conn, rows, statement, read, workdir)
     if fmt == "gpkg":
-        target, driver, options = workdir / f"{collection.name}.gpkg", "GPKG", {"VERSION": "1.2"}
-    else:
-        target, driver, options = workdir / f"{collection.name}.fgb", "FlatGeobuf", None
-    return _write_stream(collection, names, read(statement), target, driver, options=options)
+        target = workdir / f"{collection.name}.gpkg"
+        return _write_stream(
+            collection, names, read(statement), target, "GPKG", options={"VERSION": "1.2"}
+        )
+    # FlatGeobuf's spatial index cannot hold a feature without geometry (a trace of
+    # waypoints only): such a layer is written without one
+    unplaced = rows.select([table.c.id]).where(table.c.geom.is_(None)).order_by(None).limit(1)
+    index = "NO" if conn.execute(unplaced).first() is not None else "YES"
+    target = workdir / f"{collection.name}.fgb"
+    return _write_stream(
+        collection,
+        names,
+        read(statement),
+        target,
+        "FlatGeobuf",
+        layer_options={"SPATIAL_INDEX": index},
+    )
 
 
 def _shapefile(
@@ -167,18 +182,27 @@ def _shapefile(
     fields = [short_name(n) for n in ["id", *(p.name for p in collection.properties)]]
     dimension = func.ST_Dimension(collection.table.c.geom)
     present = rows.select([dimension.label("dimension")]).order_by(None).subquery()
-    families = [int(d) for d in conn.scalars(select(present.c.dimension).distinct())]
+    found = conn.scalars(select(present.c.dimension).distinct())
+    families = sorted(int(d) for d in found if d is not None)
     if not families:
         families = [_CANONICAL_DIMENSION.get(collection.geometry_types[0], 2)]
     parts = workdir / "parts"
     parts.mkdir()
-    for family in sorted(families):
+    for family in families:
         suffix, geometry_type = FAMILIES[family]
         name = collection.name if len(families) == 1 else f"{collection.name}_{suffix}"
+        chosen = statement
+        if len(families) > 1:
+            # a feature without geometry (a trace of waypoints only) goes with the first family
+            chosen = statement.where(
+                or_(dimension == family, dimension.is_(None))
+                if family == families[0]
+                else dimension == family
+            )
         _write_stream(
             collection,
             fields,
-            read(statement.where(dimension == family) if len(families) > 1 else statement),
+            read(chosen),
             parts / f"{name}.shp",
             "ESRI Shapefile",
             geometry_type=geometry_type,

@@ -197,15 +197,18 @@ def _encodes_nulls_right(conn: Connection) -> bool:
 
 
 def flatgeobuf_safe(conn: Connection, rows: ExportRows) -> bool:
-    """Whether ``ST_AsFlatGeobuf`` writes these rows right: one geometry type, NULLs handled."""
+    """Whether ``ST_AsFlatGeobuf`` writes these rows right: one geometry type, every row
+    with a geometry (its spatial index writes a feature without one as a geometry GDAL
+    cannot read), NULL properties handled."""
     table = rows.collection.table
     nulls = or_(*(table.c[p.name].is_(None) for p in rows.collection.properties))
     columns = [
         func.count(func.distinct(func.GeometryType(table.c.geom))),
+        func.coalesce(func.bool_or(table.c.geom.is_(None)), False),
         func.coalesce(func.bool_or(nulls), False),
     ]
-    kinds, has_nulls = conn.execute(rows.select(columns).order_by(None)).one()
-    return bool(kinds == 1 and (not has_nulls or _encodes_nulls_right(conn)))
+    kinds, unplaced, has_nulls = conn.execute(rows.select(columns).order_by(None)).one()
+    return bool(kinds == 1 and not unplaced and (not has_nulls or _encodes_nulls_right(conn)))
 
 
 def fgb_chunks(conn: Connection, rows: ExportRows) -> Generator[bytes, None, None]:

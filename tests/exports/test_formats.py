@@ -387,3 +387,66 @@ def test_an_exported_shapefile_maps_back_field_for_field(
     for prop in COLLECTIONS["structures"].properties:
         if prop.writable:
             assert fields.get(prop.name) == short_name(prop.name), (prop.name, fields)
+
+
+WAYPOINT_ONLY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b'<gpx version="1.1" creator="test" xmlns="http://www.topografix.com/GPX/1/1">'
+    b'<wpt lat="-1.3101" lon="36.7902"><name>tap 4</name></wpt></gpx>'
+)
+
+
+@pytest.mark.parametrize("fmt", ["gpkg", "fgb", "shp"])
+def test_a_trace_without_lines_is_kept_by_gdal_formats(
+    client: Any, connection: Any, token_for: Any, tmp_path: Path, fmt: str
+) -> None:
+    """A trace of waypoints only has no line geometry: it is exported without one, not lost."""
+    from geo.exports.gdal import write_file
+    from geo.exports.postgis import flatgeobuf_safe
+    from geo.exports.query import ExportRows
+
+    answer = client.post(
+        "/traces",
+        content=WAYPOINT_ONLY,
+        params={"visibility": "public", "name": "taps"},
+        headers={**token_for("mapper"), "Content-Type": "application/gpx+xml"},
+    )
+    assert answer.status_code == 201, answer.text
+    trace = answer.json()["id"]
+    lines = text("SELECT geom IS NULL FROM traces WHERE id = :i")
+    assert connection.execute(lines, {"i": trace}).scalar_one()
+
+    rows = ExportRows(COLLECTIONS["traces"], None)
+    if fmt == "fgb":  # ST_AsFlatGeobuf's index would write it as a geometry GDAL cannot read
+        assert not flatgeobuf_safe(connection, rows)
+    path = write_file(connection, rows, fmt, tmp_path)
+    source = f"/vsizip/{path}/traces.shp" if fmt == "shp" else str(path)
+    frame = pyogrio.read_dataframe(source)
+    kept = frame[frame["id"] == trace]
+    assert len(kept) == 1
+    assert kept.geometry.iloc[0] is None
+
+
+@pytest.mark.parametrize("fmt", ["geojson", "csv", "kml"])
+def test_a_trace_without_lines_exports_through_http(
+    client: Any, token_for: Any, tmp_path: Path, fmt: str
+) -> None:
+    """The formats PostGIS builds answer with the trace of waypoints only among their features
+    (GDAL's are written by a worker on its own connection, outside this test's transaction:
+    the test before calls their writer directly)."""
+    answer = client.post(
+        "/traces",
+        content=WAYPOINT_ONLY,
+        params={"visibility": "public", "name": "taps"},
+        headers={**token_for("mapper"), "Content-Type": "application/gpx+xml"},
+    )
+    assert answer.status_code == 201, answer.text
+    exported = client.get(
+        "/exports/traces", params={"format": fmt}, headers=token_for("planner", "planner-p")
+    )
+    assert exported.status_code == 200, exported.text
+    path = tmp_path / f"traces.{'zip' if fmt == 'shp' else fmt}"
+    path.write_bytes(exported.content)
+    source = f"/vsizip/{path}/traces.shp" if fmt == "shp" else str(path)
+    ids = [int(i) for i in pyogrio.read_dataframe(source)["id"]]
+    assert answer.json()["id"] in ids
