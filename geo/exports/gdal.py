@@ -46,19 +46,24 @@ FAMILIES: dict[int, tuple[str, str]] = {
 _CANONICAL_DIMENSION = {"POINT": 0, "MULTIPOINT": 0, "LINESTRING": 1, "MULTILINESTRING": 1}
 
 
+def _arrow_type(kind: str) -> Any:
+    """The Arrow type of a property kind (``id`` included); text for any other kind."""
+    import pyarrow as pa
+
+    types = {"id": pa.int64(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_()}
+    return types.get(kind, pa.string())
+
+
 def _arrow_column(kind: str, values: list[Any]) -> Any:
     """One Arrow array of a property's (or ``id``'s) values, nulls kept."""
     import pyarrow as pa
 
-    if kind in ("id", "integer"):
-        return pa.array(values, type=pa.int64())
     if kind == "number":
-        return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
-    if kind == "boolean":
-        return pa.array(values, type=pa.bool_())
+        values = [None if v is None else float(v) for v in values]
     try:
-        return pa.array(values, type=pa.string())
+        return pa.array(values, type=_arrow_type(kind))
     except (pa.ArrowTypeError, pa.ArrowInvalid):
+        # text kinds only: a value that is not a str (an enum member, say) as its text
         return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
@@ -69,9 +74,11 @@ def _arrow_stream(
     import pyarrow as pa
 
     kinds = ["id", *(p.kind for p in collection.properties)]
-    probes = [_arrow_column(kind, []) for kind in kinds]
     schema = pa.schema(
-        [*(pa.field(n, a.type) for n, a in zip(names, probes, strict=True)), ("wkb", pa.binary())]
+        [
+            *(pa.field(n, _arrow_type(k)) for n, k in zip(names, kinds, strict=True)),
+            ("wkb", pa.binary()),
+        ]
     )
 
     def record_batches() -> Iterator[Any]:

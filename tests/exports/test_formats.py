@@ -396,6 +396,18 @@ WAYPOINT_ONLY = (
 )
 
 
+def upload_waypoints_only(client: Any, token_for: Any) -> int:
+    """A public trace of one waypoint (no line geometry); its id."""
+    answer = client.post(
+        "/traces",
+        content=WAYPOINT_ONLY,
+        params={"visibility": "public", "name": "taps"},
+        headers={**token_for("mapper"), "Content-Type": "application/gpx+xml"},
+    )
+    assert answer.status_code == 201, answer.text
+    return int(answer.json()["id"])
+
+
 @pytest.mark.parametrize("fmt", ["gpkg", "fgb", "shp"])
 def test_a_trace_without_lines_is_kept_by_gdal_formats(
     client: Any, connection: Any, token_for: Any, tmp_path: Path, fmt: str
@@ -405,14 +417,7 @@ def test_a_trace_without_lines_is_kept_by_gdal_formats(
     from geo.exports.postgis import flatgeobuf_safe
     from geo.exports.query import ExportRows
 
-    answer = client.post(
-        "/traces",
-        content=WAYPOINT_ONLY,
-        params={"visibility": "public", "name": "taps"},
-        headers={**token_for("mapper"), "Content-Type": "application/gpx+xml"},
-    )
-    assert answer.status_code == 201, answer.text
-    trace = answer.json()["id"]
+    trace = upload_waypoints_only(client, token_for)
     lines = text("SELECT geom IS NULL FROM traces WHERE id = :i")
     assert connection.execute(lines, {"i": trace}).scalar_one()
 
@@ -434,19 +439,12 @@ def test_a_trace_without_lines_exports_through_http(
     """The formats PostGIS builds answer with the trace of waypoints only among their features
     (GDAL's are written by a worker on its own connection, outside this test's transaction:
     the test before calls their writer directly)."""
-    answer = client.post(
-        "/traces",
-        content=WAYPOINT_ONLY,
-        params={"visibility": "public", "name": "taps"},
-        headers={**token_for("mapper"), "Content-Type": "application/gpx+xml"},
-    )
-    assert answer.status_code == 201, answer.text
+    trace = upload_waypoints_only(client, token_for)
     exported = client.get(
         "/exports/traces", params={"format": fmt}, headers=token_for("planner", "planner-p")
     )
     assert exported.status_code == 200, exported.text
-    path = tmp_path / f"traces.{'zip' if fmt == 'shp' else fmt}"
+    path = tmp_path / f"traces.{fmt}"
     path.write_bytes(exported.content)
-    source = f"/vsizip/{path}/traces.shp" if fmt == "shp" else str(path)
-    ids = [int(i) for i in pyogrio.read_dataframe(source)["id"]]
-    assert answer.json()["id"] in ids
+    ids = [int(i) for i in pyogrio.read_dataframe(path)["id"]]
+    assert trace in ids
