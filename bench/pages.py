@@ -15,6 +15,11 @@ sending a prebuilt body of the page's size (``bench/_bytes_server.py``): its
 time plus the raw SQL's is what any server answering through HTTP would need,
 shown as its ratio to the raw SQL.
 
+A fourth, "the SQL through a bare FastAPI endpoint" (``bench/_sql_server.py``), runs the
+raw SQL in a sync FastAPI endpoint on the same uvicorn and sends the joined texts: the
+least any page served by FastAPI, psycopg and a whole answer costs, without anything
+Makazi adds (validation, visibility, the ETag, counts, links, middleware).
+
 ``MAKAZI_BENCH_PAGES_BASELINE=<git revision>`` adds that revision's code as
 a second server on the same database (``git archive`` into a temporary directory), for
 before/after figures from one run.
@@ -23,6 +28,7 @@ before/after figures from one run.
 from __future__ import annotations
 
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -45,6 +51,7 @@ from tests.support.server import free_port, makazi_on, running_server, uvicorn_a
 
 REPEAT = int(os.environ.get("MAKAZI_BENCH_PAGES_REPEAT", "60"))
 BYTES = "the bytes over HTTP (x: + raw SQL)"
+BARE = "the SQL through a bare FastAPI endpoint"
 
 
 @contextmanager
@@ -146,6 +153,14 @@ def run(ctx: BenchContext) -> str:
     baseline = os.environ.get("MAKAZI_BENCH_PAGES_BASELINE")
     floor_port = free_port()
     floor_argv = uvicorn_argv(sys.executable, "bench._bytes_server:app", floor_port)
+    bare_port = free_port()
+    bare_argv = uvicorn_argv(sys.executable, "bench._sql_server:app", bare_port)
+    bare_env = {
+        "MAKAZI_BENCH_CONNINFO": ctx.conninfo,
+        "MAKAZI_BENCH_SQL_CASES": json.dumps(
+            [[feature_statement(where, order), params] for _, _, (where, order, params), _ in cases]
+        ),
+    }
     rows: list[list[object]] = []
     with ExitStack() as stack:
         url, proc = stack.enter_context(makazi_on(ctx.url))
@@ -157,6 +172,12 @@ def run(ctx: BenchContext) -> str:
         stack.enter_context(
             running_server([*floor_argv, "--app-dir", str(HERE.parent)], floor_port)
         )
+        bare = stack.enter_context(
+            running_server(
+                [*bare_argv, "--app-dir", str(HERE.parent)], bare_port, bare_env, health="/docs"
+            )
+        )
+        pids[BARE] = bare.pid
         client = stack.enter_context(httpx.Client(timeout=120))
         conn = stack.enter_context(psycopg.connect(ctx.conninfo))
         headers = {"Accept-Encoding": "identity"}
@@ -182,7 +203,7 @@ def run(ctx: BenchContext) -> str:
                     f"{os.getloadavg()[0]:.1f}",
                 ]
             )
-        for case, params, (where, order, sql_params), rounds in cases:
+        for index, (case, params, (where, order, sql_params), rounds) in enumerate(cases):
             statement = feature_statement(where, order)
             contenders: dict[str, Callable[[], object]] = {
                 name: partial(get, f"{base}/collections/structures/items", params)
@@ -200,6 +221,7 @@ def run(ctx: BenchContext) -> str:
                     _fetch_and_count, conn, (statement, count), sql_params
                 )
             contenders[BYTES] = partial(get, f"http://127.0.0.1:{floor_port}/", {"bytes": size})
+            contenders[BARE] = partial(get, f"http://127.0.0.1:{bare_port}/pages/{index}")
             cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
             medians = _interleaved(contenders, rounds, 5)
             calls = rounds + 5
@@ -223,7 +245,9 @@ def run(ctx: BenchContext) -> str:
         "(the 10k page a quarter of them) after warm-ups; uncompressed bodies; the raw SQL "
         "reads the same Feature texts with psycopg (prepared); the bytes over HTTP are a body "
         "of the page's size from a bare ASGI app on the same uvicorn, its x column "
-        "(its time + the raw SQL's) / the raw SQL's; where Makazi's page carries "
+        "(its time + the raw SQL's) / the raw SQL's; the bare FastAPI endpoint runs the raw SQL "
+        "in a sync endpoint and answers with the joined texts (bench/_sql_server.py); "
+        "where Makazi's page carries "
         "numberMatched, a second raw contender also runs the count (the same answer), and "
         "each ratio to it is in brackets; server CPU is the uvicorn "
         "process's user + system time over the case's calls (/proc), which a busy machine "
