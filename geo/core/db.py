@@ -37,6 +37,7 @@ __all__ = [
     "migrate",
     "normalise_url",
     "own_begin",
+    "handed_over",
     "pending_actor",
     "replica_failure",
     "resolve_url",
@@ -289,6 +290,12 @@ def own_begin(connection: Connection) -> psycopg.Connection[Any] | None:
     raw.autocommit = True
     _OWN_BEGIN.add(raw)
     return raw
+
+
+def handed_over(raw: psycopg.Connection[Any]) -> bool:
+    """Whether :func:`own_begin` put ``raw`` in autocommit (until the pool takes it back):
+    a transaction on it then starts with the caller's own ``BEGIN``."""
+    return raw in _OWN_BEGIN
 
 
 def own_end(raw: psycopg.Connection[Any]) -> None:

@@ -47,6 +47,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from geo.core.auth import Principal
 from geo.core.crs import CRS84, Crs, UnknownCrs, parse_crs
+from geo.core.db import handed_over, own_begin
 from geo.core.errors import BadRequest
 from geo.layers.cql2 import FilterError, compile_filter, parse_filter
 from geo.layers.placement import swap_hint
@@ -571,17 +572,25 @@ def _pipeline(conn: Connection) -> Iterator[tuple[psycopg.Connection[Any], bool]
     outside a transaction (its read transaction starts here and is ours to end).
 
     Statements queued in the block go to the server in one round trip, the
-    transaction's ``BEGIN`` included; read their results after the block.
-    psycopg's errors come out as SQLAlchemy's own execution raises them (a
-    lost connection is invalidated, so the pool drops it).
+    transaction's ``BEGIN`` included: psycopg's own ``BEGIN`` would be a round trip
+    of its own, so where nothing was sent yet the connection is handed over
+    (:func:`geo.core.db.own_begin`) and the ``BEGIN`` heads the pipeline.  Read
+    the results after the block.  psycopg's errors come out as SQLAlchemy's own
+    execution raises them (a lost connection is invalidated, so the pool drops it).
     """
-    raw = conn.connection.driver_connection
-    assert isinstance(raw, psycopg.Connection)
     own = not conn.in_transaction()
     if own:
-        conn.begin()  # SQLAlchemy's side of the transaction psycopg begins; ended by the caller
+        conn.begin()  # SQLAlchemy's side of the transaction; ended by the caller
+        own_begin(conn)
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    # a connection handed over stays in autocommit until the pool takes it back: a second
+    # read on it (a count after its page) opens its transaction the same way
+    begin = handed_over(raw) and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     try:
         with raw.pipeline():
+            if begin:
+                raw.execute("BEGIN", prepare=False)
             yield raw, own
     except psycopg.Error as exc:
         lost = raw.broken or raw.closed

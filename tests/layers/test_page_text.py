@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import tempfile
+from functools import partial
 from typing import Any
 
 import httpx
@@ -248,6 +250,46 @@ def test_plain_pages_keep_their_prepared_statements(
             prepared = conn.execute(text("SELECT statement FROM pg_prepared_statements")).scalars()
             pages = [s for s in prepared if s.startswith("SELECT t.id AS id")]
         assert len(pages) == 2  # the walk's page and the first page
+    finally:
+        engine.dispose()
+
+
+def _syncs(raw: psycopg.Connection[Any], work: Any) -> int:
+    """How many times ``work()`` waits for the server: the ``Sync`` messages it sends
+    (libpq's protocol trace)."""
+    with tempfile.TemporaryFile("w+") as trace:
+        raw.pgconn.trace(trace.fileno())
+        try:
+            work()
+        finally:
+            raw.pgconn.untrace()
+        trace.seek(0)
+        return sum(1 for line in trace if line.split("\t")[1:2] == ["F"] and "\tSync" in line)
+
+
+def test_a_page_is_one_round_trip_its_transaction_included(
+    live_server: LiveServer, settings: Settings
+) -> None:
+    """The read transaction's ``BEGIN`` goes in the page's pipeline (psycopg's own would
+    wait for its answer first), and the connection goes back to the pool as it came."""
+    engine = make_engine(live_server.database_url, settings, pool_size=1)
+    db = Database(engine)
+    try:
+        for parsed in (request("structures", limit=3, after=10), request("structures", limit=3)):
+            page_sql = page_text(parsed)
+            assert page_sql is not None
+            with db.read() as conn:
+                raw = conn.connection.driver_connection
+                assert isinstance(raw, psycopg.Connection)
+                rounds = _syncs(raw, partial(read_page, conn, parsed, "q", page_sql))
+                assert _status(conn) is TransactionStatus.IDLE
+            # the first page overflows: its count is a second read, in a round trip of its own
+            assert rounds == (1 if parsed.after is not None else 2)
+            with db.read() as conn:
+                raw = conn.connection.driver_connection
+                assert isinstance(raw, psycopg.Connection)
+                assert not raw.autocommit  # psycopg opens the next transaction itself again
+                assert conn.execute(text("SHOW max_parallel_workers_per_gather")).scalar() != "0"
     finally:
         engine.dispose()
 
