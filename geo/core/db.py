@@ -37,7 +37,7 @@ __all__ = [
     "migrate",
     "normalise_url",
     "own_begin",
-    "handed_over",
+    "begin_is_ours",
     "pending_actor",
     "replica_failure",
     "resolve_url",
@@ -292,10 +292,10 @@ def own_begin(connection: Connection) -> psycopg.Connection[Any] | None:
     return raw
 
 
-def handed_over(raw: psycopg.Connection[Any]) -> bool:
-    """Whether :func:`own_begin` put ``raw`` in autocommit (until the pool takes it back):
-    a transaction on it then starts with the caller's own ``BEGIN``."""
-    return raw in _OWN_BEGIN
+def begin_is_ours(raw: psycopg.Connection[Any]) -> bool:
+    """Whether the caller sends the ``BEGIN`` of ``raw``'s next transaction: :func:`own_begin`
+    handed it over (it stays so until the pool takes it back) and no transaction is open."""
+    return raw in _OWN_BEGIN and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def own_end(raw: psycopg.Connection[Any]) -> None:

@@ -47,7 +47,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from geo.core.auth import Principal
 from geo.core.crs import CRS84, Crs, UnknownCrs, parse_crs
-from geo.core.db import handed_over, own_begin
+from geo.core.db import begin_is_ours, own_begin
 from geo.core.errors import BadRequest
 from geo.layers.cql2 import FilterError, compile_filter, parse_filter
 from geo.layers.placement import swap_hint
@@ -584,9 +584,8 @@ def _pipeline(conn: Connection) -> Iterator[tuple[psycopg.Connection[Any], bool]
         own_begin(conn)
     raw = conn.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
-    # a connection handed over stays in autocommit until the pool takes it back: a second
-    # read on it (a count after its page) opens its transaction the same way
-    begin = handed_over(raw) and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    # a second read on a connection handed over (a count after its page) begins alike
+    begin = begin_is_ours(raw)
     try:
         with raw.pipeline():
             if begin:

@@ -54,6 +54,7 @@ from geo.core import idempotency
 from geo.core.db import (
     ACTOR_SQL,
     act_as,
+    begin_is_ours,
     own_begin,
     own_end,
     pending_actor,
@@ -1025,9 +1026,10 @@ def _store_at_once(
     transaction, its actor named again.
     """
     actor = pending_actor(conn)  # named in the same round trip
-    own = own_begin(conn)
-    raw = own if own is not None else _driver(conn)
-    commit = own is not None and last
+    own_begin(conn)  # where it can: the BEGIN then goes in this round trip
+    raw = _driver(conn)
+    begin = begin_is_ours(raw)
+    commit = begin and last
     register_binary(raw.adapters)
     far_m = max_km * 1000 if max_km > 0 else None
     with (
@@ -1036,7 +1038,7 @@ def _store_at_once(
         raw.cursor(row_factory=namedtuple_row) as store,
     ):
         with raw.pipeline():  # its end sends them and fetches every result: one round trip
-            if own is not None:
+            if begin:
                 lock.execute("BEGIN", prepare=False)
             if actor:
                 lock.execute(ACTOR_SQL, (actor,))
