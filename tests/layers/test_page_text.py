@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import tempfile
-from functools import partial
 from typing import Any
 
 import httpx
@@ -32,6 +30,7 @@ from geo.layers.items import (
     start_page,
 )
 from geo.layers.registry import COLLECTIONS
+from tests.support.db import round_trips
 from tests.support.live import LiveServer
 
 CRS_4326 = "http://www.opengis.net/def/crs/EPSG/0/4326"
@@ -254,19 +253,6 @@ def test_plain_pages_keep_their_prepared_statements(
         engine.dispose()
 
 
-def _syncs(raw: psycopg.Connection[Any], work: Any) -> int:
-    """How many times ``work()`` waits for the server: the ``Sync`` messages it sends
-    (libpq's protocol trace)."""
-    with tempfile.TemporaryFile("w+") as trace:
-        raw.pgconn.trace(trace.fileno())
-        try:
-            work()
-        finally:
-            raw.pgconn.untrace()
-        trace.seek(0)
-        return sum(1 for line in trace if line.split("\t")[1:2] == ["F"] and "\tSync" in line)
-
-
 def test_a_page_is_one_round_trip_its_transaction_included(
     live_server: LiveServer, settings: Settings
 ) -> None:
@@ -281,10 +267,11 @@ def test_a_page_is_one_round_trip_its_transaction_included(
             with db.read() as conn:
                 raw = conn.connection.driver_connection
                 assert isinstance(raw, psycopg.Connection)
-                rounds = _syncs(raw, partial(read_page, conn, parsed, "q", page_sql))
+                with round_trips(raw) as trips:
+                    read_page(conn, parsed, "q", page_sql)
                 assert _status(conn) is TransactionStatus.IDLE
             # the first page overflows: its count is a second read, in a round trip of its own
-            assert rounds == (1 if parsed.after is not None else 2)
+            assert trips.count == (1 if parsed.after is not None else 2)
             with db.read() as conn:
                 raw = conn.connection.driver_connection
                 assert isinstance(raw, psycopg.Connection)

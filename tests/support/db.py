@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, text
 
 from geo.core.db import Database, act_as
 
-__all__ = ["BoundDatabase", "insert_settlement"]
+__all__ = ["BoundDatabase", "RoundTrips", "insert_settlement", "round_trips"]
 
 
 class BoundDatabase(Database):
@@ -56,3 +60,26 @@ def insert_settlement(conn: Connection, name: str, wkt: str) -> int:
             {"n": name, "w": wkt},
         ).scalar_one()
     )
+
+
+@dataclass
+class RoundTrips:
+    """The round trips counted by :func:`round_trips`, known once its block ends."""
+
+    count: int = 0
+
+
+@contextmanager
+def round_trips(raw: psycopg.Connection[Any]) -> Iterator[RoundTrips]:
+    """Count the times ``raw`` waits for the server in the block: the ``ReadyForQuery``
+    messages in libpq's protocol trace (one per ``Sync`` of a pipeline or plain query)."""
+    counted = RoundTrips()
+    with tempfile.TemporaryFile("w+") as log:
+        raw.pgconn.trace(log.fileno())
+        raw.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            yield counted
+        finally:
+            raw.pgconn.untrace()  # flushes libpq's writes
+            log.seek(0)
+            counted.count = sum("ReadyForQuery" in line for line in log)

@@ -3,9 +3,8 @@ transaction in one round trip (``own_begin``), and every answer stays the same."
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import psycopg
@@ -16,8 +15,8 @@ from geo.core.db import Database, own_begin
 from geo.core.errors import InvalidInput
 from geo.core.uploads import BodySpool
 from geo.traces.ingest import IngestResult, TraceLimits, ingest_trace
-from tests.support.db import insert_settlement
-from tests.traces.test_traces import gpx_track, walk
+from tests.support.db import round_trips
+from tests.traces.test_traces import gpx_track, live_and_deleted_settlements, walk
 
 OWNER = "round-trip-mapper"
 
@@ -54,31 +53,25 @@ def _ingest(
     spool = BodySpool(limit=1 << 20)
     spool.write(body)
     upload = spool.finish()
-    with tempfile.TemporaryFile("w+") as log:
-        try:
-            with database.begin(actor=OWNER, defer_actor=True) as conn:
-                raw = conn.connection.driver_connection
-                assert isinstance(raw, psycopg.Connection)
-                raw.pgconn.trace(log.fileno())
-                raw.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-                result = ingest_trace(
-                    conn,
-                    owner=OWNER,
-                    body=upload,
-                    name=None,
-                    visibility="private",
-                    settlement_id=settlement_id,
-                    limits=limits or TraceLimits(),
-                    last=last,
-                )
-        finally:
-            raw.pgconn.untrace()
-            upload.close()
-        log.flush()
-        os.fsync(log.fileno())
-        log.seek(0)
-        trips = sum("ReadyForQuery" in line for line in log)
-    return result, trips, raw
+    try:
+        # the count ends after the transaction, so that its commit is counted
+        with ExitStack() as counting, database.begin(actor=OWNER, defer_actor=True) as conn:
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            trips = counting.enter_context(round_trips(raw))
+            result = ingest_trace(
+                conn,
+                owner=OWNER,
+                body=upload,
+                name=None,
+                visibility="private",
+                settlement_id=settlement_id,
+                limits=limits or TraceLimits(),
+                last=last,
+            )
+    finally:
+        upload.close()
+    return result, trips.count, raw
 
 
 def _stored(engine: Engine) -> list[tuple[Any, ...]]:
@@ -117,15 +110,7 @@ def test_declined_store_takes_the_ordinary_road(database: Database, engine: Engi
     far = gpx_track([(-4.04 + i * 1e-5, 39.66, None) for i in range(5)])
     limits = TraceLimits(max_km_from_settlements=5)
     with engine.begin() as conn:
-        insert_settlement(
-            conn,
-            "round-trip Kibera",
-            "MULTIPOLYGON(((36.78 -1.32,36.80 -1.32,36.80 -1.30,36.78 -1.30,36.78 -1.32)))",
-        )
-        gone = insert_settlement(
-            conn, "round-trip gone", "MULTIPOLYGON(((36 -1,36.01 -1,36.01 -0.99,36 -1)))"
-        )
-        conn.execute(text("UPDATE settlements SET deleted_at = now() WHERE id = :i"), {"i": gone})
+        _, gone = live_and_deleted_settlements(conn, "round-trip ")
     result, _, raw = _ingest(database, far, last=True, limits=limits)
     assert result.created and raw.autocommit is False
     assert "km from the nearest settlement" in result.body.decode()

@@ -534,21 +534,28 @@ def test_settlement_id_must_exist(client: TestClient, token_for: Auth) -> None:
     assert "settlement_id" in problem["detail"]
 
 
+def live_and_deleted_settlements(conn: Connection, prefix: str = "") -> tuple[int, int]:
+    """A live settlement around Kibera (where :func:`walk` goes) and a deleted one far
+    from it, named with ``prefix``: their ids."""
+    kibera = insert_settlement(
+        conn,
+        f"{prefix}Kibera",
+        "MULTIPOLYGON(((36.78 -1.32,36.80 -1.32,36.80 -1.30,36.78 -1.30,36.78 -1.32)))",
+    )
+    gone = insert_settlement(
+        conn, f"{prefix}gone", "MULTIPOLYGON(((36 -1,36.01 -1,36.01 -0.99,36 -1)))"
+    )
+    conn.execute(text("UPDATE settlements SET deleted_at = now() WHERE id = :i"), {"i": gone})
+    return kibera, gone
+
+
 def test_settlement_named_live_or_deleted(
     client: TestClient, token_for: Auth, connection: Connection
 ) -> None:
     """The small upload's store goes with its look-ups and is declined when they would
     answer otherwise: a live settlement is kept, a deleted one is a 422 with nothing
     stored, a walk far away is stored with its warning, and its bytes again answer 200."""
-    kibera = insert_settlement(
-        connection,
-        "Kibera",
-        "MULTIPOLYGON(((36.78 -1.32,36.80 -1.32,36.80 -1.30,36.78 -1.30,36.78 -1.32)))",
-    )
-    gone = insert_settlement(
-        connection, "Gone", "MULTIPOLYGON(((36 -1,36.01 -1,36.01 -0.99,36 -1)))"
-    )
-    connection.execute(text("UPDATE settlements SET deleted_at = now() WHERE id = :i"), {"i": gone})
+    kibera, gone = live_and_deleted_settlements(connection)
     headers = token_for("mapper", "akinyi")
     kept = upload(client, headers, walk(), settlement_id=kibera)
     assert kept.status_code == 201, kept.text
